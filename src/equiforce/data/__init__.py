@@ -1,0 +1,1 @@
+"""Data structures, readers, neighbour lists and datasets."""

@@ -1,0 +1,250 @@
+"""``AtomicGraph``: a batch of atomic structures with their neighbour graph.
+
+Field table (see docs/conventions.md):
+
+==================  ========================  =========================================
+field               shape / dtype             meaning
+==================  ========================  =========================================
+positions           (n_atoms, 3) float        Cartesian positions, Å
+atomic_numbers      (n_atoms,) int64          Z
+graph_index         (n_atoms,) int64          structure of each atom, sorted
+edge_index          (2, n_edges) int64        row 0 = centre i, row 1 = neighbour j
+edge_shifts         (n_edges, 3) float        image multiples S; r_ij = r_j - r_i + S·cell
+cell                (n_graphs, 3, 3) float    lattice vectors as rows; zeros if open
+pbc                 (n_graphs, 3) bool        periodic flags
+n_atoms             (n_graphs,) int64         atoms per structure
+targets             dict[str, Tensor]         energy (n_graphs,), forces (n_atoms, 3), ...
+==================  ========================  =========================================
+
+Edge vectors are never stored: models recompute them from positions so that autograd
+yields forces and stress.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, fields, replace
+from typing import ClassVar
+
+import numpy as np
+import torch
+
+from equiforce import keys
+from equiforce.data.neighbors import neighbor_list
+
+
+@dataclass
+class AtomicGraph:
+    """A batch of structures (one or more graphs) in the equiforce conventions."""
+
+    positions: torch.Tensor  # (n_atoms, 3)
+    atomic_numbers: torch.Tensor  # (n_atoms,)
+    graph_index: torch.Tensor  # (n_atoms,)
+    edge_index: torch.Tensor  # (2, n_edges)
+    edge_shifts: torch.Tensor  # (n_edges, 3)
+    cell: torch.Tensor  # (n_graphs, 3, 3)
+    pbc: torch.Tensor  # (n_graphs, 3)
+    n_atoms: torch.Tensor  # (n_graphs,)
+    targets: dict[str, torch.Tensor] = field(default_factory=dict)
+
+    NODE_FIELDS: ClassVar[tuple[str, ...]] = ("positions", "atomic_numbers")
+    EDGE_FIELDS: ClassVar[tuple[str, ...]] = ("edge_shifts",)
+    GRAPH_FIELDS: ClassVar[tuple[str, ...]] = ("cell", "pbc", "n_atoms")
+
+    def __post_init__(self) -> None:
+        n = self.positions.shape[0]
+        if self.positions.ndim != 2 or self.positions.shape[1] != 3:
+            raise ValueError(f"positions must be (n_atoms, 3), got {tuple(self.positions.shape)}")
+        if self.atomic_numbers.shape != (n,) or self.graph_index.shape != (n,):
+            raise ValueError("atomic_numbers and graph_index must be (n_atoms,)")
+        if self.edge_index.ndim != 2 or self.edge_index.shape[0] != 2:
+            raise ValueError(f"edge_index must be (2, n_edges), got {tuple(self.edge_index.shape)}")
+        if self.edge_shifts.shape != (self.edge_index.shape[1], 3):
+            raise ValueError("edge_shifts must be (n_edges, 3)")
+        g = self.n_atoms.shape[0]
+        if self.cell.shape != (g, 3, 3) or self.pbc.shape != (g, 3):
+            raise ValueError("cell must be (n_graphs, 3, 3) and pbc (n_graphs, 3)")
+
+    # ------------------------------------------------------------------ sizes
+    @property
+    def n_graphs(self) -> int:
+        """Number of structures in the batch."""
+        return int(self.n_atoms.shape[0])
+
+    @property
+    def n_edges(self) -> int:
+        """Number of directed edges."""
+        return int(self.edge_index.shape[1])
+
+    @property
+    def num_nodes(self) -> int:
+        """Total number of atoms."""
+        return int(self.positions.shape[0])
+
+    # --------------------------------------------------------------- building
+    @classmethod
+    def from_arrays(
+        cls,
+        positions: np.ndarray,
+        atomic_numbers: np.ndarray,
+        cutoff: float,
+        cell: np.ndarray | None = None,
+        pbc: np.ndarray | None = None,
+        targets: dict[str, np.ndarray] | None = None,
+        dtype: torch.dtype = torch.float64,
+    ) -> AtomicGraph:
+        """Build a one-structure graph, computing the neighbour list.
+
+        Args:
+            positions: (n_atoms, 3) Å.
+            atomic_numbers: (n_atoms,).
+            cutoff: neighbour cutoff, Å.
+            cell: (3, 3) rows, Å; None for an open system.
+            pbc: (3,) periodic flags.
+            targets: optional labels keyed by :mod:`equiforce.keys` names, already in
+                eV / Å units: energy (scalar), forces (n_atoms, 3), stress (3, 3).
+            dtype: float dtype of positions/cell/targets.
+        """
+        positions = np.asarray(positions, dtype=np.float64)
+        cell = np.zeros((3, 3)) if cell is None else np.asarray(cell, dtype=np.float64)
+        pbc = np.zeros(3, bool) if pbc is None else np.asarray(pbc, dtype=bool)
+        edge_index, shifts = neighbor_list(positions, cutoff, cell, pbc)
+        n = len(positions)
+        tgt: dict[str, torch.Tensor] = {}
+        for key, value in (targets or {}).items():
+            t = torch.as_tensor(
+                np.asarray(value, dtype=np.float64),
+                dtype=torch.float64 if key == keys.ENERGY else dtype,
+            )
+            if key in keys.GRAPH_TARGETS:
+                t = t.reshape(1, *t.shape[-2:]) if key == keys.STRESS else t.reshape(1)
+            tgt[key] = t
+        return cls(
+            positions=torch.as_tensor(positions, dtype=dtype),
+            atomic_numbers=torch.as_tensor(np.asarray(atomic_numbers), dtype=torch.long),
+            graph_index=torch.zeros(n, dtype=torch.long),
+            edge_index=torch.as_tensor(edge_index, dtype=torch.long),
+            edge_shifts=torch.as_tensor(shifts, dtype=dtype),
+            cell=torch.as_tensor(cell, dtype=dtype).reshape(1, 3, 3),
+            pbc=torch.as_tensor(pbc).reshape(1, 3),
+            n_atoms=torch.tensor([n], dtype=torch.long),
+            targets=tgt,
+        )
+
+    @classmethod
+    def from_atoms(
+        cls, atoms, cutoff: float, dtype: torch.dtype = torch.float64, with_targets: bool = True
+    ) -> AtomicGraph:
+        """Build a graph from an ``ase.Atoms``; labels come from its single-point results."""
+        targets: dict[str, np.ndarray] = {}
+        calc = atoms.calc
+        if with_targets and calc is not None:
+            res = calc.results
+            if "energy" in res:
+                targets[keys.ENERGY] = np.asarray(res["energy"])
+            if "forces" in res:
+                targets[keys.FORCES] = np.asarray(res["forces"])
+            if "stress" in res:
+                from ase.stress import voigt_6_to_full_3x3_stress
+
+                s = np.asarray(res["stress"])
+                targets[keys.STRESS] = voigt_6_to_full_3x3_stress(s) if s.shape == (6,) else s
+        return cls.from_arrays(
+            atoms.get_positions(),
+            atoms.get_atomic_numbers(),
+            cutoff,
+            cell=np.asarray(atoms.get_cell()),
+            pbc=atoms.get_pbc(),
+            targets=targets,
+            dtype=dtype,
+        )
+
+    # ------------------------------------------------------------ transforms
+    def to(self, device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> AtomicGraph:
+        """Move to ``device`` and cast floating tensors (only) to ``dtype``."""
+
+        def conv(t: torch.Tensor) -> torch.Tensor:
+            if dtype is not None and t.is_floating_point():
+                return t.to(device=device, dtype=dtype)
+            return t.to(device=device)
+
+        kwargs = {f.name: conv(getattr(self, f.name)) for f in fields(self) if f.name != "targets"}
+        # Total energies stay float64: an aspirin energy (-17,618 eV) has a float32
+        # spacing of 2 meV, the size of the best published errors.
+        kwargs["targets"] = {
+            k: v.to(device=device) if k == keys.ENERGY else conv(v) for k, v in self.targets.items()
+        }
+        return AtomicGraph(**kwargs)
+
+    def with_positions(self, positions: torch.Tensor) -> AtomicGraph:
+        """A shallow copy with new positions (same topology)."""
+        return replace(self, positions=positions)
+
+    @staticmethod
+    def collate(graphs: list[AtomicGraph]) -> AtomicGraph:
+        """Concatenate structures into one batch (offsets edges and graph indices)."""
+        if not graphs:
+            raise ValueError("cannot collate an empty list of graphs")
+        if len(graphs) == 1:
+            return graphs[0]
+        atom_offsets = np.cumsum([0] + [g.num_nodes for g in graphs[:-1]])
+        graph_offsets = np.cumsum([0] + [g.n_graphs for g in graphs[:-1]])
+        cat = torch.cat
+        target_keys = set(graphs[0].targets)
+        for g in graphs[1:]:
+            target_keys &= set(g.targets)
+        return AtomicGraph(
+            positions=cat([g.positions for g in graphs]),
+            atomic_numbers=cat([g.atomic_numbers for g in graphs]),
+            graph_index=cat([g.graph_index + int(o) for g, o in zip(graphs, graph_offsets, strict=True)]),
+            edge_index=cat([g.edge_index + int(o) for g, o in zip(graphs, atom_offsets, strict=True)], dim=1),
+            edge_shifts=cat([g.edge_shifts for g in graphs]),
+            cell=cat([g.cell for g in graphs]),
+            pbc=cat([g.pbc for g in graphs]),
+            n_atoms=cat([g.n_atoms for g in graphs]),
+            targets={k: cat([g.targets[k] for g in graphs]) for k in sorted(target_keys)},
+        )
+
+    def split(self) -> list[AtomicGraph]:
+        """Inverse of :meth:`collate`: one graph per structure."""
+        out = []
+        atom_start = 0
+        counts = self.n_atoms.tolist()
+        edge_graph = self.graph_index[self.edge_index[0]] if self.n_edges else self.edge_index[0]
+        for g, n in enumerate(counts):
+            sl = slice(atom_start, atom_start + n)
+            emask = edge_graph == g
+            tg = {}
+            for k, v in self.targets.items():
+                tg[k] = v[sl] if k in keys.NODE_TARGETS else v[g : g + 1]
+            out.append(
+                AtomicGraph(
+                    positions=self.positions[sl],
+                    atomic_numbers=self.atomic_numbers[sl],
+                    graph_index=torch.zeros(n, dtype=torch.long, device=self.positions.device),
+                    edge_index=self.edge_index[:, emask] - atom_start,
+                    edge_shifts=self.edge_shifts[emask],
+                    cell=self.cell[g : g + 1],
+                    pbc=self.pbc[g : g + 1],
+                    n_atoms=self.n_atoms[g : g + 1],
+                    targets=tg,
+                )
+            )
+            atom_start += n
+        return out
+
+    def edge_vectors(self, positions: torch.Tensor | None = None, cell: torch.Tensor | None = None) -> torch.Tensor:
+        """r_ij = r_j - r_i + S_ij · cell, shape (n_edges, 3), pointing from i to j.
+
+        Args:
+            positions: (n_atoms, 3) positions to use (default: ``self.positions``);
+                pass a strained copy to get stress by autograd.
+            cell: (n_graphs, 3, 3) cell to use (default: ``self.cell``).
+        """
+        pos = self.positions if positions is None else positions
+        cell = self.cell if cell is None else cell
+        i, j = self.edge_index[0], self.edge_index[1]
+        vec = pos[j] - pos[i]
+        if self.n_edges and bool(self.pbc.any()):
+            edge_cell = cell[self.graph_index[i]]  # (n_edges, 3, 3)
+            vec = vec + torch.einsum("ek,ekl->el", self.edge_shifts.to(vec.dtype), edge_cell)
+        return vec

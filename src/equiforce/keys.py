@@ -1,0 +1,18 @@
+"""Names of model outputs and training targets: one place, with shapes and units.
+
+Internal units everywhere in equiforce: energy eV, length Å, time fs, mass amu,
+charge e. Stress is σ = (1/V) ∂E/∂ε in eV/Å³, the convention of ASE's
+``Atoms.get_stress`` (3x3 here; Voigt order only at the ASE boundary).
+"""
+
+from typing import Final
+
+ENERGY: Final[str] = "energy"  # (n_graphs,) eV, total potential energy
+FORCES: Final[str] = "forces"  # (n_atoms, 3) eV/Å, -dE/dr
+STRESS: Final[str] = "stress"  # (n_graphs, 3, 3) eV/Å³, (1/V) dE/dε
+ATOMIC_ENERGIES: Final[str] = "atomic_energies"  # (n_atoms,) eV, incl. E0 shift
+
+#: Targets a dataset may carry, with the level they live on.
+GRAPH_TARGETS: Final[tuple[str, ...]] = (ENERGY, STRESS)
+NODE_TARGETS: Final[tuple[str, ...]] = (FORCES,)
+ALL_TARGETS: Final[tuple[str, ...]] = (ENERGY, FORCES, STRESS)

@@ -1,0 +1,1 @@
+"""Potential architectures, their registry and checkpoints."""

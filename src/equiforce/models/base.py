@@ -1,0 +1,125 @@
+"""``PotentialModel``: the one place where energies become forces and stress.
+
+Subclasses implement :meth:`PotentialModel.atomic_energies`; this base adds the
+per-element reference energies E0, sums per structure (in float64), and obtains
+forces F = −∂E/∂r and stress σ = (1/V) ∂E/∂ε from one autograd call on positions
+and a symmetric strain ε (as in nequip's ForceStressOutput and MACE's
+``get_symmetric_displacement``).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from equiforce import keys
+from equiforce.data.graph import AtomicGraph
+from equiforce.nn.scatter import scatter_sum
+
+#: Rows of per-element tables (index = atomic number, 0 unused).
+NUM_ELEMENTS = 119
+
+
+class PotentialModel(nn.Module):
+    """Base class of every equiforce potential.
+
+    Args:
+        cutoff: interaction cutoff radius, Å (the neighbour list uses it).
+        e0: (119,) per-element reference energies in eV, indexed by Z. They are
+            added to the network output; the network predicts the remainder.
+
+    Attributes set by :func:`equiforce.models.registry.build_model`:
+        ``model_name`` (registry key) and ``config`` (the pydantic config).
+    """
+
+    model_name: str = ""
+
+    def __init__(self, cutoff: float, e0: torch.Tensor | None = None) -> None:
+        super().__init__()
+        self.cutoff = float(cutoff)
+        e0 = torch.zeros(NUM_ELEMENTS, dtype=torch.float64) if e0 is None else e0
+        self.register_buffer("e0", torch.as_tensor(e0, dtype=torch.float64).clone())
+        self.config = None
+
+    # ----------------------------------------------------------- to override
+    def atomic_energies(self, graph: AtomicGraph, edge_vectors: torch.Tensor) -> torch.Tensor:
+        """Network part of the atomic energies (without E0).
+
+        Args:
+            graph: the batch (topology, species).
+            edge_vectors: (n_edges, 3) r_ij = r_j − r_i (+ image), Å; differentiable.
+
+        Returns:
+            (n_atoms,) energies in eV, in the model's float dtype.
+        """
+        raise NotImplementedError
+
+    # --------------------------------------------------------------- forward
+    def forward(
+        self,
+        graph: AtomicGraph,
+        compute_forces: bool = True,
+        compute_stress: bool = False,
+        create_graph: bool | None = None,
+    ) -> dict[str, torch.Tensor]:
+        """Energies (float64), forces and optionally stress of every structure.
+
+        Args:
+            graph: batch of structures.
+            compute_forces: return ``forces`` (n_atoms, 3) eV/Å.
+            compute_stress: return ``stress`` (n_graphs, 3, 3) eV/Å³ (periodic only;
+                zero for open structures).
+            create_graph: keep the autograd graph of the forces (needed to train on
+                forces); defaults to ``self.training``.
+
+        Returns:
+            dict with ``energy`` (n_graphs,) float64, ``atomic_energies``
+            (n_atoms,) float64 and the requested derivatives.
+        """
+        if create_graph is None:
+            create_graph = self.training
+        need_grad = compute_forces or compute_stress
+        pos_leaf = graph.positions.detach().requires_grad_(need_grad)
+        positions, cell = pos_leaf, graph.cell
+        strain = None
+        if compute_stress:
+            strain = torch.zeros_like(cell).requires_grad_(True)  # (n_graphs, 3, 3)
+            sym = 0.5 * (strain + strain.transpose(1, 2))
+            positions = positions + torch.einsum("ni,nij->nj", positions, sym[graph.graph_index])
+            cell = cell + torch.bmm(cell, sym)
+        with torch.enable_grad() if need_grad else torch.no_grad():
+            vectors = graph.edge_vectors(positions, cell)  # (n_edges, 3)
+            e_net = self.atomic_energies(graph, vectors)  # (n_atoms,)
+        e_atom = e_net.to(torch.float64) + self.e0[graph.atomic_numbers]
+        energy = scatter_sum(e_atom, graph.graph_index, graph.n_graphs)  # (n_graphs,)
+        out = {keys.ENERGY: energy, keys.ATOMIC_ENERGIES: e_atom}
+        if not need_grad:
+            return out
+        inputs = [pos_leaf] if strain is None else [pos_leaf, strain]
+        grads = torch.autograd.grad(
+            [e_net.sum()], inputs, create_graph=create_graph, allow_unused=True
+        )
+        if compute_forces:
+            g = grads[0]
+            out[keys.FORCES] = -g if g is not None else torch.zeros_like(graph.positions)
+        if strain is not None:
+            volume = torch.linalg.det(graph.cell).abs()  # (n_graphs,)
+            virial = grads[1] if grads[1] is not None else torch.zeros_like(strain)
+            safe_v = torch.where(volume > 0, volume, torch.ones_like(volume))
+            stress = virial / safe_v[:, None, None]
+            periodic = (volume > 0)[:, None, None]
+            out[keys.STRESS] = torch.where(periodic, stress, torch.zeros_like(stress))
+        if not create_graph:
+            out = {k: v.detach() for k, v in out.items()}
+        return out
+
+    # ------------------------------------------------------------- utilities
+    def num_parameters(self) -> int:
+        """Number of trainable parameters."""
+        return sum(p.numel() for p in self.parameters() if p.requires_grad)
+
+    def save(self, path, statistics: dict | None = None, train_config: dict | None = None) -> None:
+        """Write a checkpoint (config + state_dict), atomically."""
+        from equiforce.models.checkpoint import save_model
+
+        save_model(self, path, statistics=statistics, train_config=train_config)

@@ -1,0 +1,73 @@
+"""The model registry: one literal dict name -> (config class, model class)."""
+
+from __future__ import annotations
+
+import difflib
+
+import torch
+from pydantic import BaseModel
+
+from equiforce.models.base import PotentialModel
+from equiforce.models.so3krates import PRESETS as SO3KRATES_PRESETS
+from equiforce.models.so3krates import So3krates, So3kratesConfig
+
+MODELS: dict[str, tuple[type[BaseModel], type[PotentialModel]]] = {
+    "so3krates": (So3kratesConfig, So3krates),
+}
+
+PRESETS: dict[str, dict[str, dict]] = {
+    "so3krates": SO3KRATES_PRESETS,
+}
+
+
+def _unknown(kind: str, name: str, known) -> ValueError:
+    close = difflib.get_close_matches(name, list(known), n=1)
+    hint = f" (did you mean {close[0]!r}?)" if close else ""
+    return ValueError(f"unknown {kind} {name!r}{hint}; available: {', '.join(sorted(known))}")
+
+
+def make_config(name: str, preset: str | None = None, **overrides) -> BaseModel:
+    """Validated config of model ``name`` from a preset plus overrides."""
+    if name not in MODELS:
+        raise _unknown("model", name, MODELS)
+    config_cls, _ = MODELS[name]
+    params: dict = {}
+    if preset is not None:
+        presets = PRESETS.get(name, {})
+        if preset not in presets:
+            raise _unknown(f"preset of {name}", preset, presets)
+        params.update(presets[preset])
+    params.update(overrides)
+    return config_cls(**params)
+
+
+def build_model(
+    name: str,
+    preset: str | None = None,
+    dtype: torch.dtype = torch.float32,
+    seed: int = 0,
+    e0: torch.Tensor | dict[int, float] | None = None,
+    **overrides,
+) -> PotentialModel:
+    """Build a model from the registry, seeded and in ``dtype``.
+
+    Args:
+        name: registry key, e.g. ``"so3krates"``.
+        preset: named hyperparameter set (e.g. ``"default"``, ``"paper"``).
+        dtype: float dtype of the parameters.
+        seed: initialisation seed (a local generator state; global RNG restored).
+        e0: per-element reference energies, a (119,) tensor or {Z: eV}.
+        **overrides: config fields overriding the preset.
+    """
+    config = make_config(name, preset, **overrides)
+    _, model_cls = MODELS[name]
+    if isinstance(e0, dict):
+        table = torch.zeros(119, dtype=torch.float64)
+        for z, v in e0.items():
+            table[int(z)] = float(v)
+        e0 = table
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = model_cls(config, e0=e0)
+    model.model_name = name
+    return model.to(dtype)

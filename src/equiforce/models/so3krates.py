@@ -1,0 +1,255 @@
+"""So3krates: the SO(3)-equivariant transformer with Euclidean variables.
+
+References: Frank, Unke, Müller, NeurIPS 2022 (arXiv 2205.14276); Frank, Unke,
+Müller, Chmiela, Nat. Commun. 15, 6539 (2024). Equations follow
+``so3krates-spec.md`` (mlff v1.0 ``SO3kratesSparse``).
+
+Symbols → code names:
+
+=========  ==================  ===========================
+paper      code                shape
+=========  ==================  ===========================
+f_i        ``features``        (n_atoms, F)
+x_i        ``ev``              (n_atoms, m_tot)
+r_ij       ``edge_vectors``    (n_edges, 3)
+K_ij       ``rbf``             (n_edges, K)
+Y_ij       ``sph``             (n_edges, m_tot)
+φ(d_ij)    ``phi``             (n_edges,)
+c(x)       ``contract(ev)``    (·, |L|)
+=========  ==================  ===========================
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Literal
+
+import torch
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from torch import nn
+
+from equiforce.data.graph import AtomicGraph
+from equiforce.models.base import NUM_ELEMENTS, PotentialModel
+from equiforce.nn.layers import MLP, Dense, HeadwiseLinear, ResidualMLP
+from equiforce.nn.radial import Cutoff, make_basis
+from equiforce.nn.scatter import scatter_sum
+from equiforce.nn.spherical import SphericalHarmonics, safe_norm
+
+
+class So3kratesConfig(BaseModel):
+    """Hyperparameters of So3krates (defaults = mlff v1.0 ``config.yaml``)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    num_features: int = Field(128, gt=0, description="invariant feature width F")
+    num_layers: int = Field(2, gt=0, description="number of layers T")
+    num_heads: int = Field(4, gt=0, description="invariant attention heads H")
+    degrees: tuple[int, ...] = Field((1, 2, 3, 4), description="degrees L of the Euclidean variables")
+    use_euclidean_variables: bool = Field(
+        True, description="False gives the invariant ablation (no EV, no Y_l, no α2 branch)"
+    )
+    cutoff: float = Field(5.0, gt=0, description="cutoff radius r_c, Å")
+    cutoff_fn: Literal["cosine", "phys", "exponential"] = Field("cosine", description="φ(d)")
+    radial_basis: Literal["physnet", "bernstein", "fourier", "gaussian"] = Field(
+        "physnet", description="radial basis K(d)"
+    )
+    num_radial: int = Field(32, gt=0, description="number of radial basis functions K")
+    qk_activation: Literal["identity", "silu"] = Field("identity", description="σ on q and k")
+    message_normalization: Literal["sqrt_head_size", "identity", "avg_num_neighbors"] = Field(
+        "sqrt_head_size", description="divisor n of the attention coefficients"
+    )
+    avg_num_neighbors: float | None = Field(
+        None, gt=0, description="divisor when message_normalization='avg_num_neighbors'"
+    )
+    layer_norm_1: bool = False
+    layer_norm_2: bool = False
+    residual_mlp_1: bool = False
+    residual_mlp_2: bool = False
+    readout_hidden: int = Field(128, gt=0, description="hidden width R of the readout")
+    readout_activation: Literal["identity", "silu"] = Field("identity", description="σ_E")
+    per_element_scale_shift: bool = Field(False, description="learnable s_Z, b_Z")
+    zero_init_readout: bool = Field(True, description="E ≡ 0 at initialisation")
+
+    @field_validator("degrees")
+    @classmethod
+    def _check_degrees(cls, v: tuple[int, ...]) -> tuple[int, ...]:
+        if any(l < 1 for l in v) or len(set(v)) != len(v) or list(v) != sorted(v):
+            raise ValueError(f"degrees must be unique, sorted and ≥ 1, got {v}")
+        return v
+
+    @model_validator(mode="after")
+    def _check_heads(self) -> So3kratesConfig:
+        if self.num_features % self.num_heads:
+            raise ValueError(
+                f"num_features={self.num_features} must be divisible by num_heads={self.num_heads}"
+            )
+        if self.use_euclidean_variables:
+            if not self.degrees:
+                raise ValueError("degrees must not be empty when use_euclidean_variables=True")
+            if self.num_features % len(self.degrees):
+                raise ValueError(
+                    f"num_features={self.num_features} must be divisible by the number of "
+                    f"degrees={len(self.degrees)}"
+                )
+        if self.message_normalization == "avg_num_neighbors" and self.avg_num_neighbors is None:
+            raise ValueError("message_normalization='avg_num_neighbors' needs avg_num_neighbors")
+        return self
+
+
+PRESETS: dict[str, dict] = {
+    "default": {},
+    "paper": {"num_features": 132, "num_layers": 3, "degrees": (1, 2, 3), "readout_hidden": 132,
+              "readout_activation": "silu"},
+    "invariant": {"use_euclidean_variables": False},
+    "small": {"num_features": 64, "num_layers": 2, "degrees": (1, 2, 3, 4), "readout_hidden": 64},
+}
+
+
+class DegreeContraction(nn.Module):
+    """c(x)_l = |x_l|²/√(2l+1): (n, m_tot) -> (n, |L|), as one matmul."""
+
+    def __init__(self, degrees: tuple[int, ...]) -> None:
+        super().__init__()
+        m_tot = sum(2 * l + 1 for l in degrees)
+        mat = torch.zeros(m_tot, len(degrees), dtype=torch.float64)
+        start = 0
+        for k, l in enumerate(degrees):
+            mat[start : start + 2 * l + 1, k] = 1.0 / math.sqrt(2 * l + 1)
+            start += 2 * l + 1
+        self.register_buffer("mat", mat)
+        # (m_tot,) degree block of each component, for per-degree gating
+        self.register_buffer("expand", (mat > 0).to(torch.float64).T.contiguous())  # (|L|, m_tot)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """(n, m_tot) -> (n, |L|)."""
+        return (x * x) @ self.mat
+
+
+class So3kratesLayer(nn.Module):
+    """Euclidean attention block + exchange block (spec §2.7)."""
+
+    def __init__(self, cfg: So3kratesConfig, contract: DegreeContraction | None) -> None:
+        super().__init__()
+        F, H, K = cfg.num_features, cfg.num_heads, cfg.num_radial
+        self.ev = cfg.use_euclidean_variables
+        self.num_heads, self.head_size = H, F // H
+        self.contract = contract
+        self.filter_r1 = MLP([K, F, F])
+        self.q1 = HeadwiseLinear(H, F // H)
+        self.k1 = HeadwiseLinear(H, F // H)
+        self.v1 = HeadwiseLinear(H, F // H)
+        act = nn.SiLU() if cfg.qk_activation == "silu" else nn.Identity()
+        self.qk_act = act
+        n_deg = len(cfg.degrees) if self.ev else 0
+        self.n_deg = n_deg
+        if self.ev:
+            self.filter_s1 = MLP([n_deg, F // 4, F])
+            self.filter_r2 = MLP([K, F, F])
+            self.filter_s2 = MLP([n_deg, F // 4, F])
+            self.q2 = HeadwiseLinear(n_deg, F // n_deg)
+            self.k2 = HeadwiseLinear(n_deg, F // n_deg)
+        self.exchange = Dense(F + n_deg, F + n_deg)
+        self.norm1 = nn.LayerNorm(F) if cfg.layer_norm_1 else nn.Identity()
+        self.norm2 = nn.LayerNorm(F) if cfg.layer_norm_2 else nn.Identity()
+        self.res1 = ResidualMLP(F) if cfg.residual_mlp_1 else nn.Identity()
+        self.res2 = ResidualMLP(F) if cfg.residual_mlp_2 else nn.Identity()
+        if cfg.message_normalization == "sqrt_head_size":
+            self.norm_inv1 = 1.0 / math.sqrt(F // H)
+            self.norm_inv2 = 1.0 / math.sqrt(F // max(n_deg, 1))
+        elif cfg.message_normalization == "identity":
+            self.norm_inv1 = self.norm_inv2 = 1.0
+        else:
+            self.norm_inv1 = self.norm_inv2 = 1.0 / float(cfg.avg_num_neighbors)
+
+    def forward(
+        self,
+        features: torch.Tensor,  # (n_atoms, F)
+        ev: torch.Tensor,  # (n_atoms, m_tot)
+        rbf: torch.Tensor,  # (n_edges, K)
+        sph: torch.Tensor,  # (n_edges, m_tot)
+        phi: torch.Tensor,  # (n_edges,)
+        idx_i: torch.Tensor,  # (n_edges,)
+        idx_j: torch.Tensor,  # (n_edges,)
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """One So3krates layer; returns updated (features, ev)."""
+        n_atoms, F = features.shape
+        n_edges = idx_i.shape[0]
+        # ---- invariant attention, H heads
+        w1 = self.filter_r1(rbf)  # (n_edges, F)
+        if self.ev:
+            s_ij = self.contract(ev[idx_j] - ev[idx_i])  # (n_edges, |L|)
+            w1 = w1 + self.filter_s1(s_ij)
+        q1 = self.qk_act(self.q1(features))  # (n_atoms, H, d)
+        k1 = self.qk_act(self.k1(features))
+        v1 = self.v1(features)
+        w1 = w1.view(n_edges, self.num_heads, self.head_size)
+        alpha1 = (q1[idx_i] * w1 * k1[idx_j]).sum(-1) * (phi[:, None] * self.norm_inv1)  # (n_edges, H)
+        msg = (alpha1[:, :, None] * v1[idx_j]).reshape(n_edges, F)
+        d_features = scatter_sum(msg, idx_i, n_atoms)
+        # ---- Euclidean attention, one head per degree
+        if self.ev:
+            w2 = self.filter_r2(rbf) + self.filter_s2(s_ij)  # (n_edges, F)
+            q2 = self.qk_act(self.q2(features))  # (n_atoms, |L|, F/|L|)
+            k2 = self.qk_act(self.k2(features))
+            w2 = w2.view(n_edges, self.n_deg, -1)
+            alpha2 = (q2[idx_i] * w2 * k2[idx_j]).sum(-1) * (phi[:, None] * self.norm_inv2)
+            d_ev = scatter_sum((alpha2 @ self.contract.expand) * sph, idx_i, n_atoms)
+            ev = ev + d_ev
+        features = self.res1(self.norm1(features + d_features))
+        # ---- exchange block
+        if self.ev:
+            bg = self.exchange(torch.cat([features, self.contract(ev)], dim=-1))
+            features = features + bg[:, :F]
+            ev = ev + (bg[:, F:] @ self.contract.expand) * ev
+        else:
+            features = features + self.exchange(features)
+        features = self.norm2(self.res2(features))
+        return features, ev
+
+
+class So3krates(PotentialModel):
+    """So3krates potential (see module docstring for the symbol table)."""
+
+    def __init__(self, config: So3kratesConfig, e0: torch.Tensor | None = None) -> None:
+        super().__init__(cutoff=config.cutoff, e0=e0)
+        self.config = config
+        cfg = config
+        F = cfg.num_features
+        self.embedding = nn.Embedding(NUM_ELEMENTS, F)
+        nn.init.normal_(self.embedding.weight, 0.0, 1.0)
+        self.rbf = make_basis(cfg.radial_basis, cfg.num_radial, cfg.cutoff)
+        self.cutoff_fn = Cutoff(cfg.cutoff_fn, cfg.cutoff)
+        degrees = cfg.degrees if cfg.use_euclidean_variables else ()
+        self.degrees = degrees
+        self.m_tot = sum(2 * l + 1 for l in degrees)
+        self.sph = SphericalHarmonics(degrees) if degrees else None
+        self.contract = DegreeContraction(degrees) if degrees else None
+        self.layers = nn.ModuleList(So3kratesLayer(cfg, self.contract) for _ in range(cfg.num_layers))
+        act = "silu" if cfg.readout_activation == "silu" else "identity"
+        self.readout = MLP([F, cfg.readout_hidden, 1], activation=act, zero_init_last=cfg.zero_init_readout)
+        if cfg.per_element_scale_shift:
+            self.scale = nn.Parameter(torch.ones(NUM_ELEMENTS))
+            self.shift = nn.Parameter(torch.zeros(NUM_ELEMENTS))
+        else:
+            self.scale = self.shift = None
+
+    def atomic_energies(self, graph: AtomicGraph, edge_vectors: torch.Tensor) -> torch.Tensor:
+        """Network atomic energies (n_atoms,) from So3krates features."""
+        idx_i, idx_j = graph.edge_index[0], graph.edge_index[1]
+        d = safe_norm(edge_vectors)  # (n_edges,)
+        rbf = self.rbf(d).to(edge_vectors.dtype)  # (n_edges, K)
+        phi = self.cutoff_fn(d)  # (n_edges,)
+        z = graph.atomic_numbers
+        features = self.embedding(z)  # (n_atoms, F)
+        n_atoms = features.shape[0]
+        if self.sph is not None:
+            sph = self.sph(edge_vectors)  # (n_edges, m_tot)
+        else:
+            sph = edge_vectors.new_zeros((edge_vectors.shape[0], 0))
+        ev = features.new_zeros((n_atoms, self.m_tot))
+        for layer in self.layers:
+            features, ev = layer(features, ev, rbf, sph, phi, idx_i, idx_j)
+        e = self.readout(features).squeeze(-1)  # (n_atoms,)
+        if self.scale is not None:
+            e = self.scale[z] * e + self.shift[z]
+        return e
