@@ -113,6 +113,13 @@ class PotentialModel(nn.Module):
             out = {k: v.detach() for k, v in out.items()}
         return out
 
+    def _apply(self, fn, recurse=True):  # noqa: D102 - keeps E0 in float64 under .to()
+        e0 = self._buffers["e0"]
+        out = super()._apply(fn, recurse)
+        probe = fn(torch.zeros(1, dtype=torch.float64, device=e0.device))
+        self._buffers["e0"] = e0.to(device=probe.device)  # float64 whatever the model dtype
+        return out
+
     # ------------------------------------------------------------- utilities
     def num_parameters(self) -> int:
         """Number of trainable parameters."""

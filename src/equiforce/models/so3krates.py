@@ -191,7 +191,7 @@ class So3kratesLayer(nn.Module):
             w2 = self.filter_r2(rbf) + self.filter_s2(s_ij)  # (n_edges, F)
             q2 = self.qk_act(self.q2(features))  # (n_atoms, |L|, F/|L|)
             k2 = self.qk_act(self.k2(features))
-            w2 = w2.view(n_edges, self.n_deg, -1)
+            w2 = w2.view(n_edges, self.n_deg, F // self.n_deg)
             alpha2 = (q2[idx_i] * w2 * k2[idx_j]).sum(-1) * (phi[:, None] * self.norm_inv2)
             d_ev = scatter_sum((alpha2 @ self.contract.expand) * sph, idx_i, n_atoms)
             ev = ev + d_ev

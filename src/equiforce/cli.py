@@ -1,0 +1,53 @@
+"""``equiforce`` command line: thin subcommands, each calling one library function.
+
+Each area module exposes ``register(subparsers)``, which adds its subcommands and
+sets ``func`` (a callable ``args -> int`` exit status) on each parser. Heavy
+imports happen inside the handlers so that ``equiforce --help`` stays fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+from equiforce import __version__
+
+#: Modules whose ``register`` adds subcommands, in the order shown by --help.
+SUBCOMMAND_MODULES: tuple[str, ...] = (
+    "equiforce.train.cli",  # train, eval, learning-curve
+    "equiforce.md.cli",  # md, stability
+    "equiforce.analysis.cli",  # analyze
+    "equiforce.bench",  # bench
+)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The full argument parser with every subcommand."""
+    parser = argparse.ArgumentParser(
+        prog="equiforce",
+        description="Train equivariant interatomic potentials and run molecular dynamics.",
+    )
+    parser.add_argument("--version", action="version", version=f"equiforce {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name in SUBCOMMAND_MODULES:
+        importlib.import_module(name).register(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the ``equiforce`` console script."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 2
+    try:
+        return int(args.func(args) or 0)
+    except KeyboardInterrupt:
+        print("interrupted: finished work was saved", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,255 @@
+"""Readers: extxyz (and anything ASE reads) and npz (rMD17, sGDML, QM7-X, generic keys).
+
+Every reader returns ``list[ase.Atoms]`` with labels attached as single-point
+results in eV, eV/Å and eV/Å³; units are converted here and nowhere else.
+Each frame is validated, and a problem raises :class:`DataError` naming the file,
+the frame and the field.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from pathlib import Path
+
+import ase.io
+import numpy as np
+from ase import Atoms
+from ase.calculators.singlepoint import SinglePointCalculator
+from ase.stress import full_3x3_to_voigt_6_stress
+
+from equiforce import units
+from equiforce.data.neighbors import neighbor_list
+
+#: Minimum allowed interatomic distance, Å (closer atoms are almost surely an error).
+MIN_DISTANCE = 0.1
+
+#: npz key conventions, tried in order: (positions, numbers, energy, forces).
+NPZ_LAYOUTS: dict[str, dict[str, str]] = {
+    "rmd17": {"positions": "coords", "numbers": "nuclear_charges", "energy": "energies",
+              "forces": "forces"},
+    "sgdml": {"positions": "R", "numbers": "z", "energy": "E", "forces": "F"},
+    "generic": {"positions": "positions", "numbers": "atomic_numbers", "energy": "energy",
+                "forces": "forces"},
+    "qm7x": {"positions": "atXYZ", "numbers": "atNUM", "energy": "ePBE0+MBD",
+             "forces": "totFOR"},
+}
+
+
+class DataError(ValueError):
+    """Invalid input data; the message names file, frame and field."""
+
+    def __init__(self, path: str | Path, frame: int | None, field: str, message: str) -> None:
+        where = f"{path}" + (f": frame {frame}" if frame is not None else "")
+        super().__init__(f"{where}: {field}: {message}")
+        self.path, self.frame, self.field = str(path), frame, field
+
+
+def read(
+    path: str | Path,
+    index: str | int | slice = ":",
+    energy_key: str | None = None,
+    forces_key: str | None = None,
+    stress_key: str | None = None,
+    energy_unit: str = "eV",
+    force_unit: str | None = None,
+    length_unit: str = "Angstrom",
+    format: str | None = None,
+    require: Iterable[str] = (),
+) -> list[Atoms]:
+    """Read structures with energy/force/stress labels, converted to eV and Å.
+
+    Args:
+        path: file to read (``.npz`` or any format ASE reads; extxyz recommended).
+        index: frames to read (ASE syntax: ``":"``, ``"0:100"``, an int or a slice).
+        energy_key: where the energy is (npz key, or ``atoms.info`` key such as
+            ``REF_energy``); default: auto-detected / calculator results.
+        forces_key: npz key or ``atoms.arrays`` key of the forces.
+        stress_key: npz key or ``atoms.info`` key of the stress (3x3 or Voigt 6).
+        energy_unit: unit of the stored energies (see :mod:`equiforce.units`).
+        force_unit: unit of the stored forces; default: ``energy_unit`` per
+            ``length_unit`` (e.g. kcal/mol -> kcal/mol/Angstrom).
+        length_unit: unit of positions and cell.
+        format: ASE format name, or ``"npz"``; default from the file name.
+        require: labels that every frame must carry, e.g. ``("energy", "forces")``.
+
+    Returns:
+        One ``ase.Atoms`` per frame, labels in ``atoms.calc.results``.
+
+    Raises:
+        DataError: unreadable file, unknown unit, invalid frame (names file, frame, field).
+    """
+    path = Path(path)
+    if not path.exists():
+        raise DataError(path, None, "path", "file does not exist")
+    try:
+        e_fac = units.energy_factor(energy_unit)
+        l_fac = units.length_factor(length_unit)
+        f_fac = _force_factor(force_unit, energy_unit, length_unit)
+    except ValueError as err:
+        raise DataError(path, None, "units", str(err)) from None
+    is_npz = (format or path.suffix.lstrip(".")).lower() == "npz"
+    reader = _read_npz if is_npz else _read_ase
+    frames = reader(path, index, energy_key, forces_key, stress_key, format)
+    out = []
+    for k, (atoms, labels) in enumerate(frames):
+        atoms.positions *= l_fac
+        if atoms.cell.rank:
+            atoms.cell = np.asarray(atoms.cell) * l_fac
+        results = {}
+        if labels.get("energy") is not None:
+            results["energy"] = float(labels["energy"]) * e_fac
+        if labels.get("forces") is not None:
+            results["forces"] = np.asarray(labels["forces"], dtype=np.float64) * f_fac
+        if labels.get("stress") is not None:
+            s = np.asarray(labels["stress"], dtype=np.float64) * e_fac / l_fac**3
+            results["stress"] = full_3x3_to_voigt_6_stress(s) if s.shape == (3, 3) else s
+        validate_atoms(atoms, results, path, k, require)
+        if results:
+            atoms.calc = SinglePointCalculator(atoms, **results)
+        out.append(atoms)
+    return out
+
+
+def _force_factor(force_unit: str | None, energy_unit: str, length_unit: str) -> float:
+    if force_unit is not None:
+        return units.force_factor(force_unit)
+    return units.energy_factor(energy_unit) / units.length_factor(length_unit)
+
+
+def _index_list(index: str | int | slice, n: int) -> list[int]:
+    if isinstance(index, int):
+        return [range(n)[index]]
+    if isinstance(index, str):
+        if index.strip() == ":":
+            return list(range(n))
+        if ":" not in index:
+            return [range(n)[int(index)]]
+        parts = [int(p) if p.strip() else None for p in index.split(":")]
+        index = slice(*parts)
+    return list(range(n))[index]
+
+
+def _detect_layout(keys: set[str]) -> dict[str, str] | None:
+    for layout in NPZ_LAYOUTS.values():
+        if layout["positions"] in keys and layout["numbers"] in keys:
+            return layout
+    return None
+
+
+def _read_npz(path, index, energy_key, forces_key, stress_key, _format):
+    try:
+        data = np.load(path, allow_pickle=False)
+    except Exception as err:  # noqa: BLE001 - any reader error becomes a DataError
+        raise DataError(path, None, "file", f"not a readable npz file ({err})") from None
+    keys = set(data.files)
+    layout = _detect_layout(keys)
+    if layout is None:
+        raise DataError(
+            path, None, "keys",
+            f"no known key layout (found {sorted(keys)}); expected one of "
+            + "; ".join(f"{n}: {v['positions']}+{v['numbers']}" for n, v in NPZ_LAYOUTS.items()),
+        )
+    e_key = energy_key or layout["energy"]
+    f_key = forces_key or layout["forces"]
+    for name, key, given in (("energy", e_key, energy_key), ("forces", f_key, forces_key),
+                             ("stress", stress_key, stress_key)):
+        if given and key not in keys:
+            raise DataError(path, None, name, f"key {key!r} not in file (found {sorted(keys)})")
+    pos = data[layout["positions"]]
+    numbers = data[layout["numbers"]]
+    if pos.ndim == 2:
+        pos = pos[None]
+    n_frames = pos.shape[0]
+    if pos.ndim != 3 or pos.shape[-1] != 3:
+        raise DataError(path, None, layout["positions"], f"expected (frames, atoms, 3), got {pos.shape}")
+    energies = data[e_key].reshape(n_frames, -1)[:, 0] if e_key in keys else None
+    forces = data[f_key] if f_key in keys else None
+    stress = data[stress_key] if stress_key and stress_key in keys else None
+    cell = data["cell"] if "cell" in keys else None
+    pbc = data["pbc"] if "pbc" in keys else None
+    for name, arr in (("energy", energies), ("forces", forces)):
+        if arr is not None and arr.shape[0] != n_frames:
+            raise DataError(path, None, name, f"{arr.shape[0]} entries for {n_frames} frames")
+    for k in _index_list(index, n_frames):
+        z = numbers if numbers.ndim == 1 else numbers[k]
+        if forces is not None and forces[k].shape != pos[k].shape:
+            raise DataError(path, k, "forces", f"shape {forces[k].shape} != positions {pos[k].shape}")
+        if z.shape[0] != pos[k].shape[0]:
+            raise DataError(path, k, "atomic_numbers", f"{z.shape[0]} numbers for {pos[k].shape[0]} positions")
+        keep = z > 0  # zero-padded formats (QM7-X subsets) mark padding with Z = 0
+        if numbers.ndim == 1:
+            keep = np.ones_like(keep)
+        atoms = Atoms(numbers=z[keep].astype(int), positions=pos[k][keep])
+        if cell is not None:
+            c = cell if cell.ndim == 2 else cell[k]
+            atoms.cell = c
+            atoms.pbc = (pbc if pbc is None or pbc.ndim == 1 else pbc[k]) if pbc is not None else True
+        labels = {
+            "energy": None if energies is None else energies[k],
+            "forces": None if forces is None else forces[k][keep],
+            "stress": None if stress is None else stress[k],
+        }
+        yield atoms, labels
+
+
+def _read_ase(path, index, energy_key, forces_key, stress_key, format):
+    try:
+        frames = ase.io.read(path, index=index, format=format)
+    except Exception as err:  # noqa: BLE001
+        raise DataError(path, None, "file", f"cannot be read by ASE ({type(err).__name__}: {err})") from None
+    if isinstance(frames, Atoms):
+        frames = [frames]
+    for atoms in frames:
+        results = dict(atoms.calc.results) if atoms.calc is not None else {}
+        labels = {
+            "energy": atoms.info.get(energy_key) if energy_key else results.get("energy"),
+            "forces": atoms.arrays.get(forces_key) if forces_key else results.get("forces"),
+            "stress": atoms.info.get(stress_key) if stress_key else results.get("stress"),
+        }
+        atoms.calc = None
+        yield atoms, labels
+
+
+def validate_atoms(
+    atoms: Atoms, results: dict, path: str | Path, frame: int, require: Iterable[str] = ()
+) -> None:
+    """Check one frame; raise :class:`DataError` naming the offending field.
+
+    Checks: non-empty, known elements, finite positions/labels, label shapes,
+    required labels present, non-degenerate periodic cell, no atoms closer
+    than :data:`MIN_DISTANCE`.
+    """
+    n = len(atoms)
+    if n == 0:
+        raise DataError(path, frame, "positions", "empty structure (no atoms)")
+    z = atoms.numbers
+    bad = z[(z < 1) | (z > 118)]
+    if bad.size:
+        raise DataError(path, frame, "atomic_numbers", f"unknown element Z={int(bad[0])}")
+    if not np.isfinite(atoms.positions).all():
+        row = int(np.nonzero(~np.isfinite(atoms.positions).all(1))[0][0])
+        raise DataError(path, frame, "positions", f"non-finite coordinate (NaN/inf) at atom {row}")
+    for name in require:
+        if results.get(name) is None:
+            raise DataError(path, frame, name, f"missing {name} label (required for training)")
+    if "energy" in results and not np.isfinite(results["energy"]):
+        raise DataError(path, frame, "energy", "non-finite energy")
+    if "forces" in results:
+        f = results["forces"]
+        if f.shape != (n, 3):
+            raise DataError(path, frame, "forces", f"shape {f.shape} does not match ({n}, 3)")
+        if not np.isfinite(f).all():
+            raise DataError(path, frame, "forces", "non-finite force component")
+    if atoms.pbc.any():
+        vol = abs(np.linalg.det(np.asarray(atoms.cell)))
+        if vol < 1e-6:
+            raise DataError(path, frame, "cell", f"zero-volume cell with pbc={atoms.pbc.tolist()}")
+    if n > 1:
+        cell = np.asarray(atoms.cell) if atoms.pbc.any() else None
+        edges, shifts = neighbor_list(atoms.positions, MIN_DISTANCE, cell, atoms.pbc)
+        if edges.shape[1]:
+            i, j = edges[:, 0]
+            raise DataError(
+                path, frame, "positions",
+                f"atoms {i} and {j} are closer than {MIN_DISTANCE} Å (overlapping atoms)",
+            )

@@ -1,0 +1,135 @@
+"""Checkpoints: config + state_dict + statistics, loadable with ``weights_only=True``.
+
+A checkpoint is a plain dict of tensors and Python builtins::
+
+    {format_version, equiforce_version, model_name, model_config, dtype,
+     state_dict, statistics, train_config}
+
+Modules are never pickled, so loading a file cannot execute code. Writes are
+atomic (temporary file in the same folder + ``os.replace``).
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from equiforce import __version__
+from equiforce.models.base import PotentialModel
+
+FORMAT_VERSION = 1
+_REQUIRED = ("format_version", "model_name", "model_config", "state_dict")
+
+
+class CheckpointError(ValueError):
+    """The file is not a valid equiforce checkpoint."""
+
+
+def atomic_torch_save(obj: Any, path: str | Path) -> None:
+    """``torch.save`` to a temporary file, fsync, then rename over ``path``."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            torch.save(obj, fh)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def model_payload(
+    model: PotentialModel, statistics: dict | None = None, train_config: dict | None = None
+) -> dict[str, Any]:
+    """The checkpoint dict of ``model`` (see module docstring)."""
+    if not model.model_name or model.config is None:
+        raise CheckpointError("model has no registry name/config; build it with build_model()")
+    dtype = next(iter(model.parameters())).dtype
+    return {
+        "format_version": FORMAT_VERSION,
+        "equiforce_version": __version__,
+        "model_name": model.model_name,
+        "model_config": model.config.model_dump(mode="json"),
+        "dtype": str(dtype).removeprefix("torch."),
+        "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+        "statistics": dict(statistics or {}),
+        "train_config": dict(train_config or {}),
+    }
+
+
+def save_model(
+    model: PotentialModel,
+    path: str | Path,
+    statistics: dict | None = None,
+    train_config: dict | None = None,
+) -> None:
+    """Write ``model`` to ``path`` atomically."""
+    atomic_torch_save(model_payload(model, statistics, train_config), path)
+
+
+def load_checkpoint(path: str | Path) -> dict[str, Any]:
+    """Read and check a checkpoint dict with ``torch.load(weights_only=True)``.
+
+    Raises:
+        CheckpointError: missing, truncated, foreign or newer-format file.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: checkpoint file does not exist")
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # noqa: BLE001 - torch raises many kinds here
+        raise CheckpointError(
+            f"{path}: not a readable equiforce checkpoint (truncated, corrupt or not a "
+            f"torch file; {type(err).__name__}: {str(err).splitlines()[0][:200]})"
+        ) from None
+    if not isinstance(payload, dict) or any(k not in payload for k in _REQUIRED):
+        raise CheckpointError(
+            f"{path}: not an equiforce checkpoint (expected a dict with keys {_REQUIRED})"
+        )
+    if int(payload["format_version"]) > FORMAT_VERSION:
+        raise CheckpointError(
+            f"{path}: format_version {payload['format_version']} is newer than this "
+            f"equiforce ({FORMAT_VERSION}); upgrade equiforce"
+        )
+    return payload
+
+
+def model_from_payload(
+    payload: dict[str, Any], device: str | torch.device = "cpu", dtype: torch.dtype | None = None
+) -> PotentialModel:
+    """Rebuild a model through the registry from a checkpoint dict."""
+    from equiforce.models.registry import MODELS, make_config
+
+    name = payload["model_name"]
+    if name not in MODELS:
+        raise CheckpointError(f"checkpoint model {name!r} is not in this equiforce ({sorted(MODELS)})")
+    config = make_config(name, **payload["model_config"])
+    state = payload["state_dict"]
+    model = MODELS[name][1](config, e0=state.get("e0"))
+    model.model_name = name
+    stored = getattr(torch, payload.get("dtype", "float32"))
+    model = model.to(stored)
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as err:
+        raise CheckpointError(f"state_dict does not fit the {name} config: {err}") from None
+    return model.to(device=device, dtype=dtype or stored).eval()
+
+
+def load_model(
+    path: str | Path, device: str | torch.device = "cpu", dtype: torch.dtype | None = None
+) -> PotentialModel:
+    """Load a model saved by :func:`save_model` (or a training run's best/last.pt)."""
+    try:
+        return model_from_payload(load_checkpoint(path), device=device, dtype=dtype)
+    except CheckpointError as err:
+        msg = str(err)
+        raise CheckpointError(msg if msg.startswith(str(path)) else f"{path}: {msg}") from None

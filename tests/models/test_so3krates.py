@@ -1,0 +1,97 @@
+"""So3krates: the shared contract suite plus So3krates-specific reference values."""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from equiforce.data.graph import AtomicGraph
+from equiforce.models.registry import build_model
+from equiforce.models.so3krates import DegreeContraction
+from equiforce.nn.radial import PhysNetBasis, cosine_cutoff, phys_cutoff
+from equiforce.nn.spherical import SphericalHarmonics
+from equiforce.testing import ModelContractTests, random_molecule
+
+SMALL = {"num_features": 16, "num_layers": 2, "degrees": (1, 2), "num_radial": 8,
+         "readout_hidden": 16, "zero_init_readout": False}
+
+
+class TestSo3krates(ModelContractTests):
+    model_name = "so3krates"
+    overrides = SMALL
+
+
+class TestSo3kratesInvariant(ModelContractTests):
+    model_name = "so3krates"
+    overrides = {**SMALL, "use_euclidean_variables": False}
+
+
+class TestSo3kratesSO3LRLike(ModelContractTests):
+    """LayerNorms, residual MLPs, Bernstein basis, phys cutoff, SiLU readout, per-Z scale."""
+
+    model_name = "so3krates"
+    overrides = {**SMALL, "layer_norm_1": True, "layer_norm_2": True, "residual_mlp_1": True,
+                 "radial_basis": "bernstein", "cutoff_fn": "phys", "readout_activation": "silu",
+                 "per_element_scale_shift": True, "qk_activation": "silu", "cutoff": 4.5}
+
+
+@pytest.mark.parametrize(("preset", "count"), [("default", 208_425), ("invariant", 130_945),
+                                               ("paper", 321_721)])
+def test_parameter_counts_match_reference(preset, count):
+    assert build_model("so3krates", preset).num_parameters() == count
+
+
+def test_so3lr_like_parameter_count():
+    model = build_model("so3krates", num_layers=3, cutoff=4.5, radial_basis="bernstein",
+                        layer_norm_1=True, layer_norm_2=True, residual_mlp_1=True,
+                        readout_activation="silu")
+    assert model.num_parameters() == 397_309
+
+
+def test_zero_initialised_readout_returns_only_e0():
+    model = build_model("so3krates", "small", dtype=torch.float64, e0={1: -1.0, 6: -2.0, 8: -3.0})
+    pos, z = random_molecule(np.random.default_rng(0))
+    out = model(AtomicGraph.from_arrays(pos, z, model.cutoff))
+    expected = sum({1: -1.0, 6: -2.0, 8: -3.0}[int(a)] for a in z)
+    assert out["energy"].item() == pytest.approx(expected, abs=1e-12)
+    assert out["forces"].abs().max().item() == 0.0
+
+
+def test_contraction_of_spherical_harmonics_closed_form():
+    degrees = (1, 2, 3, 4)
+    y = SphericalHarmonics(degrees)(torch.randn(5, 3, dtype=torch.float64))
+    c = DegreeContraction(degrees).to(torch.float64)(y)
+    expected = torch.tensor([math.sqrt(2 * l + 1) / (4 * math.pi) for l in degrees],
+                            dtype=torch.float64)
+    torch.testing.assert_close(c, expected.expand(5, 4))
+    assert expected[0].item() == pytest.approx(0.137832, abs=1e-6)
+
+
+def test_physnet_basis_and_cutoffs_reference_values():
+    basis = PhysNetBasis(32, 5.0)
+    assert basis.mu[0].item() == pytest.approx(0.0067379, abs=1e-7)
+    assert basis.mu[-1].item() == 1.0
+    assert basis.beta == pytest.approx(259.485, abs=1e-3)
+    d = torch.tensor([2.5, 5.0, 6.0], dtype=torch.float64)
+    assert cosine_cutoff(d, 5.0).tolist() == pytest.approx([0.5, 0.0, 0.0])
+    assert phys_cutoff(d, 5.0).tolist() == pytest.approx([0.5, 0.0, 0.0])
+
+
+def test_invariant_ablation_has_no_euclidean_path():
+    model = build_model("so3krates", "invariant")
+    names = [n for n, _ in model.named_parameters()]
+    assert not any(k in n for n in names for k in ("filter_s", "filter_r2", "q2", "k2"))
+    assert model.sph is None and model.m_tot == 0
+
+
+def test_euclidean_variables_change_the_energy():
+    """The EV branch is live: its weights influence the energy (not a dead path)."""
+    model = build_model("so3krates", dtype=torch.float64, **SMALL)
+    pos, z = random_molecule(np.random.default_rng(3))
+    g = AtomicGraph.from_arrays(pos, z, model.cutoff)
+    e1 = model(g, compute_forces=False)["energy"].item()
+    with torch.no_grad():
+        model.layers[0].filter_r2[-1].bias.add_(0.5)
+    e2 = model(g, compute_forces=False)["energy"].item()
+    assert abs(e1 - e2) > 1e-8
