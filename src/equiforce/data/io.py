@@ -241,9 +241,13 @@ def validate_atoms(
         if not np.isfinite(f).all():
             raise DataError(path, frame, "forces", "non-finite force component")
     if atoms.pbc.any():
-        vol = abs(np.linalg.det(np.asarray(atoms.cell)))
-        if vol < 1e-6:
-            raise DataError(path, frame, "cell", f"zero-volume cell with pbc={atoms.pbc.tolist()}")
+        periodic_rows = np.asarray(atoms.cell)[atoms.pbc]
+        if np.linalg.matrix_rank(periodic_rows, tol=1e-6) < int(atoms.pbc.sum()):
+            raise DataError(
+                path, frame, "cell",
+                f"zero-volume (degenerate) cell {np.asarray(atoms.cell).tolist()} with "
+                f"pbc={atoms.pbc.tolist()}",
+            )
     if n > 1:
         cell = np.asarray(atoms.cell) if atoms.pbc.any() else None
         edges, shifts = neighbor_list(atoms.positions, MIN_DISTANCE, cell, atoms.pbc)

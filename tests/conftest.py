@@ -1,0 +1,29 @@
+"""Shared fixtures: repository data paths and small structures."""
+
+from pathlib import Path
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+DATA = ROOT / "data" / "rmd17"
+
+
+@pytest.fixture(autouse=True)
+def _threads():
+    torch.set_num_threads(2)
+
+
+@pytest.fixture
+def ethanol_train() -> Path:
+    return DATA / "rmd17_ethanol_train_01.npz"
+
+
+@pytest.fixture
+def ethanol_test() -> Path:
+    return DATA / "rmd17_ethanol_test_01.npz"
+
+
+@pytest.fixture
+def isolated_atoms() -> Path:
+    return DATA / "isolated_atoms.xyz"

@@ -1,0 +1,46 @@
+import numpy as np
+import torch
+
+from equiforce import keys
+from equiforce.data.graph import AtomicGraph
+
+
+def make(n, seed, periodic=False):
+    rng = np.random.default_rng(seed)
+    pos = rng.random((n, 3)) * (4 if periodic else 3)
+    cell = np.eye(3) * 4 if periodic else None
+    pbc = np.ones(3, bool) if periodic else None
+    targets = {keys.ENERGY: rng.normal(), keys.FORCES: rng.normal(size=(n, 3))}
+    return AtomicGraph.from_arrays(pos, rng.integers(1, 9, n), 2.5, cell, pbc, targets)
+
+
+def test_collate_then_split_round_trips():
+    graphs = [make(3, 0), make(5, 1, periodic=True), make(4, 2)]
+    batch = AtomicGraph.collate(graphs)
+    assert batch.n_graphs == 3 and batch.num_nodes == 12
+    assert batch.graph_index.tolist() == [0] * 3 + [1] * 5 + [2] * 4
+    for a, b in zip(graphs, batch.split(), strict=True):
+        assert torch.equal(a.positions, b.positions)
+        assert torch.equal(a.edge_index, b.edge_index)
+        assert torch.equal(a.edge_shifts, b.edge_shifts)
+        assert torch.equal(a.targets[keys.FORCES], b.targets[keys.FORCES])
+        assert torch.equal(a.targets[keys.ENERGY], b.targets[keys.ENERGY])
+
+
+def test_edge_vectors_use_image_shifts():
+    g = make(5, 3, periodic=True)
+    vec = g.edge_vectors()
+    assert (vec.norm(dim=1) < 2.5).all()
+    i, j = g.edge_index
+    direct = g.positions[j] - g.positions[i]
+    shifted = (g.edge_shifts.abs().sum(1) > 0)
+    assert shifted.any()
+    assert not torch.allclose(vec[shifted], direct[shifted])
+
+
+def test_to_casts_floats_but_keeps_energy_float64():
+    g = make(4, 4).to(dtype=torch.float32)
+    assert g.positions.dtype == torch.float32
+    assert g.targets[keys.FORCES].dtype == torch.float32
+    assert g.targets[keys.ENERGY].dtype == torch.float64
+    assert g.atomic_numbers.dtype == torch.long

@@ -1,0 +1,40 @@
+import numpy as np
+import pytest
+
+from equiforce.data.neighbors import brute_force_neighbors, neighbor_list
+
+
+def as_set(edges, shifts):
+    return set(map(tuple, np.concatenate([edges.T, shifts], axis=1).tolist()))
+
+
+@pytest.mark.parametrize(
+    "pbc", [(True, True, True), (True, False, True), (False, False, False)]
+)
+@pytest.mark.parametrize("cutoff", [2.05, 5.05])
+def test_vesin_matches_brute_force_triclinic(pbc, cutoff):
+    rng = np.random.default_rng(0)
+    cell = np.array([[3.0, 0.0, 0.0], [0.5, 3.2, 0.0], [0.3, 0.2, 2.9]])
+    pos = rng.random((6, 3)) @ cell
+    pbc = np.array(pbc)
+    ref = as_set(*brute_force_neighbors(pos, cutoff, cell, pbc))
+    got = as_set(*neighbor_list(pos, cutoff, cell, pbc))
+    assert got == ref
+    assert len(ref) > 0
+
+
+def test_cell_smaller_than_twice_cutoff_has_self_images():
+    cell = np.eye(3) * 2.0
+    edges, shifts = neighbor_list(np.zeros((1, 3)), 2.5, cell, np.ones(3, bool))
+    # one atom, six face neighbours at 2.0 Å and twelve edge neighbours at 2.83 Å > 2.5
+    assert edges.shape[1] == 6
+    assert (edges == 0).all()
+    assert np.abs(shifts).sum(axis=1).tolist() == [1] * 6
+
+
+def test_pairs_are_symmetric():
+    rng = np.random.default_rng(1)
+    pos = rng.random((20, 3)) * 6
+    edges, _ = neighbor_list(pos, 3.0)
+    pairs = set(map(tuple, edges.T.tolist()))
+    assert pairs == {(j, i) for i, j in pairs}
