@@ -161,11 +161,51 @@ class So3kratesLayer(nn.Module):
         else:
             self.norm_inv1 = self.norm_inv2 = 1.0 / float(cfg.avg_num_neighbors)
 
+    def radial_firsts(self) -> list[nn.Module]:
+        """First Dense (K -> F) of the radial filters of this layer."""
+        return [self.filter_r1[0], self.filter_r2[0]] if self.ev else [self.filter_r1[0]]
+
+    def node_projection(self) -> torch.Tensor:
+        """Block-diagonal (F, n·F) matrix of all per-head maps [q1 | q2 | k1 | k2 | v1]."""
+        mats = [self.q1.block_diag()]
+        if self.ev:
+            mats.append(self.q2.block_diag())
+        mats.append(self.k1.block_diag())
+        if self.ev:
+            mats.append(self.k2.block_diag())
+        mats.append(self.v1.block_diag())
+        return torch.cat(mats, dim=1)
+
+    def edge_filters(
+        self, hidden_r: torch.Tensor, s_ij: torch.Tensor | None
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """w1, w2 (n_edges, F) from the radial hidden layer and the spherical input.
+
+        ``hidden_r`` is silu(first radial Dense) of both filters, (n_edges, 2F)
+        (or (n_edges, F) without EV); the radial and spherical second layers of a
+        filter are applied as one matmul on the concatenated hidden features.
+        """
+        F = hidden_r.shape[1] // (2 if self.ev else 1)
+        r1, r2 = self.filter_r1[2], self.filter_r2[2] if self.ev else None
+        if not self.ev:
+            return torch.addmm(r1.bias, hidden_r, r1.weight.t()), None
+        s1a, s2a = self.filter_s1[0], self.filter_s2[0]
+        w_sa = torch.cat([s1a.weight, s2a.weight], 0)  # (F/2, |L|)
+        b_sa = torch.cat([s1a.bias, s2a.bias])
+        hs = torch.nn.functional.silu(torch.addmm(b_sa, s_ij, w_sa.t()))  # (n_edges, F/2)
+        q = hs.shape[1] // 2
+        s1b, s2b = self.filter_s1[2], self.filter_s2[2]
+        h1 = torch.cat([hidden_r[:, :F], hs[:, :q]], 1)
+        h2 = torch.cat([hidden_r[:, F:], hs[:, q:]], 1)
+        w1 = torch.addmm(r1.bias + s1b.bias, h1, torch.cat([r1.weight, s1b.weight], 1).t())
+        w2 = torch.addmm(r2.bias + s2b.bias, h2, torch.cat([r2.weight, s2b.weight], 1).t())
+        return w1, w2
+
     def forward(
         self,
         features: torch.Tensor,  # (n_atoms, F)
         ev: torch.Tensor,  # (n_atoms, m_tot)
-        rbf: torch.Tensor,  # (n_edges, K)
+        hidden_r: torch.Tensor,  # (n_edges, 2F) radial hidden features of both filters
         sph: torch.Tensor,  # (n_edges, m_tot)
         phi: torch.Tensor,  # (n_edges,)
         idx_i: torch.Tensor,  # (n_edges,)
@@ -174,25 +214,26 @@ class So3kratesLayer(nn.Module):
         """One So3krates layer; returns updated (features, ev)."""
         n_atoms, F = features.shape
         n_edges = idx_i.shape[0]
-        # ---- invariant attention, H heads
-        w1 = self.filter_r1(rbf)  # (n_edges, F)
+        H, d = self.num_heads, self.head_size
+        s_ij = None
         if self.ev:
-            s_ij = self.contract(ev[idx_j] - ev[idx_i])  # (n_edges, |L|)
-            w1 = w1 + self.filter_s1(s_ij)
-        q1 = self.qk_act(self.q1(features))  # (n_atoms, H, d)
-        k1 = self.qk_act(self.k1(features))
-        v1 = self.v1(features)
-        w1 = w1.view(n_edges, self.num_heads, self.head_size)
-        alpha1 = (q1[idx_i] * w1 * k1[idx_j]).sum(-1) * (phi[:, None] * self.norm_inv1)  # (n_edges, H)
-        msg = (alpha1[:, :, None] * v1[idx_j]).reshape(n_edges, F)
-        d_features = scatter_sum(msg, idx_i, n_atoms)
-        # ---- Euclidean attention, one head per degree
+            s_ij = self.contract(ev.index_select(0, idx_j) - ev.index_select(0, idx_i))
+        w1, w2 = self.edge_filters(hidden_r, s_ij)  # (n_edges, F) each
+        # all per-head node maps in one matmul, then one gather per edge end
+        proj = features @ self.node_projection()  # (n_atoms, nF)
+        n_q = 2 if self.ev else 1
+        q = self.qk_act(proj[:, : n_q * F])
+        kv = torch.cat([self.qk_act(proj[:, n_q * F : 2 * n_q * F]), proj[:, 2 * n_q * F :]], 1)
+        q_i = q.index_select(0, idx_i)  # (n_edges, n_q·F)
+        kv_j = kv.index_select(0, idx_j)  # (n_edges, (n_q+1)·F)
+        phi1 = phi[:, None] * self.norm_inv1
+        alpha1 = (q_i[:, :F] * w1 * kv_j[:, :F]).view(n_edges, H, d).sum(-1) * phi1
+        v_j = kv_j[:, n_q * F :].view(n_edges, H, d)
+        msg = (alpha1[:, :, None] * v_j).reshape(n_edges, F)
+        d_features = scatter_sum(msg, idx_i, n_atoms)  # (n_atoms, F)
         if self.ev:
-            w2 = self.filter_r2(rbf) + self.filter_s2(s_ij)  # (n_edges, F)
-            q2 = self.qk_act(self.q2(features))  # (n_atoms, |L|, F/|L|)
-            k2 = self.qk_act(self.k2(features))
-            w2 = w2.view(n_edges, self.n_deg, F // self.n_deg)
-            alpha2 = (q2[idx_i] * w2 * k2[idx_j]).sum(-1) * (phi[:, None] * self.norm_inv2)
+            prod2 = q_i[:, F:] * w2 * kv_j[:, F : 2 * F]
+            alpha2 = prod2.view(n_edges, self.n_deg, F // self.n_deg).sum(-1) * (phi[:, None] * self.norm_inv2)
             d_ev = scatter_sum((alpha2 @ self.contract.expand) * sph, idx_i, n_atoms)
             ev = ev + d_ev
         features = self.res1(self.norm1(features + d_features))
@@ -247,8 +288,15 @@ class So3krates(PotentialModel):
         else:
             sph = edge_vectors.new_zeros((edge_vectors.shape[0], 0))
         ev = features.new_zeros((n_atoms, self.m_tot))
-        for layer in self.layers:
-            features, ev = layer(features, ev, rbf, sph, phi, idx_i, idx_j)
+        # first radial Dense of every filter of every layer in one product
+        firsts = [m for layer in self.layers for m in layer.radial_firsts()]
+        w_first = torch.cat([m.weight for m in firsts], 0)  # (T·nF, K)
+        b_first = torch.cat([m.bias for m in firsts])
+        hidden = torch.nn.functional.silu(torch.addmm(b_first, rbf, w_first.t()))
+        width = hidden.shape[1] // len(self.layers)
+        for t, layer in enumerate(self.layers):
+            h_t = hidden[:, t * width : (t + 1) * width]
+            features, ev = layer(features, ev, h_t, sph, phi, idx_i, idx_j)
         e = self.readout(features).squeeze(-1)  # (n_atoms,)
         if self.scale is not None:
             e = self.scale[z] * e + self.shift[z]

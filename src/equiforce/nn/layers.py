@@ -81,3 +81,7 @@ class HeadwiseLinear(nn.Module):
         """(n, H·d) -> (n, H, d)."""
         f = f.view(-1, self.num_heads, self.head_size)
         return torch.einsum("nhd,hde->nhe", f, self.weight)
+
+    def block_diag(self) -> torch.Tensor:
+        """The equivalent (H·d, H·d) block-diagonal matrix for ``x @ W``."""
+        return torch.block_diag(*self.weight.unbind(0))
