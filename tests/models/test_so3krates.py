@@ -95,3 +95,13 @@ def test_euclidean_variables_change_the_energy():
         model.layers[0].filter_r2[-1].bias.add_(0.5)
     e2 = model(g, compute_forces=False)["energy"].item()
     assert abs(e1 - e2) > 1e-8
+
+
+@pytest.mark.parametrize("degrees", [(1,), (1, 2, 3), (1, 2, 3, 4), (2, 4)])
+def test_polynomial_spherical_harmonics_equal_e3nn(degrees):
+    from equiforce.nn.spherical import e3nn_spherical_harmonics
+
+    vec = torch.randn(500, 3, dtype=torch.float64) * 3
+    ours = SphericalHarmonics(degrees).to(torch.float64)(vec)
+    ref = e3nn_spherical_harmonics(degrees, vec / vec.norm(dim=1, keepdim=True))
+    torch.testing.assert_close(ours, ref, atol=1e-13, rtol=0)
