@@ -1,0 +1,133 @@
+"""Training loss (so3krates-spec §5.1).
+
+L = w_E · L_E + w_F · L_F + w_S · L_S with
+
+* L_E = mean over graphs of (E_pred − E_ref)², total energy in eV (or E/n_atoms
+  when ``energy_per_atom``);
+* L_F = mean over graphs of [mean over the graph's atoms and x, y, z of
+  (F_pred − F_ref)²]: every structure counts equally whatever its size;
+* L_S = mean over graphs of the mean over the 3×3 components of (σ_pred − σ_ref)².
+
+Missing (NaN) labels are masked: a graph without an energy label does not
+count in L_E, a NaN force component does not count in its graph's mean.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from equiforce import keys
+from equiforce.data.graph import AtomicGraph
+from equiforce.nn.scatter import scatter_sum
+
+
+def _masked_mean(sq: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+    """Mean of ``sq`` over ``valid`` entries (0 if none)."""
+    n = valid.sum()
+    return torch.where(valid, sq, torch.zeros_like(sq)).sum() / n.clamp(min=1)
+
+
+def energy_loss(
+    pred: torch.Tensor, ref: torch.Tensor, n_atoms: torch.Tensor, per_atom: bool = False
+) -> torch.Tensor:
+    """Mean squared energy error over graphs with a label.
+
+    Args:
+        pred: (n_graphs,) predicted energies, eV.
+        ref: (n_graphs,) reference energies, eV (NaN = missing).
+        n_atoms: (n_graphs,) atoms per graph.
+        per_atom: divide both energies by n_atoms first.
+
+    Returns:
+        Scalar loss in eV² (float64).
+    """
+    diff = pred.to(torch.float64) - ref.to(torch.float64)  # (n_graphs,)
+    if per_atom:
+        diff = diff / n_atoms.to(torch.float64)
+    valid = torch.isfinite(ref)
+    return _masked_mean(torch.nan_to_num(diff) ** 2, valid)
+
+
+def forces_loss(
+    pred: torch.Tensor, ref: torch.Tensor, graph_index: torch.Tensor, n_graphs: int
+) -> torch.Tensor:
+    """Per-graph mean of squared force-component errors, averaged over graphs.
+
+    Args:
+        pred: (n_atoms, 3) predicted forces, eV/Å.
+        ref: (n_atoms, 3) reference forces (NaN = missing component).
+        graph_index: (n_atoms,) graph of each atom.
+        n_graphs: number of graphs.
+
+    Returns:
+        Scalar loss in (eV/Å)².
+    """
+    valid = torch.isfinite(ref)  # (n_atoms, 3)
+    sq = torch.where(valid, (pred - torch.nan_to_num(ref)) ** 2, torch.zeros_like(pred))
+    per_graph_sum = scatter_sum(sq.sum(dim=1), graph_index, n_graphs)  # (n_graphs,)
+    per_graph_n = scatter_sum(valid.sum(dim=1).to(pred.dtype), graph_index, n_graphs)
+    has = per_graph_n > 0
+    per_graph = per_graph_sum / per_graph_n.clamp(min=1)  # (n_graphs,)
+    return _masked_mean(per_graph, has)
+
+
+def stress_loss(pred: torch.Tensor, ref: torch.Tensor) -> torch.Tensor:
+    """Mean over graphs with a label of the mean squared 3×3 stress error, (eV/Å³)².
+
+    Args:
+        pred: (n_graphs, 3, 3) predicted stress.
+        ref: (n_graphs, 3, 3) reference stress (NaN = missing).
+    """
+    valid = torch.isfinite(ref).all(dim=(1, 2))  # (n_graphs,)
+    sq = ((pred - torch.nan_to_num(ref)) ** 2).mean(dim=(1, 2))
+    return _masked_mean(sq, valid)
+
+
+@dataclass(frozen=True)
+class WeightedLoss:
+    """The weighted sum of energy, force and stress losses.
+
+    Args:
+        energy_weight: w_E (eV⁻²).
+        forces_weight: w_F ((eV/Å)⁻²).
+        stress_weight: w_S ((eV/Å³)⁻²); stress is predicted only when > 0.
+        energy_per_atom: energy term on E / n_atoms.
+    """
+
+    energy_weight: float = 0.01
+    forces_weight: float = 0.99
+    stress_weight: float = 0.0
+    energy_per_atom: bool = False
+
+    @property
+    def needs_stress(self) -> bool:
+        """Whether the model must compute stress."""
+        return self.stress_weight > 0
+
+    def __call__(
+        self, out: dict[str, torch.Tensor], batch: AtomicGraph
+    ) -> tuple[torch.Tensor, dict[str, float]]:
+        """Total loss (float64 scalar, differentiable) and its detached parts."""
+        tgt = batch.targets
+        total = torch.zeros((), dtype=torch.float64, device=batch.positions.device)
+        parts: dict[str, float] = {}
+        if self.energy_weight > 0 and keys.ENERGY in tgt:
+            le = energy_loss(
+                out[keys.ENERGY], tgt[keys.ENERGY], batch.n_atoms, self.energy_per_atom
+            )
+            total = total + self.energy_weight * le
+            parts["loss_energy"] = float(le.detach())
+        if self.forces_weight > 0 and keys.FORCES in tgt:
+            lf = forces_loss(
+                out[keys.FORCES], tgt[keys.FORCES], batch.graph_index, batch.n_graphs
+            )
+            total = total + self.forces_weight * lf.to(torch.float64)
+            parts["loss_forces"] = float(lf.detach())
+        if self.needs_stress and keys.STRESS in tgt:
+            ls = stress_loss(out[keys.STRESS], tgt[keys.STRESS])
+            total = total + self.stress_weight * ls.to(torch.float64)
+            parts["loss_stress"] = float(ls.detach())
+        parts["loss"] = float(total.detach())
+        return total, parts

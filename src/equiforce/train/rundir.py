@@ -1,0 +1,156 @@
+"""The run directory: every file a training run writes, written atomically.
+
+::
+
+    RUN_DIR/
+      config.resolved.yaml   validated config with defaults and model fields
+      splits.json            train/valid frame indices into the training file
+      statistics.json        E0, average neighbours, force RMS of the training split
+      metrics.csv            one row per log interval (+ validation columns)
+      tb/                    TensorBoard events
+      best.pt                EMA weights, lowest validation loss (records its step)
+      last.pt                EMA weights at the last checkpoint + full training state
+      final_metrics.json     validation errors of best.pt at the end
+
+``last.pt`` is a model checkpoint (loadable with ``equiforce.load_model``) plus a
+``training_state`` entry: raw weights, optimiser, schedule, EMA, RNG, step,
+elapsed time and early-stopping counters.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import tempfile
+from pathlib import Path
+
+import torch
+
+from equiforce.models.checkpoint import (
+    atomic_torch_save,
+    load_checkpoint,
+    model_payload,
+)
+
+METRIC_COLUMNS = (
+    "step",
+    "epoch",
+    "elapsed_s",
+    "lr",
+    "train_loss",
+    "train_loss_energy",
+    "train_loss_forces",
+    "valid_loss",
+    "valid_energy_mae",
+    "valid_energy_rmse",
+    "valid_energy_per_atom_mae",
+    "valid_forces_mae",
+    "valid_forces_rmse",
+)
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    """Write ``text`` to a temporary file in the same folder, then rename."""
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as fh:
+            fh.write(text)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+class RunDir:
+    """Paths and atomic writers of one training run."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        self.config = self.path / "config.resolved.yaml"
+        self.splits = self.path / "splits.json"
+        self.statistics = self.path / "statistics.json"
+        self.metrics = self.path / "metrics.csv"
+        self.tensorboard = self.path / "tb"
+        self.best = self.path / "best.pt"
+        self.last = self.path / "last.pt"
+        self.final_metrics = self.path / "final_metrics.json"
+
+    def write_json(self, path: Path, obj) -> None:
+        """Atomic JSON write."""
+        atomic_write_text(path, json.dumps(obj, indent=1) + "\n")
+
+    def read_json(self, path: Path):
+        """Read a JSON file of this run."""
+        return json.loads(path.read_text())
+
+    # --------------------------------------------------------------- metrics
+    def truncate_metrics(self, after_step: int) -> None:
+        """Drop metric rows logged after ``after_step`` (work lost by a crash)."""
+        if not self.metrics.exists():
+            return
+        rows = list(csv.DictReader(self.metrics.open()))
+        keep = [r for r in rows if int(r["step"]) <= after_step]
+        buf = io.StringIO()
+        writer = csv.DictWriter(buf, METRIC_COLUMNS)
+        writer.writeheader()
+        writer.writerows(keep)
+        atomic_write_text(self.metrics, buf.getvalue())
+
+    def append_metrics(self, row: dict) -> None:
+        """Append one row (creating the file with a header); flushed at once."""
+        new = not self.metrics.exists()
+        with self.metrics.open("a", newline="") as fh:
+            writer = csv.DictWriter(fh, METRIC_COLUMNS, extrasaction="ignore")
+            if new:
+                writer.writeheader()
+            writer.writerow({k: _fmt(row.get(k)) for k in METRIC_COLUMNS})
+            fh.flush()
+
+    # ----------------------------------------------------------- checkpoints
+    def save_model(
+        self,
+        path: Path,
+        model,
+        state_dict: dict,
+        statistics: dict,
+        train_config: dict,
+        extra: dict | None = None,
+    ) -> None:
+        """Write ``model`` with weights ``state_dict`` (e.g. the EMA) atomically."""
+        payload = model_payload(model, statistics, train_config)
+        payload["state_dict"] = {
+            k: v.detach().cpu().clone() for k, v in state_dict.items()
+        }
+        payload.update(extra or {})
+        atomic_torch_save(payload, path)
+
+    def load_training_state(self) -> dict:
+        """The ``training_state`` entry of ``last.pt``."""
+        payload = load_checkpoint(self.last)
+        if "training_state" not in payload:
+            raise ValueError(
+                f"{self.last}: no training state (not written by equiforce train)"
+            )
+        return payload["training_state"]
+
+
+def _fmt(value) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, float):
+        return f"{value:.8g}"
+    return str(value)
+
+
+def rng_state() -> dict:
+    """The torch CPU random state (as a tensor)."""
+    return {"torch": torch.get_rng_state()}
+
+
+def set_rng_state(state: dict) -> None:
+    """Restore :func:`rng_state`."""
+    torch.set_rng_state(state["torch"])

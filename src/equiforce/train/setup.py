@@ -1,0 +1,137 @@
+"""From a config to ready-to-train data: read, filter, split, statistics.
+
+Split indices always refer to frames of the training file (after its ``index``
+slice), so ``splits.json`` in a run directory reproduces the split exactly.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from equiforce.config import DataConfig, DataSource, EquiforceConfig
+from equiforce.data.dataset import (
+    FrameStore,
+    GraphDataset,
+    e0_from_isolated_atoms,
+    e0_least_squares,
+    frame_filter_mask,
+    random_split,
+    read_split_file,
+    statistics,
+)
+from equiforce.train.progress import Reporter
+
+DTYPES = {"float32": torch.float32, "float64": torch.float64}
+
+
+@dataclass
+class PreparedData:
+    """Datasets and the bookkeeping a run directory records."""
+
+    train: GraphDataset
+    valid: GraphDataset
+    splits: dict[str, list[int]]
+    statistics: dict
+
+
+def read_source(source: DataSource, report: Reporter) -> FrameStore:
+    """Read one data file into a :class:`FrameStore` (with progress)."""
+    from equiforce.data.io import read
+
+    with report.status(f"reading {source.path}"):
+        frames = read(source.path, **source.read_kwargs())
+    with report.bar(f"packing {len(frames)} frames", len(frames)) as advance:
+        return FrameStore.from_atoms(frames, progress=advance)
+
+
+def _filtered(
+    store: FrameStore, data: DataConfig, name: str, report: Reporter
+) -> np.ndarray:
+    keep, dropped = frame_filter_mask(store, data.min_distance, data.max_force)
+    if any(dropped.values()):
+        report.print(
+            f"{name}: dropped {dropped['min_distance']} frames with "
+            f"d < {data.min_distance} Å "
+            f"and {dropped['max_force']} with |F| > {data.max_force} eV/Å"
+        )
+    return np.nonzero(keep)[0]
+
+
+def make_splits(
+    data: DataConfig, train_store: FrameStore, kept: np.ndarray
+) -> dict[str, list[int]]:
+    """Train/valid indices into the training file (valid empty with a valid file)."""
+    if data.split_file:
+        split = read_split_file(data.split_file, len(train_store))
+        ok = np.isin(split["train"], kept), np.isin(split["valid"], kept)
+        return {
+            "train": split["train"][ok[0]].tolist(),
+            "valid": split["valid"][ok[1]].tolist(),
+        }
+    n_valid = 0 if data.valid is not None else data.n_valid
+    split = random_split(len(kept), data.n_train, n_valid, data.split_seed)
+    return {k: kept[v].tolist() for k, v in split.items()}
+
+
+def compute_e0(data: DataConfig, train_store: FrameStore) -> dict[int, float]:
+    """Per-element reference energies from the configured source."""
+    if data.e0 == "zero":
+        return {int(z): 0.0 for z in np.unique(train_store.numbers)}
+    if data.e0 == "isolated_atoms":
+        from equiforce.data.io import read
+
+        return e0_from_isolated_atoms(read(data.isolated_atoms))
+    return e0_least_squares(train_store)
+
+
+def prepare_data(
+    config: EquiforceConfig,
+    cutoff: float,
+    report: Reporter,
+    splits: dict[str, list[int]] | None = None,
+    stats: dict | None = None,
+) -> PreparedData:
+    """Read, filter and split the data; compute statistics on the training split.
+
+    Args:
+        config: validated config.
+        cutoff: neighbour cutoff of the model, Å.
+        report: progress reporter.
+        splits: reuse these indices (resume); default: make them.
+        stats: reuse these statistics (resume); default: compute them.
+    """
+    data = config.data
+    dtype = DTYPES[config.training.dtype]
+    store = read_source(data.train, report)
+    if splits is None:
+        splits = make_splits(data, store, _filtered(store, data, "train", report))
+    train_store = store.subset(splits["train"])
+    if data.valid is not None:
+        vstore = read_source(data.valid, report)
+        valid_store = vstore.subset(_filtered(vstore, data, "valid", report))
+    else:
+        valid_store = store.subset(splits["valid"])
+    if not len(valid_store):
+        raise ValueError("no validation frames: set data.n_valid > 0 or data.valid")
+    train = GraphDataset(train_store, cutoff, dtype)
+    valid = GraphDataset(valid_store, cutoff, dtype)
+    with report.bar("building neighbour lists", len(train) + len(valid)) as advance:
+        train.build_all(advance)
+        valid.build_all(advance)
+    if stats is None:
+        stats = statistics(train, compute_e0(data, train_store))
+    return PreparedData(train, valid, splits, stats)
+
+
+def eval_batches(dataset: GraphDataset, batch_size: int) -> Callable:
+    """A function returning an iterator of consecutive batches of ``dataset``."""
+
+    def batches():
+        for start in range(0, len(dataset), batch_size):
+            yield dataset.batch(range(start, min(start + batch_size, len(dataset))))
+
+    return batches

@@ -1,0 +1,454 @@
+"""The training loop: a plain PyTorch loop with exact resume.
+
+Public entry points::
+
+    train(config, run_dir) -> Path            # best.pt of a fresh run
+    resume(run_dir, overrides=()) -> Path     # continue a run exactly
+
+Data order is a pure function of (seed, epoch): epoch e shuffles the training
+split with ``numpy.random.default_rng([seed, e])``, and step s takes batch
+``s mod steps_per_epoch`` of epoch ``s // steps_per_epoch``. With the optimiser,
+schedule, EMA and RNG state in ``last.pt`` this makes a resumed run follow the
+uninterrupted one step for step.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import signal
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import yaml
+
+from equiforce.config import EquiforceConfig, apply_override, validate_config
+from equiforce.data.dataset import e0_table
+from equiforce.models.checkpoint import load_checkpoint
+from equiforce.models.registry import build_model
+from equiforce.train.ema import EMA
+from equiforce.train.loss import WeightedLoss
+from equiforce.train.metrics import predict
+from equiforce.train.progress import Reporter, metrics_table
+from equiforce.train.rundir import RunDir, atomic_write_text, rng_state, set_rng_state
+from equiforce.train.schedules import Schedule
+from equiforce.train.setup import DTYPES, PreparedData, eval_batches, prepare_data
+
+
+class RunDirError(ValueError):
+    """The run directory cannot be used (exists already, or is not a run)."""
+
+
+def make_optimizer(model: torch.nn.Module, cfg) -> torch.optim.Optimizer:
+    """Adam, AdamW or AMSGrad from the training section."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    if cfg.optimizer == "adamw":
+        return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    return torch.optim.Adam(
+        params,
+        lr=cfg.lr,
+        weight_decay=cfg.weight_decay,
+        amsgrad=cfg.optimizer == "amsgrad",
+    )
+
+
+class Trainer:
+    """One training run over prepared data (see module docstring).
+
+    Args:
+        config: resolved config.
+        run: the run directory.
+        data: datasets, splits and statistics.
+        model: freshly built model (weights replaced on resume).
+        report: progress output.
+    """
+
+    def __init__(
+        self,
+        config: EquiforceConfig,
+        run: RunDir,
+        data: PreparedData,
+        model,
+        report: Reporter,
+    ) -> None:
+        t = self.cfg = config.training
+        self.config, self.run, self.data, self.report = config, run, data, report
+        self.model = model.to(t.device)
+        self.loss_fn = WeightedLoss(
+            t.energy_weight, t.forces_weight, t.stress_weight, t.energy_per_atom
+        )
+        self.optimizer = make_optimizer(self.model, t)
+        self.steps_per_epoch = math.ceil(len(data.train) / t.batch_size)
+        limits = [t.max_steps, t.max_epochs and t.max_epochs * self.steps_per_epoch]
+        self.total_steps = min((x for x in limits if x), default=None)
+        self.schedule = Schedule(t, self.total_steps)
+        self.ema = EMA(self.model, t.ema_decay) if t.ema_decay is not None else None
+        self.step, self.elapsed = 0, 0.0
+        self.best_loss, self.best_step, self.bad_validations = math.inf, -1, 0
+        self.last_valid_step = -1
+        self._stop_requested = False
+
+    # ------------------------------------------------------------------ state
+    def state_dict(self) -> dict:
+        """Everything needed to continue exactly (goes into last.pt)."""
+        return {
+            "step": self.step,
+            "elapsed": self.elapsed,
+            "best_loss": self.best_loss,
+            "best_step": self.best_step,
+            "bad_validations": self.bad_validations,
+            "last_valid_step": self.last_valid_step,
+            "model": {
+                k: v.detach().cpu().clone() for k, v in self.model.state_dict().items()
+            },
+            "optimizer": self.optimizer.state_dict(),
+            "schedule": self.schedule.state_dict(),
+            "ema": self.ema.state_dict() if self.ema else None,
+            "rng": rng_state(),
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        """Restore :meth:`state_dict`."""
+        self.step, self.elapsed = int(state["step"]), float(state["elapsed"])
+        self.best_loss, self.best_step = (
+            float(state["best_loss"]),
+            int(state["best_step"]),
+        )
+        self.bad_validations = int(state["bad_validations"])
+        self.last_valid_step = int(state["last_valid_step"])
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.schedule.load_state_dict(state["schedule"])
+        if self.ema and state["ema"] is not None:
+            self.ema.load_state_dict(state["ema"])
+        set_rng_state(state["rng"])
+
+    def averaged_weights(self) -> dict[str, torch.Tensor]:
+        """EMA weights (or the raw weights when EMA is off)."""
+        return self.ema.shadow if self.ema else self.model.state_dict()
+
+    # -------------------------------------------------------------- pieces
+    def batch_indices(self, step: int) -> np.ndarray:
+        """Training-split indices of the batch of ``step`` (pure function of step)."""
+        epoch, pos = divmod(step, self.steps_per_epoch)
+        perm = np.random.default_rng([self.cfg.seed, epoch]).permutation(
+            len(self.data.train)
+        )
+        bs = self.cfg.batch_size
+        return perm[pos * bs : (pos + 1) * bs]
+
+    def train_step(self) -> tuple[dict[str, float], int]:
+        """One optimiser step; returns the loss parts and the batch size."""
+        batch = self.data.train.batch(self.batch_indices(self.step)).to(self.cfg.device)
+        self.model.train()
+        out = self.model(
+            batch,
+            compute_forces=True,
+            compute_stress=self.loss_fn.needs_stress,
+            create_graph=True,
+        )
+        loss, parts = self.loss_fn(out, batch)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        for p in self.model.parameters():
+            if p.grad is not None:
+                torch.nan_to_num_(p.grad, nan=0.0, posinf=0.0, neginf=0.0)
+        if self.cfg.clip_grad_norm is not None:
+            torch.nn.utils.clip_grad_norm_(
+                self.model.parameters(), self.cfg.clip_grad_norm
+            )
+        lr = self.schedule.lr(self.step)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        self.optimizer.step()
+        if self.ema:
+            self.ema.update(self.model)
+        self.step += 1
+        parts["lr"] = lr
+        return parts, batch.n_graphs
+
+    def evaluate_valid(self, weights: dict | None = None) -> dict:
+        """Validation metrics (meV, meV/Å) and loss, with ``weights`` (default: EMA)."""
+        saved = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
+        self.model.load_state_dict(
+            weights if weights is not None else self.averaged_weights()
+        )
+        self.model.eval()
+        try:
+            batches = eval_batches(self.data.valid, self.cfg.valid_batch_size)()
+            acc = predict(self.model, batches, device=self.cfg.device)
+        finally:
+            self.model.load_state_dict(saved)
+        metrics = acc.metrics()
+        metrics["loss"] = acc.loss(self.loss_fn)
+        return metrics
+
+    def validate(self) -> dict:
+        """Validate, update best.pt, the schedule and early stopping."""
+        metrics = self.evaluate_valid()
+        self.last_valid_step = self.step
+        self.schedule.on_validation(metrics["loss"])
+        if metrics["loss"] < self.best_loss:
+            self.best_loss, self.best_step, self.bad_validations = (
+                metrics["loss"],
+                self.step,
+                0,
+            )
+            self.save(
+                self.run.best,
+                {"best_step": self.step, "valid_metrics": _plain(metrics)},
+            )
+        else:
+            self.bad_validations += 1
+        return metrics
+
+    def save(self, path: Path, extra: dict) -> None:
+        """Write a checkpoint with the averaged weights."""
+        self.run.save_model(
+            path,
+            self.model,
+            self.averaged_weights(),
+            self.data.statistics,
+            self.config.model_dump(mode="json"),
+            extra,
+        )
+
+    def save_last(self) -> None:
+        """Write last.pt with the full training state."""
+        self.save(
+            self.run.last, {"training_state": self.state_dict(), "step": self.step}
+        )
+
+    # ---------------------------------------------------------------- loop
+    def should_stop(self) -> str | None:
+        """Why training stops now, or None."""
+        c = self.cfg
+        if self._stop_requested:
+            return "interrupted"
+        if self.total_steps is not None and self.step >= self.total_steps:
+            return "max_steps/max_epochs reached"
+        if c.max_minutes is not None and self.elapsed >= 60 * c.max_minutes:
+            return "max_minutes reached"
+        if (
+            c.early_stopping_patience
+            and self.bad_validations >= c.early_stopping_patience
+        ):
+            return "early stopping"
+        return None
+
+    def eta(self, seconds_per_step: float) -> float | None:
+        """Seconds left under the step and time limits."""
+        out = []
+        if self.total_steps is not None:
+            out.append((self.total_steps - self.step) * seconds_per_step)
+        if self.cfg.max_minutes is not None:
+            out.append(60 * self.cfg.max_minutes - self.elapsed)
+        return min(out) if out else None
+
+    def run_loop(self) -> str:
+        """Train until a stop condition; returns the reason."""
+        c = self.cfg
+        ckpt_every = c.checkpoint_interval or c.valid_interval
+        log_sum: dict[str, float] = {}
+        n_logged, val_mae, reason = 0, None, None
+        with (
+            self.report.training(self.total_steps, self.step) as bar,
+            _sigint_flag(self),
+        ):
+            while (reason := self.should_stop()) is None:
+                t0 = time.perf_counter()
+                parts, n_struct = self.train_step()
+                for k, v in parts.items():
+                    log_sum[k] = log_sum.get(k, 0.0) + v
+                n_logged += 1
+                row = None
+                if self.step % c.log_interval == 0:
+                    row = {f"train_{k}": v / n_logged for k, v in log_sum.items()}
+                    row["lr"] = parts["lr"]
+                    log_sum, n_logged = {}, 0
+                if self.step % c.valid_interval == 0:
+                    m = self.validate()
+                    val_mae = m.get("forces_mae")
+                    row = (row or {"lr": parts["lr"]}) | _valid_row(m)
+                self.elapsed += time.perf_counter() - t0
+                if row is not None:
+                    self.log(row)
+                if self.step % ckpt_every == 0:
+                    self.save_last()
+                sps = self.elapsed / max(self.step, 1)
+                bar.update(self.step, parts["loss"], n_struct, self.eta(sps), val_mae)
+        if self.last_valid_step != self.step:
+            self.log(
+                {"lr": self.schedule.lr(max(self.step - 1, 0))}
+                | _valid_row(self.validate())
+            )
+        self.save_last()
+        return reason
+
+    def log(self, row: dict) -> None:
+        """A metrics.csv row and TensorBoard scalars."""
+        row = row | {
+            "step": self.step,
+            "epoch": self.step / self.steps_per_epoch,
+            "elapsed_s": round(self.elapsed, 3),
+        }
+        self.run.append_metrics(row)
+        if self.writer is not None:
+            for k, v in row.items():
+                if k not in ("step",) and v is not None:
+                    self.writer.add_scalar(k, v, self.step)
+
+    writer = None
+
+
+def _valid_row(m: dict) -> dict:
+    return {f"valid_{k}": v for k, v in m.items() if isinstance(v, float)}
+
+
+def _plain(m: dict) -> dict:
+    return {k: v for k, v in m.items() if isinstance(v, int | float | dict)}
+
+
+@contextlib.contextmanager
+def _sigint_flag(trainer: Trainer):
+    """Turn Ctrl-C into a stop request between steps (the state stays consistent)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum, frame):
+        if trainer._stop_requested:  # second Ctrl-C: stop hard
+            raise KeyboardInterrupt
+        trainer._stop_requested = True
+
+    previous = signal.signal(signal.SIGINT, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+# ------------------------------------------------------------------ entry
+def _build(config: EquiforceConfig, stats: dict | None):
+    t = config.training
+    overrides = dict(config.model.overrides)
+    if (
+        stats is not None
+        and overrides.get("message_normalization") == "avg_num_neighbors"
+    ):
+        overrides.setdefault("avg_num_neighbors", None)
+        if overrides["avg_num_neighbors"] is None:
+            overrides["avg_num_neighbors"] = stats["avg_num_neighbors"]
+    e0 = e0_table({int(z): v for z, v in stats["e0"].items()}) if stats else None
+    return build_model(
+        config.model.name, None, dtype=DTYPES[t.dtype], seed=t.seed, e0=e0, **overrides
+    ), overrides
+
+
+def _cutoff(config: EquiforceConfig) -> float:
+    return float(config.model.overrides["cutoff"])
+
+
+def train(config: EquiforceConfig, run_dir: str | Path, progress: bool = True) -> Path:
+    """Train a model from a validated config into a new run directory.
+
+    Args:
+        config: from :func:`equiforce.config.load_config`.
+        run_dir: output folder; must not hold a previous run (use :func:`resume`).
+        progress: show progress bars and the final table.
+
+    Returns:
+        Path of ``best.pt`` (EMA weights with the lowest validation loss).
+
+    Raises:
+        RunDirError: ``run_dir`` already holds a run.
+    """
+    run = RunDir(run_dir)
+    if run.last.exists() or run.config.exists():
+        raise RunDirError(
+            f"{run.path}: holds a run already; resume it with --resume or "
+            "choose another --run-dir"
+        )
+    report = Reporter(progress)
+    if config.training.threads:
+        torch.set_num_threads(config.training.threads)
+    data = prepare_data(config, _cutoff(config), report)
+    model, overrides = _build(config, data.statistics)
+    config = config.model_copy(
+        update={"model": config.model.model_copy(update={"overrides": overrides})}
+    )
+    run.path.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(run.config, config.to_yaml())
+    run.write_json(run.splits, data.splits)
+    run.write_json(run.statistics, data.statistics)
+    return _execute(Trainer(config, run, data, model, report), start=None)
+
+
+def resume(
+    run_dir: str | Path,
+    overrides: list[str] | tuple[str, ...] = (),
+    progress: bool = True,
+) -> Path:
+    """Continue the run in ``run_dir`` exactly where its last.pt stopped.
+
+    Args:
+        run_dir: a run directory written by :func:`train`.
+        overrides: ``section.key=value`` changes (e.g. a larger ``training.max_steps``).
+        progress: show progress.
+    """
+    run = RunDir(run_dir)
+    if not run.config.exists() or not run.last.exists():
+        raise RunDirError(
+            f"{run.path}: not a resumable run (needs config.resolved.yaml and last.pt)"
+        )
+    raw = yaml.safe_load(run.config.read_text())
+    for item in overrides:
+        apply_override(raw, item)
+    config = validate_config(raw, run.path, source=str(run.config))
+    report = Reporter(progress)
+    if config.training.threads:
+        torch.set_num_threads(config.training.threads)
+    stats = run.read_json(run.statistics)
+    data = prepare_data(
+        config, _cutoff(config), report, run.read_json(run.splits), stats
+    )
+    model, _ = _build(config, stats)
+    trainer = Trainer(config, run, data, model, report)
+    state = run.load_training_state()
+    return _execute(trainer, start=state)
+
+
+def _execute(trainer: Trainer, start: dict | None) -> Path:
+    from torch.utils.tensorboard import SummaryWriter
+
+    run = trainer.run
+    if start is not None:
+        trainer.load_state_dict(start)
+        run.truncate_metrics(trainer.step)
+        trainer.report.print(f"resuming {run.path} at step {trainer.step}")
+    trainer.writer = SummaryWriter(
+        str(run.tensorboard), purge_step=trainer.step or None
+    )
+    try:
+        reason = trainer.run_loop()
+    finally:
+        trainer.writer.close()
+    best = load_checkpoint(run.best)
+    final = trainer.evaluate_valid(best["state_dict"])
+    final |= {
+        "best_step": int(best["best_step"]),
+        "final_step": trainer.step,
+        "stop": reason,
+    }
+    run.write_json(run.final_metrics, _plain(final) | {"stop": reason})
+    trainer.report.print(
+        f"stopped at step {trainer.step}: {reason}; best.pt from step "
+        f"{final['best_step']}"
+    )
+    trainer.report.print(
+        metrics_table(final, f"validation errors of best.pt ({run.best})")
+    )
+    return run.best
