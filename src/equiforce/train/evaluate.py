@@ -1,0 +1,123 @@
+"""Evaluate a trained model on a labelled file: metrics.json, parity plot,
+per-element force errors.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from equiforce.config import DataSource
+from equiforce.data.dataset import GraphDataset
+from equiforce.train.metrics import predict
+from equiforce.train.progress import Reporter, metrics_table
+from equiforce.train.rundir import atomic_write_text
+from equiforce.train.setup import eval_batches, read_source
+
+
+def _as_source(data: str | Path | DataSource | dict) -> DataSource:
+    if isinstance(data, DataSource):
+        return data
+    if isinstance(data, dict):
+        return DataSource(**data)
+    return DataSource(path=str(data))
+
+
+def evaluate(
+    model_path: str | Path,
+    data: str | Path | DataSource | dict,
+    out_dir: str | Path,
+    batch_size: int = 50,
+    device: str = "cpu",
+    progress: bool = True,
+) -> dict:
+    """Errors of a checkpoint on a labelled file.
+
+    Args:
+        model_path: ``best.pt``/``last.pt`` or any equiforce checkpoint.
+        data: file path, or a :class:`~equiforce.config.DataSource` (keys, units).
+        out_dir: folder for ``metrics.json``, ``parity.png`` and ``predictions.npz``.
+        batch_size: structures per forward pass.
+        device: torch device.
+        progress: show progress and the result table.
+
+    Returns:
+        The metrics dict written to ``metrics.json`` (meV, meV/Å).
+    """
+    from equiforce.models.checkpoint import load_model
+
+    source = _as_source(data)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    report = Reporter(progress)
+    model = load_model(model_path, device=device)
+    dtype = next(model.parameters()).dtype
+    dataset = GraphDataset(read_source(source, report), model.cutoff, dtype)
+    with report.bar("evaluating", len(dataset)) as advance:
+        acc = predict(model, eval_batches(dataset, batch_size)(), device, advance)
+    metrics = acc.metrics()
+    metrics |= {"model": str(Path(model_path).resolve()), "data": source.path}
+    atomic_write_text(out / "metrics.json", json.dumps(metrics, indent=1) + "\n")
+    arrays = acc.arrays()
+    _save_npz(out / "predictions.npz", arrays)
+    parity_plot(arrays, out / "parity.png", title=Path(source.path).name)
+    report.print(metrics_table(metrics, f"errors on {source.path}"))
+    return metrics
+
+
+def _save_npz(path: Path, arrays: dict[str, np.ndarray]) -> None:
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".npz", dir=path.parent)
+    os.close(fd)
+    np.savez_compressed(tmp, **arrays)
+    os.replace(tmp, path)
+
+
+def parity_plot(arrays: dict[str, np.ndarray], path: Path, title: str = "") -> None:
+    """Predicted vs reference energies (per atom, shifted) and force components."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(9, 4.2))
+    e_ref = arrays["e_ref"] / arrays["n_atoms"]
+    e_pred = arrays["e_pred"] / arrays["n_atoms"]
+    shift = np.nanmean(e_ref)
+    panels = [(axes[0], e_ref - shift, e_pred - shift, "energy per atom − mean (eV)")]
+    if "f_ref" in arrays:
+        panels.append(
+            (axes[1], arrays["f_ref"].ravel(), arrays["f_pred"].ravel(), "force (eV/Å)")
+        )
+    else:
+        axes[1].set_visible(False)
+    for ax, ref, pred, label in panels:
+        ax.scatter(ref, pred, s=2, alpha=0.4, rasterized=True)
+        lo, hi = np.nanmin([ref.min(), pred.min()]), np.nanmax([ref.max(), pred.max()])
+        ax.plot([lo, hi], [lo, hi], "k--", lw=0.8)
+        mae = np.nanmean(np.abs(pred - ref))
+        ax.set(xlabel=f"reference {label}", ylabel=f"predicted {label}")
+        ax.set_title(
+            f"MAE {1000 * mae:.2f} m{label.split('(')[1].rstrip(')')}", fontsize=9
+        )
+    fig.suptitle(title)
+    fig.tight_layout()
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".png", dir=path.parent)
+    os.close(fd)
+    fig.savefig(tmp, dpi=120)
+    plt.close(fig)
+    os.replace(tmp, path)
+
+
+def evaluate_model(
+    model: torch.nn.Module, dataset: GraphDataset, batch_size: int = 50
+) -> dict:
+    """Metrics of an in-memory model on a :class:`GraphDataset` (no files)."""
+    device = next(model.parameters()).device
+    return predict(
+        model.eval(), eval_batches(dataset, batch_size)(), str(device)
+    ).metrics()
