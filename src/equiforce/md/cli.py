@@ -1,0 +1,182 @@
+"""``equiforce md`` and ``equiforce stability`` subcommands (thin wrappers)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+
+def _add_md_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", required=True, type=Path, help="model checkpoint (.pt)")
+    p.add_argument(
+        "--structure",
+        required=True,
+        type=Path,
+        help="initial structure(s), any readable format",
+    )
+    p.add_argument(
+        "--config", type=Path, default=None, help="md.yaml (flags override it)"
+    )
+    p.add_argument(
+        "--ensemble", choices=("nve", "langevin", "csvr", "nhc"), default=None
+    )
+    p.add_argument("--temperature", type=float, default=None, help="K")
+    p.add_argument("--timestep", type=float, default=None, help="fs")
+    p.add_argument("--steps", type=int, default=None)
+    p.add_argument(
+        "--time-ps", type=float, default=None, help="simulated time instead of --steps"
+    )
+    p.add_argument(
+        "--output-interval", type=int, default=None, help="steps between frames"
+    )
+    p.add_argument("--seed", type=int, default=None)
+    p.add_argument(
+        "--frame", type=int, default=None, help="frame of --structure to start from"
+    )
+    p.add_argument(
+        "--replicas", type=int, default=None, help="independent replicas in one batch"
+    )
+    p.add_argument("--device", default=None)
+    p.add_argument(
+        "--format",
+        dest="trajectory_format",
+        choices=("auto", "extxyz", "hdf5"),
+        default=None,
+    )
+    p.add_argument("--no-progress", action="store_true")
+
+
+def register(subparsers) -> None:
+    """Add ``md`` and ``stability``."""
+    p = subparsers.add_parser("md", help="molecular dynamics with a trained model")
+    _add_md_flags(p)
+    p.add_argument("--out", type=Path, default=Path("md_run"), help="output folder")
+    p.add_argument(
+        "--resume", action="store_true", help="continue from OUT/md_state.pt"
+    )
+    p.set_defaults(func=_md)
+
+    s = subparsers.add_parser(
+        "stability", help="N seeds x temperatures stability table"
+    )
+    _add_md_flags(s)
+    s.add_argument(
+        "--temperatures", type=str, default="300,500", help="comma-separated K"
+    )
+    s.add_argument("--seeds", type=int, default=5, help="number of seeds (0..N-1)")
+    s.add_argument(
+        "--reference",
+        type=Path,
+        default=None,
+        help="reference trajectory for h(r) error",
+    )
+    s.add_argument("--out", type=Path, default=Path("stability"), help="output folder")
+    s.set_defaults(func=_stability)
+
+
+def _config(args):
+    from equiforce.md.config import load_md_config
+
+    return load_md_config(
+        args.config,
+        ensemble=args.ensemble,
+        temperature=getattr(args, "temperature", None),
+        timestep=args.timestep,
+        steps=args.steps,
+        time_ps=args.time_ps,
+        output_interval=args.output_interval,
+        seed=args.seed,
+        frame=args.frame,
+        n_replicas=args.replicas,
+        device=args.device,
+        trajectory_format=args.trajectory_format,
+    )
+
+
+def _load(args):
+    """(config, model, structures) or raise a ValueError with a clear message."""
+    from equiforce.data.io import read
+    from equiforce.models.checkpoint import load_model
+
+    config = _config(args)
+    dtype = None
+    if config.model_dtype is not None:
+        import torch
+
+        dtype = getattr(torch, config.model_dtype)
+    model = load_model(args.model, device=config.device, dtype=dtype)
+    structures = read(args.structure)
+    if not -len(structures) <= config.frame < len(structures):
+        raise ValueError(
+            f"{args.structure}: frame {config.frame} out of range ({len(structures)} frames)"
+        )
+    return config, model, structures
+
+
+def _md(args) -> int:
+    from equiforce.md.runner import run_md
+
+    try:
+        config, model, structures = _load(args)
+    except ValueError as err:  # ConfigError, DataError, CheckpointError
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    atoms = structures[config.frame]
+    atoms.calc = None
+    result = run_md(
+        model,
+        [atoms],
+        config,
+        args.out,
+        resume=args.resume,
+        progress=not args.no_progress,
+    )
+    print(
+        f"{result.steps_done} steps in {result.wall_s:.1f} s: {result.steps_per_s:.1f} steps/s, "
+        f"{result.ns_per_day:.3f} ns/day; outputs in {args.out}"
+    )
+    for e in result.events:
+        print(
+            f"unstable: system {e.system} at {e.time_fs / 1000:.3f} ps (step {e.step}): {e.reason}"
+        )
+    if result.interrupted:
+        print(f"interrupted at step {result.steps_done}; continue with --resume")
+        return 130
+    return 0 if result.stable else 1
+
+
+def _stability(args) -> int:
+    from equiforce.analysis.stability import run_stability_study
+
+    if args.temperature is not None:
+        print("error: use --temperatures for the stability study", file=sys.stderr)
+        return 2
+    try:
+        config, model, structures = _load(args)
+        temps = [float(t) for t in args.temperatures.split(",") if t.strip()]
+    except ValueError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    for a in structures:
+        a.calc = None
+    summary = run_stability_study(
+        model,
+        structures,
+        config,
+        temps,
+        list(range(args.seeds)),
+        args.out,
+        reference=args.reference,
+        progress=not args.no_progress,
+    )
+    print(
+        f"{'T (K)':>7} {'runs':>5} {'stable':>7} {'mean ttf (ps)':>14} {'min ttf (ps)':>13} {'h(r) MAE':>9}"
+    )
+    for r in summary:
+        print(
+            f"{r['temperature_K']:7.0f} {r['n_runs']:5d} {r['stable_fraction']:7.2f} "
+            f"{r['mean_ttf_ps']:14.3f} {r['min_ttf_ps']:13.3f} {r['mean_hr_mae']:9.5f}"
+        )
+    print(f"tables in {args.out}/summary.csv and runs.csv")
+    return 0
