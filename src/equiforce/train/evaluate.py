@@ -1,5 +1,7 @@
-"""Evaluate a trained model on a labelled file: metrics.json, parity plot,
-per-element force errors.
+"""Evaluate a trained model on a labelled file.
+
+Writes metrics.json (with per-element force errors), a parity plot and the
+predictions.
 """
 
 from __future__ import annotations

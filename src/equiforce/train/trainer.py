@@ -191,18 +191,14 @@ class Trainer:
         metrics = self.evaluate_valid()
         self.last_valid_step = self.step
         self.schedule.on_validation(metrics["loss"])
-        if metrics["loss"] < self.best_loss:
-            self.best_loss, self.best_step, self.bad_validations = (
-                metrics["loss"],
-                self.step,
-                0,
-            )
-            self.save(
-                self.run.best,
-                {"best_step": self.step, "valid_metrics": _plain(metrics)},
-            )
-        else:
-            self.bad_validations += 1
+        loss = metrics["loss"]
+        # early stopping counts validations without a relative improvement of 1e-4
+        significant = loss < self.best_loss * (1 - 1e-4)
+        self.bad_validations = 0 if significant else self.bad_validations + 1
+        if loss < self.best_loss:
+            self.best_loss, self.best_step = loss, self.step
+            extra = {"best_step": self.step, "valid_metrics": _plain(metrics)}
+            self.save(self.run.best, extra)
         return metrics
 
     def save(self, path: Path, extra: dict) -> None:

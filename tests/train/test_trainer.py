@@ -1,0 +1,230 @@
+import csv
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+import torch
+
+from equiforce.config import DataSource, load_config, validate_config
+from equiforce.data.dataset import e0_table
+from equiforce.models.checkpoint import load_checkpoint, load_model
+from equiforce.models.registry import build_model
+from equiforce.train.evaluate import evaluate
+from equiforce.train.trainer import RunDirError, resume, train
+
+from _train_helpers import ETHANOL, make_tiny_config
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """One short run shared by several tests."""
+    root = tmp_path_factory.mktemp("fit")
+    raw = make_tiny_config(max_steps=60, lr=5e-3, valid_interval=20)
+    config = validate_config(raw, root)
+    best = train(config, root / "run", progress=False)
+    return root / "run", best
+
+
+def _valid_loss_of(model, run_dir):
+    from equiforce.data.dataset import FrameStore, GraphDataset
+    from equiforce.train.metrics import predict
+    from equiforce.train.setup import eval_batches
+    from equiforce.train.loss import WeightedLoss
+    from equiforce import read
+
+    splits = json.loads((run_dir / "splits.json").read_text())
+    frames = read(ETHANOL, energy_unit="kcal/mol", index="0:40")
+    store = FrameStore.from_atoms(frames).subset(splits["valid"])
+    ds = GraphDataset(store, model.cutoff, torch.float32)
+    return predict(model.eval(), eval_batches(ds, 10)()).loss(WeightedLoss())
+
+
+def test_short_fit_lowers_the_loss(trained):
+    run_dir, best = trained
+    config = load_config(run_dir / "config.resolved.yaml")
+    stats = json.loads((run_dir / "statistics.json").read_text())
+    e0 = e0_table({int(z): v for z, v in stats["e0"].items()})
+    initial = build_model(
+        config.model.name,
+        None,
+        seed=config.training.seed,
+        e0=e0,
+        **config.model.overrides,
+    )
+    loss0 = _valid_loss_of(initial, run_dir)
+    loss1 = _valid_loss_of(load_model(best), run_dir)
+    assert loss1 < 0.7 * loss0
+
+
+def test_run_dir_contents(trained):
+    run_dir, best = trained
+    for name in (
+        "config.resolved.yaml",
+        "splits.json",
+        "statistics.json",
+        "metrics.csv",
+        "best.pt",
+        "last.pt",
+        "final_metrics.json",
+    ):
+        assert (run_dir / name).is_file(), name
+    assert any((run_dir / "tb").iterdir())
+    splits = json.loads((run_dir / "splits.json").read_text())
+    assert len(splits["train"]) == 30 and len(splits["valid"]) == 10
+    assert not set(splits["train"]) & set(splits["valid"])
+    rows = list(csv.DictReader((run_dir / "metrics.csv").open()))
+    assert [int(r["step"]) for r in rows] == list(range(5, 61, 5))
+    valid_rows = [r for r in rows if r["valid_loss"]]
+    assert [int(r["step"]) for r in valid_rows] == [20, 40, 60]
+    ckpt = load_checkpoint(best)
+    best_row = min(valid_rows, key=lambda r: float(r["valid_loss"]))
+    assert ckpt["best_step"] == int(best_row["step"])
+    last = load_checkpoint(run_dir / "last.pt")
+    assert last["training_state"]["step"] == 60
+    # last.pt holds EMA weights as its model, the raw weights in the training state
+    ema = last["training_state"]["ema"]["shadow"]
+    for k, v in last["state_dict"].items():
+        assert torch.equal(v, ema[k])
+    with pytest.raises(RunDirError, match="resume"):
+        train(load_config(run_dir / "config.resolved.yaml"), run_dir, progress=False)
+
+
+def test_eval_metrics_match_hand_computation(trained, tmp_path):
+    run_dir, best = trained
+    source = DataSource(path=str(ETHANOL), energy_unit="kcal/mol", index="40:52")
+    metrics = evaluate(best, source, tmp_path / "eval", batch_size=5, progress=False)
+    from equiforce import AtomicGraph, read
+
+    model = load_model(best)
+    de, dea, df, zs = [], [], [], []
+    for atoms in read(ETHANOL, energy_unit="kcal/mol", index="40:52"):
+        g = AtomicGraph.from_atoms(atoms, model.cutoff, dtype=torch.float32)
+        out = model(g, compute_forces=True)
+        e = out["energy"].item() - atoms.get_potential_energy()
+        de.append(e)
+        dea.append(e / len(atoms))
+        df.append(out["forces"].double().numpy() - atoms.get_forces())
+        zs.append(atoms.numbers)
+    de, dea, df, zs = (
+        np.array(de),
+        np.array(dea),
+        np.concatenate(df),
+        np.concatenate(zs),
+    )
+    assert metrics["n_structures"] == 12
+    assert metrics["energy_mae"] == pytest.approx(1000 * np.abs(de).mean(), rel=1e-5)
+    assert metrics["energy_rmse"] == pytest.approx(
+        1000 * np.sqrt((de**2).mean()), rel=1e-5
+    )
+    assert metrics["energy_per_atom_mae"] == pytest.approx(
+        1000 * np.abs(dea).mean(), rel=1e-5
+    )
+    assert metrics["forces_mae"] == pytest.approx(1000 * np.abs(df).mean(), rel=1e-4)
+    assert metrics["forces_rmse"] == pytest.approx(
+        1000 * np.sqrt((df**2).mean()), rel=1e-4
+    )
+    h = metrics["forces_per_element"]["H"]
+    assert h["mae"] == pytest.approx(1000 * np.abs(df[zs == 1]).mean(), rel=1e-4)
+    assert h["n_atoms"] == int((zs == 1).sum())
+    assert (
+        json.loads((tmp_path / "eval" / "metrics.json").read_text())["n_structures"]
+        == 12
+    )
+    assert (tmp_path / "eval" / "parity.png").read_bytes()[:4] == b"\x89PNG"
+
+
+KILL_SCRIPT = textwrap.dedent(
+    """
+    import os, signal, sys
+    from equiforce.config import load_config
+    from equiforce.train import trainer as T
+
+    original = T.Trainer.train_step
+    def step_then_die(self):
+        if self.step == int(sys.argv[3]):  # mid-run, between two checkpoints
+            os.kill(os.getpid(), signal.SIGKILL)
+        return original(self)
+    T.Trainer.train_step = step_then_die
+    T.train(load_config(sys.argv[1]), sys.argv[2], progress=False)
+    """
+)
+
+
+def test_resume_after_sigkill_matches_uninterrupted(tmp_path, write_config):
+    raw = make_tiny_config(
+        max_steps=40,
+        checkpoint_interval=5,
+        valid_interval=10,
+        schedule="plateau",
+        plateau_patience=0,
+    )
+    path = write_config(raw)
+    ref_dir, killed_dir = tmp_path / "ref", tmp_path / "killed"
+    train(load_config(path), ref_dir, progress=False)
+
+    script = tmp_path / "kill.py"
+    script.write_text(KILL_SCRIPT)
+    env = dict(os.environ, PYTHONHASHSEED="0")
+    proc = subprocess.run(
+        [sys.executable, str(script), str(path), str(killed_dir), "23"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == -signal.SIGKILL, proc.stderr
+    state = load_checkpoint(killed_dir / "last.pt")["training_state"]
+    assert state["step"] == 20  # the work of steps 21-23 was lost
+    assert not (killed_dir / "final_metrics.json").exists()
+
+    resume(killed_dir, progress=False)
+    a = load_checkpoint(ref_dir / "last.pt")
+    b = load_checkpoint(killed_dir / "last.pt")
+    assert b["training_state"]["step"] == 40
+    for k in a["state_dict"]:
+        torch.testing.assert_close(
+            b["state_dict"][k], a["state_dict"][k], rtol=1e-6, atol=1e-7
+        )
+        torch.testing.assert_close(
+            b["training_state"]["model"][k],
+            a["training_state"]["model"][k],
+            rtol=1e-6,
+            atol=1e-7,
+        )
+    assert b["training_state"]["schedule"] == a["training_state"]["schedule"]
+    rows_a = list(csv.DictReader((ref_dir / "metrics.csv").open()))
+    rows_b = list(csv.DictReader((killed_dir / "metrics.csv").open()))
+    assert [r["step"] for r in rows_b] == [r["step"] for r in rows_a]
+    assert [r["valid_loss"] for r in rows_b] == [r["valid_loss"] for r in rows_a]
+
+
+def test_time_budget_stops_and_still_writes_best(tmp_path, write_config):
+    raw = make_tiny_config(max_steps=10_000, max_minutes=1e-4, valid_interval=1000)
+    train(load_config(write_config(raw)), tmp_path / "run", progress=False)
+    final = json.loads((tmp_path / "run" / "final_metrics.json").read_text())
+    assert final["stop"] == "max_minutes reached"
+    assert final["final_step"] < 10_000
+    assert (
+        load_checkpoint(tmp_path / "run" / "best.pt")["best_step"]
+        == final["final_step"]
+    )
+
+
+def test_early_stopping(tmp_path, write_config):
+    # lr = 0 cannot improve after the first validation
+    raw = make_tiny_config(
+        max_steps=200,
+        lr=1e-12,
+        valid_interval=2,
+        early_stopping_patience=2,
+        ema_decay=None,
+    )
+    train(load_config(write_config(raw)), tmp_path / "run", progress=False)
+    final = json.loads((tmp_path / "run" / "final_metrics.json").read_text())
+    assert final["stop"] == "early stopping"
+    assert final["final_step"] < 200
