@@ -9,6 +9,7 @@ import textwrap
 import numpy as np
 import pytest
 import torch
+from _train_helpers import ETHANOL, make_tiny_config
 
 from equiforce.config import DataSource, load_config, validate_config
 from equiforce.data.dataset import e0_table
@@ -16,8 +17,6 @@ from equiforce.models.checkpoint import load_checkpoint, load_model
 from equiforce.models.registry import build_model
 from equiforce.train.evaluate import evaluate
 from equiforce.train.trainer import RunDirError, resume, train
-
-from _train_helpers import ETHANOL, make_tiny_config
 
 
 @pytest.fixture(scope="module")
@@ -31,11 +30,11 @@ def trained(tmp_path_factory):
 
 
 def _valid_loss_of(model, run_dir):
+    from equiforce import read
     from equiforce.data.dataset import FrameStore, GraphDataset
+    from equiforce.train.loss import WeightedLoss
     from equiforce.train.metrics import predict
     from equiforce.train.setup import eval_batches
-    from equiforce.train.loss import WeightedLoss
-    from equiforce import read
 
     splits = json.loads((run_dir / "splits.json").read_text())
     frames = read(ETHANOL, energy_unit="kcal/mol", index="0:40")
