@@ -29,6 +29,11 @@ class EquiforceCalculator(Calculator):
         device: torch device for the model.
         dtype: compute dtype; default: the model's parameter dtype.
         skin: neighbour-list skin, Å (0 rebuilds the list at every call).
+        compile: use the compiled energy+forces path (:mod:`equiforce.models.compiled`).
+            ``None`` (default) compiles lazily once ``compile_after`` calls have been
+            made, so single-point work stays eager and MD loops get the fast path;
+            stress requests always use the eager path.
+        compile_after: number of eager calls before compiling when ``compile=None``.
     """
 
     implemented_properties = ["energy", "free_energy", "forces", "stress", "energies"]
@@ -39,6 +44,8 @@ class EquiforceCalculator(Calculator):
         device: str | torch.device = "cpu",
         dtype: torch.dtype | None = None,
         skin: float = 0.5,
+        compile: bool | None = None,
+        compile_after: int = 20,
         **kwargs,
     ) -> None:
         super().__init__(**kwargs)
@@ -54,6 +61,20 @@ class EquiforceCalculator(Calculator):
         self._ref_positions: np.ndarray | None = None
         self._ref_key: tuple | None = None
         self.n_rebuilds = 0
+        self.compile = compile
+        self.compile_after = compile_after
+        self.n_calls = 0
+        self._compiled = None
+
+    def _compiled_potential(self):
+        """The compiled wrapper, created when the compile policy says so (else None)."""
+        if self._compiled is None:
+            wanted = self.compile if self.compile is not None else self.n_calls >= self.compile_after
+            if wanted:
+                from equiforce.models.compiled import CompiledPotential
+
+                self._compiled = CompiledPotential(self.model)
+        return self._compiled
 
     def _get_graph(self, atoms) -> AtomicGraph:
         key = (atoms.numbers.tobytes(), np.asarray(atoms.cell).tobytes(), atoms.pbc.tobytes())
@@ -79,7 +100,12 @@ class EquiforceCalculator(Calculator):
         super().calculate(atoms, properties, system_changes)
         graph = self._get_graph(self.atoms)
         want_stress = "stress" in properties and bool(self.atoms.pbc.any())
-        out = self.model(graph, compute_forces=True, compute_stress=want_stress)
+        self.n_calls += 1
+        compiled = None if want_stress else self._compiled_potential()
+        if compiled is not None:
+            out = compiled(graph)
+        else:
+            out = self.model(graph, compute_forces=True, compute_stress=want_stress)
         energy = float(out[keys.ENERGY][0])
         self.results = {
             "energy": energy,

@@ -20,7 +20,7 @@ def model():
 
 def test_ase_gradient_check(model, ethanol_test):
     atoms = equiforce.read(ethanol_test, index="0", energy_unit="kcal/mol")[0]
-    atoms.calc = equiforce.EquiforceCalculator(model)
+    atoms.calc = equiforce.EquiforceCalculator(model, compile=False)
     f, fnum = gradient_test(atoms)
     assert np.abs(f - fnum).max() < 1e-4
     assert atoms.get_potential_energies().sum() == pytest.approx(atoms.get_potential_energy())
@@ -29,7 +29,7 @@ def test_ase_gradient_check(model, ethanol_test):
 def test_ase_stress_matches_numerical(model):
     atoms = Atoms("C2O", positions=[[0, 0, 0], [1.2, 0.3, 0.1], [0.4, 1.3, 1.0]],
                   cell=[[3.1, 0.2, 0], [0.1, 3.3, 0.2], [0.2, 0.1, 2.9]], pbc=True)
-    atoms.calc = equiforce.EquiforceCalculator(model)
+    atoms.calc = equiforce.EquiforceCalculator(model, compile=False)
     s = atoms.get_stress()
     s_num = atoms.calc.calculate_numerical_stress(atoms, d=1e-5)
     np.testing.assert_allclose(s, s_num, atol=1e-7)
@@ -37,8 +37,8 @@ def test_ase_stress_matches_numerical(model):
 
 def test_neighbour_list_reuse_with_skin(model, ethanol_test):
     atoms = equiforce.read(ethanol_test, index="0", energy_unit="kcal/mol")[0]
-    calc = equiforce.EquiforceCalculator(model, skin=1.0)
-    fresh = equiforce.EquiforceCalculator(model, skin=0.0)
+    calc = equiforce.EquiforceCalculator(model, skin=1.0, compile=False)
+    fresh = equiforce.EquiforceCalculator(model, skin=0.0, compile=False)
     atoms.calc = calc
     dyn = VelocityVerlet(atoms, 0.5 * units.fs)
     for _ in range(5):
@@ -54,9 +54,9 @@ def test_checkpoint_loads_with_weights_only_and_by_path(model, tmp_path, ethanol
     payload = torch.load(path, weights_only=True)
     assert payload["format_version"] == 1 and payload["statistics"] == {"note": "test"}
     atoms = equiforce.read(ethanol_test, index="0", energy_unit="kcal/mol")[0]
-    atoms.calc = equiforce.EquiforceCalculator(path)
+    atoms.calc = equiforce.EquiforceCalculator(path, compile=False)
     e_path = atoms.get_potential_energy()
-    atoms.calc = equiforce.EquiforceCalculator(model)
+    atoms.calc = equiforce.EquiforceCalculator(model, compile=False)
     assert e_path == pytest.approx(atoms.get_potential_energy(), abs=1e-12)
 
 

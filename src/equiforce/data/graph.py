@@ -243,8 +243,9 @@ class AtomicGraph:
         pos = self.positions if positions is None else positions
         cell = self.cell if cell is None else cell
         i, j = self.edge_index[0], self.edge_index[1]
-        vec = pos[j] - pos[i]
-        if self.n_edges and bool(self.pbc.any()):
-            edge_cell = cell[self.graph_index[i]]  # (n_edges, 3, 3)
-            vec = vec + torch.einsum("ek,ekl->el", self.edge_shifts.to(vec.dtype), edge_cell)
-        return vec
+        vec = pos.index_select(0, j) - pos.index_select(0, i)
+        # No branch on pbc (a data-dependent branch breaks compiled graphs); for open
+        # structures the shifts are zero and the term adds exactly nothing.
+        edge_cell = cell.index_select(0, self.graph_index.index_select(0, i))  # (n_edges, 3, 3)
+        shift = torch.bmm(self.edge_shifts.to(vec.dtype)[:, None, :], edge_cell)[:, 0]
+        return vec + shift

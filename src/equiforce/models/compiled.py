@@ -1,0 +1,106 @@
+"""Compiled energy+forces for inference (MD, ASE calculator, evaluation).
+
+At small sizes the cost of a PyTorch potential is per-call overhead: Python,
+operator dispatch and the autograd engine running a separate backward. Here the
+forces are computed inside one traced function with ``torch.func.grad_and_value``
+and the whole forward+backward is compiled by ``torch.compile`` (Inductor), once,
+with dynamic atom and edge counts (``dynamic=True``), so a new neighbour count
+does not recompile. If compilation fails the eager path is used, with a warning.
+"""
+
+from __future__ import annotations
+
+import time
+import warnings
+
+import torch
+
+from equiforce import keys
+from equiforce.data.graph import AtomicGraph
+from equiforce.models.base import PotentialModel
+from equiforce.nn.scatter import scatter_sum
+
+
+class CompiledPotential:
+    """Callable ``graph -> {energy, atomic_energies, forces}`` with a compiled core.
+
+    Args:
+        model: the potential (put in eval mode). Calls run under ``no_grad``; only
+            positions are differentiated, so no parameter gradients are built.
+        compile: False gives the same functional path, eager (for tests/fallback).
+        dynamic: mark atom/edge counts dynamic (one compilation for all sizes).
+
+    Attributes:
+        compile_seconds: wall time of the first (compiling) call.
+        n_compiles: how many graphs Dynamo compiled so far (1 expected).
+    """
+
+    def __init__(self, model: PotentialModel, compile: bool = True, dynamic: bool = True) -> None:
+        self.model = model.eval()
+        self.compile_seconds: float | None = None
+        self._fn = self._energy_and_forces
+        self.compiled = False
+        if compile:
+            self._fn = torch.compile(self._energy_and_forces, dynamic=dynamic)
+            self.compiled = True
+        self._frame_count_at_start = _frame_count()
+
+    @property
+    def n_compiles(self) -> int:
+        """Number of Dynamo frame compilations since this wrapper was made."""
+        return _frame_count() - self._frame_count_at_start
+
+    def _energy_and_forces(
+        self,
+        positions: torch.Tensor,  # (n_atoms, 3)
+        atomic_numbers: torch.Tensor,  # (n_atoms,)
+        graph_index: torch.Tensor,  # (n_atoms,)
+        edge_index: torch.Tensor,  # (2, n_edges)
+        edge_shifts: torch.Tensor,  # (n_edges, 3)
+        cell: torch.Tensor,  # (n_graphs, 3, 3)
+        pbc: torch.Tensor,  # (n_graphs, 3)
+        n_atoms: torch.Tensor,  # (n_graphs,)
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        def energy(pos: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+            graph = AtomicGraph(
+                positions=pos, atomic_numbers=atomic_numbers, graph_index=graph_index,
+                edge_index=edge_index, edge_shifts=edge_shifts, cell=cell, pbc=pbc,
+                n_atoms=n_atoms,
+            )
+            e = self.model.atomic_energies(graph, graph.edge_vectors(pos))  # (n_atoms,)
+            return e.sum(), e
+
+        grad, (_, e_atoms) = torch.func.grad_and_value(energy, has_aux=True)(positions)
+        return e_atoms, -grad
+
+    def __call__(self, graph: AtomicGraph) -> dict[str, torch.Tensor]:
+        """Energies (float64, E0 included) and forces of every structure in ``graph``."""
+        args = (
+            graph.positions, graph.atomic_numbers, graph.graph_index, graph.edge_index,
+            graph.edge_shifts, graph.cell, graph.pbc, graph.n_atoms,
+        )
+        start = time.perf_counter() if self.compile_seconds is None else 0.0
+        try:
+            with torch.no_grad():
+                e_net, forces = self._fn(*args)
+        except Exception as err:  # noqa: BLE001 - any compiler failure -> eager fallback
+            if not self.compiled:
+                raise
+            warnings.warn(
+                f"torch.compile failed ({type(err).__name__}: {err}); using eager mode",
+                RuntimeWarning, stacklevel=2,
+            )
+            self._fn, self.compiled = self._energy_and_forces, False
+            with torch.no_grad():
+                e_net, forces = self._fn(*args)
+        if self.compile_seconds is None:
+            self.compile_seconds = time.perf_counter() - start
+        e_atom = e_net.to(torch.float64) + self.model.e0[graph.atomic_numbers]
+        energy = scatter_sum(e_atom, graph.graph_index, graph.n_graphs)
+        return {keys.ENERGY: energy, keys.ATOMIC_ENERGIES: e_atom, keys.FORCES: forces}
+
+
+def _frame_count() -> int:
+    from torch._dynamo.utils import counters
+
+    return int(counters["stats"]["unique_graphs"])
