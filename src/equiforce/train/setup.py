@@ -48,9 +48,10 @@ def read_source(source: DataSource, report: Reporter) -> FrameStore:
         return FrameStore.from_atoms(frames, progress=advance)
 
 
-def _filtered(
+def filtered_indices(
     store: FrameStore, data: DataConfig, name: str, report: Reporter
 ) -> np.ndarray:
+    """Indices of the frames that pass the data.min_distance/max_force filters."""
     keep, dropped = frame_filter_mask(store, data.min_distance, data.max_force)
     if any(dropped.values()):
         report.print(
@@ -108,11 +109,13 @@ def prepare_data(
     dtype = DTYPES[config.training.dtype]
     store = read_source(data.train, report)
     if splits is None:
-        splits = make_splits(data, store, _filtered(store, data, "train", report))
+        splits = make_splits(
+            data, store, filtered_indices(store, data, "train", report)
+        )
     train_store = store.subset(splits["train"])
     if data.valid is not None:
         vstore = read_source(data.valid, report)
-        valid_store = vstore.subset(_filtered(vstore, data, "valid", report))
+        valid_store = vstore.subset(filtered_indices(vstore, data, "valid", report))
     else:
         valid_store = store.subset(splits["valid"])
     if not len(valid_store):
