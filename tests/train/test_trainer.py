@@ -227,3 +227,57 @@ def test_early_stopping(tmp_path, write_config):
     final = json.loads((tmp_path / "run" / "final_metrics.json").read_text())
     assert final["stop"] == "early stopping"
     assert final["final_step"] < 200
+
+
+@pytest.mark.parametrize(
+    "variant",
+    [
+        {
+            "dtype": "float64",
+            "optimizer": "amsgrad",
+            "schedule": "cosine",
+            "warmup_steps": 2,
+        },
+        {
+            "optimizer": "adamw",
+            "weight_decay": 0.01,
+            "clip_grad_norm": 0.1,
+            "energy_per_atom": True,
+            "schedule": "constant",
+            "ema_decay": None,
+        },
+    ],
+)
+def test_training_variants_run_and_record(tmp_path, write_config, variant):
+    raw = make_tiny_config(max_steps=6, valid_interval=3, **variant)
+    best = train(load_config(write_config(raw)), tmp_path / "run", progress=False)
+    ckpt = load_checkpoint(best)
+    assert ckpt["dtype"] == variant.get("dtype", "float32")
+    model = load_model(best)
+    assert next(model.parameters()).dtype == getattr(torch, ckpt["dtype"])
+    rows = list(csv.DictReader((tmp_path / "run" / "metrics.csv").open()))
+    lrs = [float(r["lr"]) for r in rows]
+    if variant.get("schedule") == "cosine":
+        assert lrs[-1] < lrs[0]
+    else:
+        assert lrs == [pytest.approx(3e-3)] * len(lrs)
+
+
+def test_sigint_stops_cleanly_and_resume_finishes(tmp_path, write_config):
+    path = write_config(make_tiny_config(max_steps=30, checkpoint_interval=10))
+    script = tmp_path / "int.py"
+    script.write_text(KILL_SCRIPT.replace("signal.SIGKILL", "signal.SIGINT"))
+    run_dir = tmp_path / "run"
+    proc = subprocess.run(
+        [sys.executable, str(script), str(path), str(run_dir), "13"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 0, proc.stderr
+    final = json.loads((run_dir / "final_metrics.json").read_text())
+    assert final["stop"] == "interrupted"
+    # the step in flight finished; nothing done is lost
+    assert load_checkpoint(run_dir / "last.pt")["training_state"]["step"] == 14
+    resume(run_dir, progress=False)
+    assert load_checkpoint(run_dir / "last.pt")["training_state"]["step"] == 30

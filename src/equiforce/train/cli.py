@@ -7,6 +7,7 @@ file is written), 130 interrupted.
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from pathlib import Path
 
@@ -89,6 +90,13 @@ def _train(args: argparse.Namespace) -> int:
         return _fail("\n".join(err.lines))
     except (DataError, RunDirError, CheckpointError, ValueError) as err:
         return _fail(f"error: {err}")
+    final = json.loads((Path(best).parent / "final_metrics.json").read_text())
+    if final.get("stop") == "interrupted":
+        print(
+            f"interrupted: continue with equiforce train --resume {Path(best).parent}",
+            file=sys.stderr,
+        )
+        return 130
     print(best)
     return 0
 
