@@ -8,15 +8,27 @@ import torch
 from pydantic import BaseModel
 
 from equiforce.models.base import PotentialModel
+from equiforce.models.nequip import PRESETS as NEQUIP_PRESETS
+from equiforce.models.nequip import NequIP, NequIPConfig
+from equiforce.models.painn import PRESETS as PAINN_PRESETS
+from equiforce.models.painn import PaiNN, PaiNNConfig
+from equiforce.models.schnet import PRESETS as SCHNET_PRESETS
+from equiforce.models.schnet import SchNet, SchNetConfig
 from equiforce.models.so3krates import PRESETS as SO3KRATES_PRESETS
 from equiforce.models.so3krates import So3krates, So3kratesConfig
 
 MODELS: dict[str, tuple[type[BaseModel], type[PotentialModel]]] = {
     "so3krates": (So3kratesConfig, So3krates),
+    "schnet": (SchNetConfig, SchNet),
+    "painn": (PaiNNConfig, PaiNN),
+    "nequip": (NequIPConfig, NequIP),
 }
 
 PRESETS: dict[str, dict[str, dict]] = {
     "so3krates": SO3KRATES_PRESETS,
+    "schnet": SCHNET_PRESETS,
+    "painn": PAINN_PRESETS,
+    "nequip": NEQUIP_PRESETS,
 }
 
 
