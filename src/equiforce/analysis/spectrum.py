@@ -95,7 +95,7 @@ def find_peaks_cm(
 
 
 def _normalized_on(spec: Spectrum, grid: np.ndarray) -> np.ndarray:
-    y = np.interp(grid, spec.wavenumber, spec.intensity, right=0.0)
+    y = np.interp(grid, spec.wavenumber, spec.intensity, left=0.0, right=0.0)
     area = np.trapezoid(y, grid)
     return y / area if area > 0 else y
 
