@@ -90,6 +90,7 @@ class Trainer:
         self.best_loss, self.best_step, self.bad_validations = math.inf, -1, 0
         self.last_valid_step = -1
         self._stop_requested = False
+        self._perm: tuple[int, np.ndarray] | None = None  # (epoch, its permutation)
 
     # ------------------------------------------------------------------ state
     def state_dict(self) -> dict:
@@ -134,9 +135,10 @@ class Trainer:
     def batch_indices(self, step: int) -> np.ndarray:
         """Training-split indices of the batch of ``step`` (pure function of step)."""
         epoch, pos = divmod(step, self.steps_per_epoch)
-        perm = np.random.default_rng([self.cfg.seed, epoch]).permutation(
-            len(self.data.train)
-        )
+        if self._perm is None or self._perm[0] != epoch:
+            rng = np.random.default_rng([self.cfg.seed, epoch])
+            self._perm = (epoch, rng.permutation(len(self.data.train)))
+        perm = self._perm[1]
         bs = self.cfg.batch_size
         return perm[pos * bs : (pos + 1) * bs]
 
