@@ -82,7 +82,7 @@ class DataConfig(BaseModel):
     split_seed: int = Field(0, description="seed of the random train/valid split")
     split_file: str | None = Field(
         None,
-        description="JSON {'train': [...], 'valid': [...]} of frame indices (overrides seeds)",
+        description="JSON {'train': [...], 'valid': [...]} frame indices (beats seeds)",
     )
     e0: Literal["least_squares", "isolated_atoms", "zero"] = Field(
         "least_squares", description="source of per-element reference energies E0"
