@@ -1,0 +1,117 @@
+"""benchmarks/speed.py and benchmarks/peers_speed.py: outputs and their consistency."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+SPEED = ROOT / "benchmarks" / "speed.py"
+PEERS = ROOT / "benchmarks" / "peers_speed.py"
+PEERS_PYTHON = ROOT / ".venv-peers" / "bin" / "python"
+
+
+def _load_speed():
+    spec = importlib.util.spec_from_file_location("bench_speed", SPEED)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def _pairs_within(atoms, cutoff: float) -> int:
+    """Directed pairs closer than ``cutoff`` (open boundaries), brute force."""
+    d = np.linalg.norm(atoms.positions[:, None] - atoms.positions[None], axis=-1)
+    return int(((d < cutoff) & ~np.eye(len(atoms), dtype=bool)).sum())
+
+
+def _row(mode: str, n: int, ms: float, dtype: str = "float32") -> dict:
+    return {
+        "system": f"s{n}", "n_atoms": n, "n_edges": 10 * n, "dtype": dtype,
+        "mode": mode, "ms_median": ms, "ms_min": ms, "n_calls": 5,
+        "neighbor_ms": 0.1, "peak_rss_mib": 100.0 + n / 100, "compile_s": None,
+    }  # fmt: skip
+
+
+def test_fit_exponents_recovers_power_law_above_1000_atoms():
+    speed = _load_speed()
+    sizes = [9, 96, 1029, 3000, 10_002]
+    # below 1,000 atoms the time is flat (overhead); above it grows as N^1.3
+    rows = [_row("eager", n, 5.0 if n < 1000 else 1e-3 * n**1.3) for n in sizes]
+    rows += [_row("mace", n, 2e-2 * n) for n in sizes]
+    fits = speed.fit_exponents(rows)
+    assert fits["equiforce eager float32"]["exponent"] == pytest.approx(1.3, abs=1e-9)
+    assert fits["equiforce eager float32"]["atoms"] == [1029, 3000, 10_002]
+    assert fits["mace float32"]["exponent"] == pytest.approx(1.0, abs=1e-9)
+    # one system above 1,000 atoms: no fit
+    assert speed.fit_exponents([_row("eager", 9, 1.0), _row("eager", 2000, 9.0)]) == {}
+
+
+def test_memory_summary_uses_largest_system():
+    speed = _load_speed()
+    rows = [_row("compiled", n, 1.0) for n in (9, 96, 1029)]
+    rows.append(_row("compiled", 5000, 1.0, dtype="float64"))  # float32 preferred
+    mem = speed.memory_summary(rows)["equiforce compiled"]
+    assert mem["n_atoms"] == 1029 and mem["dtype"] == "float32"
+    rss = 100.0 + 1029 / 100
+    assert mem["atoms_per_gib"] == pytest.approx(1029 / (rss / 1024))
+    assert mem["atoms_per_gib_above_base"] == pytest.approx(
+        1029 / ((rss - 100.09) / 1024)
+    )
+
+
+@pytest.mark.slow
+def test_speed_quick_no_peers(tmp_path):
+    from equiforce.bench import make_system
+
+    cmd = [sys.executable, str(SPEED), "--quick", "--no-peers", "--min-seconds", "0.1"]
+    subprocess.run([*cmd, "--out-dir", str(tmp_path)], cwd=ROOT, check=True)
+    report = json.loads((tmp_path / "speed.json").read_text())
+    rows = report["results"]
+    assert {(r["system"], r["dtype"], r["mode"]) for r in rows} == {
+        (s, d, m)
+        for s in ("ethanol", "benzene", "water96")
+        for d in ("float32", "float64")
+        for m in ("eager", "compiled")
+    }
+    for r in rows:
+        atoms = make_system(r["system"])
+        assert r["n_atoms"] == len(atoms)
+        assert r["n_edges"] == _pairs_within(atoms, 5.0)
+        assert math.isfinite(r["ms_median"]) and 0 < r["ms_min"] <= r["ms_median"]
+        assert r["n_calls"] >= 5 and r["neighbor_ms"] > 0 and r["peak_rss_mib"] > 50
+        assert (r["compile_s"] is not None) == (r["mode"] == "compiled")
+    assert report["fits"] == {}  # no system with >= 1,000 atoms in --quick
+    mem = report["memory"]["equiforce eager"]
+    assert mem["system"] == "water96"
+    assert mem["atoms_per_gib"] == pytest.approx(96 / (mem["peak_rss_mib"] / 1024))
+    assert (tmp_path / "speed_vs_atoms.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    md = (tmp_path / "speed.md").read_text()
+    assert "benchmarks/speed.py --quick --no-peers --min-seconds 0.1" in md
+    assert report["machine"]["cpu"] in md
+    for system, n in (("ethanol", 9), ("benzene", 12), ("water96", 96)):
+        assert f"| {system} | {n} |" in md
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not PEERS_PYTHON.exists(), reason=".venv-peers not set up")
+def test_peers_same_graphs_as_equiforce(tmp_path):
+    from equiforce.bench import make_system
+
+    out = tmp_path / "peers.json"
+    cmd = [str(PEERS_PYTHON), str(PEERS), "--systems", "ethanol", "--dtypes", "float32"]
+    cmd += ["--min-seconds", "0.1", "--out", str(out)]
+    subprocess.run(cmd, cwd=ROOT, check=True)
+    report = json.loads(out.read_text())
+    assert report["errors"] == []
+    assert {r["mode"] for r in report["results"]} == {"so3krates-torch", "mace"}
+    n_pairs = _pairs_within(make_system("ethanol"), 5.0)
+    for r in report["results"]:
+        assert r["n_atoms"] == 9 and r["n_edges"] == n_pairs
+        assert math.isfinite(r["ms_median"]) and 0 < r["ms_min"] <= r["ms_median"]
