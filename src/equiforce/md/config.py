@@ -61,6 +61,9 @@ class MDConfig(BaseModel):
     )
     device: str = Field("cpu", description="torch device")
     skin: float = Field(0.5, ge=0, description="neighbour-list skin, Å")
+    compile: bool | None = Field(
+        None, description="compiled model path (None: after 20 eager steps)"
+    )
     remove_rotation: bool | None = Field(
         None, description="zero angular momentum (default: open systems)"
     )

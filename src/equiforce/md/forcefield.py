@@ -28,13 +28,23 @@ class ModelForceField:
         model: any :class:`PotentialModel` (put in eval mode).
         skin: neighbour-list skin, Å (0 rebuilds at every call).
         dtype: model compute dtype (default: the model's parameter dtype).
+        compile: use the compiled energy+forces path
+            (:class:`equiforce.models.compiled.CompiledPotential`); ``None`` compiles
+            once ``compile_after`` eager calls have run (short runs stay eager).
+        compile_after: eager calls before compiling when ``compile`` is None.
 
     Attributes:
         n_builds: number of neighbour-list builds so far.
+        n_calls: number of force evaluations so far.
     """
 
     def __init__(
-        self, model: PotentialModel, skin: float = 0.5, dtype: torch.dtype | None = None
+        self,
+        model: PotentialModel,
+        skin: float = 0.5,
+        dtype: torch.dtype | None = None,
+        compile: bool | None = None,
+        compile_after: int = 20,
     ) -> None:
         self.model = model.eval()
         self.dtype = dtype or next(iter(model.parameters())).dtype
@@ -43,6 +53,21 @@ class ModelForceField:
         self.graph: AtomicGraph | None = None
         self._ref_positions: torch.Tensor | None = None
         self.n_builds = 0
+        self.n_calls = 0
+        self.compile, self.compile_after = compile, compile_after
+        self._compiled = None
+
+    def _potential(self):
+        """The compiled wrapper when the compile policy asks for it, else the model."""
+        if self._compiled is None:
+            wanted = self.compile
+            if wanted is None:
+                wanted = self.n_calls >= self.compile_after
+            if wanted:
+                from equiforce.models.compiled import CompiledPotential
+
+                self._compiled = CompiledPotential(self.model)
+        return self._compiled
 
     def _needs_rebuild(self, positions: torch.Tensor) -> bool:
         if self.graph is None or self._ref_positions.shape != positions.shape:
@@ -86,7 +111,12 @@ class ModelForceField:
             self.build(state)
         graph = self.graph
         graph.positions = state.positions.to(self.dtype)  # reuse the topology
-        out = self.model(graph, compute_forces=True)
+        self.n_calls += 1
+        compiled = self._potential()
+        if compiled is not None:
+            out = compiled(graph)
+        else:
+            out = self.model(graph, compute_forces=True)
         return out[keys.ENERGY], out[keys.FORCES]
 
 

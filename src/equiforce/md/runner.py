@@ -411,7 +411,9 @@ def run_md(
             None if config.model_dtype is None else getattr(torch, config.model_dtype)
         )
         model = model.to(config.device)
-        force_fn = ModelForceField(model, skin=config.skin, dtype=dtype)
+        force_fn = ModelForceField(
+            model, skin=config.skin, dtype=dtype, compile=config.compile
+        )
     else:
         force_fn = model
     systems = [a.copy() for a in atoms_list for _ in range(config.n_replicas)]

@@ -1,0 +1,175 @@
+"""MD steps per second: native equiforce engine vs ASE VelocityVerlet (same model).
+
+For each molecule (ethanol, 9 atoms; aspirin, 21 atoms, first frame of the shipped
+rMD17 test split) and each engine, runs ``--warmup`` steps, then times ``--steps``
+NVE steps at 0.5 fs (velocities from Maxwell–Boltzmann at 300 K, neighbour-list skin
+0.5 Å in both engines), and reports steps/s, ns/day and the native/ASE speed-up.
+MACE (``mace-torch``) is timed in ASE too when importable (``mace_off`` small if its
+weights are cached locally; skipped otherwise). No trajectory output is written, so
+the numbers measure the integrator + model loop.
+
+Usage (tiny smoke run)::
+
+    python benchmarks/md_speed.py --steps 20 --warmup 5 --json /tmp/md_speed.json
+
+Real numbers::
+
+    python benchmarks/md_speed.py --model runs/ethanol/best.pt --steps 2000 \
+        --warmup 200 --dtype float32 --json docs/md_speed.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+MOLECULES = {
+    "ethanol": ROOT / "data/rmd17/rmd17_ethanol_test_01.npz",
+    "aspirin": ROOT / "data/rmd17/rmd17_aspirin_test_01.npz",
+}
+
+
+def _model(path: str | None, dtype: torch.dtype):
+    if path:
+        from equiforce.models.checkpoint import load_model
+
+        return load_model(path, dtype=dtype)
+    from equiforce.models.registry import build_model
+
+    return build_model("so3krates", preset="default", dtype=dtype)
+
+
+def _structure(name: str):
+    from equiforce.data.io import read
+
+    atoms = read(MOLECULES[name], index="0")[0]
+    atoms.calc = None
+    return atoms
+
+
+def time_native(
+    model, atoms, steps: int, warmup: int, dtype: torch.dtype, compile: bool = True
+) -> float:
+    """Steps/s of the native engine (float64 integration, model in ``dtype``)."""
+    from equiforce.md.forcefield import ModelForceField
+    from equiforce.md.integrators import VelocityVerlet
+    from equiforce.md.state import maxwell_boltzmann, state_from_atoms
+
+    state = state_from_atoms([atoms])
+    maxwell_boltzmann(state, 300.0, torch.Generator().manual_seed(0))
+    ff = ModelForceField(model, skin=0.5, dtype=dtype, compile=compile)
+    integ = VelocityVerlet(0.5)
+    integ.init(state, ff)
+    for _ in range(warmup):
+        integ.step(state, ff)
+    t0 = time.perf_counter()
+    for _ in range(steps):
+        integ.step(state, ff)
+    return steps / (time.perf_counter() - t0)
+
+
+def time_ase(calc, atoms, steps: int, warmup: int) -> float:
+    """Steps/s of ASE's VelocityVerlet with ``calc``."""
+    from ase import units
+    from ase.md.velocitydistribution import MaxwellBoltzmannDistribution
+    from ase.md.verlet import VelocityVerlet
+
+    atoms = atoms.copy()
+    atoms.calc = calc
+    MaxwellBoltzmannDistribution(atoms, temperature_K=300, rng=np.random.default_rng(0))
+    dyn = VelocityVerlet(atoms, timestep=0.5 * units.fs)
+    dyn.run(warmup)
+    t0 = time.perf_counter()
+    dyn.run(steps)
+    return steps / (time.perf_counter() - t0)
+
+
+def _mace_calc():
+    try:
+        from mace.calculators import mace_off
+    except ImportError:
+        return None
+    try:
+        return mace_off(model="small", device="cpu", default_dtype="float32")
+    except Exception as err:  # noqa: BLE001 - no network / no cached weights
+        print(f"MACE skipped: {type(err).__name__}: {err}")
+        return None
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--model", default=None, help="checkpoint (default: untrained default preset)")
+    p.add_argument("--molecules", default="ethanol,aspirin")
+    p.add_argument("--steps", type=int, default=1000)
+    p.add_argument("--warmup", type=int, default=100)
+    p.add_argument("--dtype", choices=("float32", "float64"), default="float32")
+    p.add_argument("--eager", action="store_true", help="no torch.compile (both engines)")
+    p.add_argument("--threads", type=int, default=None, help="torch threads")
+    p.add_argument("--json", type=Path, default=Path("md_speed.json"))
+    args = p.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    from equiforce.calculator import EquiforceCalculator
+
+    dtype = getattr(torch, args.dtype)
+    compile = not args.eager
+    model = _model(args.model, dtype)
+    mace = _mace_calc()
+    rows = []
+    for name in args.molecules.split(","):
+        atoms = _structure(name)
+        # warm both paths first (TorchScript/e3nn specialise on the first calls)
+        time_native(model, atoms, args.warmup, 0, dtype, compile)
+        time_ase(
+            EquiforceCalculator(model, dtype=dtype, skin=0.5, compile=compile),
+            atoms, args.warmup, 0,
+        )
+        native = time_native(model, atoms, args.steps, args.warmup, dtype, compile)
+        calc = EquiforceCalculator(model, dtype=dtype, skin=0.5, compile=compile)
+        ase_rate = time_ase(calc, atoms, args.steps, args.warmup)
+        row = {
+            "molecule": name,
+            "n_atoms": len(atoms),
+            "native_steps_per_s": native,
+            "ase_steps_per_s": ase_rate,
+            "speedup": native / ase_rate,
+            "native_ns_per_day": native * 0.5 * 86400e-6,
+        }
+        if mace is not None:
+            row["mace_ase_steps_per_s"] = time_ase(mace, atoms, args.steps, args.warmup)
+        rows.append(row)
+    print(f"{'molecule':>9} {'atoms':>5} {'native/s':>9} {'ASE/s':>8} {'x':>5} {'ns/day':>7}")
+    for r in rows:
+        print(
+            f"{r['molecule']:>9} {r['n_atoms']:5d} {r['native_steps_per_s']:9.1f} "
+            f"{r['ase_steps_per_s']:8.1f} {r['speedup']:5.2f} {r['native_ns_per_day']:7.2f}"
+            + (f"  MACE-ASE {r['mace_ase_steps_per_s']:.1f}/s" if "mace_ase_steps_per_s" in r else "")
+        )
+    meta = {
+        "date": time.strftime("%Y-%m-%d %H:%M:%S"),
+        "machine": platform.processor() or platform.machine(),
+        "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
+        "dtype": args.dtype,
+        "compiled": compile,
+        "model": args.model or "so3krates default preset (untrained)",
+        "steps": args.steps,
+        "timestep_fs": 0.5,
+    }
+    args.json.parent.mkdir(parents=True, exist_ok=True)
+    tmp = args.json.with_name(f".{args.json.name}.tmp")
+    tmp.write_text(json.dumps({"meta": meta, "results": rows}, indent=2))
+    tmp.replace(args.json)
+    print(f"wrote {args.json}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
