@@ -105,12 +105,16 @@ def _mace_calc():
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--model", default=None, help="checkpoint (default: untrained default preset)")
+    p.add_argument(
+        "--model", default=None, help="checkpoint (default: untrained default preset)"
+    )
     p.add_argument("--molecules", default="ethanol,aspirin")
     p.add_argument("--steps", type=int, default=1000)
     p.add_argument("--warmup", type=int, default=100)
     p.add_argument("--dtype", choices=("float32", "float64"), default="float32")
-    p.add_argument("--eager", action="store_true", help="no torch.compile (both engines)")
+    p.add_argument(
+        "--eager", action="store_true", help="no torch.compile (both engines)"
+    )
     p.add_argument("--threads", type=int, default=None, help="torch threads")
     p.add_argument("--json", type=Path, default=Path("md_speed.json"))
     args = p.parse_args(argv)
@@ -129,7 +133,9 @@ def main(argv: list[str] | None = None) -> int:
         time_native(model, atoms, args.warmup, 0, dtype, compile)
         time_ase(
             EquiforceCalculator(model, dtype=dtype, skin=0.5, compile=compile),
-            atoms, args.warmup, 0,
+            atoms,
+            args.warmup,
+            0,
         )
         native = time_native(model, atoms, args.steps, args.warmup, dtype, compile)
         calc = EquiforceCalculator(model, dtype=dtype, skin=0.5, compile=compile)
@@ -145,12 +151,18 @@ def main(argv: list[str] | None = None) -> int:
         if mace is not None:
             row["mace_ase_steps_per_s"] = time_ase(mace, atoms, args.steps, args.warmup)
         rows.append(row)
-    print(f"{'molecule':>9} {'atoms':>5} {'native/s':>9} {'ASE/s':>8} {'x':>5} {'ns/day':>7}")
+    head = ("molecule", "atoms", "native/s", "ASE/s", "x", "ns/day")
+    print("{:>9} {:>5} {:>9} {:>8} {:>5} {:>7}".format(*head))
     for r in rows:
         print(
             f"{r['molecule']:>9} {r['n_atoms']:5d} {r['native_steps_per_s']:9.1f} "
-            f"{r['ase_steps_per_s']:8.1f} {r['speedup']:5.2f} {r['native_ns_per_day']:7.2f}"
-            + (f"  MACE-ASE {r['mace_ase_steps_per_s']:.1f}/s" if "mace_ase_steps_per_s" in r else "")
+            f"{r['ase_steps_per_s']:8.1f} {r['speedup']:5.2f} "
+            f"{r['native_ns_per_day']:7.2f}"
+            + (
+                f"  MACE-ASE {r['mace_ase_steps_per_s']:.1f}/s"
+                if "mace_ase_steps_per_s" in r
+                else ""
+            )
         )
     meta = {
         "date": time.strftime("%Y-%m-%d %H:%M:%S"),

@@ -55,33 +55,58 @@ class _BlowsUpAt:
 
 def test_stability_study_table(tmp_path):
     base = MDConfig(ensemble="langevin", timestep=5.0, steps=100, output_interval=10)
-    ref = run_md(LennardJones(), [lj_cluster()], base.model_copy(update={"temperature": 10.0}),
-                 tmp_path / "ref", progress=False)
+    ref = run_md(
+        LennardJones(),
+        [lj_cluster()],
+        base.model_copy(update={"temperature": 10.0}),
+        tmp_path / "ref",
+        progress=False,
+    )
     assert ref.stable
     summary = run_stability_study(
-        LennardJones(), [lj_cluster(), lj_cluster(seed=1)], base, [10.0, 20.0], [0, 1],
-        tmp_path / "study", reference=tmp_path / "ref" / "trajectory.xyz", progress=False,
+        LennardJones(),
+        [lj_cluster(), lj_cluster(seed=1)],
+        base,
+        [10.0, 20.0],
+        [0, 1],
+        tmp_path / "study",
+        reference=tmp_path / "ref" / "trajectory.xyz",
+        progress=False,
     )
     assert [r["temperature_K"] for r in summary] == [10.0, 20.0]
     assert all(r["stable_fraction"] == 1.0 and r["n_runs"] == 2 for r in summary)
     assert all(abs(r["mean_ttf_ps"] - 0.5) < 1e-9 for r in summary)
     assert all(0 < r["mean_hr_mae"] < 1e-2 for r in summary)
     assert (tmp_path / "study" / "summary.csv").exists()
-    bad = run_stability_study(_BlowsUpAt(10.0), [lj_cluster()], base, [10.0], [0],
-                              tmp_path / "bad", progress=False)
+    bad = run_stability_study(
+        _BlowsUpAt(10.0),
+        [lj_cluster()],
+        base,
+        [10.0],
+        [0],
+        tmp_path / "bad",
+        progress=False,
+    )
     assert bad[0]["stable_fraction"] == 0.0 and bad[0]["mean_ttf_ps"] < 0.5
 
 
 def test_analyze_cli_writes_csv_and_png(tmp_path):
     from equiforce.analysis import cli
 
-    cfg = MDConfig(ensemble="nve", temperature=20.0, timestep=5.0, steps=400, output_interval=2)
+    cfg = MDConfig(
+        ensemble="nve", temperature=20.0, timestep=5.0, steps=400, output_interval=2
+    )
     run_md(LennardJones(), [lj_cluster()], cfg, tmp_path, progress=False)
     parser = argparse.ArgumentParser()
     cli.register(parser.add_subparsers())
-    for kind, names in (("vacf", ["vacf"]), ("spectrum", ["spectrum"]), ("rdf", ["hr"])):
-        args = parser.parse_args(["analyze", kind, str(tmp_path / "trajectory.xyz"),
-                                  "--max-lag-fs", "1000"])
+    for kind, names in (
+        ("vacf", ["vacf"]),
+        ("spectrum", ["spectrum"]),
+        ("rdf", ["hr"]),
+    ):
+        args = parser.parse_args(
+            ["analyze", kind, str(tmp_path / "trajectory.xyz"), "--max-lag-fs", "1000"]
+        )
         assert args.func(args) == 0
         for name in names:
             assert (tmp_path / f"trajectory_{name}.csv").exists()

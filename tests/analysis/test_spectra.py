@@ -72,7 +72,9 @@ def test_spectrum_of_harmonic_triatomic_matches_normal_modes():
     state = state_from_atoms([mol])
     pairs = torch.tensor([[0, 1], [0, 2], [1, 2]])
     d0 = (state.positions[pairs[:, 1]] - state.positions[pairs[:, 0]]).norm(dim=-1)
-    force = HarmonicBonds(pairs, torch.tensor([45.0, 45.0, 8.0], dtype=torch.float64), d0)
+    force = HarmonicBonds(
+        pairs, torch.tensor([45.0, 45.0, 8.0], dtype=torch.float64), d0
+    )
     modes = _normal_modes_cm(force, state)
     assert len(modes) == 3
     maxwell_boltzmann(state, 50.0, torch.Generator().manual_seed(0))
@@ -90,8 +92,12 @@ def test_spectrum_of_harmonic_triatomic_matches_normal_modes():
     for mode in modes:
         assert min(abs(np.array(peaks) - mode)) < spec.resolution_cm, (modes, peaks)
     # comparison metrics: identical spectra overlap fully, shifted ones do not
-    assert wasserstein_1(spec, spec) < 1e-9 and abs(cosine_overlap(spec, spec) - 1) < 1e-9
+    assert (
+        wasserstein_1(spec, spec) < 1e-9 and abs(cosine_overlap(spec, spec) - 1) < 1e-9
+    )
     from equiforce.analysis.spectrum import Spectrum
 
-    shifted = Spectrum(spec.wavenumber + 100.0, spec.intensity, spec.dt_fs, spec.max_lag_fs)
+    shifted = Spectrum(
+        spec.wavenumber + 100.0, spec.intensity, spec.dt_fs, spec.max_lag_fs
+    )
     assert 85.0 < wasserstein_1(spec, shifted, hi=8000.0) < 110.0

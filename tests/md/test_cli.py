@@ -19,18 +19,37 @@ def _parser():
 def test_md_cli_runs_and_resumes(tmp_path):
     tiny_so3krates().save(tmp_path / "model.pt")
     write(tmp_path / "ethanol.xyz", molecule("CH3CH2OH"))
-    (tmp_path / "md.yaml").write_text("md:\n  compile: false\n  output_interval: 5\n  stability:\n    enabled: false\n")
-    common = ["md", "--model", str(tmp_path / "model.pt"), "--structure",
-              str(tmp_path / "ethanol.xyz"), "--config", str(tmp_path / "md.yaml"),
-              "--ensemble", "csvr", "--temperature", "50", "--timestep", "0.25",
-              "--out", str(tmp_path / "run"), "--no-progress"]
+    (tmp_path / "md.yaml").write_text(
+        "md:\n  compile: false\n  output_interval: 5\n"
+        "  stability:\n    enabled: false\n"
+    )
+    common = [
+        "md",
+        "--model",
+        str(tmp_path / "model.pt"),
+        "--structure",
+        str(tmp_path / "ethanol.xyz"),
+        "--config",
+        str(tmp_path / "md.yaml"),
+        "--ensemble",
+        "csvr",
+        "--temperature",
+        "50",
+        "--timestep",
+        "0.25",
+        "--out",
+        str(tmp_path / "run"),
+        "--no-progress",
+    ]
     args = _parser().parse_args([*common, "--steps", "10"])
     assert args.func(args) == 0
     args = _parser().parse_args([*common, "--steps", "20", "--resume"])
     assert args.func(args) == 0
     traj = read_trajectory(tmp_path / "run" / "trajectory.xyz")
     assert list(traj.step) == [0, 5, 10, 15, 20]
-    bad = _parser().parse_args([*common[:-3], "--steps", "-3", "--out", str(tmp_path / "x")])
+    bad = _parser().parse_args(
+        [*common[:-3], "--steps", "-3", "--out", str(tmp_path / "x")]
+    )
     assert bad.func(bad) == 2
 
 
@@ -38,10 +57,28 @@ def test_stability_cli_writes_table(tmp_path, capsys):
     tiny_so3krates().save(tmp_path / "model.pt")
     write(tmp_path / "ethanol.xyz", [molecule("CH3CH2OH")] * 2)
     args = _parser().parse_args(
-        ["stability", "--model", str(tmp_path / "model.pt"), "--structure",
-         str(tmp_path / "ethanol.xyz"), "--ensemble", "nhc", "--timestep", "0.25",
-         "--steps", "10", "--output-interval", "5", "--temperatures", "100,200",
-         "--seeds", "2", "--out", str(tmp_path / "st"), "--no-progress"]
+        [
+            "stability",
+            "--model",
+            str(tmp_path / "model.pt"),
+            "--structure",
+            str(tmp_path / "ethanol.xyz"),
+            "--ensemble",
+            "nhc",
+            "--timestep",
+            "0.25",
+            "--steps",
+            "10",
+            "--output-interval",
+            "5",
+            "--temperatures",
+            "100,200",
+            "--seeds",
+            "2",
+            "--out",
+            str(tmp_path / "st"),
+            "--no-progress",
+        ]
     )
     assert args.func(args) == 0
     rows = (tmp_path / "st" / "summary.csv").read_text().splitlines()

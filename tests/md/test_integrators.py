@@ -43,14 +43,15 @@ def test_maxwell_boltzmann_zero_momenta_and_exact_temperature():
     before = state.momenta.clone()
     remove_angular_momentum(state)  # already zero: nothing changes
     assert torch.allclose(before, state.momenta, atol=1e-10)
-    assert torch.allclose(state.temperature(), torch.full((2,), 300.0, dtype=torch.float64))
+    assert torch.allclose(
+        state.temperature(), torch.full((2,), 300.0, dtype=torch.float64)
+    )
     assert torch.all(state.dof == 3 * 7 - 6)
 
 
 def test_nve_lj_energy_error_scales_with_dt_squared():
     std_dt, _ = _nve_energy_std(4.0)
     std_half, _ = _nve_energy_std(2.0)
-    state = state_from_atoms([lj_cluster()])
     assert std_dt < 1e-4  # eV, vs kinetic energy ~ 0.02 eV
     assert 3.0 < std_dt / std_half < 5.0
 
@@ -98,7 +99,10 @@ def test_langevin_harmonic_equipartition():
     """
     atoms, state, force = tethered_gas(64, 2)
     maxwell_boltzmann(
-        state, 300.0, torch.Generator().manual_seed(2), remove_com=False,
+        state,
+        300.0,
+        torch.Generator().manual_seed(2),
+        remove_com=False,
         remove_rotation=False,
     )
     integ = Langevin(4.0, 300.0, seed=0, friction=0.05)
@@ -138,4 +142,6 @@ def test_replicas_batched_equal_single_runs():
         for _ in range(200):
             integ.step(st, lj)
     for r in range(3):
-        assert torch.allclose(batch.positions[r * 7 : (r + 1) * 7], single.positions, atol=1e-12)
+        assert torch.allclose(
+            batch.positions[r * 7 : (r + 1) * 7], single.positions, atol=1e-12
+        )

@@ -1,4 +1,4 @@
-"""MD with a tiny So3krates model: neighbour-list reuse, NVE, ASE agreement, batching."""
+"""MD with a tiny So3krates: neighbour-list reuse, NVE, ASE agreement, batching."""
 
 import numpy as np
 import pytest
@@ -38,9 +38,12 @@ def test_skin_reuse_periodic(model):
     state = state_from_atoms([atoms])
     ff, moved = ModelForceField(model, skin=0.4, compile=False), state.positions.clone()
     ff(state)
-    state.positions = moved + 0.15 * torch.randn(moved.shape, dtype=moved.dtype,
-                                                 generator=torch.Generator().manual_seed(3))
-    state.positions.clamp_(moved - 0.19, moved + 0.19)  # < skin/2 along each axis? check:
+    state.positions = moved + 0.15 * torch.randn(
+        moved.shape, dtype=moved.dtype, generator=torch.Generator().manual_seed(3)
+    )
+    state.positions.clamp_(
+        moved - 0.19, moved + 0.19
+    )  # < skin/2 along each axis? check:
     disp = (state.positions - moved).norm(dim=-1).max()
     e1, f1 = ff(state)
     e2, f2 = ModelForceField(model, skin=0.0, compile=False)(state)
@@ -83,7 +86,9 @@ def test_native_verlet_matches_ase_velocity_verlet(model):
     for _ in range(25):
         ase_md.run(1)
         integ.step(state, ff)
-        np.testing.assert_allclose(state.positions.numpy(), atoms.get_positions(), atol=1e-9)
+        np.testing.assert_allclose(
+            state.positions.numpy(), atoms.get_positions(), atol=1e-9
+        )
         np.testing.assert_allclose(
             state.velocities.numpy(), atoms.get_velocities() * units.fs, atol=1e-9
         )

@@ -22,8 +22,14 @@ from equiforce.md.trajectory import read_trajectory
 
 
 def _cfg(**kw):
-    base = dict(ensemble="langevin", temperature=20.0, timestep=5.0, steps=60,
-                output_interval=5, seed=3)
+    base = dict(
+        ensemble="langevin",
+        temperature=20.0,
+        timestep=5.0,
+        steps=60,
+        output_interval=5,
+        seed=3,
+    )
     return MDConfig(**(base | kw))
 
 
@@ -43,7 +49,9 @@ def test_sigint_then_resume_continues_identically(tmp_path, fmt):
 
     first = run_md(interrupting, [lj_cluster()], cfg, tmp_path / "run", progress=False)
     assert first.interrupted and first.steps_done < 60
-    second = run_md(lj, [lj_cluster()], cfg, tmp_path / "run", resume=True, progress=False)
+    second = run_md(
+        lj, [lj_cluster()], cfg, tmp_path / "run", resume=True, progress=False
+    )
     assert not second.interrupted and second.time_fs == 300.0
     suffix = ".h5" if fmt == "hdf5" else ".xyz"
     a = read_trajectory(tmp_path / "ref" / f"trajectory{suffix}")
@@ -51,7 +59,10 @@ def test_sigint_then_resume_continues_identically(tmp_path, fmt):
     np.testing.assert_array_equal(a.step, b.step)
     np.testing.assert_allclose(a.positions, b.positions, atol=1e-7)
     np.testing.assert_allclose(a.velocities, b.velocities, atol=1e-7)
-    ta, tb = thermo_table(tmp_path / "ref" / "thermo.csv"), thermo_table(tmp_path / "run" / "thermo.csv")
+    ta, tb = (
+        thermo_table(tmp_path / "ref" / "thermo.csv"),
+        thermo_table(tmp_path / "run" / "thermo.csv"),
+    )
     np.testing.assert_allclose(ta["total_eV"], tb["total_eV"], atol=1e-9)
 
 
@@ -73,7 +84,9 @@ _KILL_SCRIPT = textwrap.dedent(
 @pytest.mark.parametrize("fmt", ["extxyz", "hdf5"])
 def test_killed_run_is_readable_and_resumable(tmp_path, fmt):
     out = tmp_path / "run"
-    script = _KILL_SCRIPT.format(helpers=os.path.dirname(__file__), fmt=fmt, out=str(out))
+    script = _KILL_SCRIPT.format(
+        helpers=os.path.dirname(__file__), fmt=fmt, out=str(out)
+    )
     proc = subprocess.Popen([sys.executable, "-c", script])
     suffix = ".h5" if fmt == "hdf5" else ".xyz"
     deadline = time.time() + 60
@@ -84,8 +97,14 @@ def test_killed_run_is_readable_and_resumable(tmp_path, fmt):
     proc.wait()
     traj = read_trajectory(out / f"trajectory{suffix}")
     assert len(traj) > 5 and np.all(np.diff(traj.step) == 1)
-    cfg = MDConfig(ensemble="nve", temperature=20.0, timestep=5.0,
-                   steps=int(traj.step[-1]) + 10, output_interval=1, trajectory_format=fmt)
+    cfg = MDConfig(
+        ensemble="nve",
+        temperature=20.0,
+        timestep=5.0,
+        steps=int(traj.step[-1]) + 10,
+        output_interval=1,
+        trajectory_format=fmt,
+    )
     res = run_md(LennardJones(), [lj_cluster()], cfg, out, resume=True, progress=False)
     after = read_trajectory(out / f"trajectory{suffix}")
     assert after.step[-1] == cfg.steps and np.all(np.diff(after.step) == 1)
@@ -114,7 +133,9 @@ def test_stability_monitor_flags_each_criterion():
     assert "non-finite" in monitor.check(nan, 1.0)[0].reason
     lj = StabilityMonitor([atoms], temperature=None)
     close = state_from_atoms([atoms])
-    close.positions[1] = close.positions[0] + torch.tensor([0.5, 0.0, 0.0], dtype=torch.float64)
+    close.positions[1] = close.positions[0] + torch.tensor(
+        [0.5, 0.0, 0.0], dtype=torch.float64
+    )
     close.forces = torch.zeros_like(close.positions)
     reasons = [e.reason for e in lj.check(close, 0.0)]
     assert reasons and ("pair distance" in reasons[0] or "bond" in reasons[0])
@@ -137,7 +158,9 @@ class _Exploding:
 
 def test_run_stops_cleanly_on_blow_up_and_not_on_healthy_run(tmp_path):
     cfg = _cfg(ensemble="nve", steps=400, output_interval=10)
-    healthy = run_md(LennardJones(), [lj_cluster()], cfg, tmp_path / "ok", progress=False)
+    healthy = run_md(
+        LennardJones(), [lj_cluster()], cfg, tmp_path / "ok", progress=False
+    )
     assert healthy.stable and healthy.steps_done == 400
     res = run_md(_Exploding(), [lj_cluster()], cfg, tmp_path / "bad", progress=False)
     assert not res.stable and res.steps_done < 400

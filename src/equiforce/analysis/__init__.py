@@ -1,0 +1,1 @@
+"""Trajectory analysis: VACF, vibrational spectra, RDF/h(r), stability studies."""

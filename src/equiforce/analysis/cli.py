@@ -12,7 +12,7 @@ from pathlib import Path
 
 
 def register(subparsers) -> None:
-    """Add the ``analyze`` command with its ``vacf``, ``spectrum`` and ``rdf`` actions."""
+    """Add ``analyze`` with its ``vacf``, ``spectrum`` and ``rdf`` actions."""
     p = subparsers.add_parser(
         "analyze", help="VACF, vibrational spectrum, RDF/h(r) of a trajectory"
     )

@@ -42,7 +42,8 @@ def h_of_r(
 
     Args:
         positions: (n_frames, n_atoms, 3) Å.
-        cell: (3, 3) Å; pbc: (3,) flags (open system by default).
+        cell: (3, 3) Å (open system by default).
+        pbc: (3,) periodic flags.
         r_max: histogram range, Å.
         n_bins: number of bins.
 
@@ -80,7 +81,8 @@ def rdf(
 
     Args:
         positions: (n_frames, n_atoms, 3) Å.
-        cell: (3, 3) Å rows; pbc: (3,) flags (must all be periodic).
+        cell: (3, 3) Å rows.
+        pbc: (3,) periodic flags (must all be True).
         atomic_numbers: (n_atoms,) needed with ``species``.
         species: (Z_a, Z_b) to restrict to a–b pairs (default: all pairs).
         r_max: range, Å (at most half the smallest cell height for exactness).

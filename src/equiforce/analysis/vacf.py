@@ -43,7 +43,7 @@ def remove_rigid_motion(
     masses: np.ndarray,
     positions: np.ndarray | None = None,
 ) -> np.ndarray:
-    """Subtract the centre-of-mass velocity, and the rigid rotation if positions are given.
+    """Subtract the centre-of-mass velocity (and rigid rotation, given positions).
 
     Args:
         velocities: (n_t, n_atoms, 3).

@@ -1,0 +1,1 @@
+"""Molecular dynamics: state, integrators, force providers, runner, observers."""

@@ -109,7 +109,8 @@ def _load(args):
     structures = read(args.structure)
     if not -len(structures) <= config.frame < len(structures):
         raise ValueError(
-            f"{args.structure}: frame {config.frame} out of range ({len(structures)} frames)"
+            f"{args.structure}: frame {config.frame} out of range "
+            f"({len(structures)} frames)"
         )
     return config, model, structures
 
@@ -133,12 +134,14 @@ def _md(args) -> int:
         progress=not args.no_progress,
     )
     print(
-        f"{result.steps_done} steps in {result.wall_s:.1f} s: {result.steps_per_s:.1f} steps/s, "
+        f"{result.steps_done} steps in {result.wall_s:.1f} s: "
+        f"{result.steps_per_s:.1f} steps/s, "
         f"{result.ns_per_day:.3f} ns/day; outputs in {args.out}"
     )
     for e in result.events:
         print(
-            f"unstable: system {e.system} at {e.time_fs / 1000:.3f} ps (step {e.step}): {e.reason}"
+            f"unstable: system {e.system} at {e.time_fs / 1000:.3f} ps "
+            f"(step {e.step}): {e.reason}"
         )
     if result.interrupted:
         print(f"interrupted at step {result.steps_done}; continue with --resume")
@@ -171,7 +174,8 @@ def _stability(args) -> int:
         progress=not args.no_progress,
     )
     print(
-        f"{'T (K)':>7} {'runs':>5} {'stable':>7} {'mean ttf (ps)':>14} {'min ttf (ps)':>13} {'h(r) MAE':>9}"
+        f"{'T (K)':>7} {'runs':>5} {'stable':>7} {'mean ttf (ps)':>14} "
+        f"{'min ttf (ps)':>13} {'h(r) MAE':>9}"
     )
     for r in summary:
         print(

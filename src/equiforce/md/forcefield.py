@@ -1,5 +1,6 @@
-"""Force providers: a :class:`PotentialModel` with a skinned neighbour list, and
-analytic potentials (harmonic, Lennard-Jones) for tests.
+"""Force providers: models with a skinned neighbour list, and analytic potentials.
+
+Analytic potentials (harmonic, Lennard-Jones) serve the physics tests.
 
 :class:`ModelForceField` builds one :class:`AtomicGraph` for all systems of a state
 (``AtomicGraph.collate``) with the cutoff ``model.cutoff + skin`` and reuses its

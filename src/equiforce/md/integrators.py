@@ -58,7 +58,7 @@ def _drift(state: MDState, dt: float) -> None:
 
 
 def conserved_energy(state: MDState) -> torch.Tensor:
-    """(n_systems,) E_pot + E_kin + thermostat energy (eV); constant in exact dynamics."""
+    """(n_systems,) E_pot + E_kin + thermostat energy, eV (constant if exact)."""
     total = state.energy + state.kinetic_energy()
     if "heat" in state.extra:
         total = total + state.extra["heat"]

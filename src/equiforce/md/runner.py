@@ -392,7 +392,7 @@ def run_md(
     resume: bool = False,
     progress: bool = True,
 ) -> MDResult:
-    """Run MD of ``atoms_list`` (× ``config.n_replicas``) with a model or force function.
+    """Run MD of ``atoms_list`` (× ``n_replicas``) with a model or force function.
 
     Args:
         model: a :class:`~equiforce.models.base.PotentialModel` (wrapped in a

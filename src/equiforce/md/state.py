@@ -20,7 +20,7 @@ import torch
 from equiforce.nn.scatter import scatter_sum
 from equiforce.units import AMU_A2_PER_FS2_TO_EV, KB_EV
 
-#: A force provider: state -> (energy per system (n_systems,) eV, forces (n_atoms, 3) eV/Å).
+#: A force provider: state -> (energy (n_systems,) eV, forces (n_atoms, 3) eV/Å).
 ForceFn = Callable[["MDState"], tuple[torch.Tensor, torch.Tensor]]
 
 #: Force eV/Å divided by mass amu -> acceleration Å/fs².
