@@ -17,7 +17,7 @@ $(STAMP): pyproject.toml
 install: $(STAMP)
 
 demo: $(STAMP)
-	$(PY) examples/demo.py --out demo_out
+	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" examples/demo.sh
 
 test: $(STAMP)
 	$(PY) -m pytest -m "not slow" -q -p no:cacheprovider
@@ -34,7 +34,7 @@ format: $(STAMP)
 	$(VENV)/bin/ruff format src tests benchmarks examples
 
 bench: $(STAMP)
-	$(PY) benchmarks/speed.py
+	$(PY) benchmarks/speed.py --quick
 
 clean:
 	rm -rf $(VENV) demo_out .pytest_cache
