@@ -105,3 +105,14 @@ def test_polynomial_spherical_harmonics_equal_e3nn(degrees):
     ours = SphericalHarmonics(degrees).to(torch.float64)(vec)
     ref = e3nn_spherical_harmonics(degrees, vec / vec.norm(dim=1, keepdim=True))
     torch.testing.assert_close(ours, ref, atol=1e-13, rtol=0)
+
+
+def test_edge_chunking_gives_identical_energies_and_forces():
+    model = build_model("so3krates", dtype=torch.float64, **SMALL)
+    pos, z = random_molecule(np.random.default_rng(5), n_atoms=12, box=4.0)
+    g = AtomicGraph.from_arrays(pos, z, model.cutoff)
+    ref = model(g)
+    model.edge_chunk_size = 17  # several uneven chunks
+    out = model(g)
+    torch.testing.assert_close(out["energy"], ref["energy"], rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(out["forces"], ref["forces"], rtol=1e-10, atol=1e-12)

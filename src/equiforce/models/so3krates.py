@@ -201,29 +201,36 @@ class So3kratesLayer(nn.Module):
         w2 = torch.addmm(r2.bias + s2b.bias, h2, torch.cat([r2.weight, s2b.weight], 1).t())
         return w1, w2
 
-    def forward(
+    def node_maps(self, features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per-head maps of every atom: q (n_atoms, n_q·F) and [k | v] (n_atoms, (n_q+1)·F)."""
+        F = features.shape[1]
+        proj = features @ self.node_projection()  # (n_atoms, (2·n_q+1)·F)
+        n_q = 2 if self.ev else 1
+        q = self.qk_act(proj[:, : n_q * F])
+        kv = torch.cat([self.qk_act(proj[:, n_q * F : 2 * n_q * F]), proj[:, 2 * n_q * F :]], 1)
+        return q, kv
+
+    def edge_messages(
         self,
-        features: torch.Tensor,  # (n_atoms, F)
+        q: torch.Tensor,  # (n_atoms, n_q·F)
+        kv: torch.Tensor,  # (n_atoms, (n_q+1)·F)
         ev: torch.Tensor,  # (n_atoms, m_tot)
         hidden_r: torch.Tensor,  # (n_edges, 2F) radial hidden features of both filters
         sph: torch.Tensor,  # (n_edges, m_tot)
         phi: torch.Tensor,  # (n_edges,)
         idx_i: torch.Tensor,  # (n_edges,)
         idx_j: torch.Tensor,  # (n_edges,)
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """One So3krates layer; returns updated (features, ev)."""
-        n_atoms, F = features.shape
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Attention messages summed per centre: Δf (n_atoms, F) and Δx (n_atoms, m_tot)."""
+        n_atoms = q.shape[0]
         n_edges = idx_i.shape[0]
         H, d = self.num_heads, self.head_size
+        F = H * d
+        n_q = 2 if self.ev else 1
         s_ij = None
         if self.ev:
             s_ij = self.contract(ev.index_select(0, idx_j) - ev.index_select(0, idx_i))
         w1, w2 = self.edge_filters(hidden_r, s_ij)  # (n_edges, F) each
-        # all per-head node maps in one matmul, then one gather per edge end
-        proj = features @ self.node_projection()  # (n_atoms, nF)
-        n_q = 2 if self.ev else 1
-        q = self.qk_act(proj[:, : n_q * F])
-        kv = torch.cat([self.qk_act(proj[:, n_q * F : 2 * n_q * F]), proj[:, 2 * n_q * F :]], 1)
         q_i = q.index_select(0, idx_i)  # (n_edges, n_q·F)
         kv_j = kv.index_select(0, idx_j)  # (n_edges, (n_q+1)·F)
         phi1 = phi[:, None] * self.norm_inv1
@@ -231,13 +238,26 @@ class So3kratesLayer(nn.Module):
         v_j = kv_j[:, n_q * F :].view(n_edges, H, d)
         msg = (alpha1[:, :, None] * v_j).reshape(n_edges, F)
         d_features = scatter_sum(msg, idx_i, n_atoms)  # (n_atoms, F)
+        d_ev = None
         if self.ev:
             prod2 = q_i[:, F:] * w2 * kv_j[:, F : 2 * F]
-            alpha2 = prod2.view(n_edges, self.n_deg, F // self.n_deg).sum(-1) * (phi[:, None] * self.norm_inv2)
+            alpha2 = prod2.view(n_edges, self.n_deg, F // self.n_deg).sum(-1)
+            alpha2 = alpha2 * (phi[:, None] * self.norm_inv2)  # (n_edges, |L|)
             d_ev = scatter_sum((alpha2 @ self.contract.expand) * sph, idx_i, n_atoms)
+        return d_features, d_ev
+
+    def update(
+        self,
+        features: torch.Tensor,  # (n_atoms, F)
+        ev: torch.Tensor,  # (n_atoms, m_tot)
+        d_features: torch.Tensor,  # (n_atoms, F)
+        d_ev: torch.Tensor | None,  # (n_atoms, m_tot)
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Residual update, optional norm/MLP, then the exchange block."""
+        F = features.shape[1]
+        if self.ev:
             ev = ev + d_ev
         features = self.res1(self.norm1(features + d_features))
-        # ---- exchange block
         if self.ev:
             bg = self.exchange(torch.cat([features, self.contract(ev)], dim=-1))
             features = features + bg[:, :F]
@@ -246,6 +266,13 @@ class So3kratesLayer(nn.Module):
             features = features + self.exchange(features)
         features = self.norm2(self.res2(features))
         return features, ev
+
+    def radial_hidden(self, rbf: torch.Tensor) -> torch.Tensor:
+        """silu(first radial Dense) of this layer's filters: (n_edges, K) -> (n_edges, nF)."""
+        firsts = self.radial_firsts()
+        w = torch.cat([m.weight for m in firsts], 0)
+        b = torch.cat([m.bias for m in firsts])
+        return torch.nn.functional.silu(torch.addmm(b, rbf, w.t()))
 
 
 class So3krates(PotentialModel):
@@ -268,17 +295,53 @@ class So3krates(PotentialModel):
         self.layers = nn.ModuleList(So3kratesLayer(cfg, self.contract) for _ in range(cfg.num_layers))
         act = "silu" if cfg.readout_activation == "silu" else "identity"
         self.readout = MLP([F, cfg.readout_hidden, 1], activation=act, zero_init_last=cfg.zero_init_readout)
+        #: Process edges in checkpointed chunks of this size. None: automatic, i.e.
+        #: all at once up to ``auto_chunk_edges`` edges (≈ 6 GiB of float32
+        #: intermediates), chunks of 250,000 edges above. Runtime settings for very
+        #: large systems, not part of the config.
+        self.edge_chunk_size: int | None = None
+        self.auto_chunk_edges: int = 1_000_000
         if cfg.per_element_scale_shift:
             self.scale = nn.Parameter(torch.ones(NUM_ELEMENTS))
             self.shift = nn.Parameter(torch.zeros(NUM_ELEMENTS))
         else:
             self.scale = self.shift = None
 
+    def _chunked_layer(self, layer, features, ev, d, sph, phi, idx_i, idx_j, chunk: int):
+        """One layer with edges in chunks, each recomputed in the backward pass.
+
+        Memory is O(n_atoms·F + chunk·F) instead of O(n_edges·F): per-edge
+        intermediates of a chunk are not kept (activation checkpointing); the
+        backward recomputes them, at about 1.3x the cost.
+        """
+        from torch.utils.checkpoint import checkpoint
+
+        q, kv = layer.node_maps(features)
+
+        def chunk_messages(q, kv, ev, d_c, sph_c, phi_c, i_c, j_c):
+            hidden = layer.radial_hidden(self.rbf(d_c).to(d_c.dtype))
+            return layer.edge_messages(q, kv, ev, hidden, sph_c, phi_c, i_c, j_c)
+
+        d_f = torch.zeros_like(features)
+        d_ev = torch.zeros_like(ev) if layer.ev else None
+        for start in range(0, idx_i.shape[0], chunk):
+            sl = slice(start, start + chunk)
+            args = (q, kv, ev, d[sl], sph[sl], phi[sl], idx_i[sl], idx_j[sl])
+            part_f, part_ev = checkpoint(chunk_messages, *args, use_reentrant=False)
+            d_f = d_f + part_f
+            if d_ev is not None:
+                d_ev = d_ev + part_ev
+        return layer.update(features, ev, d_f, d_ev)
+
     def atomic_energies(self, graph: AtomicGraph, edge_vectors: torch.Tensor) -> torch.Tensor:
         """Network atomic energies (n_atoms,) from So3krates features."""
         idx_i, idx_j = graph.edge_index[0], graph.edge_index[1]
         d = safe_norm(edge_vectors)  # (n_edges,)
-        rbf = self.rbf(d).to(edge_vectors.dtype)  # (n_edges, K)
+        chunk = self.edge_chunk_size
+        if chunk is None and d.shape[0] > self.auto_chunk_edges:
+            chunk = 250_000
+        chunked = chunk is not None and d.shape[0] > chunk
+        rbf = None if chunked else self.rbf(d).to(edge_vectors.dtype)  # (n_edges, K)
         phi = self.cutoff_fn(d)  # (n_edges,)
         z = graph.atomic_numbers
         features = self.embedding(z)  # (n_atoms, F)
@@ -288,15 +351,23 @@ class So3krates(PotentialModel):
         else:
             sph = edge_vectors.new_zeros((edge_vectors.shape[0], 0))
         ev = features.new_zeros((n_atoms, self.m_tot))
-        # first radial Dense of every filter of every layer in one product
-        firsts = [m for layer in self.layers for m in layer.radial_firsts()]
-        w_first = torch.cat([m.weight for m in firsts], 0)  # (T·nF, K)
-        b_first = torch.cat([m.bias for m in firsts])
-        hidden = torch.nn.functional.silu(torch.addmm(b_first, rbf, w_first.t()))
-        width = hidden.shape[1] // len(self.layers)
-        for t, layer in enumerate(self.layers):
-            h_t = hidden[:, t * width : (t + 1) * width]
-            features, ev = layer(features, ev, h_t, sph, phi, idx_i, idx_j)
+        if chunked:
+            for layer in self.layers:
+                features, ev = self._chunked_layer(
+                    layer, features, ev, d, sph, phi, idx_i, idx_j, chunk
+                )
+        else:
+            # first radial Dense of every filter of every layer in one product
+            firsts = [m for layer in self.layers for m in layer.radial_firsts()]
+            w_first = torch.cat([m.weight for m in firsts], 0)  # (T·nF, K)
+            b_first = torch.cat([m.bias for m in firsts])
+            hidden = torch.nn.functional.silu(torch.addmm(b_first, rbf, w_first.t()))
+            width = hidden.shape[1] // len(self.layers)
+            for t, layer in enumerate(self.layers):
+                h_t = hidden[:, t * width : (t + 1) * width]
+                q, kv = layer.node_maps(features)
+                d_f, d_ev = layer.edge_messages(q, kv, ev, h_t, sph, phi, idx_i, idx_j)
+                features, ev = layer.update(features, ev, d_f, d_ev)
         e = self.readout(features).squeeze(-1)  # (n_atoms,)
         if self.scale is not None:
             e = self.scale[z] * e + self.shift[z]
