@@ -37,7 +37,7 @@ class TestNequIPLmax1Restricted(ModelContractTests):
 
 class TestNequIPLmax3(ModelContractTests):
     model_name = "nequip"
-    overrides = {**TINY, "l_max": 3, "num_layers": 1}
+    overrides = {**TINY, "l_max": 3, "num_layers": 2}
 
 
 def test_hidden_irreps_parities():
@@ -54,8 +54,9 @@ def test_hidden_irreps_parities():
 def test_first_layer_reaches_only_natural_parity():
     """From 0e inputs, 0e ⊗ Y^l gives only p = (−1)^l; layer 2 adds 1e and 2o (from
     1o ⊗ 1o and 2e ⊗ 1o); odd scalars 0o need 1e ⊗ 1o, so they appear in layer 3."""
-    model = build_model("nequip", **{**TINY, "num_layers": 3}, l_max=2)
+    model = build_model("nequip", **{**TINY, "num_layers": 4}, l_max=2)
     irs = [{ir for _, ir in layer.irreps_out} for layer in model.layers]
+    assert irs[3] == {o3.Irrep("0e")}  # last block: only what the readout reads
     assert irs[0] == {o3.Irrep(s) for s in ("0e", "1o", "2e")}
     assert irs[1] == {o3.Irrep(s) for s in ("0e", "1o", "1e", "2o", "2e")}
     assert irs[2] == {ir for _, ir in hidden_irreps(model.config)}
@@ -79,7 +80,7 @@ def test_odd_features_are_live_and_change_sign_under_reflection():
     """Pseudo-scalar (0o) channels exist and flip sign under a mirror: the energy
     stays invariant only because it reads 0e scalars (checked by the contract suite)."""
     model = build_model(
-        "nequip", dtype=torch.float64, **{**TINY, "num_layers": 3}, l_max=2
+        "nequip", dtype=torch.float64, **{**TINY, "num_layers": 4}, l_max=2
     ).eval()
     pos, z = random_molecule(np.random.default_rng(1))
     feats = []
@@ -91,10 +92,10 @@ def test_odd_features_are_live_and_change_sign_under_reflection():
         attrs = model.species_attrs(g.atomic_numbers)
         sph = model.sph(vec) * model.sph_scale
         bessel = model.radial(vec.norm(dim=1))
-        for layer in model.layers:
+        for layer in model.layers[:3]:
             x = layer(x, attrs, sph, bessel, idx_i, idx_j)
         feats.append(x)
-    irreps = model.layers[-1].irreps_out
+    irreps = model.layers[2].irreps_out
     odd = torch.cat(
         [
             feats[0][:, s]

@@ -8,7 +8,8 @@ l_max = 2 with even and odd parity, 8 trainable Bessel functions, polynomial
 cutoff p = 6, r_c = 4 Å, radial MLP with 2 hidden layers of 64 SiLU units,
 gated nonlinearities (SiLU on even scalars and gates, tanh on odd ones),
 self-connection through a tensor product with the species attributes, and a
-two-linear atomwise readout of the 0e scalars.
+two-linear atomwise readout of the 0e scalars. The last block produces only
+the 0e channels the readout reads (the same energy, without dead l > 0 work).
 
 Deviations (stated so results are read correctly): species attributes are a
 learned ``Embedding(119, num_species_channels)`` instead of a one-hot over the
@@ -147,10 +148,16 @@ class NequIPInteraction(nn.Module):
     """Linear → TP(V_j ⊗ Y(r̂_ij), R(d_ij)) → Σ_j → Linear, + self-connection, → Gate."""
 
     def __init__(
-        self, irreps_in: o3.Irreps, irreps_sh: o3.Irreps, cfg: NequIPConfig
+        self,
+        irreps_in: o3.Irreps,
+        irreps_sh: o3.Irreps,
+        cfg: NequIPConfig,
+        scalars_only: bool = False,
     ) -> None:
         super().__init__()
         target = hidden_irreps(cfg)
+        if scalars_only:  # last block: the readout reads 0e only, the rest is dead
+            target = o3.Irreps([(m, ir) for m, ir in target if ir == o3.Irrep("0e")])
         mid, instructions = [], []
         for i, (mul, ir_in) in enumerate(irreps_in):
             for j, (_, ir_sh) in enumerate(irreps_sh):
@@ -236,8 +243,9 @@ class NequIP(PotentialModel):
         )
         irreps = o3.Irreps(f"{F}x0e")
         layers = []
-        for _ in range(cfg.num_layers):
-            layers.append(NequIPInteraction(irreps, self.irreps_sh, cfg))
+        for t in range(cfg.num_layers):
+            last = t == cfg.num_layers - 1
+            layers.append(NequIPInteraction(irreps, self.irreps_sh, cfg, last))
             irreps = layers[-1].irreps_out
         self.layers = nn.ModuleList(layers)
         hidden = o3.Irreps(f"{cfg.readout_hidden or max(F // 2, 1)}x0e")
