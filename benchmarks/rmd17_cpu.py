@@ -60,6 +60,7 @@ def parse_args(argv=None) -> argparse.Namespace:
         "--minutes", type=float, default=60.0, help="training budget per model"
     )
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--device", default="cpu", help="torch device (cpu, cuda)")
     p.add_argument("--preset", default="default", help="So3krates preset")
     p.add_argument("--schedule", choices=["cosine", "exponential"], default="cosine")
     p.add_argument("--lr", type=float, default=1e-3)
@@ -82,7 +83,8 @@ def seconds_per_step(config, n_probe: int = 15) -> float:
 
     src = config.data.train.model_copy(update={"index": "0:60"})
     store = read_source(src, Reporter(False))
-    model = build_model(config.model.name, None, **config.model.overrides)
+    device = config.training.device
+    model = build_model(config.model.name, None, **config.model.overrides).to(device)
     ds = GraphDataset(store, model.cutoff, torch.float32)
     opt = make_optimizer(model, config.training)
     loss_fn, bs, t0 = WeightedLoss(), config.training.batch_size, 0.0
@@ -90,7 +92,7 @@ def seconds_per_step(config, n_probe: int = 15) -> float:
         if k == 3:
             t0 = time.perf_counter()
         start = k * bs % 50
-        batch = ds.batch(range(start, start + bs))
+        batch = ds.batch(range(start, start + bs)).to(device)
         loss, _ = loss_fn(model(batch, compute_forces=True, create_graph=True), batch)
         opt.zero_grad()
         loss.backward()
@@ -104,6 +106,7 @@ def so3krates_config(args):
     sets = [
         f"model.preset={args.preset}",
         f"training.threads={args.threads}",
+        f"training.device={args.device}",
         f"training.lr={args.lr}",
         f"training.batch_size={args.batch_size}",
         f"training.max_minutes={args.minutes}",
