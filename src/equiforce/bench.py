@@ -157,7 +157,10 @@ def run_bench(
 
     import equiforce
 
+    from equiforce.runtime import tune_allocator
+
     torch.set_num_threads(threads)
+    tune_allocator()
     console = Console(stderr=True)
     model = (
         equiforce.load_model(model_path)

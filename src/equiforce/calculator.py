@@ -19,6 +19,7 @@ from equiforce import keys
 from equiforce.data.graph import AtomicGraph
 from equiforce.models.base import PotentialModel
 from equiforce.models.checkpoint import load_model
+from equiforce.runtime import tune_allocator
 
 
 class EquiforceCalculator(Calculator):
@@ -49,6 +50,7 @@ class EquiforceCalculator(Calculator):
         **kwargs,
     ) -> None:
         super().__init__(**kwargs)
+        tune_allocator()
         if isinstance(model_or_path, (str, Path)):
             model = load_model(model_or_path, device=device, dtype=dtype)
         else:

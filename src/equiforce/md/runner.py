@@ -403,6 +403,9 @@ def run_md(
         resume: continue from ``out_dir/md_state.pt`` when it exists.
         progress: show a progress bar.
     """
+    from equiforce.runtime import tune_allocator
+
+    tune_allocator()
     from equiforce.md.forcefield import ModelForceField
     from equiforce.models.base import PotentialModel
 

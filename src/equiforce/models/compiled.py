@@ -44,6 +44,9 @@ class CompiledPotential:
         dynamic: bool = True,
         mode: str | None = None,
     ) -> None:
+        from equiforce.runtime import tune_allocator
+
+        tune_allocator()
         self.model = model.eval()
         self.compile_seconds: float | None = None
         self._fn = self._energy_and_forces

@@ -364,6 +364,9 @@ def train(config: EquiforceConfig, run_dir: str | Path, progress: bool = True) -
     Raises:
         RunDirError: ``run_dir`` already holds a run.
     """
+    from equiforce.runtime import tune_allocator
+
+    tune_allocator()
     run = RunDir(run_dir)
     if run.last.exists() or run.config.exists():
         raise RunDirError(
