@@ -31,14 +31,18 @@ def timed(fn, n):
 
 def main():
     ap = argparse.ArgumentParser()
-    ap.add_argument("--systems", default="ethanol,benzene,water96,water384,water1029,"
-                    "box1029,box3000,box10k,box100k")
+    ap.add_argument(
+        "--systems",
+        default="ethanol,benzene,water96,water384,water1029,"
+        "box1029,box3000,box10k,box100k",
+    )
     ap.add_argument("--out", default="gpu_speed.json")
     args = ap.parse_args()
     rows = []
     for dtype in (torch.float32, torch.float64):
-        model = equiforce.build_model("so3krates", "default", dtype=dtype,
-                                      zero_init_readout=False).to("cuda")
+        model = equiforce.build_model(
+            "so3krates", "default", dtype=dtype, zero_init_readout=False
+        ).to("cuda")
         fast = CompiledPotential(model)
         for name in args.systems.split(","):
             atoms = make_system(name)
@@ -47,16 +51,23 @@ def main():
             nl_ms = 1e3 * (time.perf_counter() - t)
             g = g.to("cuda")
             n = 200 if len(atoms) < 1000 else 20
-            row = {"system": name, "n_atoms": len(atoms), "n_edges": g.n_edges,
-                   "dtype": str(dtype).split(".")[-1], "neighbor_ms_cpu": nl_ms}
+            row = {
+                "system": name,
+                "n_atoms": len(atoms),
+                "n_edges": g.n_edges,
+                "dtype": str(dtype).split(".")[-1],
+                "neighbor_ms_cpu": nl_ms,
+            }
             torch.cuda.reset_peak_memory_stats()
             try:
-                row["eager_ms"] = timed(lambda: model(g), n)
+                row["eager_ms"] = timed(lambda: model(g), n)  # noqa: B023
                 row["peak_mem_gib_eager"] = torch.cuda.max_memory_allocated() / 2**30
-                row["compiled_ms"] = timed(lambda: fast(g), n)
+                row["compiled_ms"] = timed(lambda: fast(g), n)  # noqa: B023
                 if len(atoms) < 1000:
-                    graphs_fast = CompiledPotential(model, dynamic=False, mode="reduce-overhead")
-                    row["cudagraph_ms"] = timed(lambda: graphs_fast(g), n)
+                    graphs_fast = CompiledPotential(
+                        model, dynamic=False, mode="reduce-overhead"
+                    )
+                    row["cudagraph_ms"] = timed(lambda: graphs_fast(g), n)  # noqa: B023
             except torch.OutOfMemoryError as err:
                 row["error"] = f"OOM: {err}"[:200]
             print(row, flush=True)

@@ -38,7 +38,9 @@ SYSTEMS: dict[str, tuple[str, int | None]] = {
 DEFAULT_SYSTEMS = ("ethanol", "benzene", "water96", "water384", "water1029", "box1029")
 
 
-def water_positions(n_mol: int, seed: int = 0, spacing: float = 3.1) -> tuple[np.ndarray, ...]:
+def water_positions(
+    n_mol: int, seed: int = 0, spacing: float = 3.1
+) -> tuple[np.ndarray, ...]:
     """Water molecules on a cubic grid with random orientations.
 
     Returns:
@@ -89,17 +91,23 @@ class BenchResult:
     compile_s: float | None = None
 
 
-def _median_time(fn, min_seconds: float, min_calls: int = 5, max_calls: int = 500) -> list[float]:
+def _median_time(
+    fn, min_seconds: float, min_calls: int = 5, max_calls: int = 500
+) -> list[float]:
     times: list[float] = []
     start = time.perf_counter()
-    while len(times) < max_calls and (len(times) < min_calls or time.perf_counter() - start < min_seconds):
+    while len(times) < max_calls and (
+        len(times) < min_calls or time.perf_counter() - start < min_seconds
+    ):
         t = time.perf_counter()
         fn()
         times.append(time.perf_counter() - t)
     return times
 
 
-def bench_system(model, name: str, dtype: torch.dtype, mode: str, min_seconds: float = 2.0) -> BenchResult:
+def bench_system(
+    model, name: str, dtype: torch.dtype, mode: str, min_seconds: float = 2.0
+) -> BenchResult:
     """Time energy+forces of ``model`` on system ``name``."""
     from equiforce.data.graph import AtomicGraph
     from equiforce.models.compiled import CompiledPotential
@@ -124,10 +132,17 @@ def bench_system(model, name: str, dtype: torch.dtype, mode: str, min_seconds: f
     times = _median_time(call, min_seconds)
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     return BenchResult(
-        system=name, n_atoms=len(atoms), n_edges=graph.n_edges, dtype=str(dtype).split(".")[-1],
-        mode=mode, ms_median=1e3 * statistics.median(times), ms_min=1e3 * min(times),
-        n_calls=len(times), neighbor_ms=1e3 * statistics.median(nl_times),
-        peak_rss_mib=rss, compile_s=compile_s,
+        system=name,
+        n_atoms=len(atoms),
+        n_edges=graph.n_edges,
+        dtype=str(dtype).split(".")[-1],
+        mode=mode,
+        ms_median=1e3 * statistics.median(times),
+        ms_min=1e3 * min(times),
+        n_calls=len(times),
+        neighbor_ms=1e3 * statistics.median(nl_times),
+        peak_rss_mib=rss,
+        compile_s=compile_s,
     )
 
 
@@ -142,21 +157,29 @@ def machine_info() -> dict:
     except OSError:
         pass
     return {
-        "date": date.today().isoformat(), "cpu": cpu, "threads": torch.get_num_threads(),
-        "torch": torch.__version__, "python": platform.python_version(),
+        "date": date.today().isoformat(),
+        "cpu": cpu,
+        "threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "python": platform.python_version(),
         "cuda": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
     }
 
 
 def run_bench(
-    systems: list[str], dtypes: list[str], modes: list[str], model_path: str | None = None,
-    preset: str = "default", threads: int = 2, min_seconds: float = 2.0, device: str = "cpu",
+    systems: list[str],
+    dtypes: list[str],
+    modes: list[str],
+    model_path: str | None = None,
+    preset: str = "default",
+    threads: int = 2,
+    min_seconds: float = 2.0,
+    device: str = "cpu",
 ) -> dict:
     """Run the benchmark grid; returns {"machine": ..., "results": [...]}."""
     from rich.console import Console
 
     import equiforce
-
     from equiforce.runtime import tune_allocator
 
     torch.set_num_threads(threads)
@@ -177,10 +200,14 @@ def run_bench(
                     f"{r.system:>10} {r.n_atoms:>6} atoms {r.n_edges:>8} edges {r.dtype:>7} "
                     f"{r.mode:>8}: {r.ms_median:9.3f} ms (nl {r.neighbor_ms:.3f} ms, "
                     f"rss {r.peak_rss_mib:.0f} MiB"
-                    + (f", compile {r.compile_s:.1f} s" if r.compile_s else "") + ")"
+                    + (f", compile {r.compile_s:.1f} s" if r.compile_s else "")
+                    + ")"
                 )
-    return {"machine": machine_info(), "model": preset if not model_path else model_path,
-            "results": results}
+    return {
+        "machine": machine_info(),
+        "model": preset if not model_path else model_path,
+        "results": results,
+    }
 
 
 def register(subparsers) -> None:
@@ -188,12 +215,19 @@ def register(subparsers) -> None:
     p = subparsers.add_parser("bench", help="time energy+forces on standard systems")
     p.add_argument("--model", help="checkpoint (default: random So3krates of --preset)")
     p.add_argument("--preset", default="default")
-    p.add_argument("--systems", default=",".join(DEFAULT_SYSTEMS),
-                   help=f"comma list from {', '.join(SYSTEMS)}")
+    p.add_argument(
+        "--systems",
+        default=",".join(DEFAULT_SYSTEMS),
+        help=f"comma list from {', '.join(SYSTEMS)}",
+    )
     p.add_argument("--dtype", default="float32", help="comma list: float32,float64")
-    p.add_argument("--mode", default="eager,compiled", help="comma list: eager,compiled")
+    p.add_argument(
+        "--mode", default="eager,compiled", help="comma list: eager,compiled"
+    )
     p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--min-seconds", type=float, default=2.0, help="timing budget per row")
+    p.add_argument(
+        "--min-seconds", type=float, default=2.0, help="timing budget per row"
+    )
     p.add_argument("--out", default="bench.json", help="JSON output file")
     p.set_defaults(func=_cli)
 
@@ -203,7 +237,14 @@ def _cli(args: argparse.Namespace) -> int:
     unknown = [s for s in systems if s not in SYSTEMS]
     if unknown:
         raise SystemExit(f"unknown system(s) {unknown}; known: {', '.join(SYSTEMS)}")
-    report = run_bench(systems, args.dtype.split(","), args.mode.split(","), args.model,
-                       args.preset, args.threads, args.min_seconds)
+    report = run_bench(
+        systems,
+        args.dtype.split(","),
+        args.mode.split(","),
+        args.model,
+        args.preset,
+        args.threads,
+        args.min_seconds,
+    )
     Path(args.out).write_text(json.dumps(report, indent=2))
     return 0

@@ -71,7 +71,11 @@ class EquiforceCalculator(Calculator):
     def _compiled_potential(self):
         """The compiled wrapper, created when the compile policy says so (else None)."""
         if self._compiled is None:
-            wanted = self.compile if self.compile is not None else self.n_calls >= self.compile_after
+            wanted = (
+                self.compile
+                if self.compile is not None
+                else self.n_calls >= self.compile_after
+            )
             if wanted:
                 from equiforce.models.compiled import CompiledPotential
 
@@ -79,25 +83,36 @@ class EquiforceCalculator(Calculator):
         return self._compiled
 
     def _get_graph(self, atoms) -> AtomicGraph:
-        key = (atoms.numbers.tobytes(), np.asarray(atoms.cell).tobytes(), atoms.pbc.tobytes())
+        key = (
+            atoms.numbers.tobytes(),
+            np.asarray(atoms.cell).tobytes(),
+            atoms.pbc.tobytes(),
+        )
         pos = atoms.get_positions()
         if (
             self._graph is not None
             and key == self._ref_key
-            and np.max(np.linalg.norm(pos - self._ref_positions, axis=1)) < 0.5 * self.skin
+            and np.max(np.linalg.norm(pos - self._ref_positions, axis=1))
+            < 0.5 * self.skin
         ):
             return self._graph.with_positions(
                 torch.as_tensor(pos, dtype=self.dtype, device=self.device)
             )
         graph = AtomicGraph.from_arrays(
-            pos, atoms.numbers, self.model.cutoff + self.skin,
-            cell=np.asarray(atoms.cell), pbc=atoms.pbc, dtype=self.dtype,
+            pos,
+            atoms.numbers,
+            self.model.cutoff + self.skin,
+            cell=np.asarray(atoms.cell),
+            pbc=atoms.pbc,
+            dtype=self.dtype,
         ).to(self.device)
         self._graph, self._ref_positions, self._ref_key = graph, pos.copy(), key
         self.n_rebuilds += 1
         return graph
 
-    def calculate(self, atoms=None, properties=("energy",), system_changes=all_changes) -> None:
+    def calculate(
+        self, atoms=None, properties=("energy",), system_changes=all_changes
+    ) -> None:
         """Compute the requested properties for ``atoms``."""
         super().calculate(atoms, properties, system_changes)
         graph = self._get_graph(self.atoms)

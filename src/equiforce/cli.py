@@ -28,7 +28,9 @@ def build_parser() -> argparse.ArgumentParser:
         prog="equiforce",
         description="Train equivariant interatomic potentials and run molecular dynamics.",
     )
-    parser.add_argument("--version", action="version", version=f"equiforce {__version__}")
+    parser.add_argument(
+        "--version", action="version", version=f"equiforce {__version__}"
+    )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in SUBCOMMAND_MODULES:
         importlib.import_module(name).register(sub)

@@ -35,13 +35,16 @@ def tune_allocator() -> bool:
     global _done
     if _done:
         return True
-    if os.environ.get("EQUIFORCE_MALLOC_TUNING", "1") == "0" or not sys.platform.startswith(
-        "linux"
-    ):
+    if os.environ.get(
+        "EQUIFORCE_MALLOC_TUNING", "1"
+    ) == "0" or not sys.platform.startswith("linux"):
         return False
     try:
         libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        ok = libc.mallopt(_M_MMAP_MAX, 0) == 1 and libc.mallopt(_M_TRIM_THRESHOLD, 1 << 30) == 1
+        ok = (
+            libc.mallopt(_M_MMAP_MAX, 0) == 1
+            and libc.mallopt(_M_TRIM_THRESHOLD, 1 << 30) == 1
+        )
     except (OSError, AttributeError):  # not glibc (musl, ...): nothing to tune
         return False
     _done = ok

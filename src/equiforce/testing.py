@@ -44,8 +44,11 @@ def random_orthogonal(rng: np.random.Generator, reflect: bool) -> np.ndarray:
 
 
 def random_molecule(
-    rng: np.random.Generator, n_atoms: int = 8, species: tuple[int, ...] = (1, 6, 8),
-    min_dist: float = 0.95, box: float = 3.0,
+    rng: np.random.Generator,
+    n_atoms: int = 8,
+    species: tuple[int, ...] = (1, 6, 8),
+    min_dist: float = 0.95,
+    box: float = 3.0,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Random compact structure: (positions (n,3) Å, atomic numbers (n,))."""
     pos: list[np.ndarray] = []
@@ -56,7 +59,9 @@ def random_molecule(
     return np.array(pos), rng.choice(species, size=n_atoms)
 
 
-def random_crystal(rng: np.random.Generator, n_atoms: int = 4) -> tuple[np.ndarray, ...]:
+def random_crystal(
+    rng: np.random.Generator, n_atoms: int = 4
+) -> tuple[np.ndarray, ...]:
     """A small triclinic periodic cell (smaller than twice the cutoff)."""
     cell = np.diag([3.2, 3.4, 3.0]) + rng.uniform(-0.4, 0.4, size=(3, 3))
     frac, _ = random_molecule(rng, n_atoms, min_dist=0.35, box=1.0)
@@ -67,18 +72,25 @@ def random_crystal(rng: np.random.Generator, n_atoms: int = 4) -> tuple[np.ndarr
 def energy_forces(model: PotentialModel, graph: AtomicGraph, stress: bool = False):
     """(energy (G,), forces (N,3)[, stress (G,3,3)]) as float64 numpy arrays."""
     out = model(graph, compute_forces=True, compute_stress=stress)
-    res = [out[keys.ENERGY].detach().double().numpy(), out[keys.FORCES].detach().double().numpy()]
+    res = [
+        out[keys.ENERGY].detach().double().numpy(),
+        out[keys.FORCES].detach().double().numpy(),
+    ]
     if stress:
         res.append(out[keys.STRESS].detach().double().numpy())
     return tuple(res)
 
 
-def assert_close(actual, expected, rtol: float, what: str, atol_scale: float | None = None) -> None:
+def assert_close(
+    actual, expected, rtol: float, what: str, atol_scale: float | None = None
+) -> None:
     """Compare arrays with a tolerance relative to the magnitude of ``expected``."""
     actual, expected = np.asarray(actual), np.asarray(expected)
     scale = atol_scale if atol_scale is not None else max(np.abs(expected).max(), 1.0)
     err = np.abs(actual - expected).max() if actual.size else 0.0
-    assert err <= rtol * scale, f"{what}: max error {err:.3e} > {rtol:.1e} x {scale:.3e}"
+    assert err <= rtol * scale, (
+        f"{what}: max error {err:.3e} > {rtol:.1e} x {scale:.3e}"
+    )
 
 
 class ModelContractTests:
@@ -95,10 +107,14 @@ class ModelContractTests:
 
         e0 = {1: -13.6, 6: -1025.3, 8: -2035.6}
         params = {**self.overrides, **extra}
-        model = build_model(self.model_name, self.preset, dtype=dtype, seed=seed, e0=e0, **params)
+        model = build_model(
+            self.model_name, self.preset, dtype=dtype, seed=seed, e0=e0, **params
+        )
         return model.eval()
 
-    def graph(self, pos, z, model, dtype, cell=None, pbc=None, extra_cutoff: float = 0.0):
+    def graph(
+        self, pos, z, model, dtype, cell=None, pbc=None, extra_cutoff: float = 0.0
+    ):
         return AtomicGraph.from_arrays(
             pos, z, model.cutoff + extra_cutoff, cell=cell, pbc=pbc, dtype=dtype
         )
@@ -134,7 +150,9 @@ class ModelContractTests:
         pos, z, cell = random_crystal(rng)
         rot = random_orthogonal(rng, reflect=True)
         pbc = np.ones(3, bool)
-        e1, f1, s1 = energy_forces(model, self.graph(pos, z, model, dtype, cell, pbc), True)
+        e1, f1, s1 = energy_forces(
+            model, self.graph(pos, z, model, dtype, cell, pbc), True
+        )
         e2, f2, s2 = energy_forces(
             model, self.graph(pos @ rot.T, z, model, dtype, cell @ rot.T, pbc), True
         )
@@ -179,7 +197,9 @@ class ModelContractTests:
         model = self.make_model(dtype)
         pos, z, cell = random_crystal(rng)
         pbc = np.ones(3, bool)
-        _, _, s = energy_forces(model, self.graph(pos, z, model, dtype, cell, pbc), True)
+        _, _, s = energy_forces(
+            model, self.graph(pos, z, model, dtype, cell, pbc), True
+        )
         vol = abs(np.linalg.det(cell))
         h = 1e-5
         fd = np.zeros((3, 3))
@@ -206,7 +226,9 @@ class ModelContractTests:
         e, f = energy_forces(model, AtomicGraph.collate(graphs))
         tol = TOLERANCES[dtype]
         assert_close(e, np.concatenate([s[0] for s in single]), tol, "batched energies")
-        assert_close(f, np.concatenate([s[1] for s in single]), tol * 10, "batched forces")
+        assert_close(
+            f, np.concatenate([s[1] for s in single]), tol * 10, "batched forces"
+        )
 
     def test_far_apart_molecules_are_additive(self, dtype):
         rng = np.random.default_rng(7)
@@ -215,10 +237,14 @@ class ModelContractTests:
         ea, fa = energy_forces(model, self.graph(pa, za, model, dtype))
         eb, fb = energy_forces(model, self.graph(pb, zb, model, dtype))
         both = np.concatenate([pa, pb + np.array([50.0, 0.0, 0.0])])
-        e, f = energy_forces(model, self.graph(both, np.concatenate([za, zb]), model, dtype))
+        e, f = energy_forces(
+            model, self.graph(both, np.concatenate([za, zb]), model, dtype)
+        )
         tol = TOLERANCES[dtype]
         assert_close(e, ea + eb, tol, "energy of separated molecules")
-        assert_close(f, np.concatenate([fa, fb]), tol * 10, "forces of separated molecules")
+        assert_close(
+            f, np.concatenate([fa, fb]), tol * 10, "forces of separated molecules"
+        )
 
     def test_continuous_across_cutoff(self):
         dtype = torch.float64
@@ -248,7 +274,11 @@ class ModelContractTests:
         assert_close(f2, f1, tol * 10, "forces with a neighbour skin")
 
     def test_isolated_atom_returns_e0(self, dtype):
-        model = self.make_model(dtype, zero_init_readout=True) if self._has_zero_init() else None
+        model = (
+            self.make_model(dtype, zero_init_readout=True)
+            if self._has_zero_init()
+            else None
+        )
         if model is None:
             pytest.skip("model has no zero-initialised readout option")
         for zz, e0 in ((1, -13.6), (8, -2035.6)):

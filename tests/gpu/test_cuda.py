@@ -17,20 +17,27 @@ pytestmark = [
 
 @pytest.mark.parametrize("system", ["ethanol", "water96", "box1029"])
 def test_cuda_equals_cpu_float64(system):
-    model = equiforce.build_model("so3krates", "default", dtype=torch.float64,
-                                  zero_init_readout=False)
+    model = equiforce.build_model(
+        "so3krates", "default", dtype=torch.float64, zero_init_readout=False
+    )
     g = AtomicGraph.from_atoms(make_system(system), model.cutoff, dtype=torch.float64)
     cpu = model(g)
     gpu = model.to("cuda")(g.to("cuda"))
-    torch.testing.assert_close(gpu["energy"].cpu(), cpu["energy"], rtol=1e-10, atol=1e-8)
+    torch.testing.assert_close(
+        gpu["energy"].cpu(), cpu["energy"], rtol=1e-10, atol=1e-8
+    )
     torch.testing.assert_close(gpu["forces"].cpu(), cpu["forces"], rtol=1e-9, atol=1e-9)
 
 
 def test_cuda_compiled_equals_eager_float32():
-    model = equiforce.build_model("so3krates", "default", zero_init_readout=False).to("cuda")
+    model = equiforce.build_model("so3krates", "default", zero_init_readout=False).to(
+        "cuda"
+    )
     fast = CompiledPotential(model)
     for system in ("ethanol", "benzene", "water96"):
-        g = AtomicGraph.from_atoms(make_system(system), model.cutoff, dtype=torch.float32)
+        g = AtomicGraph.from_atoms(
+            make_system(system), model.cutoff, dtype=torch.float32
+        )
         g = g.to("cuda")
         ref, out = model(g), fast(g)
         scale = ref["forces"].abs().max()
@@ -40,8 +47,9 @@ def test_cuda_compiled_equals_eager_float32():
 
 def test_cuda_rotation_invariance():
     rng = np.random.default_rng(0)
-    model = equiforce.build_model("so3krates", "default", dtype=torch.float64,
-                                  zero_init_readout=False).to("cuda")
+    model = equiforce.build_model(
+        "so3krates", "default", dtype=torch.float64, zero_init_readout=False
+    ).to("cuda")
     atoms = make_system("water96")
     q, _ = np.linalg.qr(rng.normal(size=(3, 3)))
     g1 = AtomicGraph.from_atoms(atoms, 5.0).to("cuda")

@@ -10,15 +10,25 @@ from equiforce.data.graph import AtomicGraph
 from equiforce.models.compiled import CompiledPotential
 from equiforce.testing import random_crystal
 
-SMALL = {"num_features": 16, "num_layers": 2, "degrees": (1, 2), "num_radial": 8,
-         "readout_hidden": 16, "zero_init_readout": False}
+SMALL = {
+    "num_features": 16,
+    "num_layers": 2,
+    "degrees": (1, 2),
+    "num_radial": 8,
+    "readout_hidden": 16,
+    "zero_init_readout": False,
+}
 
 
 def graphs(dtype):
-    out = [AtomicGraph.from_atoms(molecule(name), 5.0, dtype=dtype)
-           for name in ("CH3CH2OH", "C6H6", "H2O")]
+    out = [
+        AtomicGraph.from_atoms(molecule(name), 5.0, dtype=dtype)
+        for name in ("CH3CH2OH", "C6H6", "H2O")
+    ]
     pos, z, cell = random_crystal(np.random.default_rng(0))
-    out.append(AtomicGraph.from_arrays(pos, z, 5.0, cell, np.ones(3, bool), dtype=dtype))
+    out.append(
+        AtomicGraph.from_arrays(pos, z, 5.0, cell, np.ones(3, bool), dtype=dtype)
+    )
     out.append(AtomicGraph.collate(out[:2]))
     return out
 

@@ -13,8 +13,14 @@ from equiforce.nn.radial import PhysNetBasis, cosine_cutoff, phys_cutoff
 from equiforce.nn.spherical import SphericalHarmonics
 from equiforce.testing import ModelContractTests, random_molecule
 
-SMALL = {"num_features": 16, "num_layers": 2, "degrees": (1, 2), "num_radial": 8,
-         "readout_hidden": 16, "zero_init_readout": False}
+SMALL = {
+    "num_features": 16,
+    "num_layers": 2,
+    "degrees": (1, 2),
+    "num_radial": 8,
+    "readout_hidden": 16,
+    "zero_init_readout": False,
+}
 
 
 class TestSo3krates(ModelContractTests):
@@ -31,26 +37,46 @@ class TestSo3kratesSO3LRLike(ModelContractTests):
     """LayerNorms, residual MLPs, Bernstein basis, phys cutoff, SiLU readout, per-Z scale."""
 
     model_name = "so3krates"
-    overrides = {**SMALL, "layer_norm_1": True, "layer_norm_2": True, "residual_mlp_1": True,
-                 "radial_basis": "bernstein", "cutoff_fn": "phys", "readout_activation": "silu",
-                 "per_element_scale_shift": True, "qk_activation": "silu", "cutoff": 4.5}
+    overrides = {
+        **SMALL,
+        "layer_norm_1": True,
+        "layer_norm_2": True,
+        "residual_mlp_1": True,
+        "radial_basis": "bernstein",
+        "cutoff_fn": "phys",
+        "readout_activation": "silu",
+        "per_element_scale_shift": True,
+        "qk_activation": "silu",
+        "cutoff": 4.5,
+    }
 
 
-@pytest.mark.parametrize(("preset", "count"), [("default", 208_425), ("invariant", 130_945),
-                                               ("paper", 321_721)])
+@pytest.mark.parametrize(
+    ("preset", "count"),
+    [("default", 208_425), ("invariant", 130_945), ("paper", 321_721)],
+)
 def test_parameter_counts_match_reference(preset, count):
     assert build_model("so3krates", preset).num_parameters() == count
 
 
 def test_so3lr_like_parameter_count():
-    model = build_model("so3krates", num_layers=3, cutoff=4.5, radial_basis="bernstein",
-                        layer_norm_1=True, layer_norm_2=True, residual_mlp_1=True,
-                        readout_activation="silu")
+    model = build_model(
+        "so3krates",
+        num_layers=3,
+        cutoff=4.5,
+        radial_basis="bernstein",
+        layer_norm_1=True,
+        layer_norm_2=True,
+        residual_mlp_1=True,
+        readout_activation="silu",
+    )
     assert model.num_parameters() == 397_309
 
 
 def test_zero_initialised_readout_returns_only_e0():
-    model = build_model("so3krates", "small", dtype=torch.float64, e0={1: -1.0, 6: -2.0, 8: -3.0})
+    model = build_model(
+        "so3krates", "small", dtype=torch.float64, e0={1: -1.0, 6: -2.0, 8: -3.0}
+    )
     pos, z = random_molecule(np.random.default_rng(0))
     out = model(AtomicGraph.from_arrays(pos, z, model.cutoff))
     expected = sum({1: -1.0, 6: -2.0, 8: -3.0}[int(a)] for a in z)
@@ -62,8 +88,9 @@ def test_contraction_of_spherical_harmonics_closed_form():
     degrees = (1, 2, 3, 4)
     y = SphericalHarmonics(degrees)(torch.randn(5, 3, dtype=torch.float64))
     c = DegreeContraction(degrees).to(torch.float64)(y)
-    expected = torch.tensor([math.sqrt(2 * l + 1) / (4 * math.pi) for l in degrees],
-                            dtype=torch.float64)
+    expected = torch.tensor(
+        [math.sqrt(2 * l + 1) / (4 * math.pi) for l in degrees], dtype=torch.float64
+    )
     torch.testing.assert_close(c, expected.expand(5, 4))
     assert expected[0].item() == pytest.approx(0.137832, abs=1e-6)
 

@@ -1,16 +1,21 @@
 import numpy as np
 import pytest
 import torch
-from ase import Atoms
+from ase import Atoms, units
 from ase.calculators.test import gradient_test
 from ase.md.verlet import VelocityVerlet
-from ase import units
 
 import equiforce
 from equiforce.models.checkpoint import CheckpointError
 
-SMALL = {"num_features": 16, "num_layers": 2, "degrees": (1, 2), "num_radial": 8,
-         "readout_hidden": 16, "zero_init_readout": False}
+SMALL = {
+    "num_features": 16,
+    "num_layers": 2,
+    "degrees": (1, 2),
+    "num_radial": 8,
+    "readout_hidden": 16,
+    "zero_init_readout": False,
+}
 
 
 @pytest.fixture
@@ -23,12 +28,18 @@ def test_ase_gradient_check(model, ethanol_test):
     atoms.calc = equiforce.EquiforceCalculator(model, compile=False)
     f, fnum = gradient_test(atoms)
     assert np.abs(f - fnum).max() < 1e-4
-    assert atoms.get_potential_energies().sum() == pytest.approx(atoms.get_potential_energy())
+    assert atoms.get_potential_energies().sum() == pytest.approx(
+        atoms.get_potential_energy()
+    )
 
 
 def test_ase_stress_matches_numerical(model):
-    atoms = Atoms("C2O", positions=[[0, 0, 0], [1.2, 0.3, 0.1], [0.4, 1.3, 1.0]],
-                  cell=[[3.1, 0.2, 0], [0.1, 3.3, 0.2], [0.2, 0.1, 2.9]], pbc=True)
+    atoms = Atoms(
+        "C2O",
+        positions=[[0, 0, 0], [1.2, 0.3, 0.1], [0.4, 1.3, 1.0]],
+        cell=[[3.1, 0.2, 0], [0.1, 3.3, 0.2], [0.2, 0.1, 2.9]],
+        pbc=True,
+    )
     atoms.calc = equiforce.EquiforceCalculator(model, compile=False)
     s = atoms.get_stress()
     s_num = atoms.calc.calculate_numerical_stress(atoms, d=1e-5)
@@ -44,7 +55,9 @@ def test_neighbour_list_reuse_with_skin(model, ethanol_test):
     for _ in range(5):
         dyn.run(2)
         f_reused = atoms.get_forces()
-        np.testing.assert_allclose(f_reused, fresh.get_property("forces", atoms), atol=1e-10)
+        np.testing.assert_allclose(
+            f_reused, fresh.get_property("forces", atoms), atol=1e-10
+        )
     assert calc.n_rebuilds < 5
 
 

@@ -33,7 +33,7 @@ def test_edge_vectors_use_image_shifts():
     assert (vec.norm(dim=1) < 2.5).all()
     i, j = g.edge_index
     direct = g.positions[j] - g.positions[i]
-    shifted = (g.edge_shifts.abs().sum(1) > 0)
+    shifted = g.edge_shifts.abs().sum(1) > 0
     assert shifted.any()
     assert not torch.allclose(vec[shifted], direct[shifted])
 

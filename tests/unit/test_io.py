@@ -34,16 +34,23 @@ def write_npz(tmp_path, **arrays):
 def good_arrays(n_frames=2, n=3):
     rng = np.random.default_rng(0)
     pos = np.array([[0, 0, 0], [1.0, 0, 0], [0, 1.0, 0]])[None].repeat(n_frames, 0)
-    return {"R": pos + rng.normal(0, 0.01, pos.shape), "z": np.array([8, 1, 1]),
-            "E": rng.normal(size=(n_frames, 1)), "F": rng.normal(size=(n_frames, n, 3))}
+    return {
+        "R": pos + rng.normal(0, 0.01, pos.shape),
+        "z": np.array([8, 1, 1]),
+        "E": rng.normal(size=(n_frames, 1)),
+        "F": rng.normal(size=(n_frames, n, 3)),
+    }
 
 
 def test_sgdml_and_hartree_bohr_units(tmp_path):
     arr = good_arrays()
     path = write_npz(tmp_path, **arr)
-    frames = equiforce.read(path, energy_unit="Hartree", force_unit="Hartree/Bohr",
-                            length_unit="Angstrom")
-    assert frames[0].get_potential_energy() == pytest.approx(arr["E"][0, 0] * 27.211386, rel=1e-6)
+    frames = equiforce.read(
+        path, energy_unit="Hartree", force_unit="Hartree/Bohr", length_unit="Angstrom"
+    )
+    assert frames[0].get_potential_energy() == pytest.approx(
+        arr["E"][0, 0] * 27.211386, rel=1e-6
+    )
 
 
 @pytest.mark.parametrize(
@@ -96,7 +103,9 @@ def test_extxyz_empty_structure_and_zero_volume_cell(tmp_path):
     with pytest.raises(DataError, match="frame 1: positions: empty"):
         equiforce.read(empty)
     flat = tmp_path / "flat.xyz"
-    a = Atoms("H2", positions=[[0, 0, 0], [0.8, 0, 0]], cell=[[2, 0, 0], [0, 2, 0], [0, 0, 0]])
+    a = Atoms(
+        "H2", positions=[[0, 0, 0], [0.8, 0, 0]], cell=[[2, 0, 0], [0, 2, 0], [0, 0, 0]]
+    )
     a.pbc = [True, True, False]
     write(flat, a)
     # a flat cell periodic in x, y only is fine; periodic in z it is degenerate
@@ -120,9 +129,12 @@ def test_extxyz_custom_info_and_array_keys(tmp_path):
 
 
 def test_extxyz_calculator_results_and_stress(tmp_path):
-    a = Atoms("Si2", positions=[[0, 0, 0], [1.3, 1.3, 1.3]], cell=np.eye(3) * 5.4, pbc=True)
-    a.calc = SinglePointCalculator(a, energy=-10.0, forces=np.zeros((2, 3)),
-                                   stress=np.arange(6.0))
+    a = Atoms(
+        "Si2", positions=[[0, 0, 0], [1.3, 1.3, 1.3]], cell=np.eye(3) * 5.4, pbc=True
+    )
+    a.calc = SinglePointCalculator(
+        a, energy=-10.0, forces=np.zeros((2, 3)), stress=np.arange(6.0)
+    )
     path = tmp_path / "si.xyz"
     write(path, a)
     (b,) = equiforce.read(path)

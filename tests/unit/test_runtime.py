@@ -20,8 +20,13 @@ print(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - r0)
 
 def page_faults(env_value: str) -> tuple[str, int]:
     env = {"EQUIFORCE_MALLOC_TUNING": env_value, "PATH": "/usr/bin:/bin"}
-    out = subprocess.run([sys.executable, "-c", SCRIPT], env=env, capture_output=True,
-                         text=True, check=True).stdout.split()
+    out = subprocess.run(
+        [sys.executable, "-c", SCRIPT],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.split()
     return out[0], int(out[1])
 
 

@@ -53,11 +53,15 @@ class AtomicGraph:
     def __post_init__(self) -> None:
         n = self.positions.shape[0]
         if self.positions.ndim != 2 or self.positions.shape[1] != 3:
-            raise ValueError(f"positions must be (n_atoms, 3), got {tuple(self.positions.shape)}")
+            raise ValueError(
+                f"positions must be (n_atoms, 3), got {tuple(self.positions.shape)}"
+            )
         if self.atomic_numbers.shape != (n,) or self.graph_index.shape != (n,):
             raise ValueError("atomic_numbers and graph_index must be (n_atoms,)")
         if self.edge_index.ndim != 2 or self.edge_index.shape[0] != 2:
-            raise ValueError(f"edge_index must be (2, n_edges), got {tuple(self.edge_index.shape)}")
+            raise ValueError(
+                f"edge_index must be (2, n_edges), got {tuple(self.edge_index.shape)}"
+            )
         if self.edge_shifts.shape != (self.edge_index.shape[1], 3):
             raise ValueError("edge_shifts must be (n_edges, 3)")
         g = self.n_atoms.shape[0]
@@ -120,7 +124,9 @@ class AtomicGraph:
             tgt[key] = t
         return cls(
             positions=torch.as_tensor(positions, dtype=dtype),
-            atomic_numbers=torch.as_tensor(np.asarray(atomic_numbers), dtype=torch.long),
+            atomic_numbers=torch.as_tensor(
+                np.asarray(atomic_numbers), dtype=torch.long
+            ),
             graph_index=torch.zeros(n, dtype=torch.long),
             edge_index=torch.as_tensor(edge_index, dtype=torch.long),
             edge_shifts=torch.as_tensor(shifts, dtype=dtype),
@@ -132,7 +138,11 @@ class AtomicGraph:
 
     @classmethod
     def from_atoms(
-        cls, atoms, cutoff: float, dtype: torch.dtype = torch.float64, with_targets: bool = True
+        cls,
+        atoms,
+        cutoff: float,
+        dtype: torch.dtype = torch.float64,
+        with_targets: bool = True,
     ) -> AtomicGraph:
         """Build a graph from an ``ase.Atoms``; labels come from its single-point results."""
         targets: dict[str, np.ndarray] = {}
@@ -147,7 +157,9 @@ class AtomicGraph:
                 from ase.stress import voigt_6_to_full_3x3_stress
 
                 s = np.asarray(res["stress"])
-                targets[keys.STRESS] = voigt_6_to_full_3x3_stress(s) if s.shape == (6,) else s
+                targets[keys.STRESS] = (
+                    voigt_6_to_full_3x3_stress(s) if s.shape == (6,) else s
+                )
         return cls.from_arrays(
             atoms.get_positions(),
             atoms.get_atomic_numbers(),
@@ -159,7 +171,9 @@ class AtomicGraph:
         )
 
     # ------------------------------------------------------------ transforms
-    def to(self, device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> AtomicGraph:
+    def to(
+        self, device: torch.device | str | None = None, dtype: torch.dtype | None = None
+    ) -> AtomicGraph:
         """Move to ``device`` and cast floating tensors (only) to ``dtype``."""
 
         def conv(t: torch.Tensor) -> torch.Tensor:
@@ -167,11 +181,16 @@ class AtomicGraph:
                 return t.to(device=device, dtype=dtype)
             return t.to(device=device)
 
-        kwargs = {f.name: conv(getattr(self, f.name)) for f in fields(self) if f.name != "targets"}
+        kwargs = {
+            f.name: conv(getattr(self, f.name))
+            for f in fields(self)
+            if f.name != "targets"
+        }
         # Total energies stay float64: an aspirin energy (-17,618 eV) has a float32
         # spacing of 2 meV, the size of the best published errors.
         kwargs["targets"] = {
-            k: v.to(device=device) if k == keys.ENERGY else conv(v) for k, v in self.targets.items()
+            k: v.to(device=device) if k == keys.ENERGY else conv(v)
+            for k, v in self.targets.items()
         }
         return AtomicGraph(**kwargs)
 
@@ -195,13 +214,26 @@ class AtomicGraph:
         return AtomicGraph(
             positions=cat([g.positions for g in graphs]),
             atomic_numbers=cat([g.atomic_numbers for g in graphs]),
-            graph_index=cat([g.graph_index + int(o) for g, o in zip(graphs, graph_offsets, strict=True)]),
-            edge_index=cat([g.edge_index + int(o) for g, o in zip(graphs, atom_offsets, strict=True)], dim=1),
+            graph_index=cat(
+                [
+                    g.graph_index + int(o)
+                    for g, o in zip(graphs, graph_offsets, strict=True)
+                ]
+            ),
+            edge_index=cat(
+                [
+                    g.edge_index + int(o)
+                    for g, o in zip(graphs, atom_offsets, strict=True)
+                ],
+                dim=1,
+            ),
             edge_shifts=cat([g.edge_shifts for g in graphs]),
             cell=cat([g.cell for g in graphs]),
             pbc=cat([g.pbc for g in graphs]),
             n_atoms=cat([g.n_atoms for g in graphs]),
-            targets={k: cat([g.targets[k] for g in graphs]) for k in sorted(target_keys)},
+            targets={
+                k: cat([g.targets[k] for g in graphs]) for k in sorted(target_keys)
+            },
         )
 
     def split(self) -> list[AtomicGraph]:
@@ -209,7 +241,9 @@ class AtomicGraph:
         out = []
         atom_start = 0
         counts = self.n_atoms.tolist()
-        edge_graph = self.graph_index[self.edge_index[0]] if self.n_edges else self.edge_index[0]
+        edge_graph = (
+            self.graph_index[self.edge_index[0]] if self.n_edges else self.edge_index[0]
+        )
         for g, n in enumerate(counts):
             sl = slice(atom_start, atom_start + n)
             emask = edge_graph == g
@@ -220,7 +254,9 @@ class AtomicGraph:
                 AtomicGraph(
                     positions=self.positions[sl],
                     atomic_numbers=self.atomic_numbers[sl],
-                    graph_index=torch.zeros(n, dtype=torch.long, device=self.positions.device),
+                    graph_index=torch.zeros(
+                        n, dtype=torch.long, device=self.positions.device
+                    ),
                     edge_index=self.edge_index[:, emask] - atom_start,
                     edge_shifts=self.edge_shifts[emask],
                     cell=self.cell[g : g + 1],
@@ -232,7 +268,9 @@ class AtomicGraph:
             atom_start += n
         return out
 
-    def edge_vectors(self, positions: torch.Tensor | None = None, cell: torch.Tensor | None = None) -> torch.Tensor:
+    def edge_vectors(
+        self, positions: torch.Tensor | None = None, cell: torch.Tensor | None = None
+    ) -> torch.Tensor:
         """r_ij = r_j - r_i + S_ij · cell, shape (n_edges, 3), pointing from i to j.
 
         Args:
@@ -246,6 +284,8 @@ class AtomicGraph:
         vec = pos.index_select(0, j) - pos.index_select(0, i)
         # No branch on pbc (a data-dependent branch breaks compiled graphs); for open
         # structures the shifts are zero and the term adds exactly nothing.
-        edge_cell = cell.index_select(0, self.graph_index.index_select(0, i))  # (n_edges, 3, 3)
+        edge_cell = cell.index_select(
+            0, self.graph_index.index_select(0, i)
+        )  # (n_edges, 3, 3)
         shift = torch.bmm(self.edge_shifts.to(vec.dtype)[:, None, :], edge_cell)[:, 0]
         return vec + shift

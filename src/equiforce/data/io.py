@@ -25,20 +25,34 @@ MIN_DISTANCE = 0.1
 
 #: npz key conventions, tried in order: (positions, numbers, energy, forces).
 NPZ_LAYOUTS: dict[str, dict[str, str]] = {
-    "rmd17": {"positions": "coords", "numbers": "nuclear_charges", "energy": "energies",
-              "forces": "forces"},
+    "rmd17": {
+        "positions": "coords",
+        "numbers": "nuclear_charges",
+        "energy": "energies",
+        "forces": "forces",
+    },
     "sgdml": {"positions": "R", "numbers": "z", "energy": "E", "forces": "F"},
-    "generic": {"positions": "positions", "numbers": "atomic_numbers", "energy": "energy",
-                "forces": "forces"},
-    "qm7x": {"positions": "atXYZ", "numbers": "atNUM", "energy": "ePBE0+MBD",
-             "forces": "totFOR"},
+    "generic": {
+        "positions": "positions",
+        "numbers": "atomic_numbers",
+        "energy": "energy",
+        "forces": "forces",
+    },
+    "qm7x": {
+        "positions": "atXYZ",
+        "numbers": "atNUM",
+        "energy": "ePBE0+MBD",
+        "forces": "totFOR",
+    },
 }
 
 
 class DataError(ValueError):
     """Invalid input data; the message names file, frame and field."""
 
-    def __init__(self, path: str | Path, frame: int | None, field: str, message: str) -> None:
+    def __init__(
+        self, path: str | Path, frame: int | None, field: str, message: str
+    ) -> None:
         where = f"{path}" + (f": frame {frame}" if frame is not None else "")
         super().__init__(f"{where}: {field}: {message}")
         self.path, self.frame, self.field = str(path), frame, field
@@ -102,7 +116,9 @@ def read(
             results["forces"] = np.asarray(labels["forces"], dtype=np.float64) * f_fac
         if labels.get("stress") is not None:
             s = np.asarray(labels["stress"], dtype=np.float64) * e_fac / l_fac**3
-            results["stress"] = full_3x3_to_voigt_6_stress(s) if s.shape == (3, 3) else s
+            results["stress"] = (
+                full_3x3_to_voigt_6_stress(s) if s.shape == (3, 3) else s
+            )
         validate_atoms(atoms, results, path, k, require)
         if results:
             atoms.calc = SinglePointCalculator(atoms, **results)
@@ -140,28 +156,44 @@ def _read_npz(path, index, energy_key, forces_key, stress_key, _format):
     try:
         data = np.load(path, allow_pickle=False)
     except Exception as err:  # noqa: BLE001 - any reader error becomes a DataError
-        raise DataError(path, None, "file", f"not a readable npz file ({err})") from None
+        raise DataError(
+            path, None, "file", f"not a readable npz file ({err})"
+        ) from None
     keys = set(data.files)
     layout = _detect_layout(keys)
     if layout is None:
         raise DataError(
-            path, None, "keys",
+            path,
+            None,
+            "keys",
             f"no known key layout (found {sorted(keys)}); expected one of "
-            + "; ".join(f"{n}: {v['positions']}+{v['numbers']}" for n, v in NPZ_LAYOUTS.items()),
+            + "; ".join(
+                f"{n}: {v['positions']}+{v['numbers']}" for n, v in NPZ_LAYOUTS.items()
+            ),
         )
     e_key = energy_key or layout["energy"]
     f_key = forces_key or layout["forces"]
-    for name, key, given in (("energy", e_key, energy_key), ("forces", f_key, forces_key),
-                             ("stress", stress_key, stress_key)):
+    for name, key, given in (
+        ("energy", e_key, energy_key),
+        ("forces", f_key, forces_key),
+        ("stress", stress_key, stress_key),
+    ):
         if given and key not in keys:
-            raise DataError(path, None, name, f"key {key!r} not in file (found {sorted(keys)})")
+            raise DataError(
+                path, None, name, f"key {key!r} not in file (found {sorted(keys)})"
+            )
     pos = data[layout["positions"]]
     numbers = data[layout["numbers"]]
     if pos.ndim == 2:
         pos = pos[None]
     n_frames = pos.shape[0]
     if pos.ndim != 3 or pos.shape[-1] != 3:
-        raise DataError(path, None, layout["positions"], f"expected (frames, atoms, 3), got {pos.shape}")
+        raise DataError(
+            path,
+            None,
+            layout["positions"],
+            f"expected (frames, atoms, 3), got {pos.shape}",
+        )
     energies = data[e_key].reshape(n_frames, -1)[:, 0] if e_key in keys else None
     forces = data[f_key] if f_key in keys else None
     stress = data[stress_key] if stress_key and stress_key in keys else None
@@ -169,13 +201,25 @@ def _read_npz(path, index, energy_key, forces_key, stress_key, _format):
     pbc = data["pbc"] if "pbc" in keys else None
     for name, arr in (("energy", energies), ("forces", forces)):
         if arr is not None and arr.shape[0] != n_frames:
-            raise DataError(path, None, name, f"{arr.shape[0]} entries for {n_frames} frames")
+            raise DataError(
+                path, None, name, f"{arr.shape[0]} entries for {n_frames} frames"
+            )
     for k in _index_list(index, n_frames):
         z = numbers if numbers.ndim == 1 else numbers[k]
         if forces is not None and forces[k].shape != pos[k].shape:
-            raise DataError(path, k, "forces", f"shape {forces[k].shape} != positions {pos[k].shape}")
+            raise DataError(
+                path,
+                k,
+                "forces",
+                f"shape {forces[k].shape} != positions {pos[k].shape}",
+            )
         if z.shape[0] != pos[k].shape[0]:
-            raise DataError(path, k, "atomic_numbers", f"{z.shape[0]} numbers for {pos[k].shape[0]} positions")
+            raise DataError(
+                path,
+                k,
+                "atomic_numbers",
+                f"{z.shape[0]} numbers for {pos[k].shape[0]} positions",
+            )
         keep = z > 0  # zero-padded formats (QM7-X subsets) mark padding with Z = 0
         if numbers.ndim == 1:
             keep = np.ones_like(keep)
@@ -183,7 +227,11 @@ def _read_npz(path, index, energy_key, forces_key, stress_key, _format):
         if cell is not None:
             c = cell if cell.ndim == 2 else cell[k]
             atoms.cell = c
-            atoms.pbc = (pbc if pbc is None or pbc.ndim == 1 else pbc[k]) if pbc is not None else True
+            atoms.pbc = (
+                (pbc if pbc is None or pbc.ndim == 1 else pbc[k])
+                if pbc is not None
+                else True
+            )
         labels = {
             "energy": None if energies is None else energies[k],
             "forces": None if forces is None else forces[k][keep],
@@ -196,22 +244,34 @@ def _read_ase(path, index, energy_key, forces_key, stress_key, format):
     try:
         frames = ase.io.read(path, index=index, format=format)
     except Exception as err:  # noqa: BLE001
-        raise DataError(path, None, "file", f"cannot be read by ASE ({type(err).__name__}: {err})") from None
+        raise DataError(
+            path, None, "file", f"cannot be read by ASE ({type(err).__name__}: {err})"
+        ) from None
     if isinstance(frames, Atoms):
         frames = [frames]
     for atoms in frames:
         results = dict(atoms.calc.results) if atoms.calc is not None else {}
         labels = {
-            "energy": atoms.info.get(energy_key) if energy_key else results.get("energy"),
-            "forces": atoms.arrays.get(forces_key) if forces_key else results.get("forces"),
-            "stress": atoms.info.get(stress_key) if stress_key else results.get("stress"),
+            "energy": atoms.info.get(energy_key)
+            if energy_key
+            else results.get("energy"),
+            "forces": atoms.arrays.get(forces_key)
+            if forces_key
+            else results.get("forces"),
+            "stress": atoms.info.get(stress_key)
+            if stress_key
+            else results.get("stress"),
         }
         atoms.calc = None
         yield atoms, labels
 
 
 def validate_atoms(
-    atoms: Atoms, results: dict, path: str | Path, frame: int, require: Iterable[str] = ()
+    atoms: Atoms,
+    results: dict,
+    path: str | Path,
+    frame: int,
+    require: Iterable[str] = (),
 ) -> None:
     """Check one frame; raise :class:`DataError` naming the offending field.
 
@@ -225,26 +285,36 @@ def validate_atoms(
     z = atoms.numbers
     bad = z[(z < 1) | (z > 118)]
     if bad.size:
-        raise DataError(path, frame, "atomic_numbers", f"unknown element Z={int(bad[0])}")
+        raise DataError(
+            path, frame, "atomic_numbers", f"unknown element Z={int(bad[0])}"
+        )
     if not np.isfinite(atoms.positions).all():
         row = int(np.nonzero(~np.isfinite(atoms.positions).all(1))[0][0])
-        raise DataError(path, frame, "positions", f"non-finite coordinate (NaN/inf) at atom {row}")
+        raise DataError(
+            path, frame, "positions", f"non-finite coordinate (NaN/inf) at atom {row}"
+        )
     for name in require:
         if results.get(name) is None:
-            raise DataError(path, frame, name, f"missing {name} label (required for training)")
+            raise DataError(
+                path, frame, name, f"missing {name} label (required for training)"
+            )
     if "energy" in results and not np.isfinite(results["energy"]):
         raise DataError(path, frame, "energy", "non-finite energy")
     if "forces" in results:
         f = results["forces"]
         if f.shape != (n, 3):
-            raise DataError(path, frame, "forces", f"shape {f.shape} does not match ({n}, 3)")
+            raise DataError(
+                path, frame, "forces", f"shape {f.shape} does not match ({n}, 3)"
+            )
         if not np.isfinite(f).all():
             raise DataError(path, frame, "forces", "non-finite force component")
     if atoms.pbc.any():
         periodic_rows = np.asarray(atoms.cell)[atoms.pbc]
         if np.linalg.matrix_rank(periodic_rows, tol=1e-6) < int(atoms.pbc.sum()):
             raise DataError(
-                path, frame, "cell",
+                path,
+                frame,
+                "cell",
                 f"zero-volume (degenerate) cell {np.asarray(atoms.cell).tolist()} with "
                 f"pbc={atoms.pbc.tolist()}",
             )
@@ -254,6 +324,8 @@ def validate_atoms(
         if edges.shape[1]:
             i, j = edges[:, 0]
             raise DataError(
-                path, frame, "positions",
+                path,
+                frame,
+                "positions",
                 f"atoms {i} and {j} are closer than {MIN_DISTANCE} Å (overlapping atoms)",
             )

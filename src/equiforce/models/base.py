@@ -42,7 +42,9 @@ class PotentialModel(nn.Module):
         self.config = None
 
     # ----------------------------------------------------------- to override
-    def atomic_energies(self, graph: AtomicGraph, edge_vectors: torch.Tensor) -> torch.Tensor:
+    def atomic_energies(
+        self, graph: AtomicGraph, edge_vectors: torch.Tensor
+    ) -> torch.Tensor:
         """Network part of the atomic energies (without E0).
 
         Args:
@@ -85,7 +87,9 @@ class PotentialModel(nn.Module):
         if compute_stress:
             strain = torch.zeros_like(cell).requires_grad_(True)  # (n_graphs, 3, 3)
             sym = 0.5 * (strain + strain.transpose(1, 2))
-            positions = positions + torch.einsum("ni,nij->nj", positions, sym[graph.graph_index])
+            positions = positions + torch.einsum(
+                "ni,nij->nj", positions, sym[graph.graph_index]
+            )
             cell = cell + torch.bmm(cell, sym)
         with torch.enable_grad() if need_grad else torch.no_grad():
             vectors = graph.edge_vectors(positions, cell)  # (n_edges, 3)
@@ -101,7 +105,9 @@ class PotentialModel(nn.Module):
         )
         if compute_forces:
             g = grads[0]
-            out[keys.FORCES] = -g if g is not None else torch.zeros_like(graph.positions)
+            out[keys.FORCES] = (
+                -g if g is not None else torch.zeros_like(graph.positions)
+            )
         if strain is not None:
             volume = torch.linalg.det(graph.cell).abs()  # (n_graphs,)
             virial = grads[1] if grads[1] is not None else torch.zeros_like(strain)
@@ -117,7 +123,9 @@ class PotentialModel(nn.Module):
         e0 = self._buffers["e0"]
         out = super()._apply(fn, recurse)
         probe = fn(torch.zeros(1, dtype=torch.float64, device=e0.device))
-        self._buffers["e0"] = e0.to(device=probe.device)  # float64 whatever the model dtype
+        self._buffers["e0"] = e0.to(
+            device=probe.device
+        )  # float64 whatever the model dtype
         return out
 
     # ------------------------------------------------------------- utilities
@@ -125,7 +133,9 @@ class PotentialModel(nn.Module):
         """Number of trainable parameters."""
         return sum(p.numel() for p in self.parameters() if p.requires_grad)
 
-    def save(self, path, statistics: dict | None = None, train_config: dict | None = None) -> None:
+    def save(
+        self, path, statistics: dict | None = None, train_config: dict | None = None
+    ) -> None:
         """Write a checkpoint (config + state_dict), atomically."""
         from equiforce.models.checkpoint import save_model
 

@@ -46,11 +46,15 @@ def atomic_torch_save(obj: Any, path: str | Path) -> None:
 
 
 def model_payload(
-    model: PotentialModel, statistics: dict | None = None, train_config: dict | None = None
+    model: PotentialModel,
+    statistics: dict | None = None,
+    train_config: dict | None = None,
 ) -> dict[str, Any]:
     """The checkpoint dict of ``model`` (see module docstring)."""
     if not model.model_name or model.config is None:
-        raise CheckpointError("model has no registry name/config; build it with build_model()")
+        raise CheckpointError(
+            "model has no registry name/config; build it with build_model()"
+        )
     dtype = next(iter(model.parameters())).dtype
     return {
         "format_version": FORMAT_VERSION,
@@ -103,14 +107,18 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
 
 
 def model_from_payload(
-    payload: dict[str, Any], device: str | torch.device = "cpu", dtype: torch.dtype | None = None
+    payload: dict[str, Any],
+    device: str | torch.device = "cpu",
+    dtype: torch.dtype | None = None,
 ) -> PotentialModel:
     """Rebuild a model through the registry from a checkpoint dict."""
     from equiforce.models.registry import MODELS, make_config
 
     name = payload["model_name"]
     if name not in MODELS:
-        raise CheckpointError(f"checkpoint model {name!r} is not in this equiforce ({sorted(MODELS)})")
+        raise CheckpointError(
+            f"checkpoint model {name!r} is not in this equiforce ({sorted(MODELS)})"
+        )
     config = make_config(name, **payload["model_config"])
     state = payload["state_dict"]
     model = MODELS[name][1](config, e0=state.get("e0"))
@@ -120,16 +128,22 @@ def model_from_payload(
     try:
         model.load_state_dict(state)
     except RuntimeError as err:
-        raise CheckpointError(f"state_dict does not fit the {name} config: {err}") from None
+        raise CheckpointError(
+            f"state_dict does not fit the {name} config: {err}"
+        ) from None
     return model.to(device=device, dtype=dtype or stored).eval()
 
 
 def load_model(
-    path: str | Path, device: str | torch.device = "cpu", dtype: torch.dtype | None = None
+    path: str | Path,
+    device: str | torch.device = "cpu",
+    dtype: torch.dtype | None = None,
 ) -> PotentialModel:
     """Load a model saved by :func:`save_model` (or a training run's best/last.pt)."""
     try:
         return model_from_payload(load_checkpoint(path), device=device, dtype=dtype)
     except CheckpointError as err:
         msg = str(err)
-        raise CheckpointError(msg if msg.startswith(str(path)) else f"{path}: {msg}") from None
+        raise CheckpointError(
+            msg if msg.startswith(str(path)) else f"{path}: {msg}"
+        ) from None

@@ -52,7 +52,9 @@ class CompiledPotential:
         self._fn = self._energy_and_forces
         self.compiled = False
         if compile:
-            self._fn = torch.compile(self._energy_and_forces, dynamic=dynamic, mode=mode)
+            self._fn = torch.compile(
+                self._energy_and_forces, dynamic=dynamic, mode=mode
+            )
             self.compiled = True
         self._frame_count_at_start = _frame_count()
 
@@ -74,8 +76,13 @@ class CompiledPotential:
     ) -> tuple[torch.Tensor, torch.Tensor]:
         def energy(pos: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
             graph = AtomicGraph(
-                positions=pos, atomic_numbers=atomic_numbers, graph_index=graph_index,
-                edge_index=edge_index, edge_shifts=edge_shifts, cell=cell, pbc=pbc,
+                positions=pos,
+                atomic_numbers=atomic_numbers,
+                graph_index=graph_index,
+                edge_index=edge_index,
+                edge_shifts=edge_shifts,
+                cell=cell,
+                pbc=pbc,
                 n_atoms=n_atoms,
             )
             e = self.model.atomic_energies(graph, graph.edge_vectors(pos))  # (n_atoms,)
@@ -87,8 +94,14 @@ class CompiledPotential:
     def __call__(self, graph: AtomicGraph) -> dict[str, torch.Tensor]:
         """Energies (float64, E0 included) and forces of every structure in ``graph``."""
         args = (
-            graph.positions, graph.atomic_numbers, graph.graph_index, graph.edge_index,
-            graph.edge_shifts, graph.cell, graph.pbc, graph.n_atoms,
+            graph.positions,
+            graph.atomic_numbers,
+            graph.graph_index,
+            graph.edge_index,
+            graph.edge_shifts,
+            graph.cell,
+            graph.pbc,
+            graph.n_atoms,
         )
         start = time.perf_counter() if self.compile_seconds is None else 0.0
         try:
@@ -99,7 +112,8 @@ class CompiledPotential:
                 raise
             warnings.warn(
                 f"torch.compile failed ({type(err).__name__}: {err}); using eager mode",
-                RuntimeWarning, stacklevel=2,
+                RuntimeWarning,
+                stacklevel=2,
             )
             self._fn, self.compiled = self._energy_and_forces, False
             with torch.no_grad():

@@ -35,7 +35,9 @@ PRESETS: dict[str, dict[str, dict]] = {
 def _unknown(kind: str, name: str, known) -> ValueError:
     close = difflib.get_close_matches(name, list(known), n=1)
     hint = f" (did you mean {close[0]!r}?)" if close else ""
-    return ValueError(f"unknown {kind} {name!r}{hint}; available: {', '.join(sorted(known))}")
+    return ValueError(
+        f"unknown {kind} {name!r}{hint}; available: {', '.join(sorted(known))}"
+    )
 
 
 def make_config(name: str, preset: str | None = None, **overrides) -> BaseModel:

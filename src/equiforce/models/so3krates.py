@@ -44,20 +44,27 @@ class So3kratesConfig(BaseModel):
     num_features: int = Field(128, gt=0, description="invariant feature width F")
     num_layers: int = Field(2, gt=0, description="number of layers T")
     num_heads: int = Field(4, gt=0, description="invariant attention heads H")
-    degrees: tuple[int, ...] = Field((1, 2, 3, 4), description="degrees L of the Euclidean variables")
+    degrees: tuple[int, ...] = Field(
+        (1, 2, 3, 4), description="degrees L of the Euclidean variables"
+    )
     use_euclidean_variables: bool = Field(
-        True, description="False gives the invariant ablation (no EV, no Y_l, no α2 branch)"
+        True,
+        description="False gives the invariant ablation (no EV, no Y_l, no α2 branch)",
     )
     cutoff: float = Field(5.0, gt=0, description="cutoff radius r_c, Å")
-    cutoff_fn: Literal["cosine", "phys", "exponential"] = Field("cosine", description="φ(d)")
+    cutoff_fn: Literal["cosine", "phys", "exponential"] = Field(
+        "cosine", description="φ(d)"
+    )
     radial_basis: Literal["physnet", "bernstein", "fourier", "gaussian"] = Field(
         "physnet", description="radial basis K(d)"
     )
     num_radial: int = Field(32, gt=0, description="number of radial basis functions K")
-    qk_activation: Literal["identity", "silu"] = Field("identity", description="σ on q and k")
-    message_normalization: Literal["sqrt_head_size", "identity", "avg_num_neighbors"] = Field(
-        "sqrt_head_size", description="divisor n of the attention coefficients"
+    qk_activation: Literal["identity", "silu"] = Field(
+        "identity", description="σ on q and k"
     )
+    message_normalization: Literal[
+        "sqrt_head_size", "identity", "avg_num_neighbors"
+    ] = Field("sqrt_head_size", description="divisor n of the attention coefficients")
     avg_num_neighbors: float | None = Field(
         None, gt=0, description="divisor when message_normalization='avg_num_neighbors'"
     )
@@ -66,7 +73,9 @@ class So3kratesConfig(BaseModel):
     residual_mlp_1: bool = False
     residual_mlp_2: bool = False
     readout_hidden: int = Field(128, gt=0, description="hidden width R of the readout")
-    readout_activation: Literal["identity", "silu"] = Field("identity", description="σ_E")
+    readout_activation: Literal["identity", "silu"] = Field(
+        "identity", description="σ_E"
+    )
     per_element_scale_shift: bool = Field(False, description="learnable s_Z, b_Z")
     zero_init_readout: bool = Field(True, description="E ≡ 0 at initialisation")
 
@@ -85,23 +94,40 @@ class So3kratesConfig(BaseModel):
             )
         if self.use_euclidean_variables:
             if not self.degrees:
-                raise ValueError("degrees must not be empty when use_euclidean_variables=True")
+                raise ValueError(
+                    "degrees must not be empty when use_euclidean_variables=True"
+                )
             if self.num_features % len(self.degrees):
                 raise ValueError(
                     f"num_features={self.num_features} must be divisible by the number of "
                     f"degrees={len(self.degrees)}"
                 )
-        if self.message_normalization == "avg_num_neighbors" and self.avg_num_neighbors is None:
-            raise ValueError("message_normalization='avg_num_neighbors' needs avg_num_neighbors")
+        if (
+            self.message_normalization == "avg_num_neighbors"
+            and self.avg_num_neighbors is None
+        ):
+            raise ValueError(
+                "message_normalization='avg_num_neighbors' needs avg_num_neighbors"
+            )
         return self
 
 
 PRESETS: dict[str, dict] = {
     "default": {},
-    "paper": {"num_features": 132, "num_layers": 3, "degrees": (1, 2, 3), "readout_hidden": 132,
-              "readout_activation": "silu"},
+    "paper": {
+        "num_features": 132,
+        "num_layers": 3,
+        "degrees": (1, 2, 3),
+        "readout_hidden": 132,
+        "readout_activation": "silu",
+    },
     "invariant": {"use_euclidean_variables": False},
-    "small": {"num_features": 64, "num_layers": 2, "degrees": (1, 2, 3, 4), "readout_hidden": 64},
+    "small": {
+        "num_features": 64,
+        "num_layers": 2,
+        "degrees": (1, 2, 3, 4),
+        "readout_hidden": 64,
+    },
 }
 
 
@@ -118,7 +144,9 @@ class DegreeContraction(nn.Module):
             start += 2 * l + 1
         self.register_buffer("mat", mat)
         # (m_tot,) degree block of each component, for per-degree gating
-        self.register_buffer("expand", (mat > 0).to(torch.float64).T.contiguous())  # (|L|, m_tot)
+        self.register_buffer(
+            "expand", (mat > 0).to(torch.float64).T.contiguous()
+        )  # (|L|, m_tot)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """(n, m_tot) -> (n, |L|)."""
@@ -128,7 +156,9 @@ class DegreeContraction(nn.Module):
 class So3kratesLayer(nn.Module):
     """Euclidean attention block + exchange block (spec §2.7)."""
 
-    def __init__(self, cfg: So3kratesConfig, contract: DegreeContraction | None) -> None:
+    def __init__(
+        self, cfg: So3kratesConfig, contract: DegreeContraction | None
+    ) -> None:
         super().__init__()
         F, H, K = cfg.num_features, cfg.num_heads, cfg.num_radial
         self.ev = cfg.use_euclidean_variables
@@ -163,7 +193,9 @@ class So3kratesLayer(nn.Module):
 
     def radial_firsts(self) -> list[nn.Module]:
         """First Dense (K -> F) of the radial filters of this layer."""
-        return [self.filter_r1[0], self.filter_r2[0]] if self.ev else [self.filter_r1[0]]
+        return (
+            [self.filter_r1[0], self.filter_r2[0]] if self.ev else [self.filter_r1[0]]
+        )
 
     def node_projection(self) -> torch.Tensor:
         """Block-diagonal (F, n·F) matrix of all per-head maps [q1 | q2 | k1 | k2 | v1]."""
@@ -192,13 +224,19 @@ class So3kratesLayer(nn.Module):
         s1a, s2a = self.filter_s1[0], self.filter_s2[0]
         w_sa = torch.cat([s1a.weight, s2a.weight], 0)  # (F/2, |L|)
         b_sa = torch.cat([s1a.bias, s2a.bias])
-        hs = torch.nn.functional.silu(torch.addmm(b_sa, s_ij, w_sa.t()))  # (n_edges, F/2)
+        hs = torch.nn.functional.silu(
+            torch.addmm(b_sa, s_ij, w_sa.t())
+        )  # (n_edges, F/2)
         q = hs.shape[1] // 2
         s1b, s2b = self.filter_s1[2], self.filter_s2[2]
         h1 = torch.cat([hidden_r[:, :F], hs[:, :q]], 1)
         h2 = torch.cat([hidden_r[:, F:], hs[:, q:]], 1)
-        w1 = torch.addmm(r1.bias + s1b.bias, h1, torch.cat([r1.weight, s1b.weight], 1).t())
-        w2 = torch.addmm(r2.bias + s2b.bias, h2, torch.cat([r2.weight, s2b.weight], 1).t())
+        w1 = torch.addmm(
+            r1.bias + s1b.bias, h1, torch.cat([r1.weight, s1b.weight], 1).t()
+        )
+        w2 = torch.addmm(
+            r2.bias + s2b.bias, h2, torch.cat([r2.weight, s2b.weight], 1).t()
+        )
         return w1, w2
 
     def node_maps(self, features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -207,7 +245,9 @@ class So3kratesLayer(nn.Module):
         proj = features @ self.node_projection()  # (n_atoms, (2·n_q+1)·F)
         n_q = 2 if self.ev else 1
         q = self.qk_act(proj[:, : n_q * F])
-        kv = torch.cat([self.qk_act(proj[:, n_q * F : 2 * n_q * F]), proj[:, 2 * n_q * F :]], 1)
+        kv = torch.cat(
+            [self.qk_act(proj[:, n_q * F : 2 * n_q * F]), proj[:, 2 * n_q * F :]], 1
+        )
         return q, kv
 
     def edge_messages(
@@ -292,9 +332,15 @@ class So3krates(PotentialModel):
         self.m_tot = sum(2 * l + 1 for l in degrees)
         self.sph = SphericalHarmonics(degrees) if degrees else None
         self.contract = DegreeContraction(degrees) if degrees else None
-        self.layers = nn.ModuleList(So3kratesLayer(cfg, self.contract) for _ in range(cfg.num_layers))
+        self.layers = nn.ModuleList(
+            So3kratesLayer(cfg, self.contract) for _ in range(cfg.num_layers)
+        )
         act = "silu" if cfg.readout_activation == "silu" else "identity"
-        self.readout = MLP([F, cfg.readout_hidden, 1], activation=act, zero_init_last=cfg.zero_init_readout)
+        self.readout = MLP(
+            [F, cfg.readout_hidden, 1],
+            activation=act,
+            zero_init_last=cfg.zero_init_readout,
+        )
         #: Process edges in checkpointed chunks of this size. None: automatic, i.e.
         #: all at once up to ``auto_chunk_edges`` edges (≈ 6 GiB of float32
         #: intermediates), chunks of 250,000 edges above. Runtime settings for very
@@ -307,7 +353,9 @@ class So3krates(PotentialModel):
         else:
             self.scale = self.shift = None
 
-    def _chunked_layer(self, layer, features, ev, d, sph, phi, idx_i, idx_j, chunk: int):
+    def _chunked_layer(
+        self, layer, features, ev, d, sph, phi, idx_i, idx_j, chunk: int
+    ):
         """One layer with edges in chunks, each recomputed in the backward pass.
 
         Memory is O(n_atoms·F + chunk·F) instead of O(n_edges·F): per-edge
@@ -333,7 +381,9 @@ class So3krates(PotentialModel):
                 d_ev = d_ev + part_ev
         return layer.update(features, ev, d_f, d_ev)
 
-    def atomic_energies(self, graph: AtomicGraph, edge_vectors: torch.Tensor) -> torch.Tensor:
+    def atomic_energies(
+        self, graph: AtomicGraph, edge_vectors: torch.Tensor
+    ) -> torch.Tensor:
         """Network atomic energies (n_atoms,) from So3krates features."""
         idx_i, idx_j = graph.edge_index[0], graph.edge_index[1]
         d = safe_norm(edge_vectors)  # (n_edges,)

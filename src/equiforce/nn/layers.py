@@ -19,7 +19,9 @@ def lecun_normal_(weight: torch.Tensor, fan_in: int) -> torch.Tensor:
 class Dense(nn.Linear):
     """``nn.Linear`` with LeCun-normal weights and zero bias (or zero weights)."""
 
-    def __init__(self, n_in: int, n_out: int, bias: bool = True, zero_init: bool = False) -> None:
+    def __init__(
+        self, n_in: int, n_out: int, bias: bool = True, zero_init: bool = False
+    ) -> None:
         super().__init__(n_in, n_out, bias=bias)
         if zero_init:
             nn.init.zeros_(self.weight)

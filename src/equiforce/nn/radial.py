@@ -15,7 +15,9 @@ from torch import nn
 def cosine_cutoff(d: torch.Tensor, r_c: float) -> torch.Tensor:
     """½(cos(πd/r_c) + 1) for d < r_c, else 0. Shape as ``d``."""
     x = d / r_c
-    return torch.where(x < 1.0, 0.5 * (torch.cos(math.pi * x) + 1.0), torch.zeros_like(d))
+    return torch.where(
+        x < 1.0, 0.5 * (torch.cos(math.pi * x) + 1.0), torch.zeros_like(d)
+    )
 
 
 def phys_cutoff(d: torch.Tensor, r_c: float) -> torch.Tensor:
@@ -33,7 +35,11 @@ def exponential_cutoff(d: torch.Tensor, r_c: float) -> torch.Tensor:
     return torch.where(inside, val, torch.zeros_like(d))
 
 
-CUTOFFS = {"cosine": cosine_cutoff, "phys": phys_cutoff, "exponential": exponential_cutoff}
+CUTOFFS = {
+    "cosine": cosine_cutoff,
+    "phys": phys_cutoff,
+    "exponential": exponential_cutoff,
+}
 
 
 class Cutoff(nn.Module):
@@ -57,7 +63,9 @@ class PhysNetBasis(nn.Module):
 
     def __init__(self, num: int, r_c: float) -> None:
         super().__init__()
-        self.register_buffer("mu", torch.linspace(math.exp(-r_c), 1.0, num, dtype=torch.float64))
+        self.register_buffer(
+            "mu", torch.linspace(math.exp(-r_c), 1.0, num, dtype=torch.float64)
+        )
         self.beta = ((2.0 / num) * (1.0 - math.exp(-r_c))) ** -2
 
     def forward(self, d: torch.Tensor) -> torch.Tensor:
@@ -72,7 +80,11 @@ class BernsteinBasis(nn.Module):
         super().__init__()
         k = torch.arange(num, dtype=torch.float64)
         n = num - 1
-        log_binom = torch.lgamma(torch.tensor(n + 1.0)) - torch.lgamma(k + 1) - torch.lgamma(n - k + 1)
+        log_binom = (
+            torch.lgamma(torch.tensor(n + 1.0))
+            - torch.lgamma(k + 1)
+            - torch.lgamma(n - k + 1)
+        )
         self.register_buffer("k", k)
         self.register_buffer("log_binom", log_binom)
         self.n, self.gamma = n, gamma
@@ -89,7 +101,9 @@ class FourierBasis(nn.Module):
 
     def __init__(self, num: int, r_c: float) -> None:
         super().__init__()
-        self.register_buffer("freq", torch.arange(1, num + 1, dtype=torch.float64) * math.pi / r_c)
+        self.register_buffer(
+            "freq", torch.arange(1, num + 1, dtype=torch.float64) * math.pi / r_c
+        )
 
     def forward(self, d: torch.Tensor) -> torch.Tensor:
         """(n_edges,) -> (n_edges, K)."""

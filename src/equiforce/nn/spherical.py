@@ -11,7 +11,7 @@ generated code, which dominates the cost of small molecules.
 
 from __future__ import annotations
 
-from functools import lru_cache
+from functools import cache
 
 import torch
 from e3nn import o3
@@ -24,20 +24,29 @@ def safe_norm(vec: torch.Tensor, eps: float = 1e-12) -> torch.Tensor:
     return torch.where(sq > eps, torch.sqrt(safe), torch.zeros_like(sq))
 
 
-def e3nn_spherical_harmonics(degrees: tuple[int, ...], unit: torch.Tensor) -> torch.Tensor:
+def e3nn_spherical_harmonics(
+    degrees: tuple[int, ...], unit: torch.Tensor
+) -> torch.Tensor:
     """Reference: e3nn real SH, ``integral`` normalisation, (n, 3) unit -> (n, m_tot)."""
-    return o3.spherical_harmonics(list(degrees), unit, normalize=False, normalization="integral")
+    return o3.spherical_harmonics(
+        list(degrees), unit, normalize=False, normalization="integral"
+    )
 
 
 def _monomials(degrees: tuple[int, ...]) -> torch.Tensor:
     """(n_mono, 3) exponents (a, b, c) with a + b + c = l, for each l in ``degrees``."""
     rows = [
-        (a, b, l - a - b) for l in degrees for a in range(l, -1, -1) for b in range(l - a, -1, -1)
+        (a, b, l - a - b)
+        for l in degrees
+        for a in range(l, -1, -1)
+        for b in range(l - a, -1, -1)
     ]
     return torch.tensor(rows, dtype=torch.long).reshape(-1, 3)
 
 
-def _monomial_features(unit: torch.Tensor, exps: torch.Tensor, lmax: int) -> torch.Tensor:
+def _monomial_features(
+    unit: torch.Tensor, exps: torch.Tensor, lmax: int
+) -> torch.Tensor:
     """x^a y^b z^c for every exponent row: (n, 3) -> (n, n_mono)."""
     powers = [torch.ones_like(unit)]
     for _ in range(lmax):
@@ -50,7 +59,7 @@ def _monomial_features(unit: torch.Tensor, exps: torch.Tensor, lmax: int) -> tor
     )
 
 
-@lru_cache(maxsize=None)
+@cache
 def _fit_coefficients(degrees: tuple[int, ...]) -> torch.Tensor:
     """(n_mono, m_tot) float64 matrix with monomials @ C = e3nn SH on the sphere."""
     exps = _monomials(degrees)
@@ -85,7 +94,11 @@ class SphericalHarmonics(torch.nn.Module):
         self.degrees = tuple(degrees)
         self.lmax = max(self.degrees, default=0)
         self.register_buffer("exps", _monomials(self.degrees), persistent=False)
-        coeff = _fit_coefficients(self.degrees).clone() if self.degrees else torch.zeros(0, 0)
+        coeff = (
+            _fit_coefficients(self.degrees).clone()
+            if self.degrees
+            else torch.zeros(0, 0)
+        )
         self.register_buffer("coeff", coeff, persistent=False)  # (n_mono, m_tot)
 
     def forward(self, vec: torch.Tensor) -> torch.Tensor:
