@@ -11,7 +11,7 @@ n = 48 * 2**20 // 4  # 48 MiB of float32: above glibc's largest mmap threshold
 for _ in range(2):
     torch.ones(n)
 r0 = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-for _ in range(5):
+for _ in range(10):
     x = torch.ones(n)
     del x
 print(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - r0)
@@ -35,6 +35,7 @@ def test_large_tensors_are_reused_without_page_faults():
     tuned, faults_tuned = page_faults("1")
     untuned, faults_default = page_faults("0")
     assert tuned == "True" and untuned == "False"
-    # glibc default: every 48 MiB allocation maps fresh pages (5 x 12,288 faults)
-    assert faults_default > 5 * 10_000
-    assert faults_tuned < 1_000
+    # glibc default: every 48 MiB allocation maps fresh pages (10 x 12,288 faults);
+    # tuned: blocks are reused (at most a heap extension or two)
+    assert faults_default > 8 * 12_288
+    assert faults_tuned < 2 * 12_288
