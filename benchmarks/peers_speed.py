@@ -33,12 +33,9 @@ package's ``torch.compile`` path, labelled ``<peer>+compile``.
 from __future__ import annotations
 
 import argparse
-import json
-import os
 import resource
 import statistics
 import sys
-import tempfile
 import time
 import traceback
 import warnings
@@ -248,10 +245,9 @@ def bench_peer(
 
 
 def _write(path: Path, report: dict) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-    with os.fdopen(fd, "w") as f:
-        json.dump(report, f, indent=2)
-    os.replace(tmp, path)
+    from equiforce.atomic import atomic_write_json
+
+    atomic_write_json(path, report)
 
 
 def installed_peers() -> list[str]:

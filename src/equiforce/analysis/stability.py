@@ -16,12 +16,12 @@ from __future__ import annotations
 
 import csv
 import json
-import os
 from pathlib import Path
 
 import numpy as np
 
 from equiforce.analysis.rdf import h_of_r, hr_mae
+from equiforce.atomic import atomic_path
 from equiforce.md.config import MDConfig
 
 RUN_COLUMNS = (
@@ -166,9 +166,7 @@ def summarize(rows: list[dict]) -> list[dict]:
 
 
 def _write_csv(path: Path, columns, rows: list[dict]) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "w", newline="") as fh:
+    with atomic_path(path) as tmp, open(tmp, "w", newline="") as fh:
         writer = csv.DictWriter(fh, fieldnames=list(columns))
         writer.writeheader()
         writer.writerows(rows)
-    os.replace(tmp, path)

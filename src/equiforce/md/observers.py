@@ -13,13 +13,13 @@ the first checked frame where
 from __future__ import annotations
 
 import csv
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from equiforce.atomic import atomic_write_text
 from equiforce.md.state import MDState
 
 THERMO_COLUMNS = (
@@ -77,9 +77,7 @@ def truncate_thermo(path: str | Path, max_step: int) -> None:
             break
         if int(parts[0]) <= max_step:
             keep.append(line)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text("".join(keep))
-    os.replace(tmp, path)
+    atomic_write_text(path, "".join(keep))
 
 
 @dataclass

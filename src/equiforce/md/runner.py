@@ -14,8 +14,6 @@ Files in ``out_dir``:
 
 from __future__ import annotations
 
-import json
-import os
 import signal
 import threading
 import time
@@ -25,6 +23,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from equiforce.atomic import atomic_torch_save, atomic_write_json
 from equiforce.md.config import MDConfig
 from equiforce.md.integrators import conserved_energy, make_integrator
 from equiforce.md.observers import (
@@ -66,9 +65,7 @@ class MDResult:
 
 def _save_checkpoint(path: Path, payload: dict) -> None:
     """``torch.save`` to a temp file and rename (atomic against process death)."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    torch.save(payload, tmp)
-    os.replace(tmp, path)
+    atomic_torch_save(payload, path)
 
 
 class _SigintFlag:
@@ -325,9 +322,7 @@ class Simulation:
         )
         if self.out_dir is not None:
             payload = asdict(result) | {"stable": result.stable}
-            tmp = self.out_dir / ".result.json.tmp"
-            tmp.write_text(json.dumps(payload, indent=2))
-            os.replace(tmp, self.out_dir / "result.json")
+            atomic_write_json(self.out_dir / "result.json", payload)
         return result
 
     def final_atoms(self) -> list:

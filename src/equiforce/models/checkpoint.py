@@ -11,14 +11,13 @@ atomic (temporary file in the same folder + ``os.replace``).
 
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from equiforce import __version__
+from equiforce.atomic import atomic_torch_save
 from equiforce.models.base import PotentialModel
 
 FORMAT_VERSION = 1
@@ -27,22 +26,6 @@ _REQUIRED = ("format_version", "model_name", "model_config", "state_dict")
 
 class CheckpointError(ValueError):
     """The file is not a valid equiforce checkpoint."""
-
-
-def atomic_torch_save(obj: Any, path: str | Path) -> None:
-    """``torch.save`` to a temporary file, fsync, then rename over ``path``."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            torch.save(obj, fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def model_payload(

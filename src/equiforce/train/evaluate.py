@@ -7,18 +7,16 @@ predictions.
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from equiforce.atomic import atomic_path, atomic_write_text
 from equiforce.config import DataSource
 from equiforce.data.dataset import GraphDataset
 from equiforce.train.metrics import predict
 from equiforce.train.progress import Reporter, metrics_table
-from equiforce.train.rundir import atomic_write_text
 from equiforce.train.setup import eval_batches, read_source
 
 
@@ -73,10 +71,8 @@ def evaluate(
 
 
 def _save_npz(path: Path, arrays: dict[str, np.ndarray]) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".npz", dir=path.parent)
-    os.close(fd)
-    np.savez_compressed(tmp, **arrays)
-    os.replace(tmp, path)
+    with atomic_path(path, suffix=".npz") as tmp:
+        np.savez_compressed(tmp, **arrays)
 
 
 def parity_plot(arrays: dict[str, np.ndarray], path: Path, title: str = "") -> None:
@@ -108,11 +104,9 @@ def parity_plot(arrays: dict[str, np.ndarray], path: Path, title: str = "") -> N
         )
     fig.suptitle(title)
     fig.tight_layout()
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".png", dir=path.parent)
-    os.close(fd)
-    fig.savefig(tmp, dpi=120)
+    with atomic_path(path, suffix=".png") as tmp:
+        fig.savefig(tmp, dpi=120)
     plt.close(fig)
-    os.replace(tmp, path)
 
 
 def evaluate_model(

@@ -11,16 +11,15 @@ from __future__ import annotations
 import csv
 import io
 import json
-import os
-import tempfile
 from pathlib import Path
 
 from rich.table import Table
 
+from equiforce.atomic import atomic_path, atomic_write_text
 from equiforce.config import DataSource, EquiforceConfig
 from equiforce.train.evaluate import evaluate
 from equiforce.train.progress import Reporter
-from equiforce.train.rundir import RunDir, atomic_write_text
+from equiforce.train.rundir import RunDir
 
 COLUMNS = (
     "n_train",
@@ -115,11 +114,9 @@ def plot_learning_curve(rows: list[dict], path: Path) -> None:
     ax.grid(True, which="both", alpha=0.3)
     ax.legend()
     fig.tight_layout()
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".png", dir=path.parent)
-    os.close(fd)
-    fig.savefig(tmp, dpi=120)
+    with atomic_path(path, suffix=".png") as tmp:
+        fig.savefig(tmp, dpi=120)
     plt.close(fig)
-    os.replace(tmp, path)
 
 
 def _table(rows: list[dict]) -> Table:

@@ -22,17 +22,12 @@ from __future__ import annotations
 import csv
 import io
 import json
-import os
-import tempfile
 from pathlib import Path
 
 import torch
 
-from equiforce.models.checkpoint import (
-    atomic_torch_save,
-    load_checkpoint,
-    model_payload,
-)
+from equiforce.atomic import atomic_torch_save, atomic_write_text
+from equiforce.models.checkpoint import load_checkpoint, model_payload
 
 METRIC_COLUMNS = (
     "step",
@@ -49,20 +44,6 @@ METRIC_COLUMNS = (
     "valid_forces_mae",
     "valid_forces_rmse",
 )
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    """Write ``text`` to a temporary file in the same folder, then rename."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as fh:
-            fh.write(text)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 class RunDir:

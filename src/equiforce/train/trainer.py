@@ -25,6 +25,7 @@ import numpy as np
 import torch
 import yaml
 
+from equiforce.atomic import atomic_write_text
 from equiforce.config import EquiforceConfig, apply_override, validate_config
 from equiforce.data.dataset import e0_table
 from equiforce.models.checkpoint import load_checkpoint
@@ -33,7 +34,7 @@ from equiforce.train.ema import EMA
 from equiforce.train.loss import WeightedLoss
 from equiforce.train.metrics import predict
 from equiforce.train.progress import Reporter, metrics_table
-from equiforce.train.rundir import RunDir, atomic_write_text, rng_state, set_rng_state
+from equiforce.train.rundir import RunDir, rng_state, set_rng_state
 from equiforce.train.schedules import Schedule
 from equiforce.train.setup import DTYPES, PreparedData, eval_batches, prepare_data
 
