@@ -68,8 +68,8 @@ def main():
                         model, dynamic=False, mode="reduce-overhead"
                     )
                     row["cudagraph_ms"] = timed(lambda: graphs_fast(g), n)  # noqa: B023
-            except torch.OutOfMemoryError as err:
-                row["error"] = f"OOM: {err}"[:200]
+            except (torch.OutOfMemoryError, RuntimeError) as err:
+                row["error"] = f"{type(err).__name__}: {err}"[:200]
             print(row, flush=True)
             rows.append(row)
             torch.cuda.empty_cache()

@@ -47,3 +47,14 @@ def test_functional_path_matches_autograd_path(compile):
     if compile:
         assert fast.compiled, "compilation fell back to eager"
         assert fast.n_compiles <= 2, f"recompiled {fast.n_compiles} times for new sizes"
+
+
+def test_chunked_graphs_take_the_autograd_path():
+    """torch.func cannot differentiate through checkpointed edge chunks."""
+    model = equiforce.build_model("so3krates", dtype=torch.float64, **SMALL).eval()
+    g = graphs(torch.float64)[1]  # benzene
+    ref = model(g)
+    model.edge_chunk_size = 50
+    assert model.chunks_edges(g.n_edges)
+    out = CompiledPotential(model, compile=False)(g)
+    torch.testing.assert_close(out["forces"], ref["forces"], rtol=1e-10, atol=1e-12)

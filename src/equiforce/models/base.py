@@ -128,6 +128,14 @@ class PotentialModel(nn.Module):
         )  # float64 whatever the model dtype
         return out
 
+    def chunks_edges(self, n_edges: int) -> bool:
+        """Whether a graph of ``n_edges`` is processed in checkpointed edge chunks.
+
+        Such graphs cannot go through ``torch.func`` transforms (they use saved-tensor
+        hooks), so the compiled path hands them to :meth:`forward`.
+        """
+        return False
+
     # ------------------------------------------------------------- utilities
     def num_parameters(self) -> int:
         """Number of trainable parameters."""

@@ -103,6 +103,11 @@ class CompiledPotential:
             graph.pbc,
             graph.n_atoms,
         )
+        if self.model.chunks_edges(graph.n_edges):
+            # checkpointed edge chunks use saved-tensor hooks, which torch.func
+            # transforms reject: very large graphs take the autograd path
+            out = self.model(graph, compute_forces=True)
+            return {k: out[k] for k in (keys.ENERGY, keys.ATOMIC_ENERGIES, keys.FORCES)}
         start = time.perf_counter() if self.compile_seconds is None else 0.0
         try:
             with torch.no_grad():

@@ -353,6 +353,17 @@ class So3krates(PotentialModel):
         else:
             self.scale = self.shift = None
 
+    def _edge_chunk(self, n_edges: int) -> int | None:
+        """Edge chunk size for a graph of ``n_edges`` (None: no chunking)."""
+        chunk = self.edge_chunk_size
+        if chunk is None and n_edges > self.auto_chunk_edges:
+            chunk = 250_000
+        return chunk if chunk is not None and n_edges > chunk else None
+
+    def chunks_edges(self, n_edges: int) -> bool:
+        """True when edges are processed in checkpointed chunks (very large graphs)."""
+        return self._edge_chunk(n_edges) is not None
+
     def _chunked_layer(
         self, layer, features, ev, d, sph, phi, idx_i, idx_j, chunk: int
     ):
@@ -387,10 +398,8 @@ class So3krates(PotentialModel):
         """Network atomic energies (n_atoms,) from So3krates features."""
         idx_i, idx_j = graph.edge_index[0], graph.edge_index[1]
         d = safe_norm(edge_vectors)  # (n_edges,)
-        chunk = self.edge_chunk_size
-        if chunk is None and d.shape[0] > self.auto_chunk_edges:
-            chunk = 250_000
-        chunked = chunk is not None and d.shape[0] > chunk
+        chunk = self._edge_chunk(d.shape[0])
+        chunked = chunk is not None
         rbf = None if chunked else self.rbf(d).to(edge_vectors.dtype)  # (n_edges, K)
         phi = self.cutoff_fn(d)  # (n_edges,)
         z = graph.atomic_numbers
