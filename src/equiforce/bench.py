@@ -9,7 +9,6 @@ neighbour list is timed separately and excluded from the model time.
 from __future__ import annotations
 
 import argparse
-import json
 import platform
 import resource
 import statistics
@@ -20,6 +19,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
+
+from equiforce.atomic import atomic_write_json
 
 #: name -> (kind, number of water molecules or None)
 SYSTEMS: dict[str, tuple[str, int | None]] = {
@@ -106,7 +107,13 @@ def _median_time(
 
 
 def bench_system(
-    model, name: str, dtype: torch.dtype, mode: str, min_seconds: float = 2.0
+    model,
+    name: str,
+    dtype: torch.dtype,
+    mode: str,
+    min_seconds: float = 2.0,
+    min_calls: int = 5,
+    warmup: int = 2,
 ) -> BenchResult:
     """Time energy+forces of ``model`` on system ``name``."""
     from equiforce.data.graph import AtomicGraph
@@ -127,9 +134,9 @@ def bench_system(
         fast(graph)
         compile_s = time.perf_counter() - t
         call = lambda: fast(graph)  # noqa: E731
-    for _ in range(2):
+    for _ in range(warmup):
         call()
-    times = _median_time(call, min_seconds)
+    times = _median_time(call, min_seconds, min_calls)
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     return BenchResult(
         system=name,
@@ -175,6 +182,8 @@ def run_bench(
     threads: int = 2,
     min_seconds: float = 2.0,
     device: str = "cpu",
+    min_calls: int = 5,
+    warmup: int = 2,
 ) -> dict:
     """Run the benchmark grid; returns {"machine": ..., "results": [...]}."""
     from rich.console import Console
@@ -194,7 +203,15 @@ def run_bench(
     for name in systems:
         for dt in dtypes:
             for mode in modes:
-                r = bench_system(model, name, getattr(torch, dt), mode, min_seconds)
+                r = bench_system(
+                    model,
+                    name,
+                    getattr(torch, dt),
+                    mode,
+                    min_seconds,
+                    min_calls,
+                    warmup,
+                )
                 results.append(asdict(r))
                 console.print(
                     f"{r.system:>10} {r.n_atoms:>6} atoms {r.n_edges:>8} edges {r.dtype:>7} "
@@ -228,6 +245,8 @@ def register(subparsers) -> None:
     p.add_argument(
         "--min-seconds", type=float, default=2.0, help="timing budget per row"
     )
+    p.add_argument("--min-calls", type=int, default=5, help="timed calls per row (≥ 1)")
+    p.add_argument("--warmup", type=int, default=2, help="untimed calls per row")
     p.add_argument("--out", default="bench.json", help="JSON output file")
     p.set_defaults(func=_cli)
 
@@ -245,6 +264,8 @@ def _cli(args: argparse.Namespace) -> int:
         args.preset,
         args.threads,
         args.min_seconds,
+        min_calls=args.min_calls,
+        warmup=args.warmup,
     )
-    Path(args.out).write_text(json.dumps(report, indent=2))
+    atomic_write_json(args.out, report)
     return 0
