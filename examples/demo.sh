@@ -16,7 +16,7 @@ if [ -f "$OUT/train/last.pt" ] && [ ! -f "$OUT/train/final_metrics.json" ]; then
 elif [ ! -f "$OUT/train/final_metrics.json" ]; then
   rm -rf "$OUT/train"
   equiforce train examples/rmd17_ethanol.yaml --run-dir "$OUT/train" \
-    --set training.max_minutes="$MINUTES" --set training.max_steps=2000 \
+    --set training.max_minutes="$MINUTES" --set training.max_steps=12000 \
     --set training.valid_interval=200 --set training.schedule=cosine \
     --set training.warmup_steps=50 --set training.lr=2.0e-3
 fi
@@ -26,17 +26,18 @@ equiforce eval --model "$OUT/train/best.pt" --data "$DATA/rmd17_ethanol_test_01.
   --energy-unit kcal/mol --out "$OUT/eval"
 
 echo "== 3/4 NVE molecular dynamics, 300 K initial velocities, 0.5 fs, 4 ps"
+rm -rf "$OUT/md"
 equiforce md --model "$OUT/train/best.pt" --structure "$DATA/rmd17_ethanol_test_01.npz" \
   --frame 0 --ensemble nve --temperature 300 --timestep 0.5 --steps 8000 \
-  --output-interval 4 --out "$OUT/md"
+  --output-interval 4 --format hdf5 --out "$OUT/md"
 
 echo "== 4/4 vibrational spectrum and h(r) from the trajectory"
-equiforce analyze spectrum "$OUT/md/trajectory.xyz" --out "$OUT/analysis" --max-lag-fs 1000
-equiforce analyze rdf "$OUT/md/trajectory.xyz" --out "$OUT/analysis"
+equiforce analyze spectrum "$OUT/md/trajectory.h5" --out "$OUT/analysis" --max-lag-fs 1000
+equiforce analyze rdf "$OUT/md/trajectory.h5" --out "$OUT/analysis"
 
 echo
 echo "Done. Results in $OUT/:"
 echo "  train/metrics.csv, train/best.pt      training curve and model"
 echo "  eval/metrics.json, eval/parity.png    test-set errors and parity plot"
-echo "  md/thermo.csv, md/trajectory.xyz      MD energies and trajectory"
+echo "  md/thermo.csv, md/trajectory.h5       MD energies and trajectory (HDF5)"
 echo "  analysis/*.png, analysis/*.csv        spectrum (cm^-1) and h(r)"
