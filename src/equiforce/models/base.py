@@ -80,6 +80,22 @@ class PotentialModel(nn.Module):
         """
         if create_graph is None:
             create_graph = self.training
+        if self.chunks_edges(graph.n_edges):
+            from equiforce.runtime import default_allocator
+
+            with default_allocator():
+                return self._forward(
+                    graph, compute_forces, compute_stress, create_graph
+                )
+        return self._forward(graph, compute_forces, compute_stress, create_graph)
+
+    def _forward(
+        self,
+        graph: AtomicGraph,
+        compute_forces: bool,
+        compute_stress: bool,
+        create_graph: bool,
+    ) -> dict[str, torch.Tensor]:
         need_grad = compute_forces or compute_stress
         pos_leaf = graph.positions.detach().requires_grad_(need_grad)
         positions, cell = pos_leaf, graph.cell
