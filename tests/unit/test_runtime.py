@@ -10,11 +10,13 @@ print(tune_allocator())
 n = 48 * 2**20 // 4  # 48 MiB of float32: above glibc's largest mmap threshold
 for _ in range(2):
     torch.ones(n)
-r0 = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+faults = []
 for _ in range(10):
+    r0 = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
     x = torch.ones(n)
     del x
-print(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - r0)
+    faults.append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - r0)
+print(min(faults))
 """
 
 
@@ -35,7 +37,7 @@ def test_large_tensors_are_reused_without_page_faults():
     tuned, faults_tuned = page_faults("1")
     untuned, faults_default = page_faults("0")
     assert tuned == "True" and untuned == "False"
-    # glibc default: every 48 MiB allocation maps fresh pages (10 x 12,288 faults);
-    # tuned: blocks are reused (at most a heap extension or two)
-    assert faults_default > 8 * 12_288
-    assert faults_tuned < 2 * 12_288
+    # fewest page faults of one 48 MiB allocation over 10: with glibc's default every
+    # allocation maps fresh pages (12,288 faults); tuned, blocks are reused (0)
+    assert faults_default >= 10_000
+    assert faults_tuned < 1_000
