@@ -151,15 +151,10 @@ def _times(
     min_calls: int = 5,
     max_calls: int = 500,
 ) -> list[float]:
-    times: list[float] = []
-    start = time.perf_counter()
-    while len(times) < max_calls and (
-        len(times) < min_calls or time.perf_counter() - start < min_seconds
-    ):
-        t = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t)
-    return times
+    """Call times as in ``equiforce bench`` (same stopping rule for every model)."""
+    from equiforce.bench import _median_time
+
+    return _median_time(fn, min_seconds, min_calls, max_calls)
 
 
 def peak_rss_mib() -> float:
