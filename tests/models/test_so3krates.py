@@ -134,12 +134,41 @@ def test_polynomial_spherical_harmonics_equal_e3nn(degrees):
     torch.testing.assert_close(ours, ref, atol=1e-13, rtol=0)
 
 
-def test_edge_chunking_gives_identical_energies_and_forces():
+@pytest.mark.parametrize("paired", [True, False])
+def test_edge_chunking_gives_identical_energies_and_forces(paired):
     model = build_model("so3krates", dtype=torch.float64, **SMALL)
     pos, z = random_molecule(np.random.default_rng(5), n_atoms=12, box=4.0)
     g = AtomicGraph.from_arrays(pos, z, model.cutoff)
+    g.edges_paired = paired
     ref = model(g)
     model.edge_chunk_size = 17  # several uneven chunks
     out = model(g)
     torch.testing.assert_close(out["energy"], ref["energy"], rtol=1e-12, atol=1e-12)
     torch.testing.assert_close(out["forces"], ref["forces"], rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize(
+    "overrides", [SMALL, {**SMALL, "use_euclidean_variables": False}]
+)
+def test_pairwise_filters_equal_per_edge_filters(overrides):
+    """Filters computed once per pair (paired edges) = per directed edge, any order."""
+    model = build_model("so3krates", dtype=torch.float64, **overrides)
+    pos, z = random_molecule(np.random.default_rng(8), n_atoms=10, box=3.5)
+    cell = np.eye(3) * 5.0
+    g = AtomicGraph.from_arrays(pos, z, model.cutoff, cell, np.ones(3, bool))
+    assert g.edges_paired
+    ref = model(g, compute_stress=True)
+    perm = torch.randperm(g.n_edges, generator=torch.Generator().manual_seed(0))
+    shuffled = AtomicGraph(
+        positions=g.positions,
+        atomic_numbers=g.atomic_numbers,
+        graph_index=g.graph_index,
+        edge_index=g.edge_index[:, perm],
+        edge_shifts=g.edge_shifts[perm],
+        cell=g.cell,
+        pbc=g.pbc,
+        n_atoms=g.n_atoms,
+    )
+    out = model(shuffled, compute_stress=True)
+    for key in ("energy", "forces", "stress"):
+        torch.testing.assert_close(out[key], ref[key], rtol=1e-10, atol=1e-12)

@@ -14,7 +14,15 @@ cell                (n_graphs, 3, 3) float    lattice vectors as rows; zeros if 
 pbc                 (n_graphs, 3) bool        periodic flags
 n_atoms             (n_graphs,) int64         atoms per structure
 targets             dict[str, Tensor]         energy (n_graphs,), forces (n_atoms, 3), ...
+edges_paired        bool                      edge P+k reverses edge k (P = n_edges/2)
 ==================  ========================  =========================================
+
+Paired edges: graphs built here (:func:`~equiforce.data.neighbors.neighbor_list`)
+store every unordered pair twice, the first half in one direction and the second
+half reversed in the same order. :meth:`collate` and :meth:`split` keep that
+layout for the whole batch, so a model can compute quantities that are symmetric in
+(i, j) once per pair (So3krates' filters: half the dominant cost). Graphs built by
+hand default to ``edges_paired=False`` and models then treat every edge separately.
 
 Edge vectors are never stored: models recompute them from positions so that autograd
 yields forces and stress.
@@ -45,6 +53,7 @@ class AtomicGraph:
     pbc: torch.Tensor  # (n_graphs, 3)
     n_atoms: torch.Tensor  # (n_graphs,)
     targets: dict[str, torch.Tensor] = field(default_factory=dict)
+    edges_paired: bool = False
 
     NODE_FIELDS: ClassVar[tuple[str, ...]] = ("positions", "atomic_numbers")
     EDGE_FIELDS: ClassVar[tuple[str, ...]] = ("edge_shifts",)
@@ -64,6 +73,8 @@ class AtomicGraph:
             )
         if self.edge_shifts.shape != (self.edge_index.shape[1], 3):
             raise ValueError("edge_shifts must be (n_edges, 3)")
+        if self.edges_paired and self.edge_index.shape[1] % 2:
+            raise ValueError("edges_paired=True needs an even number of edges")
         g = self.n_atoms.shape[0]
         if self.cell.shape != (g, 3, 3) or self.pbc.shape != (g, 3):
             raise ValueError("cell must be (n_graphs, 3, 3) and pbc (n_graphs, 3)")
@@ -134,6 +145,7 @@ class AtomicGraph:
             pbc=torch.as_tensor(pbc).reshape(1, 3),
             n_atoms=torch.tensor([n], dtype=torch.long),
             targets=tgt,
+            edges_paired=True,
         )
 
     @classmethod
@@ -184,8 +196,9 @@ class AtomicGraph:
         kwargs = {
             f.name: conv(getattr(self, f.name))
             for f in fields(self)
-            if f.name != "targets"
+            if f.name not in ("targets", "edges_paired")
         }
+        kwargs["edges_paired"] = self.edges_paired
         # Total energies stay float64: an aspirin energy (-17,618 eV) has a float32
         # spacing of 2 meV, the size of the best published errors.
         kwargs["targets"] = {
@@ -211,6 +224,15 @@ class AtomicGraph:
         target_keys = set(graphs[0].targets)
         for g in graphs[1:]:
             target_keys &= set(g.targets)
+        paired = all(g.edges_paired for g in graphs)
+        edge_index = [
+            g.edge_index + int(o) for g, o in zip(graphs, atom_offsets, strict=True)
+        ]
+        shifts = [g.edge_shifts for g in graphs]
+        if paired:  # all first halves, then all second halves (same graph order)
+            halves = [g.n_edges // 2 for g in graphs]
+            edge_index = _halves(edge_index, halves, dim=1)
+            shifts = _halves(shifts, halves, dim=0)
         return AtomicGraph(
             positions=cat([g.positions for g in graphs]),
             atomic_numbers=cat([g.atomic_numbers for g in graphs]),
@@ -220,24 +242,22 @@ class AtomicGraph:
                     for g, o in zip(graphs, graph_offsets, strict=True)
                 ]
             ),
-            edge_index=cat(
-                [
-                    g.edge_index + int(o)
-                    for g, o in zip(graphs, atom_offsets, strict=True)
-                ],
-                dim=1,
-            ),
-            edge_shifts=cat([g.edge_shifts for g in graphs]),
+            edge_index=cat(edge_index, dim=1),
+            edge_shifts=cat(shifts),
             cell=cat([g.cell for g in graphs]),
             pbc=cat([g.pbc for g in graphs]),
             n_atoms=cat([g.n_atoms for g in graphs]),
             targets={
                 k: cat([g.targets[k] for g in graphs]) for k in sorted(target_keys)
             },
+            edges_paired=paired,
         )
 
     def split(self) -> list[AtomicGraph]:
-        """Inverse of :meth:`collate`: one graph per structure."""
+        """Inverse of :meth:`collate`: one graph per structure.
+
+        Edges keep their relative order, so a paired batch splits into paired graphs.
+        """
         out = []
         atom_start = 0
         counts = self.n_atoms.tolist()
@@ -263,6 +283,7 @@ class AtomicGraph:
                     pbc=self.pbc[g : g + 1],
                     n_atoms=self.n_atoms[g : g + 1],
                     targets=tg,
+                    edges_paired=self.edges_paired,
                 )
             )
             atom_start += n
@@ -289,3 +310,12 @@ class AtomicGraph:
         )  # (n_edges, 3, 3)
         shift = torch.bmm(self.edge_shifts.to(vec.dtype)[:, None, :], edge_cell)[:, 0]
         return vec + shift
+
+
+def _halves(
+    parts: list[torch.Tensor], halves: list[int], dim: int
+) -> list[torch.Tensor]:
+    """``[a1, b1, a2, b2, …]`` → ``[a1, a2, …, b1, b2, …]`` (split along ``dim``)."""
+    first = [p.narrow(dim, 0, h) for p, h in zip(parts, halves, strict=True)]
+    second = [p.narrow(dim, h, h) for p, h in zip(parts, halves, strict=True)]
+    return first + second

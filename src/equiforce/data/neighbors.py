@@ -4,6 +4,11 @@ The production path uses vesin (a fast C++ cell list); :func:`brute_force_neighb
 is an O(N²·images) reference used by the tests. Both return directed pairs with
 row 0 = centre i (receiver) and row 1 = neighbour j (sender), and the integer
 image shift S such that r_ij = r_j - r_i + S @ cell.
+
+:func:`neighbor_list` returns its pairs *paired*: with P = n_edges / 2, edge
+P + k is the reverse of edge k (i and j swapped, S negated). Models whose edge
+filters are symmetric in (i, j) (So3krates) compute them once per unordered pair
+on the first half (see ``AtomicGraph.edges_paired``).
 """
 
 from __future__ import annotations
@@ -29,7 +34,8 @@ def neighbor_list(
         pbc: (3,) periodic flags.
 
     Returns:
-        edge_index: (2, n_edges) int64, row 0 = i (centre), row 1 = j (neighbour).
+        edge_index: (2, n_edges) int64, row 0 = i (centre), row 1 = j (neighbour);
+            edges ``[n_edges/2:]`` are the reverses of edges ``[:n_edges/2]``.
         shifts: (n_edges, 3) int64 image multiples S with r_ij = r_j - r_i + S @ cell.
     """
     positions = np.ascontiguousarray(positions, dtype=np.float64)
@@ -42,15 +48,19 @@ def neighbor_list(
     if len(positions) == 0:
         return np.zeros((2, 0), np.int64), np.zeros((0, 3), np.int64)
     periodic = bool(pbc.any())
-    calc = NeighborList(cutoff=float(cutoff), full_list=True)
+    # a half list (each unordered pair once), then its reverses: half the work
+    # for vesin and the pairing that symmetric edge filters rely on
+    calc = NeighborList(cutoff=float(cutoff), full_list=False)
     i, j, s = calc.compute(
         points=positions,
         box=cell if periodic else np.zeros((3, 3)),
         periodic=[bool(p) for p in pbc] if periodic else False,
         quantities="ijS",
     )
-    edge_index = np.stack([i.astype(np.int64), j.astype(np.int64)])
-    return edge_index, s.astype(np.int64).reshape(-1, 3)
+    i, j = i.astype(np.int64), j.astype(np.int64)
+    s = s.astype(np.int64).reshape(-1, 3)
+    edge_index = np.stack([np.concatenate([i, j]), np.concatenate([j, i])])
+    return edge_index, np.concatenate([s, -s])
 
 
 def brute_force_neighbors(

@@ -73,6 +73,7 @@ class CompiledPotential:
         cell: torch.Tensor,  # (n_graphs, 3, 3)
         pbc: torch.Tensor,  # (n_graphs, 3)
         n_atoms: torch.Tensor,  # (n_graphs,)
+        edges_paired: bool,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         def energy(pos: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
             graph = AtomicGraph(
@@ -84,6 +85,7 @@ class CompiledPotential:
                 cell=cell,
                 pbc=pbc,
                 n_atoms=n_atoms,
+                edges_paired=edges_paired,
             )
             e = self.model.atomic_energies(graph, graph.edge_vectors(pos))  # (n_atoms,)
             return e.sum(), e
@@ -102,6 +104,7 @@ class CompiledPotential:
             graph.cell,
             graph.pbc,
             graph.n_atoms,
+            graph.edges_paired,
         )
         if self.model.chunks_edges(graph.n_edges):
             # checkpointed edge chunks use saved-tensor hooks, which torch.func

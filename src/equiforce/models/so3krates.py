@@ -255,35 +255,47 @@ class So3kratesLayer(nn.Module):
         q: torch.Tensor,  # (n_atoms, n_q·F)
         kv: torch.Tensor,  # (n_atoms, (n_q+1)·F)
         ev: torch.Tensor,  # (n_atoms, m_tot)
-        hidden_r: torch.Tensor,  # (n_edges, 2F) radial hidden features of both filters
+        hidden_r: torch.Tensor,  # (n_pairs, 2F) radial hidden features of both filters
         sph: torch.Tensor,  # (n_edges, m_tot)
-        phi: torch.Tensor,  # (n_edges,)
+        phi: torch.Tensor,  # (n_pairs,)
         idx_i: torch.Tensor,  # (n_edges,)
         idx_j: torch.Tensor,  # (n_edges,)
+        n_dir: int = 1,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """Attention messages summed per centre: Δf (n_atoms, F) and Δx (n_atoms, m_tot)."""
+        """Attention messages summed per centre: Δf (n_atoms, F) and Δx (n_atoms, m_tot).
+
+        The filters w1, w2 depend on (i, j) only through d_ij and c(x_j − x_i), both
+        symmetric, so they are computed per *pair*: with ``n_dir=2`` the edges are
+        paired (edge P + k reverses edge k, n_edges = 2·n_pairs) and the per-pair
+        tensors broadcast over both directions; ``n_dir=1`` is one pair per edge.
+        """
         n_atoms = q.shape[0]
         n_edges = idx_i.shape[0]
+        n_pairs = n_edges // n_dir
         H, d = self.num_heads, self.head_size
         F = H * d
         n_q = 2 if self.ev else 1
         s_ij = None
         if self.ev:
-            s_ij = self.contract(ev.index_select(0, idx_j) - ev.index_select(0, idx_i))
-        w1, w2 = self.edge_filters(hidden_r, s_ij)  # (n_edges, F) each
-        q_i = q.index_select(0, idx_i)  # (n_edges, n_q·F)
-        kv_j = kv.index_select(0, idx_j)  # (n_edges, (n_q+1)·F)
-        phi1 = phi[:, None] * self.norm_inv1
-        alpha1 = (q_i[:, :F] * w1 * kv_j[:, :F]).view(n_edges, H, d).sum(-1) * phi1
-        v_j = kv_j[:, n_q * F :].view(n_edges, H, d)
-        msg = (alpha1[:, :, None] * v_j).reshape(n_edges, F)
+            i_p, j_p = idx_i[:n_pairs], idx_j[:n_pairs]
+            s_ij = self.contract(ev.index_select(0, j_p) - ev.index_select(0, i_p))
+        w1, w2 = self.edge_filters(hidden_r, s_ij)  # (n_pairs, F) each
+        shape = (n_dir, n_pairs)
+        q_i = q.index_select(0, idx_i).view(*shape, n_q * F)
+        kv_j = kv.index_select(0, idx_j).view(*shape, (n_q + 1) * F)
+        phi1 = phi[:, None] * self.norm_inv1  # (n_pairs, 1)
+        prod1 = (q_i[..., :F] * w1 * kv_j[..., :F]).view(*shape, H, d)
+        alpha1 = prod1.sum(-1) * phi1  # (n_dir, n_pairs, H)
+        v_j = kv_j[..., n_q * F :].view(*shape, H, d)
+        msg = (alpha1[..., None] * v_j).reshape(n_edges, F)
         d_features = scatter_sum(msg, idx_i, n_atoms)  # (n_atoms, F)
         d_ev = None
         if self.ev:
-            prod2 = q_i[:, F:] * w2 * kv_j[:, F : 2 * F]
-            alpha2 = prod2.view(n_edges, self.n_deg, F // self.n_deg).sum(-1)
-            alpha2 = alpha2 * (phi[:, None] * self.norm_inv2)  # (n_edges, |L|)
-            d_ev = scatter_sum((alpha2 @ self.contract.expand) * sph, idx_i, n_atoms)
+            prod2 = q_i[..., F:] * w2 * kv_j[..., F : 2 * F]
+            alpha2 = prod2.view(*shape, self.n_deg, F // self.n_deg).sum(-1)
+            alpha2 = alpha2 * (phi[:, None] * self.norm_inv2)  # (n_dir, n_pairs, |L|)
+            gate = (alpha2 @ self.contract.expand).reshape(n_edges, sph.shape[1])
+            d_ev = scatter_sum(gate * sph, idx_i, n_atoms)
         return d_features, d_ev
 
     def update(
@@ -365,27 +377,36 @@ class So3krates(PotentialModel):
         return self._edge_chunk(n_edges) is not None
 
     def _chunked_layer(
-        self, layer, features, ev, d, sph, phi, idx_i, idx_j, chunk: int
+        self, layer, features, ev, d, sph, phi, idx_i, idx_j, chunk: int, n_dir: int
     ):
         """One layer with edges in chunks, each recomputed in the backward pass.
 
         Memory is O(n_atoms·F + chunk·F) instead of O(n_edges·F): per-edge
         intermediates of a chunk are not kept (activation checkpointing); the
-        backward recomputes them, at about 1.3x the cost.
+        backward recomputes them, at about 1.3x the cost. ``d`` and ``phi`` are per
+        pair; a chunk takes ``chunk / n_dir`` pairs with all their directions.
         """
         from torch.utils.checkpoint import checkpoint
 
         q, kv = layer.node_maps(features)
+        n_pairs = d.shape[0]
 
         def chunk_messages(q, kv, ev, d_c, sph_c, phi_c, i_c, j_c):
             hidden = layer.radial_hidden(self.rbf(d_c).to(d_c.dtype))
-            return layer.edge_messages(q, kv, ev, hidden, sph_c, phi_c, i_c, j_c)
+            return layer.edge_messages(
+                q, kv, ev, hidden, sph_c, phi_c, i_c, j_c, n_dir=n_dir
+            )
+
+        def directions(x: torch.Tensor, sl: slice) -> torch.Tensor:
+            return x.view(n_dir, n_pairs, *x.shape[1:])[:, sl].flatten(0, 1)
 
         d_f = torch.zeros_like(features)
         d_ev = torch.zeros_like(ev) if layer.ev else None
-        for start in range(0, idx_i.shape[0], chunk):
-            sl = slice(start, start + chunk)
-            args = (q, kv, ev, d[sl], sph[sl], phi[sl], idx_i[sl], idx_j[sl])
+        step = max(chunk // n_dir, 1)
+        for start in range(0, n_pairs, step):
+            sl = slice(start, start + step)
+            i_c, j_c = directions(idx_i, sl), directions(idx_j, sl)
+            args = (q, kv, ev, d[sl], directions(sph, sl), phi[sl], i_c, j_c)
             part_f, part_ev = checkpoint(chunk_messages, *args, use_reentrant=False)
             d_f = d_f + part_f
             if d_ev is not None:
@@ -397,11 +418,14 @@ class So3krates(PotentialModel):
     ) -> torch.Tensor:
         """Network atomic energies (n_atoms,) from So3krates features."""
         idx_i, idx_j = graph.edge_index[0], graph.edge_index[1]
-        d = safe_norm(edge_vectors)  # (n_edges,)
-        chunk = self._edge_chunk(d.shape[0])
+        # symmetric per-edge quantities once per unordered pair when edges are paired
+        n_dir = 2 if graph.edges_paired else 1
+        n_pairs = idx_i.shape[0] // n_dir
+        d = safe_norm(edge_vectors[:n_pairs])  # (n_pairs,)
+        chunk = self._edge_chunk(idx_i.shape[0])
         chunked = chunk is not None
-        rbf = None if chunked else self.rbf(d).to(edge_vectors.dtype)  # (n_edges, K)
-        phi = self.cutoff_fn(d)  # (n_edges,)
+        rbf = None if chunked else self.rbf(d).to(edge_vectors.dtype)  # (n_pairs, K)
+        phi = self.cutoff_fn(d)  # (n_pairs,)
         z = graph.atomic_numbers
         features = self.embedding(z)  # (n_atoms, F)
         n_atoms = features.shape[0]
@@ -413,7 +437,7 @@ class So3krates(PotentialModel):
         if chunked:
             for layer in self.layers:
                 features, ev = self._chunked_layer(
-                    layer, features, ev, d, sph, phi, idx_i, idx_j, chunk
+                    layer, features, ev, d, sph, phi, idx_i, idx_j, chunk, n_dir
                 )
         else:
             # first radial Dense of every filter of every layer in one product
@@ -425,7 +449,9 @@ class So3krates(PotentialModel):
             for t, layer in enumerate(self.layers):
                 h_t = hidden[:, t * width : (t + 1) * width]
                 q, kv = layer.node_maps(features)
-                d_f, d_ev = layer.edge_messages(q, kv, ev, h_t, sph, phi, idx_i, idx_j)
+                d_f, d_ev = layer.edge_messages(
+                    q, kv, ev, h_t, sph, phi, idx_i, idx_j, n_dir=n_dir
+                )
                 features, ev = layer.update(features, ev, d_f, d_ev)
         e = self.readout(features).squeeze(-1)  # (n_atoms,)
         if self.scale is not None:
