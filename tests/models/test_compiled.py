@@ -8,6 +8,7 @@ from ase.build import molecule
 import equiforce
 from equiforce.data.graph import AtomicGraph
 from equiforce.models.compiled import CompiledPotential
+from equiforce.nn import scatter
 from equiforce.testing import random_crystal
 
 SMALL = {
@@ -33,8 +34,14 @@ def graphs(dtype):
     return out
 
 
-@pytest.mark.parametrize("compile", [False, True], ids=["functional-eager", "compiled"])
-def test_functional_path_matches_autograd_path(compile):
+@pytest.mark.parametrize(
+    ("compile", "extern_rows"),
+    [(False, 1024), (True, 1024), (True, 0)],
+    ids=["functional-eager", "compiled", "compiled-aten-gathers"],
+)
+def test_functional_path_matches_autograd_path(compile, extern_rows, monkeypatch):
+    """extern_rows=0: every gather/scatter through the ATen custom-op path."""
+    monkeypatch.setattr(scatter, "EXTERN_MIN_ROWS", extern_rows)
     model = equiforce.build_model("so3krates", dtype=torch.float32, **SMALL).eval()
     fast = CompiledPotential(model, compile=compile)
     for g in graphs(torch.float32):

@@ -32,7 +32,7 @@ from equiforce.data.graph import AtomicGraph
 from equiforce.models.base import NUM_ELEMENTS, PotentialModel
 from equiforce.nn.layers import MLP, Dense, HeadwiseLinear, ResidualMLP
 from equiforce.nn.radial import Cutoff, make_basis
-from equiforce.nn.scatter import scatter_sum
+from equiforce.nn.scatter import gather_rows, scatter_sum
 from equiforce.nn.spherical import SphericalHarmonics, safe_norm
 
 
@@ -278,20 +278,22 @@ class So3kratesLayer(nn.Module):
         s_ij = None
         if self.ev:
             i_p, j_p = idx_i[:n_pairs], idx_j[:n_pairs]
-            s_ij = self.contract(ev.index_select(0, j_p) - ev.index_select(0, i_p))
+            s_ij = self.contract(gather_rows(ev, j_p) - gather_rows(ev, i_p))
         w1, w2 = self.edge_filters(hidden_r, s_ij)  # (n_pairs, F) each
         shape = (n_dir, n_pairs)
-        q_i = q.index_select(0, idx_i).view(*shape, n_q * F)
-        kv_j = kv.index_select(0, idx_j).view(*shape, (n_q + 1) * F)
+        # split (one backward node that concatenates) rather than slices (each
+        # slice's backward zero-fills a full-width gradient): 40 % of eager time
+        q_i = gather_rows(q, idx_i).view(*shape, n_q * F).split(F, dim=-1)
+        kv_j = gather_rows(kv, idx_j).view(*shape, (n_q + 1) * F).split(F, dim=-1)
         phi1 = phi[:, None] * self.norm_inv1  # (n_pairs, 1)
-        prod1 = (q_i[..., :F] * w1 * kv_j[..., :F]).view(*shape, H, d)
+        prod1 = (q_i[0] * w1 * kv_j[0]).view(*shape, H, d)
         alpha1 = prod1.sum(-1) * phi1  # (n_dir, n_pairs, H)
-        v_j = kv_j[..., n_q * F :].view(*shape, H, d)
+        v_j = kv_j[-1].view(*shape, H, d)
         msg = (alpha1[..., None] * v_j).reshape(n_edges, F)
         d_features = scatter_sum(msg, idx_i, n_atoms)  # (n_atoms, F)
         d_ev = None
         if self.ev:
-            prod2 = q_i[..., F:] * w2 * kv_j[..., F : 2 * F]
+            prod2 = q_i[1] * w2 * kv_j[1]
             alpha2 = prod2.view(*shape, self.n_deg, F // self.n_deg).sum(-1)
             alpha2 = alpha2 * (phi[:, None] * self.norm_inv2)  # (n_dir, n_pairs, |L|)
             gate = (alpha2 @ self.contract.expand).reshape(n_edges, sph.shape[1])

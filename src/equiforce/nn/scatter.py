@@ -1,8 +1,79 @@
-"""Segment sums over edges and atoms (index_add_ based, autograd- and compile-friendly)."""
+"""Row gathers and segment sums over edges and atoms.
+
+Eager mode uses ``index_select`` / ``index_add_`` directly. Under ``torch.compile``
+both go through two small custom operators (:func:`gather_rows`,
+:func:`scatter_rows`) that are each other's gradient: Inductor then calls ATen's
+vectorised kernels instead of generating element-wise atomic adds for the backward
+of a gather, which measured 3x slower than ``index_add_`` on the CPU (88 ms of a
+270 ms call for 1,029 periodic waters). Below ``EXTERN_MIN_ROWS`` rows Inductor's
+own fused kernels are cheaper than the extra calls (ethanol 0.78 vs 0.88 ms); the
+shape test specialises the compiled graph once (two graphs: small and large).
+"""
 
 from __future__ import annotations
 
 import torch
+
+#: Row count from which compiled code calls the ATen gather/scatter kernels.
+EXTERN_MIN_ROWS = 1024
+
+
+@torch.library.custom_op("equiforce::scatter_rows", mutates_args=())
+def _scatter_rows(
+    src: torch.Tensor, index: torch.Tensor, dim_size: int
+) -> torch.Tensor:
+    out = src.new_zeros((dim_size, *src.shape[1:]))
+    return out.index_add_(0, index, src)
+
+
+@_scatter_rows.register_fake
+def _(src: torch.Tensor, index: torch.Tensor, dim_size: int) -> torch.Tensor:
+    return src.new_empty((dim_size, *src.shape[1:]))
+
+
+@torch.library.custom_op("equiforce::gather_rows", mutates_args=())
+def _gather_rows(x: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    return x.index_select(0, index)
+
+
+@_gather_rows.register_fake
+def _(x: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    return x.new_empty((index.shape[0], *x.shape[1:]))
+
+
+class _ScatterRows(torch.autograd.Function):
+    """Row scatter-sum whose gradient is a row gather (and vice versa)."""
+
+    @staticmethod
+    def forward(src: torch.Tensor, index: torch.Tensor, dim_size: int) -> torch.Tensor:
+        return _scatter_rows(src, index, dim_size)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output) -> None:
+        ctx.save_for_backward(inputs[1])
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        (index,) = ctx.saved_tensors
+        return _GatherRows.apply(grad, index), None, None
+
+
+class _GatherRows(torch.autograd.Function):
+    """Row gather whose gradient is a row scatter-sum."""
+
+    @staticmethod
+    def forward(x: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+        return _gather_rows(x, index)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output) -> None:
+        ctx.save_for_backward(inputs[1])
+        ctx.n_rows = inputs[0].shape[0]
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        (index,) = ctx.saved_tensors
+        return _ScatterRows.apply(grad, index, ctx.n_rows), None
 
 
 def scatter_sum(src: torch.Tensor, index: torch.Tensor, dim_size: int) -> torch.Tensor:
@@ -16,5 +87,14 @@ def scatter_sum(src: torch.Tensor, index: torch.Tensor, dim_size: int) -> torch.
     Returns:
         (dim_size, ...) sums; rows that receive nothing are zero.
     """
+    if torch.compiler.is_compiling() and src.shape[0] >= EXTERN_MIN_ROWS:
+        return _ScatterRows.apply(src, index, dim_size)
     out = src.new_zeros((dim_size, *src.shape[1:]))
     return out.index_add_(0, index, src)
+
+
+def gather_rows(x: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    """``x[index]`` along rows: (n, ...) -> (len(index), ...); see the module note."""
+    if torch.compiler.is_compiling() and index.shape[0] >= EXTERN_MIN_ROWS:
+        return _GatherRows.apply(x, index)
+    return x.index_select(0, index)
