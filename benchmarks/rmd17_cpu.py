@@ -1,32 +1,49 @@
-"""rMD17 accuracy under a wall-clock budget on this CPU.
+"""rMD17 accuracy under a wall-clock budget on this CPU: So3krates vs MACE.
 
 Trains So3krates on one rMD17 molecule (split 01: 950 train / 50 valid from the
 train file, seed 0) for a fixed budget, evaluates on the 1,000-frame test file
 and prints the errors next to published numbers (../shared/docs/anchors.md,
-MACE NeurIPS 2022 Table 1). With ``mace-torch`` installed (the ``peers`` extra)
-it also trains MACE on the same files with the same budget and threads.
+MACE NeurIPS 2022 Table 1). MACE (``mace-torch`` in the peers virtualenv,
+``--peers-env``, default ``.venv-peers/bin``) is trained with its own
+``mace_run_train`` on the same split, budget and threads, in a subprocess.
 
-Budget handling: a short timing probe estimates the number of steps that fit,
-the learning rate follows warm-up + cosine over that many steps (or the spec's
-exponential decay with ``--schedule exponential``), and ``max_minutes`` stops
-training hard at the budget.
+Budget handling. So3krates: a short timing probe estimates the number of steps
+that fit, the learning rate follows warm-up + cosine over that many steps (or
+the spec's exponential decay with ``--schedule exponential``), and
+``max_minutes`` stops training hard at the budget. MACE
+(``benchmarks/_mace_train.py``): a hard wall-clock stop inside its training loop
+(checked before every step); ReduceLROnPlateau with patience set after the first
+epoch to 1/40 of the epochs that fit. Both clocks count training steps and
+validations, not data loading or model construction; each row records the
+seconds actually trained.
 
     python benchmarks/rmd17_cpu.py --molecule ethanol --minutes 60 --threads 2
     python benchmarks/rmd17_cpu.py --molecule aspirin --minutes 60 --threads 2
     python benchmarks/rmd17_cpu.py --molecule ethanol --minutes 1   # smoke test
 
+The two models can also run as two concurrent processes into one ``--out``
+(``--models so3krates`` and ``--models mace``, same ``--molecule``): MACE uses
+the So3krates split (recomputed identically when that run has not written it
+yet), and each process merges its row into ``results.json``/``results.md``
+under a lock, keeping the other model's row. ``--fresh`` deletes only the runs
+of the models named in ``--models``.
+
 Outputs in ``--out`` (default ``benchmarks/results/rmd17_<molecule>``):
-``so3krates/`` (run dir + ``test/`` metrics and parity plot), ``results.json``
-and ``results.md`` (a table to paste into docs/benchmarks.md).
+``so3krates/`` (run dir + ``test/`` metrics and parity plot), ``mace/`` (MACE
+run, ``train_summary.json``, ``test_metrics.json``), ``results.json`` and
+``results.md`` (a table to paste into docs/benchmarks.md).
 """
 
 from __future__ import annotations
 
 import argparse
-import importlib.util
+import contextlib
+import fcntl
 import json
+import os
 import platform
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -35,6 +52,7 @@ from pathlib import Path
 
 import torch
 
+from equiforce.atomic import atomic_write_json, atomic_write_text
 from equiforce.config import load_config
 from equiforce.data.dataset import GraphDataset
 from equiforce.models.registry import build_model
@@ -43,6 +61,7 @@ from equiforce.train.trainer import make_optimizer, train
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT / "data" / "rmd17"
+BENCH = Path(__file__).resolve().parent
 
 #: Published E/F MAE (meV, meV/Å), rMD17 N_train = 1,000; MACE NeurIPS 2022 Table 1
 #: (verified, see ../shared/docs/anchors.md §2.1).
@@ -51,6 +70,7 @@ PUBLISHED = {
     "aspirin": {"MACE": (2.2, 6.6), "Allegro": (2.3, 7.3), "NequIP (L=3)": (2.3, 8.2)},
 }
 TARGET_F = {"ethanol": 5.0, "aspirin": 15.0}  # issue 3 target, meV/Å, 60 min on 2 cores
+MODEL_NAMES = {"so3krates": "So3krates", "mace": "MACE"}
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -68,11 +88,31 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument(
         "--models", default="so3krates,mace", help="comma list: so3krates, mace"
     )
+    p.add_argument(
+        "--peers-env",
+        type=Path,
+        default=ROOT / ".venv-peers" / "bin",
+        help="bin folder of the virtualenv with mace-torch",
+    )
+    p.add_argument("--mace-channels", type=int, default=64)
+    p.add_argument("--mace-max-L", type=int, default=1, dest="mace_max_L")
+    p.add_argument(
+        "--mace-dtype",
+        choices=["float32", "float64"],
+        default="float32",
+        help="MACE training dtype (the test set is evaluated in float64)",
+    )
     p.add_argument("--out", type=Path, default=None)
     p.add_argument(
-        "--fresh", action="store_true", help="delete previous results in --out"
+        "--fresh",
+        action="store_true",
+        help="delete previous runs of the models in --models from --out",
     )
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    args.models = [m.strip() for m in args.models.split(",") if m.strip()]
+    if bad := sorted(set(args.models) - set(MODEL_NAMES)):
+        p.error(f"--models: unknown {bad}; choose from {sorted(MODEL_NAMES)}")
+    return args
 
 
 def seconds_per_step(config, n_probe: int = 15) -> float:
@@ -133,6 +173,15 @@ def so3krates_config(args):
     return load_config(base, sets), sps
 
 
+def _last_elapsed(metrics_csv: Path) -> float | None:
+    """Seconds trained (``elapsed_s`` of the last metrics.csv row)."""
+    import csv
+
+    with open(metrics_csv, newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    return float(rows[-1]["elapsed_s"]) if rows else None
+
+
 def run_so3krates(args, out: Path) -> dict:
     """Train (or resume, or reuse) the So3krates run; evaluate on the test file."""
     from equiforce.train.trainer import resume
@@ -149,12 +198,19 @@ def run_so3krates(args, out: Path) -> dict:
     config = load_config(run_dir / "config.resolved.yaml")
     metrics = evaluate(best, config.data.test, run_dir / "test")
     final = json.loads((run_dir / "final_metrics.json").read_text())
+    t = config.training
+    n_train = len(json.loads((run_dir / "splits.json").read_text())["train"])
     return {
         "model": "So3krates",
-        "preset": args.preset,
-        "ms_per_step": 1000 * sps,
+        "preset": config.model.preset or args.preset,
+        "threads": t.threads,
+        "minutes": t.max_minutes,
+        "train_seconds": _last_elapsed(run_dir / "metrics.csv"),
+        "probe_ms_per_step": 1000 * sps,
         "steps": final["final_step"],
+        "epochs": final["final_step"] * t.batch_size / n_train,
         "best_step": final["best_step"],
+        "stop": final.get("stop"),
         "energy_mae": metrics["energy_mae"],
         "forces_mae": metrics["forces_mae"],
         "energy_rmse": metrics["energy_rmse"],
@@ -163,23 +219,31 @@ def run_so3krates(args, out: Path) -> dict:
 
 
 def _write_extxyz(frames, path: Path) -> None:
-    """Frames with REF_energy / REF_forces (eV, eV/Å) for MACE's CLI."""
+    """Frames with REF_energy / REF_forces (eV, eV/Å) for MACE, written atomically."""
     import ase.io
+
+    from equiforce.atomic import atomic_path
 
     out = []
     for atoms in frames:
         a = atoms.copy()
+        a.calc = None
         a.info["REF_energy"] = atoms.get_potential_energy()
         a.arrays["REF_forces"] = atoms.get_forces()
         out.append(a)
-    ase.io.write(path, out, format="extxyz")
+    with atomic_path(path) as tmp:
+        ase.io.write(tmp, out, format="extxyz")
 
 
-def _mace_cmd(work: Path, name: str, epochs: int, args) -> list[str]:
-    """MACE CLI for rMD17 (MACE paper settings, smaller width for a CPU budget)."""
+def _mace_cmd(work: Path, args) -> list[str]:
+    """MACE CLI for rMD17 (MACE README recipe, smaller width for a CPU budget).
+
+    ``--max_num_epochs`` and ``--start_swa`` never bind: ``_mace_train.py`` stops
+    the loop at the wall-clock budget, starts Stage Two at 80% of it and sets
+    the plateau patience from the epochs that fit.
+    """
     return [
-        shutil.which("mace_run_train") or "mace_run_train",
-        f"--name={name}",
+        "--name=mace",
         f"--train_file={work / 'train.xyz'}",
         f"--valid_file={work / 'valid.xyz'}",
         "--energy_key=REF_energy",
@@ -187,21 +251,29 @@ def _mace_cmd(work: Path, name: str, epochs: int, args) -> list[str]:
         "--E0s=average",
         "--model=MACE",
         "--r_max=5.0",
-        "--num_channels=64",
-        "--max_L=1",
+        f"--num_channels={args.mace_channels}",
+        f"--max_L={args.mace_max_L}",
         "--correlation=3",
-        "--batch_size=5",
+        f"--batch_size={args.batch_size}",
         "--valid_batch_size=10",
-        f"--max_num_epochs={epochs}",
+        "--max_num_epochs=1000000",
+        "--swa",
+        "--start_swa=999999",
+        "--swa_lr=1e-3",
+        "--swa_energy_weight=1000.0",
+        "--swa_forces_weight=100.0",
         "--lr=0.01",
         "--amsgrad",
         "--ema",
         "--ema_decay=0.99",
         "--energy_weight=1.0",
         "--forces_weight=1000.0",
-        "--scheduler_patience=5",
-        "--default_dtype=float32",
+        "--scheduler=ReduceLROnPlateau",
+        "--lr_factor=0.8",
+        "--scheduler_patience=50",
+        f"--default_dtype={args.mace_dtype}",
         "--device=cpu",
+        "--pin_memory=False",
         "--seed=0",
         "--eval_interval=1",
         f"--model_dir={work}",
@@ -225,110 +297,209 @@ def _splits(args, out: Path) -> dict[str, list[int]]:
     return make_splits(config.data, store, kept)
 
 
-def run_mace(args, out: Path) -> dict | None:
-    """Train MACE with its own CLI on the same split and budget (needs mace-torch).
+def _mace_env(threads: int) -> dict[str, str]:
+    """Environment of the MACE subprocesses: thread limits and e3nn's torch.load.
 
-    Untested here (mace-torch is not installed on the development machine).
+    e3nn 0.4.4 (pinned by mace-torch) loads its own ``constants.pt`` with
+    ``torch.load``'s default, which torch >= 2.6 made ``weights_only=True``;
+    that file pickles ``slice`` and fails to load. Here ``torch.load`` only
+    reads that file of the peers virtualenv (trusted) and the checkpoints and
+    models these subprocesses wrote themselves, never user-supplied files.
     """
-    if importlib.util.find_spec("mace") is None:
-        print("mace-torch not installed (pip install 'equiforce[peers]'): MACE skipped")
-        return None
-    import os
+    n = str(threads)
+    return dict(
+        os.environ,
+        OMP_NUM_THREADS=n,
+        MKL_NUM_THREADS=n,
+        TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD="1",
+    )
 
-    import numpy as np
 
+def _run_child(cmd: list[str], env: dict, timeout: float) -> None:
+    """Run ``cmd``; Ctrl-C reaches the child only (it stops training cleanly)."""
+    proc = subprocess.Popen(cmd, env=env)
+    previous = signal.signal(signal.SIGINT, lambda signum, frame: None)
+    try:
+        rc = proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+        raise
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    if rc != 0:
+        raise subprocess.CalledProcessError(rc, cmd)
+
+
+def _mace_data(args, out: Path, work: Path) -> None:
+    """train/valid/test extxyz files of the So3krates split (written once)."""
     from equiforce import read
 
-    work = out / "mace"
-    work.mkdir(parents=True, exist_ok=True)
+    files = [work / f"{name}.xyz" for name in ("train", "valid", "test")]
+    if all(f.exists() for f in files):
+        return
     frames = read(DATA / f"rmd17_{args.molecule}_train_01.npz", energy_unit="kcal/mol")
-    so3_splits = _splits(args, out)
-    _write_extxyz([frames[k] for k in so3_splits["train"]], work / "train.xyz")
-    _write_extxyz([frames[k] for k in so3_splits["valid"]], work / "valid.xyz")
-    env = dict(
-        os.environ, OMP_NUM_THREADS=str(args.threads), MKL_NUM_THREADS=str(args.threads)
-    )
-    t0 = time.perf_counter()  # one-epoch probe, start-up included (conservative)
-    subprocess.run(_mace_cmd(work / "probe", "probe", 1, args), env=env, check=True)
-    per_epoch = time.perf_counter() - t0
-    epochs = max(int(60 * args.minutes / per_epoch), 1)
-    print(f"mace: {per_epoch:.0f} s/epoch -> {epochs} epochs in {args.minutes:g} min")
-    subprocess.run(
-        _mace_cmd(work, "mace", epochs, args),
-        env=env,
-        check=True,
-        timeout=60 * args.minutes * 1.5 + 300,
-    )
-    from mace.calculators import MACECalculator
+    split = _splits(args, out)
+    atomic_write_json(work / "splits.json", split)  # to compare with So3krates'
+    _write_extxyz([frames[k] for k in split["train"]], files[0])
+    _write_extxyz([frames[k] for k in split["valid"]], files[1])
+    test = read(DATA / f"rmd17_{args.molecule}_test_01.npz", energy_unit="kcal/mol")
+    _write_extxyz(test, files[2])
 
-    calc = MACECalculator(
-        model_paths=str(work / "mace.model"), device="cpu", default_dtype="float32"
-    )
-    de, df = [], []
-    for atoms in read(
-        DATA / f"rmd17_{args.molecule}_test_01.npz", energy_unit="kcal/mol"
-    ):
-        ref_e, ref_f = atoms.get_potential_energy(), atoms.get_forces()
-        atoms.calc = calc
-        de.append(atoms.get_potential_energy() - ref_e)
-        df.append(atoms.get_forces() - ref_f)
-    de, df = np.array(de), np.concatenate(df)
+
+def _best_epoch(work: Path, stage_two: bool) -> int | None:
+    """Epoch of the checkpoint MACE kept (best validation loss of the stage)."""
+    epochs = []
+    for p in (work / "checkpoints").glob("*_epoch-*.pt"):
+        tail = p.stem.rsplit("_epoch-", 1)[1]
+        if tail.endswith("_swa") == stage_two:
+            epochs.append(int(tail.removesuffix("_swa")))
+    return max(epochs) if epochs else None
+
+
+def run_mace(args, out: Path) -> dict:
+    """Train MACE with its own CLI (peers venv) on the same split and budget."""
+    work = out / "mace"
+    summary_path, test_path = work / "train_summary.json", work / "test_metrics.json"
+    python, env = str(args.peers_env / "python"), _mace_env(args.threads)
+    if not (summary_path.exists() and (work / "mace.model").exists()):
+        if work.exists():  # an unfinished run: MACE restarts from scratch
+            shutil.rmtree(work)
+        work.mkdir(parents=True)
+        _mace_data(args, out, work)
+        cmd = [python, str(BENCH / "_mace_train.py"), f"--budget-s={60 * args.minutes}"]
+        cmd += [f"--threads={args.threads}", f"--summary={summary_path}", "--"]
+        cmd += _mace_cmd(work, args)
+        print(f"mace: training for {args.minutes:g} min, {args.threads} threads")
+        _run_child(cmd, env, timeout=60 * args.minutes * 1.2 + 900)
+    model = work / "mace_stagetwo.model"  # the recipe's final model
+    stage_two = model.exists()
+    model = model if stage_two else work / "mace.model"
+    if not test_path.exists():
+        _mace_data(args, out, work)
+        cmd = [python, str(BENCH / "_mace_eval.py"), f"--model={model}"]
+        cmd += [f"--test={work / 'test.xyz'}", f"--out={test_path}"]
+        _run_child([*cmd, f"--threads={args.threads}"], env, timeout=3600)
+    s = json.loads(summary_path.read_text())
+    m = json.loads(test_path.read_text())
     return {
         "model": "MACE",
-        "preset": "64x0e+64x1o, L=1",
-        "steps": epochs * 190,
-        "energy_mae": 1000 * float(np.abs(de).mean()),
-        "forces_mae": 1000 * float(np.abs(df).mean()),
-        "energy_rmse": 1000 * float(np.sqrt((de**2).mean())),
-        "forces_rmse": 1000 * float(np.sqrt((df**2).mean())),
+        "preset": f"{args.mace_channels} ch, L={args.mace_max_L}, {args.mace_dtype}",
+        "threads": s["threads"],
+        "minutes": s["budget_s"] / 60,
+        "train_seconds": s["train_seconds"],
+        "steps": s["steps"],
+        "epochs": s["epochs"],
+        "evaluated": model.name,
+        "best_epoch": _best_epoch(work, stage_two),
+        "stage_two_epoch": s.get("stage_two_epoch"),
+        "stage_two_steps": s.get("stage_two_steps"),
+        "scheduler_patience": s["scheduler_patience"],
+        "final_lr": s["final_lr"],
+        "stop": s["stop"],
+        "energy_mae": m["energy_mae"],
+        "forces_mae": m["forces_mae"],
+        "energy_rmse": m["energy_rmse"],
+        "forces_rmse": m["forces_rmse"],
     }
 
 
-def write_results(args, out: Path, rows: list[dict]) -> None:
-    info = {
-        "molecule": args.molecule,
-        "minutes": args.minutes,
-        "threads": args.threads,
-        "date": date.today().isoformat(),
-        "cpu": platform.processor() or platform.machine(),
-        "torch": torch.__version__,
-        "rows": rows,
-    }
-    (out / "results.json").write_text(json.dumps(info, indent=1) + "\n")
+@contextlib.contextmanager
+def _locked(path: Path):
+    """Exclusive lock on ``path`` (blocks while another process holds it)."""
+    with open(path, "a") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def _merged_rows(path: Path, molecule: str, new: list[dict]) -> list[dict]:
+    """Rows of ``path`` (if any) with the rows of ``new`` replacing same models."""
+    rows: dict[str, dict] = {}
+    if path.exists():
+        old = json.loads(path.read_text())
+        if old.get("molecule") != molecule:
+            raise SystemExit(
+                f"{path}: results for {old.get('molecule')!r}, not {molecule!r}; "
+                "use another --out"
+            )
+        rows = {r["model"]: r for r in old.get("rows", [])}
+    rows.update({r["model"]: r for r in new})
+    order = list(MODEL_NAMES.values())
+    return sorted(rows.values(), key=lambda r: (order + [r["model"]]).index(r["model"]))
+
+
+def _fmt(value, spec: str) -> str:
+    return "-" if value is None else format(value, spec)
+
+
+def results_markdown(info: dict) -> str:
+    """The results table (this machine's rows, then the published ones)."""
+    molecule = info["molecule"]
     lines = [
-        f"### rMD17 {args.molecule}, split 01, {args.minutes:g} min, "
-        f"{args.threads} threads ({info['date']})",
+        f"### rMD17 {molecule}, split 01, 1,000-frame test set ({info['date']})",
         "",
-        "| model | E MAE (meV) | F MAE (meV/Å) | steps | source |",
-        "|---|---|---|---|---|",
+        "| model | E MAE (meV) | F MAE (meV/Å) | threads | budget (min) "
+        "| trained (s) | steps | epochs | source |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
-    for r in rows:
+    for r in info["rows"]:
         lines.append(
             f"| {r['model']} ({r.get('preset', '')}) | {r['energy_mae']:.2f} | "
-            f"{r['forces_mae']:.2f} | {r.get('steps', '-')} | this machine |"
+            f"{r['forces_mae']:.2f} | {r.get('threads', '-')} | "
+            f"{_fmt(r.get('minutes'), 'g')} | {_fmt(r.get('train_seconds'), '.0f')} | "
+            f"{r.get('steps', '-')} | {_fmt(r.get('epochs'), '.1f')} | this machine |"
         )
-    for name, (e, f) in PUBLISHED[args.molecule].items():
+    for name, (e, f) in PUBLISHED[molecule].items():
         lines.append(
-            f"| {name} | {e} | {f} | converged, GPU | MACE NeurIPS 2022 Table 1 |"
+            f"| {name} | {e} | {f} | | | | converged, GPU | | "
+            "MACE NeurIPS 2022 Table 1 |"
         )
-    lines.append(f"\nTarget (issue 3): F MAE ≤ {TARGET_F[args.molecule]} meV/Å.")
-    (out / "results.md").write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
+    lines.append(f"\nTarget (issue 3): F MAE ≤ {TARGET_F[molecule]} meV/Å.")
+    return "\n".join(lines) + "\n"
+
+
+def write_results(args, out: Path, new_rows: list[dict]) -> None:
+    """Merge ``new_rows`` into results.json/results.md (safe for concurrent runs)."""
+    with _locked(out / ".results.lock"):
+        rows = _merged_rows(out / "results.json", args.molecule, new_rows)
+        info = {
+            "molecule": args.molecule,
+            "date": date.today().isoformat(),
+            "cpu": platform.processor() or platform.machine(),
+            "torch": torch.__version__,
+            "rows": rows,
+        }
+        atomic_write_json(out / "results.json", info)
+        text = results_markdown(info)
+        atomic_write_text(out / "results.md", text)
+    print(text)
 
 
 def main(argv=None) -> int:
     args = parse_args(argv)
     out = args.out or ROOT / "benchmarks" / "results" / f"rmd17_{args.molecule}"
-    if args.fresh and out.exists():
-        shutil.rmtree(out)
+    if "mace" in args.models and not (args.peers_env / "python").exists():
+        print(
+            f"MACE needs the peers virtualenv: {args.peers_env}/python not found "
+            "(set --peers-env, or run --models so3krates)",
+            file=sys.stderr,
+        )
+        return 2
     out.mkdir(parents=True, exist_ok=True)
-    models = [m.strip() for m in args.models.split(",") if m.strip()]
-    rows = []
-    if "so3krates" in models:
-        rows.append(run_so3krates(args, out))
-    if "mace" in models and (row := run_mace(args, out)) is not None:
-        rows.append(row)
-    write_results(args, out, rows)
+    if args.fresh:
+        for name in args.models:
+            shutil.rmtree(out / name, ignore_errors=True)
+    torch.set_num_threads(args.threads)
+    with contextlib.suppress(RuntimeError):  # already set once work has run
+        torch.set_num_interop_threads(args.threads)
+    runners = {"so3krates": run_so3krates, "mace": run_mace}
+    for name in args.models:
+        t0 = time.perf_counter()
+        write_results(args, out, [runners[name](args, out)])
+        print(f"{name}: done in {time.perf_counter() - t0:.0f} s (all stages)")
     return 0
 
 
