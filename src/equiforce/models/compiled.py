@@ -7,7 +7,8 @@ and the whole forward+backward is compiled by ``torch.compile`` (Inductor), once
 with dynamic atom and edge counts (``dynamic=True``), so a new neighbour count
 does not recompile (one specialisation happens at ``EXTERN_MIN_ROWS`` edges, see
 :mod:`equiforce.nn.scatter`: two graphs in all). On the CPU Inductor's C++ wrapper
-replaces the Python code that calls the kernels (ethanol 0.88 -> 0.74 ms; the
+replaces the Python code that calls the kernels (ethanol 0.91 -> 0.81 ms,
+``benchmarks/so3krates_ablations.py``; the
 first compilation takes ~20 s instead of ~5 s; ``EQUIFORCE_CPP_WRAPPER=0`` turns
 it off). If compilation fails the eager path is used, with a warning.
 """

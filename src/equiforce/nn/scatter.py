@@ -6,7 +6,8 @@ both go through two small custom operators (:func:`gather_rows`,
 vectorised kernels instead of generating element-wise atomic adds for the backward
 of a gather, which measured 3x slower than ``index_add_`` on the CPU (88 ms of a
 270 ms call for 1,029 periodic waters). Below ``EXTERN_MIN_ROWS`` rows Inductor's
-own fused kernels are cheaper than the extra calls (ethanol 0.78 vs 0.88 ms); the
+own fused kernels are cheaper than the extra calls (ethanol 0.76 vs 0.91 ms,
+``benchmarks/so3krates_ablations.py compiled --extern-rows 0``); the
 shape test specialises the compiled graph once (two graphs: small and large).
 """
 
@@ -18,12 +19,16 @@ import torch
 EXTERN_MIN_ROWS = 1024
 
 
+def _index_add(src: torch.Tensor, index: torch.Tensor, dim_size: int) -> torch.Tensor:
+    out = src.new_zeros((dim_size, *src.shape[1:]))
+    return out.index_add_(0, index, src)
+
+
 @torch.library.custom_op("equiforce::scatter_rows", mutates_args=())
 def _scatter_rows(
     src: torch.Tensor, index: torch.Tensor, dim_size: int
 ) -> torch.Tensor:
-    out = src.new_zeros((dim_size, *src.shape[1:]))
-    return out.index_add_(0, index, src)
+    return _index_add(src, index, dim_size)
 
 
 @_scatter_rows.register_fake
@@ -89,8 +94,7 @@ def scatter_sum(src: torch.Tensor, index: torch.Tensor, dim_size: int) -> torch.
     """
     if torch.compiler.is_compiling() and src.shape[0] >= EXTERN_MIN_ROWS:
         return _ScatterRows.apply(src, index, dim_size)
-    out = src.new_zeros((dim_size, *src.shape[1:]))
-    return out.index_add_(0, index, src)
+    return _index_add(src, index, dim_size)
 
 
 def gather_rows(x: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
