@@ -134,17 +134,48 @@ def test_polynomial_spherical_harmonics_equal_e3nn(degrees):
     torch.testing.assert_close(ours, ref, atol=1e-13, rtol=0)
 
 
+@pytest.mark.parametrize("training", [True, False], ids=["checkpointed", "in-place"])
+@pytest.mark.parametrize("ev", [True, False], ids=["ev", "no-ev"])
 @pytest.mark.parametrize("paired", [True, False])
-def test_edge_chunking_gives_identical_energies_and_forces(paired):
-    model = build_model("so3krates", dtype=torch.float64, **SMALL)
+def test_edge_chunking_gives_identical_energies_and_forces(paired, ev, training):
+    """Both chunked paths = all edges at once: energy, forces, stress, weight grads."""
+    model = build_model(
+        "so3krates", dtype=torch.float64, **{**SMALL, "use_euclidean_variables": ev}
+    )
+    model.train(training)
+    pos, z = random_molecule(np.random.default_rng(5), n_atoms=12, box=4.0)
+    cell = np.eye(3) * 6.0
+    g = AtomicGraph.from_arrays(pos, z, model.cutoff, cell, np.ones(3, bool))
+    g.edges_paired = paired
+
+    def run():
+        model.zero_grad()
+        out = model(g, compute_stress=True, create_graph=True)
+        # a loss on forces needs the second derivative (training path only)
+        loss = out["energy"].sum() + (out["forces"] ** 2).sum() if training else None
+        (loss if training else out["energy"].sum()).backward()
+        grads = {n: p.grad.clone() for n, p in model.named_parameters()}
+        return {k: v.detach() for k, v in out.items()}, grads
+
+    ref, ref_grads = run()
+    model.edge_chunk_size = 17  # several uneven chunks
+    assert model.chunks_edges(g.n_edges)
+    out, grads = run()
+    for key in ("energy", "forces", "stress"):
+        torch.testing.assert_close(out[key], ref[key], rtol=1e-10, atol=1e-12)
+    for name, grad in ref_grads.items():
+        torch.testing.assert_close(grads[name], grad, rtol=1e-9, atol=1e-12, msg=name)
+
+
+def test_in_place_chunks_refuse_a_second_derivative():
+    """The inference path is once differentiable: say so rather than return zeros."""
+    model = build_model("so3krates", dtype=torch.float64, **SMALL).eval()
     pos, z = random_molecule(np.random.default_rng(5), n_atoms=12, box=4.0)
     g = AtomicGraph.from_arrays(pos, z, model.cutoff)
-    g.edges_paired = paired
-    ref = model(g)
-    model.edge_chunk_size = 17  # several uneven chunks
-    out = model(g)
-    torch.testing.assert_close(out["energy"], ref["energy"], rtol=1e-12, atol=1e-12)
-    torch.testing.assert_close(out["forces"], ref["forces"], rtol=1e-10, atol=1e-12)
+    model.edge_chunk_size = 17
+    out = model(g, create_graph=True)
+    with pytest.raises(RuntimeError, match="twice"):
+        (out["forces"] ** 2).sum().backward()
 
 
 @pytest.mark.parametrize(

@@ -30,6 +30,7 @@ from torch import nn
 
 from equiforce.data.graph import AtomicGraph
 from equiforce.models.base import NUM_ELEMENTS, PotentialModel
+from equiforce.models.edge_chunks import ChunkedMessages, checkpointed_messages
 from equiforce.nn.layers import MLP, Dense, HeadwiseLinear, ResidualMLP
 from equiforce.nn.radial import Cutoff, make_basis
 from equiforce.nn.scatter import gather_rows, scatter_sum
@@ -381,17 +382,17 @@ class So3krates(PotentialModel):
     def _chunked_layer(
         self, layer, features, ev, d, sph, phi, idx_i, idx_j, chunk: int, n_dir: int
     ):
-        """One layer with edges in chunks, each recomputed in the backward pass.
+        """One layer with edges in chunks (see :mod:`equiforce.models.edge_chunks`).
 
         Memory is O(n_atoms·F + chunk·F) instead of O(n_edges·F): per-edge
-        intermediates of a chunk are not kept (activation checkpointing); the
-        backward recomputes them, at about 1.3x the cost. ``d`` and ``phi`` are per
-        pair; a chunk takes ``chunk / n_dir`` pairs with all their directions.
+        intermediates of a chunk are recomputed in the backward pass, at about 1.3x
+        the cost. ``d`` and ``phi`` are per pair; a chunk takes ``chunk / n_dir``
+        pairs with all their directions. In training mode (forces in the loss need
+        a second derivative) chunks are checkpointed; otherwise the once-
+        differentiable :class:`ChunkedMessages` sums in place.
         """
-        from torch.utils.checkpoint import checkpoint
-
         q, kv = layer.node_maps(features)
-        n_pairs = d.shape[0]
+        F = features.shape[1]
 
         def chunk_messages(q, kv, ev, d_c, sph_c, phi_c, i_c, j_c):
             hidden = layer.radial_hidden(self.rbf(d_c).to(d_c.dtype))
@@ -399,20 +400,19 @@ class So3krates(PotentialModel):
                 q, kv, ev, hidden, sph_c, phi_c, i_c, j_c, n_dir=n_dir
             )
 
-        def directions(x: torch.Tensor, sl: slice) -> torch.Tensor:
-            return x.view(n_dir, n_pairs, *x.shape[1:])[:, sl].flatten(0, 1)
-
-        d_f = torch.zeros_like(features)
-        d_ev = torch.zeros_like(ev) if layer.ev else None
-        step = max(chunk // n_dir, 1)
-        for start in range(0, n_pairs, step):
-            sl = slice(start, start + step)
-            i_c, j_c = directions(idx_i, sl), directions(idx_j, sl)
-            args = (q, kv, ev, d[sl], directions(sph, sl), phi[sl], i_c, j_c)
-            part_f, part_ev = checkpoint(chunk_messages, *args, use_reentrant=False)
-            d_f = d_f + part_f
-            if d_ev is not None:
-                d_ev = d_ev + part_ev
+        tensors = (q, kv, ev, d, sph, phi, idx_i, idx_j)
+        if self.training:
+            d_f, d_ev = checkpointed_messages(chunk_messages, *tensors, chunk, n_dir, F)
+        else:
+            params = [
+                p
+                for p in (*layer.parameters(), *self.rbf.parameters())
+                if p.requires_grad
+            ]
+            d_f, d_ev = ChunkedMessages.apply(
+                chunk_messages, chunk, n_dir, F, *tensors, *params
+            )
+            d_ev = d_ev if layer.ev else None
         return layer.update(features, ev, d_f, d_ev)
 
     def atomic_energies(

@@ -1,0 +1,168 @@
+"""So3krates attention layers over edges in chunks, for graphs of 10⁵-10⁶ atoms.
+
+A layer's per-edge intermediates (gathered queries, keys and values, radial filters,
+attention weights) cost ~3 kB per edge in float32; a 100,000-atom water box has
+5.6 million directed edges, so they cannot all live at once. Two ways to process
+the edges in chunks, both exact:
+
+* :func:`checkpointed_messages` (training, ``create_graph=True``): every chunk runs
+  under :func:`torch.utils.checkpoint.checkpoint`, so autograd keeps only the chunk's
+  inputs and recomputes the rest in the backward pass. Differentiable twice (forces
+  in the loss) but each chunk's backward allocates fresh atom-sized gradient
+  tensors, and the running sums of the chunks are new tensors too.
+* :class:`ChunkedMessages` (inference, forces by one backward): a custom
+  autograd function whose forward sums the chunks' messages into two preallocated
+  buffers without recording anything, and whose backward recomputes one chunk at a
+  time and sums its gradients in place into preallocated buffers. Every temporary
+  has the same size from chunk to chunk, so the allocator reuses the same blocks
+  and the memory stays O(n_atoms·F + n_edges·m_tot + chunk·F) however many chunks
+  there are. Only differentiable once.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+
+import torch
+from torch.autograd.function import once_differentiable
+from torch.utils.checkpoint import checkpoint
+
+#: (q, kv, ev, d_c, sph_c, phi_c, i_c, j_c) -> (Δf, Δx or None) of one chunk
+ChunkFn = Callable[..., tuple[torch.Tensor, torch.Tensor | None]]
+
+
+def pair_slices(n_pairs: int, chunk: int, n_dir: int) -> Iterator[slice]:
+    """Slices of pairs, each taking about ``chunk`` directed edges."""
+    step = max(chunk // n_dir, 1)
+    for start in range(0, n_pairs, step):
+        yield slice(start, min(start + step, n_pairs))
+
+
+def directions(x: torch.Tensor, sl: slice, n_dir: int) -> torch.Tensor:
+    """Rows of the edges of pairs ``sl`` in every direction, direction-major.
+
+    ``x`` has one row per directed edge, edge ``p + k·n_pairs`` being pair ``p`` in
+    direction ``k``; the result keeps that layout for the chunk's pairs.
+    """
+    n_pairs = x.shape[0] // n_dir
+    return x.view(n_dir, n_pairs, *x.shape[1:])[:, sl].flatten(0, 1)
+
+
+def checkpointed_messages(
+    fn: ChunkFn,
+    q: torch.Tensor,  # (n_atoms, n_q·F)
+    kv: torch.Tensor,  # (n_atoms, (n_q+1)·F)
+    ev: torch.Tensor,  # (n_atoms, m_tot)
+    d: torch.Tensor,  # (n_pairs,)
+    sph: torch.Tensor,  # (n_edges, m_tot)
+    phi: torch.Tensor,  # (n_pairs,)
+    idx_i: torch.Tensor,  # (n_edges,)
+    idx_j: torch.Tensor,  # (n_edges,)
+    chunk: int,
+    n_dir: int,
+    n_features: int,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Δf (n_atoms, F) and Δx (n_atoms, m_tot) summed over checkpointed chunks."""
+    d_f = q.new_zeros((q.shape[0], n_features))
+    d_ev = None
+    for sl in pair_slices(d.shape[0], chunk, n_dir):
+        args = (
+            q,
+            kv,
+            ev,
+            d[sl],
+            directions(sph, sl, n_dir),
+            phi[sl],
+            directions(idx_i, sl, n_dir),
+            directions(idx_j, sl, n_dir),
+        )
+        part_f, part_ev = checkpoint(fn, *args, use_reentrant=False)
+        d_f = d_f + part_f
+        if part_ev is not None:
+            d_ev = part_ev if d_ev is None else d_ev + part_ev
+    return d_f, d_ev
+
+
+class ChunkedMessages(torch.autograd.Function):
+    """Δf and Δx of one layer, chunk by chunk, with an in-place chunked backward.
+
+    ``apply(fn, chunk, n_dir, n_features, q, kv, ev, d, sph, phi, idx_i, idx_j,
+    *params)``: ``params`` are the parameters ``fn`` uses, passed as inputs so that
+    autograd routes their gradients here. Returns
+    ``(Δf (n_atoms, F), Δx (n_atoms, m_tot))``; Δx is zeros when ``fn`` returns
+    None for it.
+    """
+
+    @staticmethod
+    def forward(ctx, fn, chunk, n_dir, n_features, *tensors):  # noqa: D102
+        q, kv, ev, d, sph, phi, idx_i, idx_j = tensors[:8]
+        d_f = q.new_zeros((q.shape[0], n_features))
+        d_ev = ev.new_zeros(ev.shape)
+        for sl in pair_slices(d.shape[0], chunk, n_dir):
+            part_f, part_ev = fn(
+                q,
+                kv,
+                ev,
+                d[sl],
+                directions(sph, sl, n_dir),
+                phi[sl],
+                directions(idx_i, sl, n_dir),
+                directions(idx_j, sl, n_dir),
+            )
+            d_f += part_f
+            if part_ev is not None:
+                d_ev += part_ev
+            del part_f, part_ev
+        ctx.fn, ctx.chunk, ctx.n_dir = fn, chunk, n_dir
+        ctx.save_for_backward(*tensors)
+        return d_f, d_ev
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, g_f, g_ev):  # noqa: D102
+        tensors = ctx.saved_tensors
+        q, kv, ev, d, sph, phi, idx_i, idx_j = tensors[:8]
+        params = tensors[8:]
+        fn, n_dir = ctx.fn, ctx.n_dir
+        needs = ctx.needs_input_grad[4:]  # one flag per tensor input
+        # leaves sharing storage with the inputs: no copies
+        q_l, kv_l, ev_l = (t.detach().requires_grad_() for t in (q, kv, ev))
+        atom_leaves = (q_l, kv_l, ev_l)
+        grads: list[torch.Tensor | None] = [
+            torch.zeros_like(t) if need else None
+            for t, need in zip(tensors, needs, strict=True)
+        ]
+        for i in (6, 7):  # indices
+            grads[i] = None
+        for sl in pair_slices(d.shape[0], ctx.chunk, n_dir):
+            with torch.enable_grad():
+                d_c = d[sl].detach().requires_grad_()
+                sph_c = directions(sph, sl, n_dir).detach().requires_grad_()
+                phi_c = phi[sl].detach().requires_grad_()
+                i_c = directions(idx_i, sl, n_dir)
+                j_c = directions(idx_j, sl, n_dir)
+                part_f, part_ev = fn(q_l, kv_l, ev_l, d_c, sph_c, phi_c, i_c, j_c)
+                outs, g_outs = [part_f], [g_f]
+                if part_ev is not None:
+                    outs.append(part_ev)
+                    g_outs.append(g_ev)
+                inputs = [*atom_leaves, d_c, sph_c, phi_c, *params]
+                chunk_grads = torch.autograd.grad(
+                    outs, inputs, g_outs, allow_unused=True, materialize_grads=False
+                )
+            del outs, part_f, part_ev
+            for k, g in enumerate(chunk_grads):
+                slot = k if k < 6 else k + 2  # skip idx_i, idx_j
+                if g is None or grads[slot] is None:
+                    continue
+                if k == 3 or k == 5:  # per pair
+                    grads[slot][sl] += g
+                elif k == 4:  # per edge, direction-major
+                    m = g.shape[1:]
+                    n_pairs = d.shape[0]
+                    view = grads[slot].view(n_dir, n_pairs, *m)
+                    view[:, sl] += g.view(n_dir, -1, *m)
+                else:
+                    grads[slot] += g
+            del chunk_grads
+        return (None, None, None, None, *grads)
