@@ -86,6 +86,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--batch-size", type=int, default=5)
     p.add_argument(
+        "--compile",
+        action="store_true",
+        help="compiled So3krates training step (training.compile)",
+    )
+    p.add_argument(
         "--models", default="so3krates,mace", help="comma list: so3krates, mace"
     )
     p.add_argument(
@@ -115,8 +120,16 @@ def parse_args(argv=None) -> argparse.Namespace:
     return args
 
 
-def seconds_per_step(config, n_probe: int = 15) -> float:
-    """Time per training step of the configured model (after 3 warm-up steps)."""
+def seconds_per_step(
+    config, n_probe: int = 30, n_warmup: int = 10
+) -> tuple[float, float]:
+    """Seconds per training step after ``n_warmup`` steps, and seconds of warm-up.
+
+    With ``training.compile`` the warm-up includes the compilation (and the
+    recompilation for dynamic shapes at the second batch); the run's own
+    compilation then mostly hits Inductor's cache.
+    """
+    from equiforce.train.compiled_step import CompiledTrainStep
     from equiforce.train.loss import WeightedLoss
     from equiforce.train.progress import Reporter
     from equiforce.train.setup import read_source
@@ -127,17 +140,26 @@ def seconds_per_step(config, n_probe: int = 15) -> float:
     model = build_model(config.model.name, None, **config.model.overrides).to(device)
     ds = GraphDataset(store, model.cutoff, torch.float32)
     opt = make_optimizer(model, config.training)
-    loss_fn, bs, t0 = WeightedLoss(), config.training.batch_size, 0.0
-    for k in range(n_probe + 3):
-        if k == 3:
+    loss_fn, bs = WeightedLoss(), config.training.batch_size
+    step_fn = CompiledTrainStep(model, loss_fn) if config.training.compile else None
+    start = t0 = time.perf_counter()
+    warmup = 0.0
+    for k in range(n_probe + n_warmup):
+        if k == n_warmup:
             t0 = time.perf_counter()
-        start = k * bs % 50
-        batch = ds.batch(range(start, start + bs)).to(device)
-        loss, _ = loss_fn(model(batch, compute_forces=True, create_graph=True), batch)
+            warmup = t0 - start
+        first = k * bs % 50
+        batch = ds.batch(range(first, first + bs)).to(device)
         opt.zero_grad()
-        loss.backward()
+        if step_fn is not None:
+            _, grads = step_fn(batch)
+            for name, p in model.named_parameters():
+                p.grad = grads.get(name)
+        else:
+            out = model(batch, compute_forces=True, create_graph=True)
+            loss_fn(out, batch)[0].backward()
         opt.step()
-    return (time.perf_counter() - t0) / n_probe
+    return (time.perf_counter() - t0) / n_probe, warmup
 
 
 def so3krates_config(args):
@@ -151,11 +173,14 @@ def so3krates_config(args):
         f"training.batch_size={args.batch_size}",
         f"training.max_minutes={args.minutes}",
         "training.max_epochs=null",
+        f"training.compile={str(args.compile).lower()}",
     ]
     config = load_config(base, sets)
     torch.set_num_threads(args.threads)
-    sps = seconds_per_step(config)
-    steps = max(int(0.97 * 60 * args.minutes / sps), 10)
+    sps, warmup = seconds_per_step(config)
+    # the run's own compilation (if any) comes out of the budget
+    budget = 60 * args.minutes - (warmup if args.compile else 0.0)
+    steps = max(int(0.97 * budget / sps), 10)
     sets += [
         f"training.max_steps={steps}",
         f"training.valid_interval={max(steps // 40, 5)}",

@@ -198,9 +198,16 @@ class TrainingConfig(BaseModel):
         None, gt=0, description="torch CPU threads; None: default"
     )
     device: str = Field("cpu", description="torch device, e.g. 'cpu' or 'cuda'")
+    compile: bool = Field(
+        False,
+        description="compile the training step (loss and weight gradients in one "
+        "torch.compile graph; the first step compiles for a minute or more)",
+    )
 
     @model_validator(mode="after")
     def _check(self) -> TrainingConfig:
+        if self.compile and self.stress_weight > 0:
+            raise ValueError("compile: the compiled step does not train on stress")
         if self.energy_weight == self.forces_weight == self.stress_weight == 0:
             raise ValueError(
                 "energy_weight, forces_weight and stress_weight are all zero"

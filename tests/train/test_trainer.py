@@ -281,3 +281,35 @@ def test_sigint_stops_cleanly_and_resume_finishes(tmp_path, write_config):
     assert load_checkpoint(run_dir / "last.pt")["training_state"]["step"] == 14
     resume(run_dir, progress=False)
     assert load_checkpoint(run_dir / "last.pt")["training_state"]["step"] == 30
+
+
+def test_compiled_step_config_trains_like_autograd(tmp_path, monkeypatch):
+    """``training.compile`` routes steps through CompiledTrainStep; same weights.
+
+    The torch.func step runs eagerly here (compiling takes minutes; the compiled
+    graph itself is checked in test_compiled_step.py, marked slow).
+    """
+    import functools
+
+    from equiforce.train import trainer as trainer_mod
+
+    calls = []
+
+    class Recording(trainer_mod.CompiledTrainStep):
+        def __call__(self, batch):
+            calls.append(batch.n_graphs)
+            return super().__call__(batch)
+
+    monkeypatch.setattr(
+        trainer_mod, "CompiledTrainStep", functools.partial(Recording, compile=False)
+    )
+    weights = {}
+    for flag in (False, True):
+        raw = make_tiny_config(max_steps=6, dtype="float64", compile=flag)
+        best = train(validate_config(raw, tmp_path), tmp_path / f"run{flag}", False)
+        weights[flag] = load_checkpoint(best)["state_dict"]
+    assert len(calls) == 6
+    for name, w in weights[False].items():
+        torch.testing.assert_close(weights[True][name], w, rtol=1e-7, atol=1e-10)
+    with pytest.raises(Exception, match="stress"):
+        validate_config(make_tiny_config(compile=True, stress_weight=1.0), tmp_path)

@@ -70,12 +70,12 @@ class CompiledPotential:
                 self._energy_and_forces, dynamic=dynamic, mode=mode, options=options
             )
             self.compiled = True
-        self._frame_count_at_start = _frame_count()
+        self._frame_count_at_start = dynamo_frame_count()
 
     @property
     def n_compiles(self) -> int:
         """Number of Dynamo frame compilations since this wrapper was made."""
-        return _frame_count() - self._frame_count_at_start
+        return dynamo_frame_count() - self._frame_count_at_start
 
     def _energy_and_forces(
         self,
@@ -147,7 +147,8 @@ class CompiledPotential:
         return {keys.ENERGY: energy, keys.ATOMIC_ENERGIES: e_atom, keys.FORCES: forces}
 
 
-def _frame_count() -> int:
+def dynamo_frame_count() -> int:
+    """Graphs Dynamo has compiled in this process so far."""
     from torch._dynamo.utils import counters
 
     return int(counters["stats"]["unique_graphs"])

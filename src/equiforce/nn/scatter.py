@@ -13,10 +13,30 @@ shape test specialises the compiled graph once (two graphs: small and large).
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
+
 import torch
 
 #: Row count from which compiled code calls the ATen gather/scatter kernels.
 EXTERN_MIN_ROWS = 1024
+_extern_enabled = True
+
+
+@contextmanager
+def inductor_row_ops() -> Iterator[None]:
+    """Trace with Inductor's own gathers/scatters at every size.
+
+    For graphs that differentiate twice with ``torch.func`` (the compiled training
+    step): the custom operators have no functorch rule for nested transforms.
+    Dynamo guards on the flag, so graphs traced inside and outside do not mix.
+    """
+    global _extern_enabled
+    previous, _extern_enabled = _extern_enabled, False
+    try:
+        yield
+    finally:
+        _extern_enabled = previous
 
 
 def _index_add(src: torch.Tensor, index: torch.Tensor, dim_size: int) -> torch.Tensor:
@@ -92,13 +112,21 @@ def scatter_sum(src: torch.Tensor, index: torch.Tensor, dim_size: int) -> torch.
     Returns:
         (dim_size, ...) sums; rows that receive nothing are zero.
     """
-    if torch.compiler.is_compiling() and src.shape[0] >= EXTERN_MIN_ROWS:
+    if (
+        _extern_enabled
+        and torch.compiler.is_compiling()
+        and src.shape[0] >= EXTERN_MIN_ROWS
+    ):
         return _ScatterRows.apply(src, index, dim_size)
     return _index_add(src, index, dim_size)
 
 
 def gather_rows(x: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
     """``x[index]`` along rows: (n, ...) -> (len(index), ...); see the module note."""
-    if torch.compiler.is_compiling() and index.shape[0] >= EXTERN_MIN_ROWS:
+    if (
+        _extern_enabled
+        and torch.compiler.is_compiling()
+        and index.shape[0] >= EXTERN_MIN_ROWS
+    ):
         return _GatherRows.apply(x, index)
     return x.index_select(0, index)

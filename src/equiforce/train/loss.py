@@ -106,28 +106,38 @@ class WeightedLoss:
         """Whether the model must compute stress."""
         return self.stress_weight > 0
 
-    def __call__(
+    def terms(
         self, out: dict[str, torch.Tensor], batch: AtomicGraph
-    ) -> tuple[torch.Tensor, dict[str, float]]:
-        """Total loss (float64 scalar, differentiable) and its detached parts."""
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """Total loss (float64 scalar, differentiable) and its parts as tensors.
+
+        No host synchronisation, so it can run inside a compiled training step.
+        """
         tgt = batch.targets
         total = torch.zeros((), dtype=torch.float64, device=batch.positions.device)
-        parts: dict[str, float] = {}
+        parts: dict[str, torch.Tensor] = {}
         if self.energy_weight > 0 and keys.ENERGY in tgt:
             le = energy_loss(
                 out[keys.ENERGY], tgt[keys.ENERGY], batch.n_atoms, self.energy_per_atom
             )
             total = total + self.energy_weight * le
-            parts["loss_energy"] = float(le.detach())
+            parts["loss_energy"] = le
         if self.forces_weight > 0 and keys.FORCES in tgt:
             lf = forces_loss(
                 out[keys.FORCES], tgt[keys.FORCES], batch.graph_index, batch.n_graphs
             )
             total = total + self.forces_weight * lf.to(torch.float64)
-            parts["loss_forces"] = float(lf.detach())
+            parts["loss_forces"] = lf
         if self.needs_stress and keys.STRESS in tgt:
             ls = stress_loss(out[keys.STRESS], tgt[keys.STRESS])
             total = total + self.stress_weight * ls.to(torch.float64)
-            parts["loss_stress"] = float(ls.detach())
-        parts["loss"] = float(total.detach())
+            parts["loss_stress"] = ls
+        parts["loss"] = total
         return total, parts
+
+    def __call__(
+        self, out: dict[str, torch.Tensor], batch: AtomicGraph
+    ) -> tuple[torch.Tensor, dict[str, float]]:
+        """Total loss (float64 scalar, differentiable) and its detached parts."""
+        total, parts = self.terms(out, batch)
+        return total, {k: float(v.detach()) for k, v in parts.items()}

@@ -30,6 +30,7 @@ from equiforce.config import EquiforceConfig, apply_override, validate_config
 from equiforce.data.dataset import e0_table
 from equiforce.models.checkpoint import load_checkpoint
 from equiforce.models.registry import build_model
+from equiforce.train.compiled_step import CompiledTrainStep
 from equiforce.train.ema import EMA
 from equiforce.train.loss import WeightedLoss
 from equiforce.train.metrics import predict
@@ -82,6 +83,9 @@ class Trainer:
             t.energy_weight, t.forces_weight, t.stress_weight, t.energy_per_atom
         )
         self.optimizer = make_optimizer(self.model, t)
+        self.compiled_step = (
+            CompiledTrainStep(self.model, self.loss_fn) if t.compile else None
+        )
         self.steps_per_epoch = math.ceil(len(data.train) / t.batch_size)
         limits = [t.max_steps, t.max_epochs and t.max_epochs * self.steps_per_epoch]
         self.total_steps = min((x for x in limits if x), default=None)
@@ -147,15 +151,20 @@ class Trainer:
         """One optimiser step; returns the loss parts and the batch size."""
         batch = self.data.train.batch(self.batch_indices(self.step)).to(self.cfg.device)
         self.model.train()
-        out = self.model(
-            batch,
-            compute_forces=True,
-            compute_stress=self.loss_fn.needs_stress,
-            create_graph=True,
-        )
-        loss, parts = self.loss_fn(out, batch)
         self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        if self.compiled_step is not None:
+            parts, grads = self.compiled_step(batch)
+            for name, p in self.model.named_parameters():
+                p.grad = grads.get(name)
+        else:
+            out = self.model(
+                batch,
+                compute_forces=True,
+                compute_stress=self.loss_fn.needs_stress,
+                create_graph=True,
+            )
+            loss, parts = self.loss_fn(out, batch)
+            loss.backward()
         for p in self.model.parameters():
             if p.grad is not None:
                 torch.nan_to_num_(p.grad, nan=0.0, posinf=0.0, neginf=0.0)

@@ -1,0 +1,145 @@
+"""A compiled training step: loss and weight gradients in one Inductor graph.
+
+Training on forces needs the gradient (with respect to the weights) of a loss that
+contains a gradient (forces = −∂E/∂positions). ``torch.compile`` cannot compile a
+``backward(create_graph=True)`` followed by a second backward, so here both
+derivatives are ``torch.func`` transforms of a pure function of the weights,
+``grad_and_value(loss)(weights)`` where ``loss`` itself calls
+``grad_and_value(energy)(positions)``, and the whole thing is compiled once with
+dynamic atom and edge counts (and Inductor's own gathers at every size, see
+:func:`equiforce.nn.scatter.inductor_row_ops`). Eager ``torch.func`` runs the same function (the
+fallback when compilation fails, and the reference in the tests).
+
+Stress training is not compiled (the trainer keeps the autograd path for it).
+"""
+
+from __future__ import annotations
+
+import time
+import warnings
+
+import torch
+from torch import nn
+
+from equiforce import keys
+from equiforce.data.graph import AtomicGraph
+from equiforce.models.base import PotentialModel
+from equiforce.models.compiled import dynamo_frame_count
+from equiforce.nn.scatter import inductor_row_ops, scatter_sum
+from equiforce.train.loss import WeightedLoss
+
+
+class _AtomicEnergies(nn.Module):
+    """``forward`` = the wrapped model's network atomic energies (n_atoms,)."""
+
+    def __init__(self, model: PotentialModel) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, graph: AtomicGraph, vectors: torch.Tensor) -> torch.Tensor:
+        return self.model.atomic_energies(graph, vectors)
+
+
+class CompiledTrainStep:
+    """Callable ``batch -> (loss parts, {name: gradient})`` for the trainable weights.
+
+    Args:
+        model: the potential being trained (its current weights are read at every
+            call, so optimiser updates are seen).
+        loss_fn: the training loss (must not need stress).
+        compile: False runs the same ``torch.func`` function eagerly.
+
+    Attributes:
+        compile_seconds: wall time of the first (compiling) call.
+        n_compiles: graphs Dynamo compiled since this step was made.
+    """
+
+    def __init__(
+        self, model: PotentialModel, loss_fn: WeightedLoss, compile: bool = True
+    ) -> None:
+        if loss_fn.needs_stress:
+            raise ValueError("the compiled training step does not train on stress")
+        self.model, self.loss_fn = model, loss_fn
+        self._wrapper = _AtomicEnergies(model)
+        self.compile_seconds: float | None = None
+        self.compiled = compile
+        self._fn = self._loss_and_grads
+        if compile:
+            self._fn = torch.compile(self._loss_and_grads, dynamic=True)
+        self._frames_at_start = dynamo_frame_count()
+
+    @property
+    def n_compiles(self) -> int:
+        """Number of Dynamo frame compilations since this step was made."""
+        return dynamo_frame_count() - self._frames_at_start
+
+    def _loss_and_grads(
+        self,
+        weights: dict[str, torch.Tensor],
+        buffers: dict[str, torch.Tensor],
+        batch: AtomicGraph,
+    ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+        e0 = self.model.e0
+
+        def loss_of(weights: dict[str, torch.Tensor]):
+            def energy(pos: torch.Tensor):
+                graph = AtomicGraph(
+                    positions=pos,
+                    atomic_numbers=batch.atomic_numbers,
+                    graph_index=batch.graph_index,
+                    edge_index=batch.edge_index,
+                    edge_shifts=batch.edge_shifts,
+                    cell=batch.cell,
+                    pbc=batch.pbc,
+                    n_atoms=batch.n_atoms,
+                    edges_paired=batch.edges_paired,
+                )
+                vectors = graph.edge_vectors(pos)  # (n_edges, 3)
+                e = torch.func.functional_call(
+                    self._wrapper, {**weights, **buffers}, (graph, vectors)
+                )  # (n_atoms,)
+                return e.sum(), e
+
+            grad, (_, e_net) = torch.func.grad_and_value(energy, has_aux=True)(
+                batch.positions
+            )
+            e_atom = e_net.to(torch.float64) + e0[batch.atomic_numbers]
+            out = {
+                keys.ENERGY: scatter_sum(e_atom, batch.graph_index, batch.n_graphs),
+                keys.FORCES: -grad,
+            }
+            total, parts = self.loss_fn.terms(out, batch)
+            return total, {k: v.detach() for k, v in parts.items()}
+
+        grads, (_, parts) = torch.func.grad_and_value(loss_of, has_aux=True)(weights)
+        return grads, parts
+
+    def __call__(
+        self, batch: AtomicGraph
+    ) -> tuple[dict[str, float], dict[str, torch.Tensor]]:
+        """Loss parts (floats) and the gradient of the loss for every trainable weight."""
+        weights = {
+            f"model.{n}": p.detach()
+            for n, p in self.model.named_parameters()
+            if p.requires_grad
+        }
+        buffers = {f"model.{n}": b for n, b in self.model.named_buffers()}
+        start = time.perf_counter()
+        try:
+            with inductor_row_ops():
+                grads, parts = self._fn(weights, buffers, batch)
+        except Exception as err:  # noqa: BLE001 - any compiler failure -> eager
+            if not self.compiled:
+                raise
+            warnings.warn(
+                f"compiling the training step failed ({type(err).__name__}: {err}); "
+                "training eagerly",
+                RuntimeWarning,
+                stacklevel=2,
+            )
+            self._fn, self.compiled = self._loss_and_grads, False
+            grads, parts = self._fn(weights, buffers, batch)
+        if self.compile_seconds is None:
+            self.compile_seconds = time.perf_counter() - start
+        grads = {k.removeprefix("model."): g for k, g in grads.items()}
+        return {k: float(v) for k, v in parts.items()}, grads
