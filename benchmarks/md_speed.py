@@ -8,6 +8,11 @@ MACE (``mace-torch``) is timed in ASE too when importable (``mace_off`` small if
 weights are cached locally; skipped otherwise). No trajectory output is written, so
 the numbers measure the integrator + model loop.
 
+``--replicas 1,8,32`` also times the native engine with that many independent
+replicas in one batch (as ``equiforce md --replicas`` and ``equiforce stability``
+run them) and reports replica-steps per second: the throughput when many seeds or
+temperatures are wanted, against ASE running them one after another.
+
 Usage (tiny smoke run)::
 
     python benchmarks/md_speed.py --steps 20 --warmup 5 --json /tmp/md_speed.json
@@ -55,14 +60,24 @@ def _structure(name: str):
 
 
 def time_native(
-    model, atoms, steps: int, warmup: int, dtype: torch.dtype, compile: bool = True
+    model,
+    atoms,
+    steps: int,
+    warmup: int,
+    dtype: torch.dtype,
+    compile: bool = True,
+    replicas: int = 1,
 ) -> float:
-    """Steps/s of the native engine (float64 integration, model in ``dtype``)."""
+    """Steps/s of the native engine (float64 integration, model in ``dtype``).
+
+    With ``replicas`` > 1 that many independent copies run in one batch (one model
+    call per step for all of them); the rate is batch steps per second.
+    """
     from equiforce.md.forcefield import ModelForceField
     from equiforce.md.integrators import VelocityVerlet
     from equiforce.md.state import maxwell_boltzmann, state_from_atoms
 
-    state = state_from_atoms([atoms])
+    state = state_from_atoms([atoms] * replicas)
     maxwell_boltzmann(state, 300.0, torch.Generator().manual_seed(0))
     ff = ModelForceField(model, skin=0.5, dtype=dtype, compile=compile)
     integ = VelocityVerlet(0.5)
@@ -116,6 +131,11 @@ def main(argv: list[str] | None = None) -> int:
         "--eager", action="store_true", help="no torch.compile (both engines)"
     )
     p.add_argument("--threads", type=int, default=None, help="torch threads")
+    p.add_argument(
+        "--replicas",
+        default="",
+        help="comma list of batch sizes for replica throughput (e.g. 8,32)",
+    )
     p.add_argument("--json", type=Path, default=Path("md_speed.json"))
     args = p.parse_args(argv)
     if args.threads:
@@ -148,6 +168,16 @@ def main(argv: list[str] | None = None) -> int:
             "speedup": native / ase_rate,
             "native_ns_per_day": native * 0.5 * 86400e-6,
         }
+        for n in [int(x) for x in args.replicas.split(",") if x.strip()]:
+            rate = time_native(
+                model, atoms, args.steps, args.warmup, dtype, compile, replicas=n
+            )
+            row[f"native_x{n}_replica_steps_per_s"] = rate * n
+            row[f"native_x{n}_vs_ase"] = rate * n / ase_rate
+            print(
+                f"{name}: {n} replicas in one batch: {rate * n:.0f} replica-steps/s "
+                f"({rate * n / ase_rate:.1f}x ASE's single loop)"
+            )
         if mace is not None:
             row["mace_ase_steps_per_s"] = time_ase(mace, atoms, args.steps, args.warmup)
         rows.append(row)

@@ -115,3 +115,21 @@ def test_peers_same_graphs_as_equiforce(tmp_path):
     for r in report["results"]:
         assert r["n_atoms"] == 9 and r["n_edges"] == n_pairs
         assert math.isfinite(r["ms_median"]) and 0 < r["ms_min"] <= r["ms_median"]
+
+
+def test_md_speed_replicas_row(tmp_path):
+    """benchmarks/md_speed.py: one row per molecule, replica throughput recorded."""
+    out = tmp_path / "md.json"
+    cmd = [sys.executable, str(ROOT / "benchmarks" / "md_speed.py"), "--eager"]
+    args = ["--molecules", "ethanol", "--steps", "4", "--warmup", "2", "--threads", "1"]
+    subprocess.run(
+        [*cmd, *args, "--replicas", "3", "--json", str(out)], cwd=ROOT, check=True
+    )
+    report = json.loads(out.read_text())
+    assert report["meta"]["compiled"] is False and report["meta"]["steps"] == 4
+    (row,) = report["results"]
+    assert row["molecule"] == "ethanol" and row["n_atoms"] == 9
+    rate, ase = row["native_x3_replica_steps_per_s"], row["ase_steps_per_s"]
+    assert rate > 0 and ase > 0
+    assert row["native_x3_vs_ase"] == pytest.approx(rate / ase)
+    assert row["speedup"] == pytest.approx(row["native_steps_per_s"] / ase)
