@@ -134,15 +134,16 @@ def test_polynomial_spherical_harmonics_equal_e3nn(degrees):
     torch.testing.assert_close(ours, ref, atol=1e-13, rtol=0)
 
 
-@pytest.mark.parametrize("training", [True, False], ids=["checkpointed", "in-place"])
+@pytest.mark.parametrize(
+    "create_graph", [True, False], ids=["checkpointed", "in-place"]
+)
 @pytest.mark.parametrize("ev", [True, False], ids=["ev", "no-ev"])
 @pytest.mark.parametrize("paired", [True, False])
-def test_edge_chunking_gives_identical_energies_and_forces(paired, ev, training):
-    """Both chunked paths = all edges at once: energy, forces, stress, weight grads."""
+def test_edge_chunking_gives_identical_energies_and_forces(paired, ev, create_graph):
+    """Both chunked paths = all edges at once (and weight grads when kept)."""
     model = build_model(
         "so3krates", dtype=torch.float64, **{**SMALL, "use_euclidean_variables": ev}
     )
-    model.train(training)
     pos, z = random_molecule(np.random.default_rng(5), n_atoms=12, box=4.0)
     cell = np.eye(3) * 6.0
     g = AtomicGraph.from_arrays(pos, z, model.cutoff, cell, np.ones(3, bool))
@@ -150,11 +151,11 @@ def test_edge_chunking_gives_identical_energies_and_forces(paired, ev, training)
 
     def run():
         model.zero_grad()
-        out = model(g, compute_stress=True, create_graph=True)
-        # a loss on forces needs the second derivative (training path only)
-        loss = out["energy"].sum() + (out["forces"] ** 2).sum() if training else None
-        (loss if training else out["energy"].sum()).backward()
-        grads = {n: p.grad.clone() for n, p in model.named_parameters()}
+        out = model(g, compute_stress=True, create_graph=create_graph)
+        grads = {}
+        if create_graph:  # a loss on forces needs the second derivative
+            (out["energy"].sum() + (out["forces"] ** 2).sum()).backward()
+            grads = {n: p.grad.clone() for n, p in model.named_parameters()}
         return {k: v.detach() for k, v in out.items()}, grads
 
     ref, ref_grads = run()
@@ -163,19 +164,29 @@ def test_edge_chunking_gives_identical_energies_and_forces(paired, ev, training)
     out, grads = run()
     for key in ("energy", "forces", "stress"):
         torch.testing.assert_close(out[key], ref[key], rtol=1e-10, atol=1e-12)
+    assert grads.keys() == ref_grads.keys()
     for name, grad in ref_grads.items():
         torch.testing.assert_close(grads[name], grad, rtol=1e-9, atol=1e-12, msg=name)
 
 
-def test_in_place_chunks_refuse_a_second_derivative():
-    """The inference path is once differentiable: say so rather than return zeros."""
-    model = build_model("so3krates", dtype=torch.float64, **SMALL).eval()
+@pytest.mark.parametrize("create_graph", [True, False])
+def test_in_place_chunks_only_for_detached_outputs(create_graph, monkeypatch):
+    """Weight gradients or a second derivative need the checkpointed path."""
+    from equiforce.models import so3krates
+
+    calls = []
+    real = so3krates.ChunkedMessages.apply
+    monkeypatch.setattr(
+        so3krates.ChunkedMessages,
+        "apply",
+        lambda *a: calls.append(1) or real(*a),
+    )
+    model = build_model("so3krates", dtype=torch.float64, **SMALL)
     pos, z = random_molecule(np.random.default_rng(5), n_atoms=12, box=4.0)
-    g = AtomicGraph.from_arrays(pos, z, model.cutoff)
     model.edge_chunk_size = 17
-    out = model(g, create_graph=True)
-    with pytest.raises(RuntimeError, match="twice"):
-        (out["forces"] ** 2).sum().backward()
+    model(AtomicGraph.from_arrays(pos, z, model.cutoff), create_graph=create_graph)
+    assert len(calls) == (0 if create_graph else model.config.num_layers)
+    assert model.outputs_differentiable  # reset after the call
 
 
 @pytest.mark.parametrize(

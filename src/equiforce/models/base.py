@@ -30,6 +30,12 @@ class PotentialModel(nn.Module):
 
     Attributes set by :func:`equiforce.models.registry.build_model`:
         ``model_name`` (registry key) and ``config`` (the pydantic config).
+
+    Attribute set by :meth:`forward` for :meth:`atomic_energies`:
+        ``outputs_differentiable``: whether the outputs keep an autograd graph
+        (``create_graph``). When False nothing can ask for weight gradients or a
+        second derivative, so a model may use cheaper once-differentiable code
+        (So3krates' in-place edge chunks). True outside :meth:`forward`.
     """
 
     model_name: str = ""
@@ -40,6 +46,7 @@ class PotentialModel(nn.Module):
         e0 = torch.zeros(NUM_ELEMENTS, dtype=torch.float64) if e0 is None else e0
         self.register_buffer("e0", torch.as_tensor(e0, dtype=torch.float64).clone())
         self.config = None
+        self.outputs_differentiable = True
 
     # ----------------------------------------------------------- to override
     def atomic_energies(
@@ -80,14 +87,18 @@ class PotentialModel(nn.Module):
         """
         if create_graph is None:
             create_graph = self.training
-        if self.chunks_edges(graph.n_edges):
-            from equiforce.runtime import default_allocator
+        self.outputs_differentiable = create_graph
+        try:
+            if self.chunks_edges(graph.n_edges):
+                from equiforce.runtime import default_allocator
 
-            with default_allocator():
-                return self._forward(
-                    graph, compute_forces, compute_stress, create_graph
-                )
-        return self._forward(graph, compute_forces, compute_stress, create_graph)
+                with default_allocator():
+                    return self._forward(
+                        graph, compute_forces, compute_stress, create_graph
+                    )
+            return self._forward(graph, compute_forces, compute_stress, create_graph)
+        finally:
+            self.outputs_differentiable = True
 
     def _forward(
         self,

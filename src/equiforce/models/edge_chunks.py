@@ -5,18 +5,21 @@ attention weights) cost ~3 kB per edge in float32; a 100,000-atom water box has
 5.6 million directed edges, so they cannot all live at once. Two ways to process
 the edges in chunks, both exact:
 
-* :func:`checkpointed_messages` (training, ``create_graph=True``): every chunk runs
-  under :func:`torch.utils.checkpoint.checkpoint`, so autograd keeps only the chunk's
-  inputs and recomputes the rest in the backward pass. Differentiable twice (forces
-  in the loss) but each chunk's backward allocates fresh atom-sized gradient
-  tensors, and the running sums of the chunks are new tensors too.
-* :class:`ChunkedMessages` (inference, forces by one backward): a custom
-  autograd function whose forward sums the chunks' messages into two preallocated
-  buffers without recording anything, and whose backward recomputes one chunk at a
-  time and sums its gradients in place into preallocated buffers. Every temporary
-  has the same size from chunk to chunk, so the allocator reuses the same blocks
-  and the memory stays O(n_atoms·F + n_edges·m_tot + chunk·F) however many chunks
-  there are. Only differentiable once.
+* :func:`checkpointed_messages` (outputs that stay differentiable, as in training
+  with forces in the loss): every chunk runs under
+  :func:`torch.utils.checkpoint.checkpoint`, so autograd keeps only the chunk's
+  inputs and recomputes the rest in the backward pass. Differentiable twice, but
+  each chunk's backward allocates fresh atom-sized gradient tensors, and the
+  running sums of the chunks are new tensors too.
+* :class:`ChunkedMessages` (forces by one backward, outputs detached: MD,
+  evaluation): a custom autograd function whose forward sums the chunks' messages
+  into two preallocated buffers without recording anything, and whose backward
+  recomputes one chunk at a time and sums its gradients in place into
+  preallocated buffers. Every temporary has the same size from chunk to chunk, so
+  the allocator reuses the same blocks and the memory stays
+  O(n_atoms·F + n_edges·m_tot + chunk·F) however many chunks there are. Only
+  differentiable once, and not with respect to the weights (which also saves
+  their gradient products in every chunk's backward).
 """
 
 from __future__ import annotations
@@ -86,16 +89,16 @@ def checkpointed_messages(
 class ChunkedMessages(torch.autograd.Function):
     """Δf and Δx of one layer, chunk by chunk, with an in-place chunked backward.
 
-    ``apply(fn, chunk, n_dir, n_features, q, kv, ev, d, sph, phi, idx_i, idx_j,
-    *params)``: ``params`` are the parameters ``fn`` uses, passed as inputs so that
-    autograd routes their gradients here. Returns
-    ``(Δf (n_atoms, F), Δx (n_atoms, m_tot))``; Δx is zeros when ``fn`` returns
-    None for it.
+    ``apply(fn, chunk, n_dir, n_features, q, kv, ev, d, sph, phi, idx_i, idx_j)``
+    returns ``(Δf (n_atoms, F), Δx (n_atoms, m_tot))`` (Δx is zeros when ``fn``
+    returns None for it). Gradients flow to the tensor inputs only: the weights
+    ``fn`` uses are constants here, so use it only when no weight gradient can be
+    asked for (outputs detached, as in MD and evaluation).
     """
 
     @staticmethod
     def forward(ctx, fn, chunk, n_dir, n_features, *tensors):  # noqa: D102
-        q, kv, ev, d, sph, phi, idx_i, idx_j = tensors[:8]
+        q, kv, ev, d, sph, phi, idx_i, idx_j = tensors
         d_f = q.new_zeros((q.shape[0], n_features))
         d_ev = ev.new_zeros(ev.shape)
         for sl in pair_slices(d.shape[0], chunk, n_dir):
@@ -120,49 +123,42 @@ class ChunkedMessages(torch.autograd.Function):
     @staticmethod
     @once_differentiable
     def backward(ctx, g_f, g_ev):  # noqa: D102
-        tensors = ctx.saved_tensors
-        q, kv, ev, d, sph, phi, idx_i, idx_j = tensors[:8]
-        params = tensors[8:]
-        fn, n_dir = ctx.fn, ctx.n_dir
-        needs = ctx.needs_input_grad[4:]  # one flag per tensor input
-        # leaves sharing storage with the inputs: no copies
-        q_l, kv_l, ev_l = (t.detach().requires_grad_() for t in (q, kv, ev))
-        atom_leaves = (q_l, kv_l, ev_l)
-        grads: list[torch.Tensor | None] = [
+        q, kv, ev, d, sph, phi, idx_i, idx_j = ctx.saved_tensors
+        fn, n_dir, n_pairs = ctx.fn, ctx.n_dir, d.shape[0]
+        needs = ctx.needs_input_grad[4:10]  # q, kv, ev, d, sph, phi
+        grads = [
             torch.zeros_like(t) if need else None
-            for t, need in zip(tensors, needs, strict=True)
+            for t, need in zip((q, kv, ev, d, sph, phi), needs, strict=True)
         ]
-        for i in (6, 7):  # indices
-            grads[i] = None
-        for sl in pair_slices(d.shape[0], ctx.chunk, n_dir):
+        # leaves sharing storage with the inputs (no copies); autograd.grad gives
+        # their gradients as atom-sized tensors of the same size at every chunk
+        atom_leaves = [t.detach().requires_grad_() for t in (q, kv, ev)]
+        for sl in pair_slices(n_pairs, ctx.chunk, n_dir):
             with torch.enable_grad():
                 d_c = d[sl].detach().requires_grad_()
                 sph_c = directions(sph, sl, n_dir).detach().requires_grad_()
                 phi_c = phi[sl].detach().requires_grad_()
                 i_c = directions(idx_i, sl, n_dir)
                 j_c = directions(idx_j, sl, n_dir)
-                part_f, part_ev = fn(q_l, kv_l, ev_l, d_c, sph_c, phi_c, i_c, j_c)
+                part_f, part_ev = fn(*atom_leaves, d_c, sph_c, phi_c, i_c, j_c)
                 outs, g_outs = [part_f], [g_f]
                 if part_ev is not None:
                     outs.append(part_ev)
                     g_outs.append(g_ev)
-                inputs = [*atom_leaves, d_c, sph_c, phi_c, *params]
+                inputs = [*atom_leaves, d_c, sph_c, phi_c]
                 chunk_grads = torch.autograd.grad(
                     outs, inputs, g_outs, allow_unused=True, materialize_grads=False
                 )
             del outs, part_f, part_ev
             for k, g in enumerate(chunk_grads):
-                slot = k if k < 6 else k + 2  # skip idx_i, idx_j
-                if g is None or grads[slot] is None:
+                if g is None or grads[k] is None:
                     continue
-                if k == 3 or k == 5:  # per pair
-                    grads[slot][sl] += g
-                elif k == 4:  # per edge, direction-major
+                if k in (3, 5):  # d, phi: per pair
+                    grads[k][sl] += g
+                elif k == 4:  # sph: per edge, direction-major
                     m = g.shape[1:]
-                    n_pairs = d.shape[0]
-                    view = grads[slot].view(n_dir, n_pairs, *m)
-                    view[:, sl] += g.view(n_dir, -1, *m)
+                    grads[k].view(n_dir, n_pairs, *m)[:, sl] += g.view(n_dir, -1, *m)
                 else:
-                    grads[slot] += g
+                    grads[k] += g
             del chunk_grads
-        return (None, None, None, None, *grads)
+        return (None, None, None, None, *grads, None, None)

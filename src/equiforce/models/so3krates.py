@@ -387,9 +387,9 @@ class So3krates(PotentialModel):
         Memory is O(n_atoms·F + chunk·F) instead of O(n_edges·F): per-edge
         intermediates of a chunk are recomputed in the backward pass, at about 1.3x
         the cost. ``d`` and ``phi`` are per pair; a chunk takes ``chunk / n_dir``
-        pairs with all their directions. In training mode (forces in the loss need
-        a second derivative) chunks are checkpointed; otherwise the once-
-        differentiable :class:`ChunkedMessages` sums in place.
+        pairs with all their directions. When the outputs must stay differentiable
+        (training: forces in the loss) chunks are checkpointed; otherwise (forces
+        for MD or evaluation) :class:`ChunkedMessages` sums in place.
         """
         q, kv = layer.node_maps(features)
         F = features.shape[1]
@@ -401,17 +401,10 @@ class So3krates(PotentialModel):
             )
 
         tensors = (q, kv, ev, d, sph, phi, idx_i, idx_j)
-        if self.training:
+        if self.outputs_differentiable:
             d_f, d_ev = checkpointed_messages(chunk_messages, *tensors, chunk, n_dir, F)
         else:
-            params = [
-                p
-                for p in (*layer.parameters(), *self.rbf.parameters())
-                if p.requires_grad
-            ]
-            d_f, d_ev = ChunkedMessages.apply(
-                chunk_messages, chunk, n_dir, F, *tensors, *params
-            )
+            d_f, d_ev = ChunkedMessages.apply(chunk_messages, chunk, n_dir, F, *tensors)
             d_ev = d_ev if layer.ev else None
         return layer.update(features, ev, d_f, d_ev)
 
