@@ -81,6 +81,8 @@ def run_equiforce(
             preset=args.preset,
             threads=args.threads,
             min_seconds=args.min_seconds,
+            min_calls=args.min_calls,
+            warmup=args.warmup,
         )
         report["machine"] = part["machine"]
         report["results"].extend(part["results"])
@@ -345,6 +347,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument(
         "--min-seconds", type=float, help="timing budget per row (default 2)"
     )
+    p.add_argument(
+        "--min-calls", type=int, default=5, help="timed calls per row (at least)"
+    )
+    p.add_argument("--warmup", type=int, default=2, help="untimed calls per row")
     p.add_argument("--dtypes", default="float32,float64")
     p.add_argument("--modes", default="eager,compiled", help="equiforce modes")
     p.add_argument("--preset", default="default", help="equiforce So3krates preset")

@@ -19,6 +19,7 @@ from equiforce import keys
 from equiforce.data.graph import AtomicGraph
 from equiforce.models.base import PotentialModel
 from equiforce.models.checkpoint import load_model
+from equiforce.models.compiled import LazyCompile
 from equiforce.runtime import tune_allocator
 
 
@@ -63,24 +64,8 @@ class EquiforceCalculator(Calculator):
         self._ref_positions: np.ndarray | None = None
         self._ref_key: tuple | None = None
         self.n_rebuilds = 0
-        self.compile = compile
-        self.compile_after = compile_after
         self.n_calls = 0
-        self._compiled = None
-
-    def _compiled_potential(self):
-        """The compiled wrapper, created when the compile policy says so (else None)."""
-        if self._compiled is None:
-            wanted = (
-                self.compile
-                if self.compile is not None
-                else self.n_calls >= self.compile_after
-            )
-            if wanted:
-                from equiforce.models.compiled import CompiledPotential
-
-                self._compiled = CompiledPotential(self.model)
-        return self._compiled
+        self._compiled = LazyCompile(self.model, compile, compile_after)
 
     def _get_graph(self, atoms) -> AtomicGraph:
         key = (
@@ -118,7 +103,7 @@ class EquiforceCalculator(Calculator):
         graph = self._get_graph(self.atoms)
         want_stress = "stress" in properties and bool(self.atoms.pbc.any())
         self.n_calls += 1
-        compiled = None if want_stress else self._compiled_potential()
+        compiled = None if want_stress else self._compiled(self.n_calls)
         if compiled is not None:
             out = compiled(graph)
         else:

@@ -65,3 +65,18 @@ def test_chunked_graphs_take_the_autograd_path():
     assert model.chunks_edges(g.n_edges)
     out = CompiledPotential(model, compile=False)(g)
     torch.testing.assert_close(out["forces"], ref["forces"], rtol=1e-10, atol=1e-12)
+
+
+def test_lazy_compile_policy(monkeypatch):
+    """True: at once; None: after ``after`` eager calls, then the same wrapper; False: never."""
+    from equiforce.models import compiled
+
+    made = []
+    monkeypatch.setattr(compiled, "CompiledPotential", lambda m: made.append(m) or m)
+    model = equiforce.build_model("so3krates", **SMALL)
+    assert compiled.LazyCompile(model, True, 20)(0) is model
+    never = compiled.LazyCompile(model, False, 0)
+    assert all(never(n) is None for n in (0, 5, 1000))
+    lazy = compiled.LazyCompile(model, None, 3)
+    assert [lazy(n) is None for n in range(5)] == [True, True, True, False, False]
+    assert len(made) == 2  # one wrapper per policy that compiled, made once

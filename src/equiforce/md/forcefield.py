@@ -19,6 +19,7 @@ from equiforce import keys
 from equiforce.data.graph import AtomicGraph
 from equiforce.md.state import MDState
 from equiforce.models.base import PotentialModel
+from equiforce.models.compiled import LazyCompile
 from equiforce.nn.scatter import scatter_sum
 
 
@@ -55,20 +56,7 @@ class ModelForceField:
         self._ref_positions: torch.Tensor | None = None
         self.n_builds = 0
         self.n_calls = 0
-        self.compile, self.compile_after = compile, compile_after
-        self._compiled = None
-
-    def _potential(self):
-        """The compiled wrapper when the compile policy asks for it, else the model."""
-        if self._compiled is None:
-            wanted = self.compile
-            if wanted is None:
-                wanted = self.n_calls >= self.compile_after
-            if wanted:
-                from equiforce.models.compiled import CompiledPotential
-
-                self._compiled = CompiledPotential(self.model)
-        return self._compiled
+        self._compiled = LazyCompile(self.model, compile, compile_after)
 
     def _needs_rebuild(self, positions: torch.Tensor) -> bool:
         if self.graph is None or self._ref_positions.shape != positions.shape:
@@ -113,7 +101,7 @@ class ModelForceField:
         graph = self.graph
         graph.positions = state.positions.to(self.dtype)  # reuse the topology
         self.n_calls += 1
-        compiled = self._potential()
+        compiled = self._compiled(self.n_calls)
         if compiled is not None:
             out = compiled(graph)
         else:

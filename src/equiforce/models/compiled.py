@@ -147,6 +147,32 @@ class CompiledPotential:
         return {keys.ENERGY: energy, keys.ATOMIC_ENERGIES: e_atom, keys.FORCES: forces}
 
 
+class LazyCompile:
+    """When to switch a force provider from eager calls to :class:`CompiledPotential`.
+
+    Shared by the ASE calculator and the MD force field. ``compile=True`` compiles
+    at the first call, ``False`` never, ``None`` once ``after`` eager calls have
+    run (single points stay eager, MD loops get the fast path).
+
+    Args:
+        model: the potential.
+        compile: the policy above.
+        after: eager calls before compiling when ``compile`` is None.
+    """
+
+    def __init__(self, model: PotentialModel, compile: bool | None, after: int) -> None:
+        self.model, self.compile, self.after = model, compile, after
+        self.potential: CompiledPotential | None = None
+
+    def __call__(self, n_calls: int) -> CompiledPotential | None:
+        """The compiled wrapper if the policy wants it after ``n_calls`` calls."""
+        if self.potential is None:
+            wanted = self.compile if self.compile is not None else n_calls >= self.after
+            if wanted:
+                self.potential = CompiledPotential(self.model)
+        return self.potential
+
+
 def dynamo_frame_count() -> int:
     """Graphs Dynamo has compiled in this process so far."""
     from torch._dynamo.utils import counters
