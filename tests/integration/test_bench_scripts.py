@@ -133,3 +133,22 @@ def test_md_speed_replicas_row(tmp_path):
     assert rate > 0 and ase > 0
     assert row["native_x3_vs_ase"] == pytest.approx(rate / ase)
     assert row["speedup"] == pytest.approx(row["native_steps_per_s"] / ase)
+
+
+def test_rmd17_cpu_so3krates_budget_run(tmp_path):
+    """benchmarks/rmd17_cpu.py: a few-second budget trains, stops and is evaluated."""
+    script = ROOT / "benchmarks" / "rmd17_cpu.py"
+    cmd = [sys.executable, str(script), "--molecule", "ethanol", "--minutes", "0.1"]
+    cmd += ["--threads", "1", "--models", "so3krates", "--out", str(tmp_path)]
+    subprocess.run(cmd, cwd=ROOT, check=True)
+    info = json.loads((tmp_path / "results.json").read_text())
+    (row,) = info["rows"]
+    assert row["model"] == "So3krates" and row["threads"] == 1
+    assert row["minutes"] == pytest.approx(0.1)
+    assert 0 < row["train_seconds"] <= 6 + 5  # stopped at the budget (+ one validation)
+    assert row["steps"] > 0 and math.isfinite(row["forces_mae"])
+    assert row["forces_mae"] > 0 and row["energy_mae"] > 0
+    metrics = json.loads((tmp_path / "so3krates" / "test" / "metrics.json").read_text())
+    assert metrics["n_structures"] == 1000  # the whole test file
+    md = (tmp_path / "results.md").read_text()
+    assert f"| {row['forces_mae']:.2f} |" in md and "MACE NeurIPS 2022 Table 1" in md
