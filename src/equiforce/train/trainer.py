@@ -262,6 +262,14 @@ class Trainer:
         ckpt_every = c.checkpoint_interval or c.valid_interval
         log_sum: dict[str, float] = {}
         n_logged, val_mae, reason = 0, None, None
+        if (
+            self.compiled_step is not None
+            and self.compiled_step.compile_seconds is None
+        ):
+            self.report.print(
+                "training.compile: the first step compiles the training step "
+                "(about 1-2 minutes on a CPU); its time counts in the budget"
+            )
         with (
             self.report.training(self.total_steps, self.step) as bar,
             _sigint_flag(self),
