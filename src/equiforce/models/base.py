@@ -89,13 +89,6 @@ class PotentialModel(nn.Module):
             create_graph = self.training
         self.outputs_differentiable = create_graph
         try:
-            if self.chunks_edges(graph.n_edges):
-                from equiforce.runtime import default_allocator
-
-                with default_allocator():
-                    return self._forward(
-                        graph, compute_forces, compute_stress, create_graph
-                    )
             return self._forward(graph, compute_forces, compute_stress, create_graph)
         finally:
             self.outputs_differentiable = True
