@@ -6,10 +6,19 @@
 2. ``compiled``: the compiled path (:class:`CompiledPotential`) with ATen gathers from
    ``--extern-rows`` rows (default 1,024; 0 = always, 10**9 = never) and the C++ wrapper
    on or off. Run it once per setting; compare medians of runs made one after another.
+3. ``chunks``: eager energy+forces with several ``edge_chunk_size`` settings
+   (``--chunk-sizes none,250000,60000``), interleaved call by call in one process.
+4. ``calls``: ``--calls`` consecutive eager calls per system, each timed, with the
+   peak RSS. For the allocator comparison run it once as is and once with
+   ``EQUIFORCE_MALLOC_TUNING=0`` (glibc's default mmap of large blocks).
 
     python benchmarks/so3krates_ablations.py paired --systems ethanol,water96,box1029
     python benchmarks/so3krates_ablations.py compiled --extern-rows 1024 --cpp-wrapper 1
     python benchmarks/so3krates_ablations.py compiled --extern-rows 1000000000 --cpp-wrapper 1
+    python benchmarks/so3krates_ablations.py chunks --systems box3000,box10k --threads 1
+    python benchmarks/so3krates_ablations.py calls --systems box100k --calls 2 --threads 1
+    EQUIFORCE_MALLOC_TUNING=0 python benchmarks/so3krates_ablations.py calls \
+        --systems box100k --calls 1 --threads 1
 """
 
 from __future__ import annotations
@@ -94,13 +103,69 @@ def compiled(systems: list[str], model, extern_rows: int, cpp: bool) -> list[dic
     return rows
 
 
+def chunks(systems: list[str], model, sizes: list[int | None]) -> list[dict]:
+    """Eager energy+forces per edge-chunk size, interleaved; first round untimed."""
+    model.auto_chunk_edges = 10**12  # only the explicit sizes chunk
+    rows = []
+    for name in systems:
+        atoms = make_system(name)
+        g = AtomicGraph.from_atoms(atoms, model.cutoff, torch.float32)
+        times: dict[int | None, list[float]] = {s: [] for s in sizes}
+        for rnd in range(4):
+            for size in sizes:
+                model.edge_chunk_size = size
+                ms = _median_ms(lambda g=g: model(g), 1)
+                if rnd:
+                    times[size].append(ms)
+        rows.append(
+            {
+                "system": name,
+                "atoms": len(atoms),
+                "edges": g.n_edges,
+                "ms_by_chunk_size": {
+                    str(k): statistics.median(v) for k, v in times.items()
+                },
+            }
+        )
+        print(rows[-1], flush=True)
+    return rows
+
+
+def calls(systems: list[str], model, n_calls: int) -> list[dict]:
+    """Consecutive eager calls, each timed, and the process's peak RSS after them."""
+    import os
+    import resource
+
+    rows = []
+    for name in systems:
+        atoms = make_system(name)
+        g = AtomicGraph.from_atoms(atoms, model.cutoff, torch.float32)
+        ms = [_median_ms(lambda g=g: model(g), 1) for _ in range(n_calls)]
+        rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+        rows.append(
+            {
+                "system": name,
+                "atoms": len(atoms),
+                "edges": g.n_edges,
+                "chunked": model.chunks_edges(g.n_edges),
+                "malloc_tuning": os.environ.get("EQUIFORCE_MALLOC_TUNING", "1"),
+                "call_ms": ms,
+                "peak_rss_gib": rss,
+            }
+        )
+        print(rows[-1], flush=True)
+    return rows
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("what", choices=["paired", "compiled"])
+    p.add_argument("what", choices=["paired", "compiled", "chunks", "calls"])
     p.add_argument("--systems", default="ethanol,water96,box1029")
     p.add_argument("--extern-rows", type=int, default=scatter.EXTERN_MIN_ROWS)
     p.add_argument("--cpp-wrapper", type=int, choices=(0, 1), default=1)
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--chunk-sizes", default="none,250000,60000")
+    p.add_argument("--calls", type=int, default=2, help="calls per system (calls)")
     p.add_argument(
         "--json", default=None, help="append results to this JSON-lines file"
     )
@@ -111,6 +176,11 @@ def main(argv=None) -> int:
     systems = args.systems.split(",")
     if args.what == "paired":
         rows = paired(systems, model)
+    elif args.what == "chunks":
+        sizes = [None if x == "none" else int(x) for x in args.chunk_sizes.split(",")]
+        rows = chunks(systems, model, sizes)
+    elif args.what == "calls":
+        rows = calls(systems, model, args.calls)
     else:
         rows = compiled(systems, model, args.extern_rows, bool(args.cpp_wrapper))
     if args.json:
