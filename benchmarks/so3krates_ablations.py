@@ -8,7 +8,10 @@
    on or off. Run it once per setting; compare medians of runs made one after another.
 3. ``chunks``: eager energy+forces with several ``edge_chunk_size`` settings
    (``--chunk-sizes none,250000,60000``), interleaved call by call in one process.
-4. ``calls``: ``--calls`` consecutive eager calls per system, each timed, with the
+4. ``order``: eager energy+forces with the atoms in the system's own order and sorted
+   along a Morton (Z-order) curve, interleaved in one process (memory locality of
+   the per-edge gathers).
+5. ``calls``: ``--calls`` consecutive eager calls per system, each timed, with the
    peak RSS. For the allocator comparison run it once as is and once with
    ``EQUIFORCE_MALLOC_TUNING=0`` (glibc's default mmap of large blocks).
 
@@ -16,6 +19,7 @@
     python benchmarks/so3krates_ablations.py compiled --extern-rows 1024 --cpp-wrapper 1
     python benchmarks/so3krates_ablations.py compiled --extern-rows 1000000000 --cpp-wrapper 1
     python benchmarks/so3krates_ablations.py chunks --systems box3000,box10k --threads 1
+    python benchmarks/so3krates_ablations.py order --systems box3000,box10k --threads 1
     python benchmarks/so3krates_ablations.py calls --systems box100k --calls 2 --threads 1
     EQUIFORCE_MALLOC_TUNING=0 python benchmarks/so3krates_ablations.py calls \
         --systems box100k --calls 1 --threads 1
@@ -131,6 +135,48 @@ def chunks(systems: list[str], model, sizes: list[int | None]) -> list[dict]:
     return rows
 
 
+def morton_order(positions, bits: int = 10):
+    """Permutation sorting points along a Z-order curve of 2**bits cells per axis."""
+    import numpy as np
+
+    p = positions - positions.min(0)
+    cells = (p / max(p.max(), 1e-9) * (2**bits - 1)).astype(np.int64)  # (n, 3)
+    code = np.zeros(len(p), dtype=np.int64)
+    for bit in range(bits):
+        for axis in range(3):
+            code |= ((cells[:, axis] >> bit) & 1) << (3 * bit + axis)
+    return np.argsort(code, kind="stable")
+
+
+def order(systems: list[str], model) -> list[dict]:
+    """Own atom order vs Morton order, eager, interleaved; first round untimed."""
+    rows = []
+    for name in systems:
+        atoms = make_system(name)
+        graphs = {
+            "own": AtomicGraph.from_atoms(atoms, model.cutoff, torch.float32),
+            "morton": AtomicGraph.from_atoms(
+                atoms[morton_order(atoms.positions)], model.cutoff, torch.float32
+            ),
+        }
+        times: dict[str, list[float]] = {k: [] for k in graphs}
+        for rnd in range(4):
+            for key, g in graphs.items():
+                ms = _median_ms(lambda g=g: model(g), 1)
+                if rnd:
+                    times[key].append(ms)
+        rows.append(
+            {
+                "system": name,
+                "atoms": len(atoms),
+                "edges": graphs["own"].n_edges,
+                **{f"{k}_ms": statistics.median(v) for k, v in times.items()},
+            }
+        )
+        print(rows[-1], flush=True)
+    return rows
+
+
 def calls(systems: list[str], model, n_calls: int) -> list[dict]:
     """Consecutive eager calls, each timed, and the process's peak RSS after them."""
     import os
@@ -159,7 +205,7 @@ def calls(systems: list[str], model, n_calls: int) -> list[dict]:
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("what", choices=["paired", "compiled", "chunks", "calls"])
+    p.add_argument("what", choices=["paired", "compiled", "chunks", "order", "calls"])
     p.add_argument("--systems", default="ethanol,water96,box1029")
     p.add_argument("--extern-rows", type=int, default=scatter.EXTERN_MIN_ROWS)
     p.add_argument("--cpp-wrapper", type=int, choices=(0, 1), default=1)
@@ -179,6 +225,8 @@ def main(argv=None) -> int:
     elif args.what == "chunks":
         sizes = [None if x == "none" else int(x) for x in args.chunk_sizes.split(",")]
         rows = chunks(systems, model, sizes)
+    elif args.what == "order":
+        rows = order(systems, model)
     elif args.what == "calls":
         rows = calls(systems, model, args.calls)
     else:
