@@ -7,10 +7,11 @@ MACE NeurIPS 2022 Table 1). MACE (``mace-torch`` in the peers virtualenv,
 ``--peers-env``, default ``.venv-peers/bin``) is trained with its own
 ``mace_run_train`` on the same split, budget and threads, in a subprocess.
 
-Budget handling. So3krates: a short timing probe estimates the number of steps
-that fit, the learning rate follows warm-up + cosine over that many steps (or
-the spec's exponential decay with ``--schedule exponential``), and
-``max_minutes`` stops training hard at the budget. MACE
+Budget handling. So3krates: the learning rate follows warm-up + cosine over the
+training seconds (``training.schedule_clock: time``), so it reaches its floor when
+``max_minutes`` stops training, however fast the steps turn out; a short timing
+probe only sets the validation interval and the warm-up length (with
+``--schedule exponential``, the spec's decay, it also sets ``max_steps``). MACE
 (``benchmarks/_mace_train.py``): a hard wall-clock stop inside its training loop
 (checked before every step); ReduceLROnPlateau with patience set after the first
 epoch to 1/40 of the epochs that fit. Both clocks count training steps and
@@ -175,22 +176,24 @@ def so3krates_config(args):
     config = load_config(base, sets)
     torch.set_num_threads(args.threads)
     sps, warmup = seconds_per_step(config)
-    # the run's own compilation (if any) comes out of the budget
+    # an estimate for the validation interval and the warm-up; the cosine itself
+    # runs on the training clock and ends at the budget whatever the real speed
     budget = 60 * args.minutes - (warmup if args.compile else 0.0)
-    steps = max(int(0.97 * budget / sps), 10)
-    sets += [
-        f"training.max_steps={steps}",
-        f"training.valid_interval={max(steps // 40, 5)}",
-    ]
+    steps = max(int(budget / sps), 10)
+    sets += [f"training.valid_interval={max(steps // 40, 5)}"]
     if args.schedule == "cosine":
         warm = min(1000, steps // 50)
         sets += [
             "training.schedule=cosine",
+            "training.schedule_clock=time",
             f"training.warmup_steps={warm}",
             "training.min_lr=1e-5",
         ]
+    else:
+        sets += [f"training.max_steps={steps}"]
     print(
-        f"so3krates: {sps * 1000:.0f} ms/step -> {steps} steps in {args.minutes:g} min"
+        f"so3krates: {sps * 1000:.0f} ms/step -> about {steps} steps in "
+        f"{args.minutes:g} min"
     )
     return load_config(base, sets), sps
 

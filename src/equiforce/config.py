@@ -153,6 +153,11 @@ class TrainingConfig(BaseModel):
     schedule: Literal["exponential", "plateau", "cosine", "constant"] = Field(
         "exponential", description="learning-rate schedule"
     )
+    schedule_clock: Literal["steps", "time"] = Field(
+        "steps",
+        description="cosine: decay over the run's steps, or over max_minutes of "
+        "training time (ends at min_lr exactly when a wall-clock budget runs out)",
+    )
     decay_rate: float = Field(
         0.75, gt=0, le=1, description="exponential: lr·rate^(step/steps)"
     )
@@ -218,13 +223,21 @@ class TrainingConfig(BaseModel):
             and self.max_minutes is None
         ):
             raise ValueError("set at least one of max_steps, max_epochs, max_minutes")
+        if self.schedule_clock == "time" and (
+            self.schedule != "cosine" or self.max_minutes is None
+        ):
+            raise ValueError(
+                "schedule_clock='time' needs schedule='cosine' and max_minutes"
+            )
         if (
             self.schedule == "cosine"
+            and self.schedule_clock == "steps"
             and self.max_steps is None
             and self.max_epochs is None
         ):
             raise ValueError(
-                "schedule='cosine' needs max_steps or max_epochs (its length)"
+                "schedule='cosine' needs max_steps or max_epochs (its length), "
+                "or schedule_clock='time' with max_minutes"
             )
         return self
 

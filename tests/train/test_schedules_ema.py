@@ -30,6 +30,37 @@ def test_warmup_cosine():
     assert s.lr(110) == pytest.approx(1e-5)
 
 
+def test_cosine_on_the_time_clock_ends_at_the_budget():
+    cfg = TrainingConfig(
+        schedule="cosine",
+        schedule_clock="time",
+        lr=1e-3,
+        min_lr=1e-5,
+        warmup_steps=10,
+        max_epochs=None,
+        max_minutes=2.0,
+    )
+    s = Schedule(cfg)  # no step count needed
+    assert s.lr(0, 0.0) == pytest.approx(1e-4)  # warm-up still counts steps
+    assert s.lr(500, 0.0) == pytest.approx(1e-3)
+    assert s.lr(7, 60.0) == pytest.approx(0.8 * (1e-5 + (1e-3 - 1e-5) * 0.5))
+    assert s.lr(500, 60.0) == pytest.approx(1e-5 + (1e-3 - 1e-5) * 0.5)  # half time
+    assert s.lr(10**6, 120.0) == pytest.approx(1e-5)
+    assert s.lr(3, 500.0) == pytest.approx(0.4 * 1e-5)  # past the budget: the floor
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        {"schedule": "exponential", "schedule_clock": "time", "max_minutes": 5},
+        {"schedule": "cosine", "schedule_clock": "time", "max_steps": 100},
+    ],
+)
+def test_time_clock_needs_cosine_and_a_budget(bad):
+    with pytest.raises(ValueError, match="schedule_clock='time'"):
+        TrainingConfig(**bad)
+
+
 def test_plateau_cuts_after_patience_and_restores():
     cfg = TrainingConfig(
         schedule="plateau", lr=1e-3, plateau_patience=1, plateau_factor=0.5

@@ -313,3 +313,29 @@ def test_compiled_step_config_trains_like_autograd(tmp_path, monkeypatch):
         torch.testing.assert_close(weights[True][name], w, rtol=1e-7, atol=1e-10)
     with pytest.raises(Exception, match="stress"):
         validate_config(make_tiny_config(compile=True, stress_weight=1.0), tmp_path)
+
+
+def test_time_clock_cosine_decays_over_the_budget(tmp_path):
+    """schedule_clock='time': the lr follows training seconds and ends near min_lr."""
+    raw = make_tiny_config(
+        max_steps=None,
+        max_minutes=0.1,
+        schedule="cosine",
+        schedule_clock="time",
+        warmup_steps=2,
+        lr=3e-3,
+        min_lr=1e-5,
+        valid_interval=50,
+        log_interval=5,
+    )
+    run = tmp_path / "run"
+    train(validate_config(raw, tmp_path), run, progress=False)
+    with open(run / "metrics.csv", newline="") as fh:
+        rows = [r for r in csv.DictReader(fh) if r["train_loss"]]
+    elapsed = np.array([float(r["elapsed_s"]) for r in rows])
+    lr = np.array([float(r["lr"]) for r in rows])
+    assert len(rows) >= 5 and elapsed[-1] <= 6.0 + 2.0
+    assert np.all(np.diff(lr) <= 0)  # past the warm-up: decreasing with time
+    expected = 1e-5 + (3e-3 - 1e-5) * 0.5 * (1 + np.cos(np.pi * elapsed / 6.0))
+    # each row's lr is that of its last step, taken a few ms before the row's time
+    np.testing.assert_allclose(lr, expected, rtol=0.1, atol=1.5e-4)

@@ -172,7 +172,7 @@ class Trainer:
             torch.nn.utils.clip_grad_norm_(
                 self.model.parameters(), self.cfg.clip_grad_norm
             )
-        lr = self.schedule.lr(self.step)
+        lr = self.schedule.lr(self.step, self.elapsed)
         for group in self.optimizer.param_groups:
             group["lr"] = lr
         self.optimizer.step()
@@ -298,7 +298,7 @@ class Trainer:
                 bar.update(self.step, parts["loss"], n_struct, self.eta(sps), val_mae)
         if self.last_valid_step != self.step:
             self.log(
-                {"lr": self.schedule.lr(max(self.step - 1, 0))}
+                {"lr": self.schedule.lr(max(self.step - 1, 0), self.elapsed)}
                 | _valid_row(self.validate())
             )
         self.save_last()
