@@ -18,6 +18,7 @@ skin), and checkpoint round trips.
 
 from __future__ import annotations
 
+from types import MappingProxyType
 from typing import Any, ClassVar
 
 import numpy as np
@@ -27,6 +28,18 @@ import torch
 from equiforce import keys
 from equiforce.data.graph import AtomicGraph
 from equiforce.models.base import PotentialModel
+
+#: A So3krates small enough for unit tests (read-only; copy with ``{**TINY_SO3KRATES}``).
+TINY_SO3KRATES = MappingProxyType(
+    {
+        "num_features": 16,
+        "num_layers": 2,
+        "degrees": (1, 2),
+        "num_radial": 8,
+        "readout_hidden": 16,
+        "zero_init_readout": False,
+    }
+)
 
 #: Relative tolerances by dtype for symmetry/consistency checks.
 TOLERANCES = {torch.float32: 2e-5, torch.float64: 1e-10}

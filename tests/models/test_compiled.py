@@ -9,16 +9,9 @@ import equiforce
 from equiforce.data.graph import AtomicGraph
 from equiforce.models.compiled import CompiledPotential
 from equiforce.nn import scatter
-from equiforce.testing import random_crystal
+from equiforce.testing import TINY_SO3KRATES, random_crystal
 
-SMALL = {
-    "num_features": 16,
-    "num_layers": 2,
-    "degrees": (1, 2),
-    "num_radial": 8,
-    "readout_hidden": 16,
-    "zero_init_readout": False,
-}
+SMALL = TINY_SO3KRATES
 
 
 def graphs(dtype):

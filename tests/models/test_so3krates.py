@@ -11,16 +11,9 @@ from equiforce.models.registry import build_model
 from equiforce.models.so3krates import DegreeContraction
 from equiforce.nn.radial import PhysNetBasis, cosine_cutoff, phys_cutoff
 from equiforce.nn.spherical import SphericalHarmonics
-from equiforce.testing import ModelContractTests, random_molecule
+from equiforce.testing import TINY_SO3KRATES, ModelContractTests, random_molecule
 
-SMALL = {
-    "num_features": 16,
-    "num_layers": 2,
-    "degrees": (1, 2),
-    "num_radial": 8,
-    "readout_hidden": 16,
-    "zero_init_readout": False,
-}
+SMALL = TINY_SO3KRATES
 
 
 class TestSo3krates(ModelContractTests):

@@ -7,19 +7,12 @@ import torch
 import equiforce
 from equiforce import keys
 from equiforce.data.graph import AtomicGraph
-from equiforce.testing import random_molecule
+from equiforce.testing import TINY_SO3KRATES, random_molecule
 from equiforce.train.compiled_step import CompiledTrainStep
 from equiforce.train.loss import WeightedLoss
 
 TINY = {
-    "so3krates": {
-        "num_features": 16,
-        "num_layers": 2,
-        "degrees": (1, 2),
-        "num_radial": 8,
-        "readout_hidden": 16,
-        "zero_init_readout": False,
-    },
+    "so3krates": TINY_SO3KRATES,
     "painn": {"num_features": 16, "num_interactions": 2, "num_radial": 8},
 }
 

@@ -7,15 +7,9 @@ from ase.md.verlet import VelocityVerlet
 
 import equiforce
 from equiforce.models.checkpoint import CheckpointError
+from equiforce.testing import TINY_SO3KRATES
 
-SMALL = {
-    "num_features": 16,
-    "num_layers": 2,
-    "degrees": (1, 2),
-    "num_radial": 8,
-    "readout_hidden": 16,
-    "zero_init_readout": False,
-}
+SMALL = TINY_SO3KRATES
 
 
 @pytest.fixture
