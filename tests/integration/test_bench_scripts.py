@@ -152,3 +152,22 @@ def test_rmd17_cpu_so3krates_budget_run(tmp_path):
     assert metrics["n_structures"] == 1000  # the whole test file
     md = (tmp_path / "results.md").read_text()
     assert f"| {row['forces_mae']:.2f} |" in md and "MACE NeurIPS 2022 Table 1" in md
+
+
+def test_flops_script_counts_per_pair(tmp_path):
+    """benchmarks/flops.py: FLOPs per call, per edge and per pair are consistent."""
+    out = tmp_path / "flops.json"
+    cmd = [sys.executable, str(ROOT / "benchmarks" / "flops.py"), "--no-compiled"]
+    cmd += ["--systems", "ethanol,benzene", "--threads", "1", "--calls", "1"]
+    subprocess.run([*cmd, "--square", "256", "--json", str(out)], cwd=ROOT, check=True)
+    rows = json.loads(out.read_text())["rows"]
+    assert [r["atoms"] for r in rows] == [9, 12]
+    for r in rows:
+        assert r["pairs"] * 2 == r["edges"]  # paired neighbour list
+        assert r["flop_per_pair"] == pytest.approx(2 * r["flop_per_edge"])
+        assert r["gflop_per_call"] * 1e9 == pytest.approx(
+            r["flop_per_edge"] * r["edges"]
+        )
+        assert r["eager_gflops"] == pytest.approx(r["gflop_per_call"] / r["eager_s"])
+    # the filter MLPs dominate: the cost per pair barely depends on the molecule
+    assert rows[0]["flop_per_pair"] == pytest.approx(rows[1]["flop_per_pair"], rel=0.3)
