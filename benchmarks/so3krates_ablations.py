@@ -13,7 +13,8 @@
    the per-edge gathers).
 5. ``calls``: ``--calls`` consecutive eager calls per system, each timed, with the
    peak RSS. For the allocator comparison run it once as is and once with
-   ``EQUIFORCE_MALLOC_TUNING=0`` (glibc's default mmap of large blocks).
+   ``EQUIFORCE_MALLOC_TUNING=0`` (glibc's default mmap of large blocks); with
+   ``GLIBC_TUNABLES=glibc.malloc.hugetlb=1`` for transparent huge pages in the heap.
 
     python benchmarks/so3krates_ablations.py paired --systems ethanol,water96,box1029
     python benchmarks/so3krates_ablations.py compiled --extern-rows 1024 --cpp-wrapper 1
@@ -195,6 +196,7 @@ def calls(systems: list[str], model, n_calls: int) -> list[dict]:
                 "edges": g.n_edges,
                 "chunked": model.chunks_edges(g.n_edges),
                 "malloc_tuning": os.environ.get("EQUIFORCE_MALLOC_TUNING", "1"),
+                "glibc_tunables": os.environ.get("GLIBC_TUNABLES", ""),
                 "call_ms": ms,
                 "peak_rss_gib": rss,
             }
