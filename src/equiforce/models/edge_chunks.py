@@ -51,6 +51,17 @@ def directions(x: torch.Tensor, sl: slice, n_dir: int) -> torch.Tensor:
     return x.view(n_dir, n_pairs, *x.shape[1:])[:, sl].flatten(0, 1)
 
 
+def chunk_args(tensors: tuple[torch.Tensor, ...], sl: slice, n_dir: int) -> tuple:
+    """Arguments of ``fn`` for pairs ``sl``: atom tensors whole, edge tensors sliced.
+
+    ``tensors`` is ``(q, kv, ev, d, sph, phi, idx_i, idx_j)``; ``d`` and ``phi`` are
+    per pair, ``sph`` and the indices per directed edge.
+    """
+    q, kv, ev, d, sph, phi, idx_i, idx_j = tensors
+    sph_c, i_c, j_c = (directions(t, sl, n_dir) for t in (sph, idx_i, idx_j))
+    return q, kv, ev, d[sl], sph_c, phi[sl], i_c, j_c
+
+
 def checkpointed_messages(
     fn: ChunkFn,
     q: torch.Tensor,  # (n_atoms, n_q·F)
@@ -66,19 +77,11 @@ def checkpointed_messages(
     n_features: int,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Δf (n_atoms, F) and Δx (n_atoms, m_tot) summed over checkpointed chunks."""
+    tensors = (q, kv, ev, d, sph, phi, idx_i, idx_j)
     d_f = q.new_zeros((q.shape[0], n_features))
     d_ev = None
     for sl in pair_slices(d.shape[0], chunk, n_dir):
-        args = (
-            q,
-            kv,
-            ev,
-            d[sl],
-            directions(sph, sl, n_dir),
-            phi[sl],
-            directions(idx_i, sl, n_dir),
-            directions(idx_j, sl, n_dir),
-        )
+        args = chunk_args(tensors, sl, n_dir)
         part_f, part_ev = checkpoint(fn, *args, use_reentrant=False)
         d_f = d_f + part_f
         if part_ev is not None:
@@ -98,20 +101,11 @@ class ChunkedMessages(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, fn, chunk, n_dir, n_features, *tensors):  # noqa: D102
-        q, kv, ev, d, sph, phi, idx_i, idx_j = tensors
+        q, ev, d = tensors[0], tensors[2], tensors[3]
         d_f = q.new_zeros((q.shape[0], n_features))
         d_ev = ev.new_zeros(ev.shape)
         for sl in pair_slices(d.shape[0], chunk, n_dir):
-            part_f, part_ev = fn(
-                q,
-                kv,
-                ev,
-                d[sl],
-                directions(sph, sl, n_dir),
-                phi[sl],
-                directions(idx_i, sl, n_dir),
-                directions(idx_j, sl, n_dir),
-            )
+            part_f, part_ev = fn(*chunk_args(tensors, sl, n_dir))
             d_f += part_f
             if part_ev is not None:
                 d_ev += part_ev
