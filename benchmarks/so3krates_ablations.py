@@ -8,9 +8,10 @@
    on or off. Run it once per setting; compare medians of runs made one after another.
 3. ``chunks``: eager energy+forces with several ``edge_chunk_size`` settings
    (``--chunk-sizes none,250000,60000``), interleaved call by call in one process.
-4. ``order``: eager energy+forces with the atoms in the system's own order and sorted
-   along a Morton (Z-order) curve, interleaved in one process (memory locality of
-   the per-edge gathers).
+4. ``order``: eager energy+forces with the atoms in the system's own order, pre-sorted
+   along a Morton (Z-order) curve, and sorted inside the call (the library default
+   from ``SPATIAL_ORDER_MIN_ATOMS`` atoms), interleaved in one process (memory
+   locality of the per-edge gathers; the other ablations use the library default).
 5. ``calls``: ``--calls`` consecutive eager calls per system, each timed, with the
    peak RSS. For the allocator comparison run it once as is and once with
    ``EQUIFORCE_MALLOC_TUNING=0`` (glibc's default mmap of large blocks); with
@@ -136,41 +137,45 @@ def chunks(systems: list[str], model, sizes: list[int | None]) -> list[dict]:
     return rows
 
 
-def morton_order(positions, bits: int = 10):
-    """Permutation sorting points along a Z-order curve of 2**bits cells per axis."""
-    import numpy as np
-
-    p = positions - positions.min(0)
-    cells = (p / max(p.max(), 1e-9) * (2**bits - 1)).astype(np.int64)  # (n, 3)
-    code = np.zeros(len(p), dtype=np.int64)
-    for bit in range(bits):
-        for axis in range(3):
-            code |= ((cells[:, axis] >> bit) & 1) << (3 * bit + axis)
-    return np.argsort(code, kind="stable")
-
-
 def order(systems: list[str], model) -> list[dict]:
-    """Own atom order vs Morton order, eager, interleaved; first round untimed."""
+    """Own atom order vs Morton order, eager, interleaved; first round untimed.
+
+    ``own``: the atoms as built, no reordering; ``morton``: pre-sorted along the
+    Morton curve; ``auto``: the atoms as built, sorted inside the call by
+    ``PotentialModel.atom_order`` (the sort, the relabelling and the unsorting of
+    the outputs included), whatever ``spatial_order_min_atoms`` says.
+    """
+    from equiforce.data.ordering import spatial_order
+
     rows = []
     for name in systems:
         atoms = make_system(name)
+        own = AtomicGraph.from_atoms(atoms, model.cutoff, torch.float32)
+        perm = spatial_order(own.positions, own.graph_index).numpy()
         graphs = {
-            "own": AtomicGraph.from_atoms(atoms, model.cutoff, torch.float32),
-            "morton": AtomicGraph.from_atoms(
-                atoms[morton_order(atoms.positions)], model.cutoff, torch.float32
+            "own": (own, None),
+            "morton": (
+                AtomicGraph.from_atoms(atoms[perm], model.cutoff, torch.float32),
+                None,
             ),
+            "auto": (own, 0),
         }
         times: dict[str, list[float]] = {k: [] for k in graphs}
-        for rnd in range(4):
-            for key, g in graphs.items():
-                ms = _median_ms(lambda g=g: model(g), 1)
-                if rnd:
-                    times[key].append(ms)
+        default = model.spatial_order_min_atoms
+        try:
+            for rnd in range(4):
+                for key, (g, limit) in graphs.items():
+                    model.spatial_order_min_atoms = limit
+                    ms = _median_ms(lambda g=g: model(g), 1)
+                    if rnd:
+                        times[key].append(ms)
+        finally:
+            model.spatial_order_min_atoms = default
         rows.append(
             {
                 "system": name,
                 "atoms": len(atoms),
-                "edges": graphs["own"].n_edges,
+                "edges": own.n_edges,
                 **{f"{k}_ms": statistics.median(v) for k, v in times.items()},
             }
         )

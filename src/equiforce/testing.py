@@ -186,6 +186,30 @@ class ModelContractTests:
         assert_close(e2, e1, tol, "energy under permutation")
         assert_close(f2, f1[perm], tol * 10, "forces under permutation")
 
+    def test_spatial_atom_order_changes_nothing(self, dtype):
+        """Large calls run in Morton order (memory locality); outputs must not move."""
+        rng = np.random.default_rng(9)
+        model = self.make_model(dtype)
+        pos, z = random_molecule(rng, n_atoms=12, box=4.0)
+        cpos, cz, cell = random_crystal(rng, n_atoms=6)
+        batch = AtomicGraph.collate(
+            [
+                self.graph(pos, z, model, dtype),
+                self.graph(cpos, cz, model, dtype, cell, np.ones(3, bool)),
+            ]
+        )
+        model.spatial_order_min_atoms = None
+        ref = model(batch, compute_stress=True)
+        model.spatial_order_min_atoms = 0  # reorder every call
+        order = model.atom_order(batch)
+        assert order is not None and not torch.equal(order[0], torch.arange(18)), (
+            "the test structures are already in Morton order: nothing is tested"
+        )
+        out = model(batch, compute_stress=True)
+        tol = TOLERANCES[dtype] * 10
+        for key in (keys.ENERGY, keys.ATOMIC_ENERGIES, keys.FORCES, keys.STRESS):
+            assert_close(out[key], ref[key], tol, f"{key} in Morton atom order")
+
     def test_forces_match_finite_differences(self):
         dtype = torch.float64
         rng = np.random.default_rng(4)

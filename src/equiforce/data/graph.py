@@ -211,6 +211,27 @@ class AtomicGraph:
         """A shallow copy with new positions (same topology)."""
         return replace(self, positions=positions)
 
+    def permuted(self, perm: torch.Tensor, inv: torch.Tensor) -> AtomicGraph:
+        """The same structures with atoms renumbered; edges keep their order.
+
+        Args:
+            perm: (n_atoms,) atom k of the result is atom ``perm[k]`` of ``self``;
+                it must keep every structure's atoms contiguous and in
+                structure order (see :func:`equiforce.data.ordering.spatial_order`).
+            inv: (n_atoms,) the inverse, ``inv[perm[k]] = k``.
+        """
+        return replace(
+            self,
+            positions=self.positions.index_select(0, perm),
+            atomic_numbers=self.atomic_numbers.index_select(0, perm),
+            graph_index=self.graph_index.index_select(0, perm),
+            edge_index=inv[self.edge_index],
+            targets={
+                k: v.index_select(0, perm) if k in keys.NODE_TARGETS else v
+                for k, v in self.targets.items()
+            },
+        )
+
     @staticmethod
     def collate(graphs: list[AtomicGraph]) -> AtomicGraph:
         """Concatenate structures into one batch (offsets edges and graph indices)."""

@@ -14,7 +14,28 @@ from torch import nn
 
 from equiforce import keys
 from equiforce.data.graph import AtomicGraph
+from equiforce.data.ordering import (
+    SPATIAL_ORDER_MIN_ATOMS,
+    inverse_permutation,
+    spatial_order,
+)
 from equiforce.nn.scatter import scatter_sum
+
+
+def restore_atom_order(
+    out: dict[str, torch.Tensor], inv: torch.Tensor
+) -> dict[str, torch.Tensor]:
+    """Per-atom outputs of a reordered call, back in the caller's atom order.
+
+    Args:
+        out: model outputs computed on ``graph.permuted(perm, inv)``.
+        inv: (n_atoms,) inverse permutation.
+    """
+    return {
+        k: v.index_select(0, inv) if k in (keys.FORCES, keys.ATOMIC_ENERGIES) else v
+        for k, v in out.items()
+    }
+
 
 #: Rows of per-element tables (index = atomic number, 0 unused).
 NUM_ELEMENTS = 119
@@ -36,9 +57,15 @@ class PotentialModel(nn.Module):
         (``create_graph``). When False nothing can ask for weight gradients or a
         second derivative, so a model may use cheaper once-differentiable code
         (So3krates' in-place edge chunks). True outside :meth:`forward`.
+
+    Attribute ``spatial_order_min_atoms``: calls with at least this many atoms run
+    with the atoms sorted along a Morton curve (memory locality, see
+    :mod:`equiforce.data.ordering`); outputs come back in the caller's order.
+    None disables it.
     """
 
     model_name: str = ""
+    spatial_order_min_atoms: int | None = SPATIAL_ORDER_MIN_ATOMS
 
     def __init__(self, cutoff: float, e0: torch.Tensor | None = None) -> None:
         super().__init__()
@@ -88,10 +115,31 @@ class PotentialModel(nn.Module):
         if create_graph is None:
             create_graph = self.training
         self.outputs_differentiable = create_graph
+        order = self.atom_order(graph)
         try:
-            return self._forward(graph, compute_forces, compute_stress, create_graph)
+            if order is None:
+                return self._forward(
+                    graph, compute_forces, compute_stress, create_graph
+                )
+            out = self._forward(
+                graph.permuted(*order), compute_forces, compute_stress, create_graph
+            )
+            return restore_atom_order(out, order[1])
         finally:
             self.outputs_differentiable = True
+
+    def atom_order(
+        self, graph: AtomicGraph
+    ) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """``(perm, inv)`` to run ``graph`` in Morton order; None below the size limit.
+
+        See :meth:`AtomicGraph.permuted` for the meaning of both.
+        """
+        limit = self.spatial_order_min_atoms
+        if limit is None or graph.num_nodes < limit:
+            return None
+        perm = spatial_order(graph.positions, graph.graph_index)  # (n_atoms,)
+        return perm, inverse_permutation(perm)
 
     def _forward(
         self,
