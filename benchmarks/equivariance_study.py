@@ -56,12 +56,25 @@ FULL = {
     "sweep_atoms": 384,
     "nequip_lmax": (1, 2, 3),
     "so3krates_degrees": ((1,), (1, 2), (1, 2, 3), (1, 2, 3, 4)),
-    "overrides": {"so3krates": {"zero_init_readout": False}},
+    # random readouts for timing (So3krates and PaiNN default to a zero readout)
+    "overrides": {
+        "so3krates": {"zero_init_readout": False},
+        "painn": {"zero_init_readout": False},
+    },
     "min_seconds": 2.0,
     "min_calls": 3,
     "molecules": ("ethanol", "aspirin"),
     "lc_sizes": (50, 100, 250, 500, 950),
-    "lc_training": {"max_epochs": None, "max_minutes": 10.0},
+    # a fixed wall-clock budget per size, annealed over that budget (cosine on
+    # the training-time clock), so every family and size ends at min_lr
+    "lc_training": {
+        "max_epochs": None,
+        "max_minutes": 10.0,
+        "schedule": "cosine",
+        "schedule_clock": "time",
+        "warmup_steps": 100,
+        "min_lr": 1e-5,
+    },
     "lc_data": {"n_valid": 50},
     "test_index": ":",
     "stab_training": {"max_epochs": None, "max_minutes": 30.0, "valid_interval": 190},
@@ -390,7 +403,6 @@ def run_data(s: dict, out: Path, threads: int) -> None:
         )
         return
     training = {**s["lc_training"], "threads": threads}
-    summary = load_json(out / "learning_curves.json", {})
     for mol in s["molecules"]:
         for name in FAMILIES:
             over = s.get("lc_overrides", {}).get(name, {})
@@ -403,6 +415,8 @@ def run_data(s: dict, out: Path, threads: int) -> None:
                 out / "learning_curves" / mol / name,
                 progress=True,
             )
+            # re-read before saving: another process may run other molecules
+            summary = load_json(out / "learning_curves.json", {})
             summary[f"{mol}/{name}"] = rows
             save_json(out / "learning_curves.json", summary)
 
@@ -525,10 +539,20 @@ def write_report(out: Path, command: str, small: bool) -> None:
     info = machine_info()
     parts = [
         f"# Equivariance study{' (--small smoke run)' if small else ''}\n",
-        f"Command: `{command}`  \nMachine: {info['cpu']}, {info['threads']} torch "
-        f"threads, torch {info['torch']}, Python {info['python']}"
+        f"Last command: `{command}`  \nMachine: {info['cpu']}, torch "
+        f"{info['torch']}, Python {info['python']}"
         f"{', CUDA ' + info['cuda'] if info['cuda'] else ''}  \nDate: {info['date']}\n",
     ]
+    runs = load_json(out / "commands.json", {})
+    if runs:
+        parts += [
+            "Commands that produced each part (parts can run in separate processes):\n",
+            md_table(
+                [{"part": k, **v} for k, v in sorted(runs.items())],
+                ["part", "command", "threads", "date"],
+            )
+            + "\n",
+        ]
     rows = load_json(out / "cost.json", [])
     if rows:
         plot_cost(rows, out)
@@ -679,6 +703,17 @@ def main(argv: list[str] | None = None) -> int:
     command = "python benchmarks/equivariance_study.py " + " ".join(
         shlex.quote(a) for a in (sys.argv[1:] if argv is None else argv)
     )
+    runs = load_json(out / "commands.json", {})
+    for part in parts:
+        label = part
+        if part == "data":
+            label += ":" + ",".join(s["molecules"])
+        runs[label] = {
+            "command": command,
+            "threads": args.threads,
+            "date": time.strftime("%Y-%m-%d"),
+        }
+    save_json(out / "commands.json", runs)
     code = 0
     try:
         if "cost" in parts:

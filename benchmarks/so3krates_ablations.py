@@ -143,7 +143,8 @@ def order(systems: list[str], model) -> list[dict]:
     ``own``: the atoms as built, no reordering; ``morton``: pre-sorted along the
     Morton curve; ``auto``: the atoms as built, sorted inside the call by
     ``PotentialModel.atom_order`` (the sort, the relabelling and the unsorting of
-    the outputs included), whatever ``spatial_order_min_atoms`` says.
+    the outputs included), whatever ``spatial_order_min_atoms`` says;
+    ``morton_edges``: pre-sorted atoms and the pairs sorted by (i, j) too.
     """
     from equiforce.data.ordering import spatial_order
 
@@ -160,6 +161,16 @@ def order(systems: list[str], model) -> list[dict]:
             ),
             "auto": (own, 0),
         }
+        # pre-sorted atoms and pairs sorted by (i, j): rows touched in order
+        m = graphs["morton"][0]
+        half = m.n_edges // 2
+        key = m.edge_index[0, :half] * m.num_nodes + m.edge_index[1, :half]
+        o = torch.argsort(key)
+        o = torch.cat([o, o + half])
+        graphs["morton_edges"] = (
+            replace(m, edge_index=m.edge_index[:, o], edge_shifts=m.edge_shifts[o]),
+            None,
+        )
         times: dict[str, list[float]] = {k: [] for k in graphs}
         default = model.spatial_order_min_atoms
         try:

@@ -36,7 +36,7 @@ def test_small_study_runs_end_to_end(tmp_path):
     assert study.main(["--small", "--out", str(tmp_path), "--threads", "1"]) == 0
     report = (tmp_path / "report.md").read_text()
     for needle in (
-        "Command:",
+        "Last command:",
         "Machine:",
         "Date:",
         "## Cost",
@@ -44,6 +44,9 @@ def test_small_study_runs_end_to_end(tmp_path):
         "## Stability",
     ):
         assert needle in report
+    runs = json.loads((tmp_path / "commands.json").read_text())
+    assert set(runs) == {"cost", "data:ethanol", "stability"}
+    assert "--small" in runs["cost"]["command"]
     cost = json.loads((tmp_path / "cost.json").read_text())
     assert {r["model"] for r in cost} == {"schnet", "painn", "nequip", "so3krates"}
     assert all(r["ms"] > 0 and r["n_edges"] > 0 for r in cost)

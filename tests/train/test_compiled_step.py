@@ -13,7 +13,12 @@ from equiforce.train.loss import WeightedLoss
 
 TINY = {
     "so3krates": TINY_SO3KRATES,
-    "painn": {"num_features": 16, "num_interactions": 2, "num_radial": 8},
+    "painn": {
+        "num_features": 16,
+        "num_interactions": 2,
+        "num_radial": 8,
+        "zero_init_readout": False,
+    },
 }
 
 

@@ -1,5 +1,7 @@
 """Morton atom order: a valid permutation, local, and invisible to callers."""
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 import torch
@@ -62,19 +64,39 @@ def test_permuted_graph_keeps_edges_and_targets():
     inv = inverse_permutation(perm)
     p = g.permuted(perm, inv)
     assert p.edges_paired and p.n_edges == g.n_edges
-    assert torch.allclose(p.edge_vectors(), g.edge_vectors())
+    half = p.n_edges // 2
+    # still paired: edge half + k reverses edge k
+    assert torch.equal(p.edge_index[:, half:], p.edge_index.flip(0)[:, :half])
+    assert torch.equal(p.edge_shifts[half:], -p.edge_shifts[:half])
+    # centres in increasing order (first half), the same set of edges
+    assert (p.edge_index[0, :half].diff() >= 0).all()
+
+    def edge_set(graph, labels):
+        i, j = labels[graph.edge_index[0]], labels[graph.edge_index[1]]
+        cols = (i.tolist(), j.tolist(), *graph.edge_shifts.T.tolist())
+        return sorted(zip(*cols, strict=True))
+
+    assert edge_set(p, perm) == edge_set(g, torch.arange(g.num_nodes))
+    assert torch.allclose(
+        p.edge_vectors().norm(dim=1).sort().values,
+        g.edge_vectors().norm(dim=1).sort().values,
+    )
     assert torch.equal(p.atomic_numbers[inv], g.atomic_numbers)
     assert torch.equal(p.targets[keys.FORCES][inv], g.targets[keys.FORCES])
 
 
-@pytest.mark.parametrize("path", ["autograd", "functional"])
-def test_reordered_large_call_equals_plain_call(path):
+@pytest.mark.parametrize(
+    ("path", "paired"),
+    [("autograd", True), ("functional", True), ("autograd", False)],
+)
+def test_reordered_large_call_equals_plain_call(path, paired):
     """A 512-atom cluster above a lowered size limit, both force paths, float64."""
     model = equiforce.build_model(
         "so3krates", dtype=torch.float64, **TINY_SO3KRATES
     ).eval()
     z = np.random.default_rng(3).choice([1, 6, 8], 512)
     g = AtomicGraph.from_arrays(shuffled_grid(8), z, model.cutoff)
+    g = replace(g, edges_paired=paired)
     call = model if path == "autograd" else CompiledPotential(model, compile=False)
     model.spatial_order_min_atoms = None
     ref = call(g)

@@ -212,7 +212,13 @@ class AtomicGraph:
         return replace(self, positions=positions)
 
     def permuted(self, perm: torch.Tensor, inv: torch.Tensor) -> AtomicGraph:
-        """The same structures with atoms renumbered; edges keep their order.
+        """The same structures with atoms renumbered and edges sorted by new centre.
+
+        Edges are reordered so that the (new) centre index grows along the edge
+        list, as a neighbour list built on the renumbered atoms would give: a
+        renumbering for memory locality is lost if the edges still visit the
+        centres in the old order. Paired graphs stay paired (the first half is
+        sorted, the second half follows it).
 
         Args:
             perm: (n_atoms,) atom k of the result is atom ``perm[k]`` of ``self``;
@@ -220,12 +226,20 @@ class AtomicGraph:
                 structure order (see :func:`equiforce.data.ordering.spatial_order`).
             inv: (n_atoms,) the inverse, ``inv[perm[k]] = k``.
         """
+        edge_index = inv[self.edge_index]  # (2, n_edges)
+        if self.edges_paired:
+            half = edge_index.shape[1] // 2
+            order = torch.argsort(edge_index[0, :half], stable=True)  # (half,)
+            order = torch.cat([order, order + half])
+        else:
+            order = torch.argsort(edge_index[0], stable=True)  # (n_edges,)
         return replace(
             self,
             positions=self.positions.index_select(0, perm),
             atomic_numbers=self.atomic_numbers.index_select(0, perm),
             graph_index=self.graph_index.index_select(0, perm),
-            edge_index=inv[self.edge_index],
+            edge_index=edge_index.index_select(1, order),
+            edge_shifts=self.edge_shifts.index_select(0, order),
             targets={
                 k: v.index_select(0, perm) if k in keys.NODE_TARGETS else v
                 for k, v in self.targets.items()
