@@ -23,6 +23,8 @@
     python benchmarks/so3krates_ablations.py chunks --systems box3000,box10k --threads 1
     python benchmarks/so3krates_ablations.py order --systems box3000,box10k --threads 1
     python benchmarks/so3krates_ablations.py calls --systems box100k --calls 2 --threads 1
+    python benchmarks/so3krates_ablations.py calls --systems box10k --calls 6 --shuffle \
+        --spatial-order-min-atoms none      # then with the default (Morton order)
     EQUIFORCE_MALLOC_TUNING=0 python benchmarks/so3krates_ablations.py calls \
         --systems box100k --calls 1 --threads 1
 """
@@ -137,7 +139,18 @@ def chunks(systems: list[str], model, sizes: list[int | None]) -> list[dict]:
     return rows
 
 
-def order(systems: list[str], model) -> list[dict]:
+def _system(name: str, shuffle: bool):
+    """A benchmark system, its atoms optionally listed in a seeded random order."""
+    atoms = make_system(name)
+    if shuffle:
+        gen = torch.Generator().manual_seed(0)
+        atoms = atoms[torch.randperm(len(atoms), generator=gen).numpy()]
+    return atoms
+
+
+def order(
+    systems: list[str], model, rounds: int = 4, shuffle: bool = False
+) -> list[dict]:
     """Own atom order vs Morton order, eager, interleaved; first round untimed.
 
     ``own``: the atoms as built, no reordering; ``morton``: pre-sorted along the
@@ -145,12 +158,14 @@ def order(systems: list[str], model) -> list[dict]:
     ``PotentialModel.atom_order`` (the sort, the relabelling and the unsorting of
     the outputs included), whatever ``spatial_order_min_atoms`` says;
     ``morton_edges``: pre-sorted atoms and the pairs sorted by (i, j) too.
+    ``shuffle``: list the atoms in a random order first (a trajectory frame after
+    diffusion, or a file written in no particular order).
     """
     from equiforce.data.ordering import spatial_order
 
     rows = []
     for name in systems:
-        atoms = make_system(name)
+        atoms = _system(name, shuffle)
         own = AtomicGraph.from_atoms(atoms, model.cutoff, torch.float32)
         perm = spatial_order(own.positions, own.graph_index).numpy()
         graphs = {
@@ -174,7 +189,7 @@ def order(systems: list[str], model) -> list[dict]:
         times: dict[str, list[float]] = {k: [] for k in graphs}
         default = model.spatial_order_min_atoms
         try:
-            for rnd in range(4):
+            for rnd in range(rounds):
                 for key, (g, limit) in graphs.items():
                     model.spatial_order_min_atoms = limit
                     ms = _median_ms(lambda g=g: model(g), 1)
@@ -184,7 +199,7 @@ def order(systems: list[str], model) -> list[dict]:
             model.spatial_order_min_atoms = default
         rows.append(
             {
-                "system": name,
+                "system": name + (" shuffled" if shuffle else ""),
                 "atoms": len(atoms),
                 "edges": own.n_edges,
                 **{f"{k}_ms": statistics.median(v) for k, v in times.items()},
@@ -194,14 +209,14 @@ def order(systems: list[str], model) -> list[dict]:
     return rows
 
 
-def calls(systems: list[str], model, n_calls: int) -> list[dict]:
+def calls(systems: list[str], model, n_calls: int, shuffle: bool = False) -> list[dict]:
     """Consecutive eager calls, each timed, and the process's peak RSS after them."""
     import os
     import resource
 
     rows = []
     for name in systems:
-        atoms = make_system(name)
+        atoms = _system(name, shuffle)
         g = AtomicGraph.from_atoms(atoms, model.cutoff, torch.float32)
         ms = [_median_ms(lambda g=g: model(g), 1) for _ in range(n_calls)]
         rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
@@ -211,6 +226,8 @@ def calls(systems: list[str], model, n_calls: int) -> list[dict]:
                 "atoms": len(atoms),
                 "edges": g.n_edges,
                 "chunked": model.chunks_edges(g.n_edges),
+                "shuffled": shuffle,
+                "spatial_order_min_atoms": model.spatial_order_min_atoms,
                 "malloc_tuning": os.environ.get("EQUIFORCE_MALLOC_TUNING", "1"),
                 "glibc_tunables": os.environ.get("GLIBC_TUNABLES", ""),
                 "call_ms": ms,
@@ -231,12 +248,26 @@ def main(argv=None) -> int:
     p.add_argument("--chunk-sizes", default="none,250000,60000")
     p.add_argument("--calls", type=int, default=2, help="calls per system (calls)")
     p.add_argument(
+        "--rounds", type=int, default=4, help="rounds, first untimed (order)"
+    )
+    p.add_argument(
+        "--shuffle", action="store_true", help="random atom order first (order, calls)"
+    )
+    p.add_argument(
+        "--spatial-order-min-atoms",
+        default="default",
+        help="model.spatial_order_min_atoms: default, none or an atom count",
+    )
+    p.add_argument(
         "--json", default=None, help="append results to this JSON-lines file"
     )
     args = p.parse_args(argv)
     tune_allocator()
     torch.set_num_threads(args.threads)
     model = build_model("so3krates", "default", dtype=torch.float32).eval()
+    if args.spatial_order_min_atoms != "default":
+        limit = args.spatial_order_min_atoms
+        model.spatial_order_min_atoms = None if limit == "none" else int(limit)
     systems = args.systems.split(",")
     if args.what == "paired":
         rows = paired(systems, model)
@@ -244,9 +275,9 @@ def main(argv=None) -> int:
         sizes = [None if x == "none" else int(x) for x in args.chunk_sizes.split(",")]
         rows = chunks(systems, model, sizes)
     elif args.what == "order":
-        rows = order(systems, model)
+        rows = order(systems, model, args.rounds, args.shuffle)
     elif args.what == "calls":
-        rows = calls(systems, model, args.calls)
+        rows = calls(systems, model, args.calls, args.shuffle)
     else:
         rows = compiled(systems, model, args.extern_rows, bool(args.cpp_wrapper))
     if args.json:
