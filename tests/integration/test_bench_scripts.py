@@ -171,3 +171,27 @@ def test_flops_script_counts_per_pair(tmp_path):
         assert r["eager_gflops"] == pytest.approx(r["gflop_per_call"] / r["eager_s"])
     # the filter MLPs dominate: the cost per pair barely depends on the molecule
     assert rows[0]["flop_per_pair"] == pytest.approx(rows[1]["flop_per_pair"], rel=0.3)
+
+
+def test_ablations_order_and_calls_record_their_settings(tmp_path):
+    """so3krates_ablations.py order/calls: every order variant timed, settings kept."""
+    script = ROOT / "benchmarks" / "so3krates_ablations.py"
+    out = tmp_path / "abl.jsonl"
+    base = [sys.executable, str(script)]
+    common = ["--systems", "ethanol", "--threads", "1", "--json", str(out)]
+    subprocess.run(
+        [*base, "order", "--rounds", "2", "--shuffle", *common], cwd=ROOT, check=True
+    )
+    subprocess.run(
+        [*base, "calls", "--calls", "2", "--spatial-order-min-atoms", "none", *common],
+        cwd=ROOT,
+        check=True,
+    )
+    order_run, calls_run = (json.loads(line) for line in out.read_text().splitlines())
+    (row,) = order_run["rows"]
+    assert row["system"] == "ethanol shuffled" and row["atoms"] == 9
+    for key in ("own_ms", "morton_ms", "auto_ms", "morton_edges_ms"):
+        assert row[key] > 0
+    (row,) = calls_run["rows"]
+    assert row["spatial_order_min_atoms"] is None and row["shuffled"] is False
+    assert len(row["call_ms"]) == 2 and min(row["call_ms"]) > 0
