@@ -113,7 +113,8 @@ def compiled(systems: list[str], model, extern_rows: int, cpp: bool) -> list[dic
 
 def chunks(systems: list[str], model, sizes: list[int | None]) -> list[dict]:
     """Eager energy+forces per edge-chunk size, interleaved; first round untimed."""
-    model.auto_chunk_edges = 10**12  # only the explicit sizes chunk
+    # only the explicit sizes chunk
+    model.auto_chunk_edges = model.auto_chunk_edges_detached = 10**12
     rows = []
     for name in systems:
         atoms = make_system(name)
@@ -225,7 +226,12 @@ def calls(systems: list[str], model, n_calls: int, shuffle: bool = False) -> lis
                 "system": name,
                 "atoms": len(atoms),
                 "edges": g.n_edges,
-                "chunked": model.chunks_edges(g.n_edges),
+                # as in a forces-only call (outputs detached)
+                "chunked": g.n_edges > (model.edge_chunk_size or model.auto_chunk_size)
+                and (
+                    model.edge_chunk_size is not None
+                    or g.n_edges > model.auto_chunk_edges_detached
+                ),
                 "shuffled": shuffle,
                 "spatial_order_min_atoms": model.spatial_order_min_atoms,
                 "malloc_tuning": os.environ.get("EQUIFORCE_MALLOC_TUNING", "1"),
@@ -254,6 +260,12 @@ def main(argv=None) -> int:
         "--shuffle", action="store_true", help="random atom order first (order, calls)"
     )
     p.add_argument(
+        "--edge-chunk-size",
+        type=int,
+        default=None,
+        help="model.edge_chunk_size for calls (default: automatic)",
+    )
+    p.add_argument(
         "--spatial-order-min-atoms",
         default="default",
         help="model.spatial_order_min_atoms: default, none or an atom count",
@@ -265,6 +277,8 @@ def main(argv=None) -> int:
     tune_allocator()
     torch.set_num_threads(args.threads)
     model = build_model("so3krates", "default", dtype=torch.float32).eval()
+    if args.edge_chunk_size is not None:  # calls: force a chunk size
+        model.edge_chunk_size = args.edge_chunk_size
     if args.spatial_order_min_atoms != "default":
         limit = args.spatial_order_min_atoms
         model.spatial_order_min_atoms = None if limit == "none" else int(limit)

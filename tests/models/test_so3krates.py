@@ -182,6 +182,37 @@ def test_in_place_chunks_only_for_detached_outputs(create_graph, monkeypatch):
     assert model.outputs_differentiable  # reset after the call
 
 
+def test_automatic_chunking_starts_earlier_for_detached_outputs(monkeypatch):
+    """Forces-only calls chunk from ``auto_chunk_edges_detached`` edges, training
+    calls from ``auto_chunk_edges``; ``chunks_edges`` (asked outside a call, by the
+    compiled path) follows the training limit."""
+    from equiforce.models import so3krates
+
+    sizes = []
+    real = so3krates.So3krates._edge_chunk
+
+    def spy(self, n_edges):
+        sizes.append(real(self, n_edges))
+        return sizes[-1]
+
+    monkeypatch.setattr(so3krates.So3krates, "_edge_chunk", spy)
+    model = build_model("so3krates", dtype=torch.float64, **SMALL)
+    pos, z = random_molecule(np.random.default_rng(5), n_atoms=12, box=4.0)
+    g = AtomicGraph.from_arrays(pos, z, model.cutoff)
+    model.auto_chunk_size = 17
+    model(g, create_graph=False)
+    assert sizes[-1] is None  # below both limits
+    model.auto_chunk_edges_detached = g.n_edges - 1
+    model(g, create_graph=False)
+    assert sizes[-1] == 17
+    model(g, create_graph=True)
+    assert sizes[-1] is None
+    assert not model.chunks_edges(g.n_edges)
+    model.auto_chunk_edges = g.n_edges - 1
+    model(g, create_graph=True)
+    assert sizes[-1] == 17
+
+
 @pytest.mark.parametrize(
     "overrides", [SMALL, {**SMALL, "use_euclidean_variables": False}]
 )
