@@ -6,9 +6,11 @@ memory, those gathers and scatters touch a small, cache-resident set of rows; wh
 they are not (a water box listed molecule by molecule along one axis, or any
 trajectory frame after diffusion), each gather misses the cache. Sorting atoms along
 a Morton (Z-order) curve before the call and putting per-atom outputs back in the
-caller's order afterwards made a 10,000-atom water box 1.41x faster on the 2-core
-CPU (``benchmarks/so3krates_ablations.py order``, docs/benchmarks.md); the sort and
-relabelling cost a few milliseconds per 10,000 atoms.
+caller's order afterwards made a 10,000-atom water box with its atoms listed in
+random order about 1.27x faster on the 2-core CPU (medians of separate processes,
+``benchmarks/so3krates_ablations.py calls --shuffle``); for input already listed
+along a grid the gain was within the noise (docs/benchmarks.md §1, session 4). The
+sort and relabelling cost milliseconds per 10,000 atoms.
 
 Only the order in memory changes: energies, forces and stress are the same numbers
 (up to float summation order), and the permutation is applied inside
@@ -20,9 +22,9 @@ from __future__ import annotations
 
 import torch
 
-#: Systems with at least this many atoms in one call are reordered. Below, the
-#: rows fit in the L2 cache anyway and the sort is pure overhead (measured with
-#: ``benchmarks/so3krates_ablations.py order``).
+#: Systems with at least this many atoms in one call are reordered. At 1,029 atoms
+#: the order made no measurable difference (``so3krates_ablations.py order``): the
+#: atom rows of such systems stay in cache whatever their order.
 SPATIAL_ORDER_MIN_ATOMS = 2000
 
 #: Bits per axis of the Morton code (1,024 cells per axis of the bounding box).
