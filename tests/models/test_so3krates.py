@@ -191,8 +191,8 @@ def test_automatic_chunking_starts_earlier_for_detached_outputs(monkeypatch):
     sizes = []
     real = so3krates.So3krates._edge_chunk
 
-    def spy(self, n_edges):
-        sizes.append(real(self, n_edges))
+    def spy(self, n_edges, differentiable=None):
+        sizes.append(real(self, n_edges, differentiable))
         return sizes[-1]
 
     monkeypatch.setattr(so3krates.So3krates, "_edge_chunk", spy)
@@ -208,6 +208,7 @@ def test_automatic_chunking_starts_earlier_for_detached_outputs(monkeypatch):
     model(g, create_graph=True)
     assert sizes[-1] is None
     assert not model.chunks_edges(g.n_edges)
+    assert model.chunks_edges(g.n_edges, differentiable=False)
     model.auto_chunk_edges = g.n_edges - 1
     model(g, create_graph=True)
     assert sizes[-1] == 17

@@ -196,11 +196,16 @@ class PotentialModel(nn.Module):
         )  # float64 whatever the model dtype
         return out
 
-    def chunks_edges(self, n_edges: int) -> bool:
-        """Whether a graph of ``n_edges`` is processed in checkpointed edge chunks.
+    def chunks_edges(self, n_edges: int, differentiable: bool | None = None) -> bool:
+        """Whether a graph of ``n_edges`` is processed in edge chunks.
 
         Such graphs cannot go through ``torch.func`` transforms (they use saved-tensor
         hooks), so the compiled path hands them to :meth:`forward`.
+
+        Args:
+            n_edges: directed edges of the graph.
+            differentiable: for a call whose outputs stay differentiable (True) or
+                not (False); None: as the current call (``outputs_differentiable``).
         """
         return False
 

@@ -375,21 +375,26 @@ class So3krates(PotentialModel):
         else:
             self.scale = self.shift = None
 
-    def _edge_chunk(self, n_edges: int) -> int | None:
-        """Edge chunk size for a graph of ``n_edges`` (None: no chunking)."""
+    def _edge_chunk(
+        self, n_edges: int, differentiable: bool | None = None
+    ) -> int | None:
+        """Edge chunk size for a graph of ``n_edges`` (None: no chunking).
+
+        ``differentiable``: as in :meth:`chunks_edges`.
+        """
+        if differentiable is None:
+            differentiable = self.outputs_differentiable
         chunk = self.edge_chunk_size
         limit = (
-            self.auto_chunk_edges
-            if self.outputs_differentiable
-            else self.auto_chunk_edges_detached
+            self.auto_chunk_edges if differentiable else self.auto_chunk_edges_detached
         )
         if chunk is None and n_edges > limit:
             chunk = self.auto_chunk_size
         return chunk if chunk is not None and n_edges > chunk else None
 
-    def chunks_edges(self, n_edges: int) -> bool:
-        """True when edges are processed in checkpointed chunks (very large graphs)."""
-        return self._edge_chunk(n_edges) is not None
+    def chunks_edges(self, n_edges: int, differentiable: bool | None = None) -> bool:
+        """True when edges are processed in chunks (very large graphs)."""
+        return self._edge_chunk(n_edges, differentiable) is not None
 
     def _chunked_layer(
         self, layer, features, ev, d, sph, phi, idx_i, idx_j, chunk: int, n_dir: int
