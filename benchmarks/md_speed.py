@@ -67,6 +67,7 @@ def time_native(
     dtype: torch.dtype,
     compile: bool = True,
     replicas: int = 1,
+    device: str = "cpu",
 ) -> float:
     """Steps/s of the native engine (float64 integration, model in ``dtype``).
 
@@ -77,17 +78,24 @@ def time_native(
     from equiforce.md.integrators import VelocityVerlet
     from equiforce.md.state import maxwell_boltzmann, state_from_atoms
 
-    state = state_from_atoms([atoms] * replicas)
+    state = state_from_atoms([atoms] * replicas, device=device)
     maxwell_boltzmann(state, 300.0, torch.Generator().manual_seed(0))
     ff = ModelForceField(model, skin=0.5, dtype=dtype, compile=compile)
     integ = VelocityVerlet(0.5)
     integ.init(state, ff)
     for _ in range(warmup):
         integ.step(state, ff)
+    _sync(device)
     t0 = time.perf_counter()
     for _ in range(steps):
         integ.step(state, ff)
+    _sync(device)
     return steps / (time.perf_counter() - t0)
+
+
+def _sync(device: str) -> None:
+    if str(device).startswith("cuda"):
+        torch.cuda.synchronize()
 
 
 def time_ase(calc, atoms, steps: int, warmup: int) -> float:
@@ -131,6 +139,7 @@ def main(argv: list[str] | None = None) -> int:
         "--eager", action="store_true", help="no torch.compile (both engines)"
     )
     p.add_argument("--threads", type=int, default=None, help="torch threads")
+    p.add_argument("--device", default="cpu", help="torch device (cpu, cuda)")
     p.add_argument(
         "--replicas",
         default="",
@@ -144,21 +153,28 @@ def main(argv: list[str] | None = None) -> int:
 
     dtype = getattr(torch, args.dtype)
     compile = not args.eager
-    model = _model(args.model, dtype)
-    mace = _mace_calc()
+    dev = args.device
+    model = _model(args.model, dtype).to(dev)
+    mace = _mace_calc() if dev == "cpu" else None
     rows = []
     for name in args.molecules.split(","):
         atoms = _structure(name)
         # warm both paths first (TorchScript/e3nn specialise on the first calls)
-        time_native(model, atoms, args.warmup, 0, dtype, compile)
+        time_native(model, atoms, args.warmup, 0, dtype, compile, device=dev)
         time_ase(
-            EquiforceCalculator(model, dtype=dtype, skin=0.5, compile=compile),
+            EquiforceCalculator(
+                model, dtype=dtype, skin=0.5, compile=compile, device=dev
+            ),
             atoms,
             args.warmup,
             0,
         )
-        native = time_native(model, atoms, args.steps, args.warmup, dtype, compile)
-        calc = EquiforceCalculator(model, dtype=dtype, skin=0.5, compile=compile)
+        native = time_native(
+            model, atoms, args.steps, args.warmup, dtype, compile, device=dev
+        )
+        calc = EquiforceCalculator(
+            model, dtype=dtype, skin=0.5, compile=compile, device=dev
+        )
         ase_rate = time_ase(calc, atoms, args.steps, args.warmup)
         row = {
             "molecule": name,
@@ -170,7 +186,14 @@ def main(argv: list[str] | None = None) -> int:
         }
         for n in [int(x) for x in args.replicas.split(",") if x.strip()]:
             rate = time_native(
-                model, atoms, args.steps, args.warmup, dtype, compile, replicas=n
+                model,
+                atoms,
+                args.steps,
+                args.warmup,
+                dtype,
+                compile,
+                replicas=n,
+                device=dev,
             )
             row[f"native_x{n}_replica_steps_per_s"] = rate * n
             row[f"native_x{n}_vs_ase"] = rate * n / ase_rate
@@ -199,6 +222,7 @@ def main(argv: list[str] | None = None) -> int:
         "machine": platform.processor() or platform.machine(),
         "torch": torch.__version__,
         "threads": torch.get_num_threads(),
+        "device": torch.cuda.get_device_name() if dev.startswith("cuda") else "cpu",
         "dtype": args.dtype,
         "compiled": compile,
         "model": args.model or "so3krates default preset (untrained)",

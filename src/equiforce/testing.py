@@ -210,6 +210,33 @@ class ModelContractTests:
         for key in (keys.ENERGY, keys.ATOMIC_ENERGIES, keys.FORCES, keys.STRESS):
             assert_close(out[key], ref[key], tol, f"{key} in Morton atom order")
 
+    def test_padding_to_buckets_changes_nothing(self, dtype):
+        """Static-shape (CUDA-graph) calls pad with a ghost structure; real outputs stay."""
+        from equiforce.data.padding import pad_to_buckets
+
+        rng = np.random.default_rng(10)
+        model = self.make_model(dtype)
+        pos, z = random_molecule(rng, n_atoms=7, box=3.0)
+        cpos, cz, cell = random_crystal(rng, n_atoms=5)
+        batch = AtomicGraph.collate(
+            [
+                self.graph(pos, z, model, dtype),
+                self.graph(cpos, cz, model, dtype, cell, np.ones(3, bool)),
+            ]
+        )
+        ref = model(batch, compute_stress=True)
+        # a minimum above the real count: padded edges whatever the family's cutoff
+        padded = pad_to_buckets(batch, model.cutoff, min_edges=batch.n_edges + 10)
+        assert padded.n_edges > batch.n_edges and padded.num_nodes > batch.num_nodes
+        out = model(padded, compute_stress=True)
+        n, tol = batch.num_nodes, TOLERANCES[dtype] * 10
+        assert_close(out[keys.ENERGY][:2], ref[keys.ENERGY], tol, "padded energy")
+        assert_close(out[keys.FORCES][:n], ref[keys.FORCES], tol, "padded forces")
+        assert_close(out[keys.STRESS][:2], ref[keys.STRESS], tol, "padded stress")
+        assert_close(
+            out[keys.ATOMIC_ENERGIES][:n], ref[keys.ATOMIC_ENERGIES], tol, "padded E_i"
+        )
+
     def test_forces_match_finite_differences(self):
         dtype = torch.float64
         rng = np.random.default_rng(4)

@@ -65,7 +65,11 @@ def test_lazy_compile_policy(monkeypatch):
     from equiforce.models import compiled
 
     made = []
-    monkeypatch.setattr(compiled, "CompiledPotential", lambda m: made.append(m) or m)
+    monkeypatch.setattr(
+        compiled.CompiledPotential,
+        "for_device",
+        classmethod(lambda cls, m: made.append(m) or m),
+    )
     model = equiforce.build_model("so3krates", **SMALL)
     assert compiled.LazyCompile(model, True, 20)(0) is model
     never = compiled.LazyCompile(model, False, 0)
@@ -73,3 +77,29 @@ def test_lazy_compile_policy(monkeypatch):
     lazy = compiled.LazyCompile(model, None, 3)
     assert [lazy(n) is None for n in range(5)] == [True, True, True, False, False]
     assert len(made) == 2  # one wrapper per policy that compiled, made once
+
+
+def test_for_device_picks_dynamic_shapes_on_the_cpu():
+    """CPU: one dynamic graph, no padding; CUDA graphs only for CUDA models."""
+    model = equiforce.build_model("so3krates", **SMALL)
+    fast = CompiledPotential.for_device(model)
+    assert not fast.pad and not fast.cudagraphs
+
+
+def test_compile_failure_falls_back_to_the_autograd_path(monkeypatch):
+    """A compiler error warns once and later calls use model(graph) (not torch.func)."""
+    model = equiforce.build_model("so3krates", dtype=torch.float64, **SMALL).eval()
+    fast = CompiledPotential(model, compile=False)
+    fast.compiled = True  # pretend: the next call "fails to compile"
+
+    def broken(*args):
+        raise RuntimeError("Dynamo internal assert")
+
+    fast._fn = broken
+    g = graphs(torch.float64)[0]
+    with pytest.warns(RuntimeWarning, match="using eager mode"):
+        out = fast(g)
+    assert not fast.compiled
+    torch.testing.assert_close(out["forces"], model(g)["forces"], rtol=0, atol=1e-12)
+    out2 = fast(g)  # no second warning, no call of the broken function
+    torch.testing.assert_close(out2["energy"], out["energy"], rtol=0, atol=0)

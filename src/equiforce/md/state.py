@@ -272,12 +272,14 @@ def maxwell_boltzmann(
             exactly (after the removals).
     """
     kt = KB_EV * temperature / AMU_A2_PER_FS2_TO_EV  # amu·Å²/fs²
+    # drawn on the generator's device (a CPU generator for a CUDA state too: the
+    # same seed gives the same velocities on either device)
     noise = torch.randn(
         state.positions.shape,
         generator=generator,
         dtype=state.dtype,
-        device=state.device,
-    )
+        device=generator.device if generator is not None else state.device,
+    ).to(state.device)
     state.momenta = noise * torch.sqrt(state.masses * kt)[:, None]
     n = state.n_atoms_per_system().to(state.dtype)
     dof = 3.0 * n

@@ -10,7 +10,16 @@ does not recompile (one specialisation happens at ``EXTERN_MIN_ROWS`` edges, see
 replaces the Python code that calls the kernels (ethanol 0.91 -> 0.81 ms,
 ``benchmarks/so3krates_ablations.py``; the
 first compilation takes ~20 s instead of ~5 s; ``EQUIFORCE_CPP_WRAPPER=0`` turns
-it off). If compilation fails the eager path is used, with a warning.
+it off). If compilation fails the model's own autograd path is used, with a warning.
+
+On a GPU, per-call overhead is kernel launches (an eager call of the default
+So3krates is ~11 ms on an H100 whatever the size up to 3,000 atoms). There
+:meth:`CompiledPotential.for_device` compiles with static shapes and CUDA graphs
+(``mode="reduce-overhead"``); atom and edge counts are padded to buckets
+(:mod:`equiforce.data.padding`) so that an MD run replays one or two graphs
+instead of recompiling at every neighbour-list rebuild. (Static shapes are also
+what works on torch 2.11: its Dynamo fails on the dynamic-shape ``torch.func``
+graph on CUDA.)
 """
 
 from __future__ import annotations
@@ -18,13 +27,18 @@ from __future__ import annotations
 import os
 import time
 import warnings
+from dataclasses import replace
 
 import torch
 
 from equiforce import keys
 from equiforce.data.graph import AtomicGraph
+from equiforce.data.padding import pad_to_buckets
 from equiforce.models.base import PotentialModel, restore_atom_order
 from equiforce.nn.scatter import scatter_sum
+
+#: Dynamo recompile limit set for static-shape wrappers (buckets × dtypes × models).
+STATIC_RECOMPILE_LIMIT = 64
 
 
 class CompiledPotential:
@@ -40,6 +54,8 @@ class CompiledPotential:
         cpp_wrapper: use Inductor's C++ wrapper (no Python between kernels).
             None: on for CPU models unless ``EQUIFORCE_CPP_WRAPPER=0``; ignored when
             ``mode`` is given.
+        pad: pad atom and edge counts to buckets (:func:`pad_to_buckets`) so that
+            static shapes recompile rarely. None: when ``dynamic`` is False.
 
     Attributes:
         compile_seconds: wall time of the first (compiling) call.
@@ -53,6 +69,7 @@ class CompiledPotential:
         dynamic: bool = True,
         mode: str | None = None,
         cpp_wrapper: bool | None = None,
+        pad: bool | None = None,
     ) -> None:
         from equiforce.runtime import tune_allocator
 
@@ -61,16 +78,38 @@ class CompiledPotential:
         self.compile_seconds: float | None = None
         self._fn = self._energy_and_forces
         self.compiled = False
+        self.pad = (not dynamic) if pad is None else pad
+        self.cudagraphs = mode is not None and "reduce-overhead" in mode
+        self._autograd_fallback = False
+        self._pad_cache: tuple[torch.Tensor, AtomicGraph] | None = None
         if compile:
             if cpp_wrapper is None:
                 on_cpu = all(p.device.type == "cpu" for p in model.parameters())
                 cpp_wrapper = on_cpu and os.environ.get("EQUIFORCE_CPP_WRAPPER") != "0"
             options = {"cpp_wrapper": True} if cpp_wrapper and mode is None else None
+            if not dynamic:
+                # one graph per bucket, dtype and model: Dynamo's default limit (8
+                # per code object, shared by every wrapper) would send later
+                # shapes to eager without an error
+                cfg = torch._dynamo.config
+                cfg.recompile_limit = max(cfg.recompile_limit, STATIC_RECOMPILE_LIMIT)
             self._fn = torch.compile(
                 self._energy_and_forces, dynamic=dynamic, mode=mode, options=options
             )
             self.compiled = True
         self._frame_count_at_start = dynamo_frame_count()
+
+    @classmethod
+    def for_device(cls, model: PotentialModel) -> CompiledPotential:
+        """The fastest measured setting for the device that holds ``model``.
+
+        CPU: one dynamic-shape graph with the C++ wrapper. CUDA: static bucketed
+        shapes with CUDA graphs (``docs/benchmarks.md`` section 2).
+        """
+        on_cuda = any(p.device.type == "cuda" for p in model.parameters())
+        if on_cuda:
+            return cls(model, dynamic=False, mode="reduce-overhead", pad=True)
+        return cls(model)
 
     @property
     def n_compiles(self) -> int:
@@ -118,27 +157,41 @@ class CompiledPotential:
             return self._call(graph)
         return restore_atom_order(self._call(graph.permuted(*order)), order[1])
 
+    def _padded(self, graph: AtomicGraph) -> AtomicGraph:
+        """``graph`` padded to buckets; MD reuses one topology, so it is cached."""
+        cached = self._pad_cache
+        if cached is not None and cached[0] is graph.edge_index:
+            padded = cached[1]
+            ghosts = padded.positions[graph.num_nodes :]
+            return replace(padded, positions=torch.cat([graph.positions, ghosts]))
+        padded = pad_to_buckets(graph, self.model.cutoff)
+        self._pad_cache = (graph.edge_index, padded)
+        return padded
+
     def _call(self, graph: AtomicGraph) -> dict[str, torch.Tensor]:
-        args = (
-            graph.positions,
-            graph.atomic_numbers,
-            graph.graph_index,
-            graph.edge_index,
-            graph.edge_shifts,
-            graph.cell,
-            graph.pbc,
-            graph.n_atoms,
-            graph.edges_paired,
-        )
-        if self.model.chunks_edges(graph.n_edges):
+        if self.model.chunks_edges(graph.n_edges) or self._autograd_fallback:
             # checkpointed edge chunks use saved-tensor hooks, which torch.func
             # transforms reject: very large graphs take the autograd path
             # (the model finds the atoms already in Morton order: its sort is
             # a no-op permutation, milliseconds against seconds for such graphs)
             out = self.model(graph, compute_forces=True)
             return {k: out[k] for k in (keys.ENERGY, keys.ATOMIC_ENERGIES, keys.FORCES)}
+        padded = self._padded(graph) if self.pad else graph
+        args = (
+            padded.positions,
+            padded.atomic_numbers,
+            padded.graph_index,
+            padded.edge_index,
+            padded.edge_shifts,
+            padded.cell,
+            padded.pbc,
+            padded.n_atoms,
+            padded.edges_paired,
+        )
         start = time.perf_counter() if self.compile_seconds is None else 0.0
         try:
+            if self.cudagraphs:
+                torch.compiler.cudagraph_mark_step_begin()
             with torch.no_grad():
                 e_net, forces = self._fn(*args)
         except Exception as err:  # noqa: BLE001 - any compiler failure -> eager fallback
@@ -149,11 +202,14 @@ class CompiledPotential:
                 RuntimeWarning,
                 stacklevel=2,
             )
-            self._fn, self.compiled = self._energy_and_forces, False
-            with torch.no_grad():
-                e_net, forces = self._fn(*args)
+            self.compiled, self._autograd_fallback = False, True
+            return self._call(graph)
         if self.compile_seconds is None:
             self.compile_seconds = time.perf_counter() - start
+        if self.pad:
+            e_net, forces = e_net[: graph.num_nodes], forces[: graph.num_nodes]
+        if self.cudagraphs:  # the next replay overwrites a CUDA graph's outputs
+            e_net, forces = e_net.clone(), forces.clone()
         e_atom = e_net.to(torch.float64) + self.model.e0[graph.atomic_numbers]
         energy = scatter_sum(e_atom, graph.graph_index, graph.n_graphs)
         return {keys.ENERGY: energy, keys.ATOMIC_ENERGIES: e_atom, keys.FORCES: forces}
@@ -181,7 +237,7 @@ class LazyCompile:
         if self.potential is None:
             wanted = self.compile if self.compile is not None else n_calls >= self.after
             if wanted:
-                self.potential = CompiledPotential(self.model)
+                self.potential = CompiledPotential.for_device(self.model)
         return self.potential
 
 
