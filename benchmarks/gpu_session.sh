@@ -1,0 +1,33 @@
+#!/usr/bin/env bash
+# Every GPU check and timing in one command, for a lent GPU machine whose python3
+# already has torch (CUDA) but not this project's other dependencies.
+#
+# Here (once, from the repo root; .whl/ is git-ignored), fetch wheels for the
+# machine's Python (3.12 on the lent H100/H200 image):
+#   python3 -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 \
+#     --implementation cp --platform manylinux2014_x86_64 -d .whl \
+#     ase==3.29.0 vesin==0.6.2 pydantic==2.14.4 pydantic_core==2.50.5 \
+#     annotated-types==0.8.0 typing-inspection==0.4.5 typing_extensions==4.16.0
+# There (carry .whl):  bash benchmarks/gpu_session.sh "$OUT"
+# Writes pytest_gpu.txt, gpu_speed.json, md_speed_gpu.json into the given folder.
+set -u
+out=${1:-gpu_out}
+mkdir -p "$out"
+if compgen -G ".whl/*.whl" >/dev/null; then
+  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir \
+    --upgrade --target /tmp/site .whl/*.whl || exit 1
+  export PYTHONPATH=/tmp/site:$PWD/src
+else
+  export PYTHONPATH=$PWD/src
+fi
+export PYTHONUNBUFFERED=1
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv
+timeout 200 python3 -m pytest -q tests/gpu -p no:cacheprovider -W ignore \
+  >"$out/pytest_gpu.txt" 2>&1
+tail -5 "$out/pytest_gpu.txt"
+timeout 200 python3 benchmarks/md_speed.py --device cuda --molecules ethanol,aspirin \
+  --steps 1000 --warmup 100 --replicas 64,512 --json "$out/md_speed_gpu.json" 2>&1 |
+  grep -v -i warn | tail -8
+timeout 300 python3 benchmarks/gpu_speed.py --dtypes float32,float64 \
+  --systems ethanol,benzene,water96,water384,water1029,box1029,box3000,box10k \
+  --out "$out/gpu_speed.json" 2>&1 | grep "^{" | cut -c1-300
