@@ -251,71 +251,6 @@ class So3kratesLayer(nn.Module):
         )
         return q, kv
 
-    def edge_rows(
-        self,
-        q: torch.Tensor,  # (n_atoms, n_q·F)
-        kv: torch.Tensor,  # (n_atoms, (n_q+1)·F)
-        ev: torch.Tensor,  # (n_atoms, m_tot)
-        idx_i: torch.Tensor,  # (n_edges,)
-        idx_j: torch.Tensor,  # (n_edges,)
-        n_dir: int = 1,
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
-        """Gathered rows the messages need.
-
-        Returns:
-            q_i (n_edges, n_q·F), kv_j (n_edges, (n_q+1)·F) and x_j − x_i
-            (n_pairs, m_tot) (None without Euclidean variables).
-        """
-        n_pairs = idx_i.shape[0] // n_dir
-        ev_ij = None
-        if self.ev:
-            i_p, j_p = idx_i[:n_pairs], idx_j[:n_pairs]
-            ev_ij = gather_rows(ev, j_p) - gather_rows(ev, i_p)
-        return gather_rows(q, idx_i), gather_rows(kv, idx_j), ev_ij
-
-    def edge_terms(
-        self,
-        q_i: torch.Tensor,  # (n_edges, n_q·F)
-        kv_j: torch.Tensor,  # (n_edges, (n_q+1)·F)
-        ev_ij: torch.Tensor | None,  # (n_pairs, m_tot)
-        hidden_r: torch.Tensor,  # (n_pairs, 2F) radial hidden features of both filters
-        sph: torch.Tensor,  # (n_edges, m_tot)
-        phi: torch.Tensor,  # (n_pairs,)
-        n_dir: int = 1,
-    ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """Attention message of every edge: (n_edges, F) and (n_edges, m_tot) or None.
-
-        The filters w1, w2 depend on (i, j) only through d_ij and c(x_j − x_i), both
-        symmetric, so they are computed per *pair*: with ``n_dir=2`` the edges are
-        paired (edge P + k reverses edge k, n_edges = 2·n_pairs) and the per-pair
-        tensors broadcast over both directions; ``n_dir=1`` is one pair per edge.
-        """
-        n_edges = q_i.shape[0]
-        n_pairs = n_edges // n_dir
-        H, d = self.num_heads, self.head_size
-        F = H * d
-        n_q = 2 if self.ev else 1
-        s_ij = self.contract(ev_ij) if self.ev else None
-        w1, w2 = self.edge_filters(hidden_r, s_ij)  # (n_pairs, F) each
-        shape = (n_dir, n_pairs)
-        # split (one backward node that concatenates) rather than slices (each
-        # slice's backward zero-fills a full-width gradient): 40 % of eager time
-        q_i = q_i.view(*shape, n_q * F).split(F, dim=-1)
-        kv_j = kv_j.view(*shape, (n_q + 1) * F).split(F, dim=-1)
-        phi1 = phi[:, None] * self.norm_inv1  # (n_pairs, 1)
-        prod1 = (q_i[0] * w1 * kv_j[0]).view(*shape, H, d)
-        alpha1 = prod1.sum(-1) * phi1  # (n_dir, n_pairs, H)
-        v_j = kv_j[-1].view(*shape, H, d)
-        msg = (alpha1[..., None] * v_j).reshape(n_edges, F)
-        ev_msg = None
-        if self.ev:
-            prod2 = q_i[1] * w2 * kv_j[1]
-            alpha2 = prod2.view(*shape, self.n_deg, F // self.n_deg).sum(-1)
-            alpha2 = alpha2 * (phi[:, None] * self.norm_inv2)  # (n_dir, n_pairs, |L|)
-            gate = (alpha2 @ self.contract.expand).reshape(n_edges, sph.shape[1])
-            ev_msg = gate * sph
-        return msg, ev_msg
-
     def edge_messages(
         self,
         q: torch.Tensor,  # (n_atoms, n_q·F)
@@ -330,13 +265,40 @@ class So3kratesLayer(nn.Module):
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Attention messages summed per centre: Δf (n_atoms, F) and Δx (n_atoms, m_tot).
 
-        :meth:`edge_rows`, then :meth:`edge_terms`, then sums over the centres.
+        The filters w1, w2 depend on (i, j) only through d_ij and c(x_j − x_i), both
+        symmetric, so they are computed per *pair*: with ``n_dir=2`` the edges are
+        paired (edge P + k reverses edge k, n_edges = 2·n_pairs) and the per-pair
+        tensors broadcast over both directions; ``n_dir=1`` is one pair per edge.
         """
         n_atoms = q.shape[0]
-        rows = self.edge_rows(q, kv, ev, idx_i, idx_j, n_dir)
-        msg, ev_msg = self.edge_terms(*rows, hidden_r, sph, phi, n_dir)
+        n_edges = idx_i.shape[0]
+        n_pairs = n_edges // n_dir
+        H, d = self.num_heads, self.head_size
+        F = H * d
+        n_q = 2 if self.ev else 1
+        s_ij = None
+        if self.ev:
+            i_p, j_p = idx_i[:n_pairs], idx_j[:n_pairs]
+            s_ij = self.contract(gather_rows(ev, j_p) - gather_rows(ev, i_p))
+        w1, w2 = self.edge_filters(hidden_r, s_ij)  # (n_pairs, F) each
+        shape = (n_dir, n_pairs)
+        # split (one backward node that concatenates) rather than slices (each
+        # slice's backward zero-fills a full-width gradient): 40 % of eager time
+        q_i = gather_rows(q, idx_i).view(*shape, n_q * F).split(F, dim=-1)
+        kv_j = gather_rows(kv, idx_j).view(*shape, (n_q + 1) * F).split(F, dim=-1)
+        phi1 = phi[:, None] * self.norm_inv1  # (n_pairs, 1)
+        prod1 = (q_i[0] * w1 * kv_j[0]).view(*shape, H, d)
+        alpha1 = prod1.sum(-1) * phi1  # (n_dir, n_pairs, H)
+        v_j = kv_j[-1].view(*shape, H, d)
+        msg = (alpha1[..., None] * v_j).reshape(n_edges, F)
         d_features = scatter_sum(msg, idx_i, n_atoms)  # (n_atoms, F)
-        d_ev = None if ev_msg is None else scatter_sum(ev_msg, idx_i, n_atoms)
+        d_ev = None
+        if self.ev:
+            prod2 = q_i[1] * w2 * kv_j[1]
+            alpha2 = prod2.view(*shape, self.n_deg, F // self.n_deg).sum(-1)
+            alpha2 = alpha2 * (phi[:, None] * self.norm_inv2)  # (n_dir, n_pairs, |L|)
+            gate = (alpha2 @ self.contract.expand).reshape(n_edges, sph.shape[1])
+            d_ev = scatter_sum(gate * sph, idx_i, n_atoms)
         return d_features, d_ev
 
     def update(
@@ -455,15 +417,11 @@ class So3krates(PotentialModel):
                 q, kv, ev, hidden, sph_c, phi_c, i_c, j_c, n_dir=n_dir
             )
 
-        def chunk_terms(q_i, kv_j, ev_ij, d_c, sph_c, phi_c):
-            hidden = layer.radial_hidden(self.rbf(d_c).to(d_c.dtype))
-            return layer.edge_terms(q_i, kv_j, ev_ij, hidden, sph_c, phi_c, n_dir)
-
         tensors = (q, kv, ev, d, sph, phi, idx_i, idx_j)
         if self.outputs_differentiable:
             d_f, d_ev = checkpointed_messages(chunk_messages, *tensors, chunk, n_dir, F)
         else:
-            d_f, d_ev = ChunkedMessages.apply(chunk_terms, chunk, n_dir, F, *tensors)
+            d_f, d_ev = ChunkedMessages.apply(chunk_messages, chunk, n_dir, F, *tensors)
             d_ev = d_ev if layer.ev else None
         return layer.update(features, ev, d_f, d_ev)
 
