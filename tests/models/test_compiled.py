@@ -103,3 +103,32 @@ def test_compile_failure_falls_back_to_the_autograd_path(monkeypatch):
     torch.testing.assert_close(out["forces"], model(g)["forces"], rtol=0, atol=1e-12)
     out2 = fast(g)  # no second warning, no call of the broken function
     torch.testing.assert_close(out2["energy"], out["energy"], rtol=0, atol=0)
+
+
+def test_small_graphs_run_on_one_thread(monkeypatch):
+    """Below EXTERN_MIN_ROWS edges the call runs single-threaded, then restores."""
+    model = equiforce.build_model("so3krates", dtype=torch.float32, **SMALL).eval()
+    fast = CompiledPotential(model, compile=False)
+    seen = []
+    inner = fast._fn
+
+    def spy(*args):
+        seen.append(torch.get_num_threads())
+        return inner(*args)
+
+    fast._fn = spy
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        small = graphs(torch.float32)[0]  # ethanol, 72 edges
+        monkeypatch.setattr(scatter, "EXTERN_MIN_ROWS", small.n_edges + 1)
+        ref = model(small)
+        out = fast(small)
+        assert torch.get_num_threads() == 2
+        monkeypatch.setattr(scatter, "EXTERN_MIN_ROWS", small.n_edges)
+        fast(small)
+        assert seen == [1, 2]
+        scale = ref["forces"].abs().max()
+        assert (out["forces"] - ref["forces"]).abs().max() <= 1e-5 * scale
+    finally:
+        torch.set_num_threads(before)

@@ -24,9 +24,11 @@ graph on CUDA.)
 
 from __future__ import annotations
 
+import contextlib
 import os
 import time
 import warnings
+from collections.abc import Iterator
 from dataclasses import replace
 
 import torch
@@ -35,6 +37,7 @@ from equiforce import keys
 from equiforce.data.graph import AtomicGraph
 from equiforce.data.padding import pad_to_buckets
 from equiforce.models.base import PotentialModel, restore_atom_order
+from equiforce.nn import scatter
 from equiforce.nn.scatter import scatter_sum
 
 #: Dynamo recompile limit set for static-shape wrappers (buckets × dtypes × models).
@@ -192,7 +195,7 @@ class CompiledPotential:
         try:
             if self.cudagraphs:
                 torch.compiler.cudagraph_mark_step_begin()
-            with torch.no_grad():
+            with torch.no_grad(), _threads_for(padded):
                 e_net, forces = self._fn(*args)
         except Exception as err:  # noqa: BLE001 - any compiler failure -> eager fallback
             if not self.compiled:
@@ -239,6 +242,33 @@ class LazyCompile:
             if wanted:
                 self.potential = CompiledPotential.for_device(self.model)
         return self.potential
+
+
+@contextlib.contextmanager
+def _threads_for(graph: AtomicGraph) -> Iterator[None]:
+    """One CPU thread for graphs below ``scatter.EXTERN_MIN_ROWS`` edges.
+
+    Below that size the compiled graph gathers with Inductor's own loops, and at
+    2 threads their OpenMP regions cost more than they share: ethanol 0.82 ->
+    0.60 ms, aspirin (292 edges) 2.09 -> 1.40 ms, a 48-water cluster (800 edges)
+    5.8 -> 3.5 ms on the 2-core CPU (docs/benchmarks.md section 1, session 5).
+    Above it, ATen gathers scale with threads and the caller's setting stays.
+    The thread count is process-wide: calls from several Python threads at once
+    would see each other's setting.
+    """
+    threads = torch.get_num_threads()
+    if (
+        threads == 1
+        or graph.n_edges >= scatter.EXTERN_MIN_ROWS
+        or graph.positions.device.type != "cpu"
+    ):
+        yield
+        return
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
 
 
 def dynamo_frame_count() -> int:
