@@ -16,6 +16,8 @@
    peak RSS. For the allocator comparison run it once as is and once with
    ``EQUIFORCE_MALLOC_TUNING=0`` (glibc's default mmap of large blocks); with
    ``GLIBC_TUNABLES=glibc.malloc.hugetlb=1`` for transparent huge pages in the heap.
+6. ``threads``: compiled calls at ``--threads`` vs one thread vs the library default
+   (one thread below ``EXTERN_MIN_ROWS`` edges), alternating in one process.
 
     python benchmarks/so3krates_ablations.py paired --systems ethanol,water96,box1029
     python benchmarks/so3krates_ablations.py compiled --extern-rows 1024 --cpp-wrapper 1
@@ -25,6 +27,8 @@
     python benchmarks/so3krates_ablations.py calls --systems box100k --calls 2 --threads 1
     python benchmarks/so3krates_ablations.py calls --systems box10k --calls 6 --shuffle \
         --spatial-order-min-atoms none      # then with the default (Morton order)
+    python benchmarks/so3krates_ablations.py threads --threads 2 \
+        --systems ethanol,benzene,aspirin,water96:24,water96:48,water96:66,water96
     EQUIFORCE_MALLOC_TUNING=0 python benchmarks/so3krates_ablations.py calls \
         --systems box100k --calls 1 --threads 1
 """
@@ -36,6 +40,7 @@ import json
 import statistics
 import time
 from dataclasses import replace
+from pathlib import Path
 
 import torch
 
@@ -244,9 +249,67 @@ def calls(systems: list[str], model, n_calls: int, shuffle: bool = False) -> lis
     return rows
 
 
+def _threads_system(name: str):
+    """``make_system`` names, ``aspirin`` (shipped rMD17 test frame 0), or
+    ``water96:K`` (the first K atoms of the 96-atom water cluster)."""
+    if name == "aspirin":
+        from equiforce.data.io import read
+
+        path = (
+            Path(__file__).resolve().parents[1] / "data/rmd17/rmd17_aspirin_test_01.npz"
+        )
+        return read(path, index="0")[0]
+    base, _, count = name.partition(":")
+    atoms = make_system(base)
+    return atoms[: int(count)] if count else atoms
+
+
+def threads(systems: list[str], model, rounds: int) -> list[dict]:
+    """Compiled calls at the process's thread count vs one thread, in one process.
+
+    Rounds alternate the settings; the rows give the best round's median. The
+    library default (one thread below ``EXTERN_MIN_ROWS`` edges) is off while timing
+    the forced settings.
+    """
+    from equiforce.models import compiled as compiled_mod
+
+    pot = CompiledPotential(model)
+    n_threads = torch.get_num_threads()
+    rows = []
+    for name in systems:
+        atoms = _threads_system(name)
+        g = AtomicGraph.from_atoms(atoms, model.cutoff, torch.float32)
+        pot(g)
+        n = _calls(len(atoms)) if g.n_edges < 2000 else 30
+        res: dict[str, list[float]] = {"many": [], "one": [], "default": []}
+        for _ in range(rounds):
+            compiled_mod.SMALL_GRAPHS_ONE_THREAD = False
+            for key, th in (("many", n_threads), ("one", 1)):
+                torch.set_num_threads(th)
+                res[key].append(_median_ms(lambda g=g: pot(g), n))
+            torch.set_num_threads(n_threads)
+            compiled_mod.SMALL_GRAPHS_ONE_THREAD = True
+            res["default"].append(_median_ms(lambda g=g: pot(g), n))
+        rows.append(
+            {
+                "system": name,
+                "atoms": len(atoms),
+                "edges": g.n_edges,
+                "threads": n_threads,
+                "ms_many_threads": min(res["many"]),
+                "ms_one_thread": min(res["one"]),
+                "ms_library_default": min(res["default"]),
+            }
+        )
+        print(rows[-1], flush=True)
+    return rows
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("what", choices=["paired", "compiled", "chunks", "order", "calls"])
+    p.add_argument(
+        "what", choices=["paired", "compiled", "chunks", "order", "calls", "threads"]
+    )
     p.add_argument("--systems", default="ethanol,water96,box1029")
     p.add_argument("--extern-rows", type=int, default=scatter.EXTERN_MIN_ROWS)
     p.add_argument("--cpp-wrapper", type=int, choices=(0, 1), default=1)
@@ -292,6 +355,8 @@ def main(argv=None) -> int:
         rows = order(systems, model, args.rounds, args.shuffle)
     elif args.what == "calls":
         rows = calls(systems, model, args.calls, args.shuffle)
+    elif args.what == "threads":
+        rows = threads(systems, model, args.rounds)
     else:
         rows = compiled(systems, model, args.extern_rows, bool(args.cpp_wrapper))
     if args.json:

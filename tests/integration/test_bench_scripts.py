@@ -195,3 +195,16 @@ def test_ablations_order_and_calls_record_their_settings(tmp_path):
     (row,) = calls_run["rows"]
     assert row["spatial_order_min_atoms"] is None and row["shuffled"] is False
     assert len(row["call_ms"]) == 2 and min(row["call_ms"]) > 0
+
+
+def test_ablations_threads_rows(tmp_path):
+    """so3krates_ablations.py threads: forced and default thread settings, cut systems."""
+    script = ROOT / "benchmarks" / "so3krates_ablations.py"
+    out = tmp_path / "threads.jsonl"
+    cmd = [sys.executable, str(script), "threads", "--systems", "water96:6"]
+    cmd += ["--threads", "2", "--rounds", "1", "--json", str(out)]
+    subprocess.run(cmd, cwd=ROOT, check=True)
+    (row,) = json.loads(out.read_text())["rows"]
+    assert row["atoms"] == 6 and row["threads"] == 2
+    for key in ("ms_many_threads", "ms_one_thread", "ms_library_default"):
+        assert row[key] > 0

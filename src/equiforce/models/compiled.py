@@ -40,6 +40,9 @@ from equiforce.models.base import PotentialModel, restore_atom_order
 from equiforce.nn import scatter
 from equiforce.nn.scatter import scatter_sum
 
+#: Run compiled CPU calls below ``scatter.EXTERN_MIN_ROWS`` edges on one thread.
+SMALL_GRAPHS_ONE_THREAD = True
+
 #: Dynamo recompile limit set for static-shape wrappers (buckets × dtypes × models).
 STATIC_RECOMPILE_LIMIT = 64
 
@@ -249,9 +252,10 @@ def _threads_for(graph: AtomicGraph) -> Iterator[None]:
     """One CPU thread for graphs below ``scatter.EXTERN_MIN_ROWS`` edges.
 
     Below that size the compiled graph gathers with Inductor's own loops, and at
-    2 threads their OpenMP regions cost more than they share: ethanol 0.82 ->
-    0.60 ms, aspirin (292 edges) 2.09 -> 1.40 ms, a 48-water cluster (800 edges)
-    5.8 -> 3.5 ms on the 2-core CPU (docs/benchmarks.md section 1, session 5).
+    2 threads their OpenMP regions cost more than they share: ethanol 0.86 ->
+    0.62 ms, aspirin (292 edges) 2.01 -> 1.46 ms, a 48-water cluster (800 edges)
+    4.3 -> 3.1 ms on the 2-core CPU (docs/benchmarks.md section 1, session 5;
+    ``benchmarks/so3krates_ablations.py threads``).
     Above it, ATen gathers scale with threads and the caller's setting stays.
     The thread count is process-wide: calls from several Python threads at once
     would see each other's setting.
@@ -259,6 +263,7 @@ def _threads_for(graph: AtomicGraph) -> Iterator[None]:
     threads = torch.get_num_threads()
     if (
         threads == 1
+        or not SMALL_GRAPHS_ONE_THREAD
         or graph.n_edges >= scatter.EXTERN_MIN_ROWS
         or graph.positions.device.type != "cpu"
     ):
