@@ -133,6 +133,17 @@ def test_md_speed_replicas_row(tmp_path):
     assert rate > 0 and ase > 0
     assert row["native_x3_vs_ase"] == pytest.approx(rate / ase)
     assert row["speedup"] == pytest.approx(row["native_steps_per_s"] / ase)
+    # the untrained (zero-readout) model leaves ethanol whole over 4 steps
+    assert row["rebuilds_per_step"] == 0 and row["edges_per_atom"] == 8.0
+    assert row["model"].startswith("so3krates default preset")
+    # one model per molecule: a molecule without one is an error, not a default
+    bad = subprocess.run(
+        [*cmd, *args, "--model", "aspirin=x.pt", "--json", str(out)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+    )
+    assert bad.returncode != 0 and "no checkpoint for ethanol" in bad.stderr
 
 
 def test_rmd17_cpu_so3krates_budget_run(tmp_path):
