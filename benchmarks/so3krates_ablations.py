@@ -271,7 +271,7 @@ def threads(systems: list[str], model, rounds: int) -> list[dict]:
     library default (one thread below ``EXTERN_MIN_ROWS`` edges) is off while timing
     the forced settings.
     """
-    from equiforce.models import compiled as compiled_mod
+    from equiforce import runtime
 
     pot = CompiledPotential(model)
     n_threads = torch.get_num_threads()
@@ -283,12 +283,12 @@ def threads(systems: list[str], model, rounds: int) -> list[dict]:
         n = _calls(len(atoms)) if g.n_edges < 2000 else 30
         res: dict[str, list[float]] = {"many": [], "one": [], "default": []}
         for _ in range(rounds):
-            compiled_mod.SMALL_GRAPHS_ONE_THREAD = False
+            runtime.SMALL_GRAPHS_ONE_THREAD = False
             for key, th in (("many", n_threads), ("one", 1)):
                 torch.set_num_threads(th)
                 res[key].append(_median_ms(lambda g=g: pot(g), n))
             torch.set_num_threads(n_threads)
-            compiled_mod.SMALL_GRAPHS_ONE_THREAD = True
+            runtime.SMALL_GRAPHS_ONE_THREAD = True
             res["default"].append(_median_ms(lambda g=g: pot(g), n))
         rows.append(
             {

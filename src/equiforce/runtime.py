@@ -22,10 +22,14 @@ box, one thread: 75 s per energy+forces call at 11.0 GiB peak in the heap, again
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import ctypes.util
 import os
 import sys
+from collections.abc import Iterator
+
+import torch
 
 _M_TRIM_THRESHOLD = -1
 _M_MMAP_MAX = -4
@@ -55,3 +59,40 @@ def tune_allocator() -> bool:
         return False
     _done = ok
     return ok
+
+
+#: Let compiled CPU calls on small graphs run on one thread (:func:`one_thread_below`).
+SMALL_GRAPHS_ONE_THREAD = True
+
+
+@contextlib.contextmanager
+def one_thread_below(n_edges: int, limit: int, device: torch.device) -> Iterator[None]:
+    """Run the block on one CPU thread when a graph has fewer than ``limit`` edges.
+
+    Inductor's generated loops for small graphs cost more in OpenMP start-up and
+    barriers at 2 threads than they share (the compiled energy+forces below
+    ``scatter.EXTERN_MIN_ROWS`` edges, the compiled training step up to
+    ``compiled_step.ONE_THREAD_MAX_EDGES``; docs/benchmarks.md section 1,
+    session 5). The caller's thread count is restored afterwards. It is
+    process-wide: calls from several Python threads at once would see each
+    other's setting.
+
+    Args:
+        n_edges: edges of the graph the block computes on.
+        limit: fewest edges that keep the caller's thread count.
+        device: where the graph lives (only CPU graphs are affected).
+    """
+    threads = torch.get_num_threads()
+    if (
+        threads == 1
+        or not SMALL_GRAPHS_ONE_THREAD
+        or n_edges >= limit
+        or torch.device(device).type != "cpu"
+    ):
+        yield
+        return
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)

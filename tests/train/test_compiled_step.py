@@ -74,3 +74,31 @@ def test_compiled_step_refuses_stress_loss():
     model = equiforce.build_model("so3krates", **TINY["so3krates"])
     with pytest.raises(ValueError, match="stress"):
         CompiledTrainStep(model, WeightedLoss(stress_weight=1.0))
+
+
+def test_small_batches_take_the_step_on_one_thread(monkeypatch):
+    """Below ONE_THREAD_MAX_EDGES edges the step runs single-threaded, then restores."""
+    from equiforce.train import compiled_step
+
+    model = equiforce.build_model("so3krates", **TINY_SO3KRATES).train()
+    step = CompiledTrainStep(model, WeightedLoss(), compile=False)
+    seen = []
+    inner = step._fn
+
+    def spy(*args):
+        seen.append(torch.get_num_threads())
+        return inner(*args)
+
+    step._fn = spy
+    batch = labelled_batch(2, 6, torch.float32, 0)
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        monkeypatch.setattr(compiled_step, "ONE_THREAD_MAX_EDGES", batch.n_edges + 1)
+        step(batch)
+        assert torch.get_num_threads() == 2
+        monkeypatch.setattr(compiled_step, "ONE_THREAD_MAX_EDGES", batch.n_edges)
+        step(batch)
+        assert seen == [1, 2]
+    finally:
+        torch.set_num_threads(before)

@@ -24,11 +24,9 @@ graph on CUDA.)
 
 from __future__ import annotations
 
-import contextlib
 import os
 import time
 import warnings
-from collections.abc import Iterator
 from dataclasses import replace
 
 import torch
@@ -39,9 +37,7 @@ from equiforce.data.padding import pad_to_buckets
 from equiforce.models.base import PotentialModel, restore_atom_order
 from equiforce.nn import scatter
 from equiforce.nn.scatter import scatter_sum
-
-#: Run compiled CPU calls below ``scatter.EXTERN_MIN_ROWS`` edges on one thread.
-SMALL_GRAPHS_ONE_THREAD = True
+from equiforce.runtime import one_thread_below
 
 #: Dynamo recompile limit set for static-shape wrappers (buckets × dtypes × models).
 STATIC_RECOMPILE_LIMIT = 64
@@ -198,7 +194,13 @@ class CompiledPotential:
         try:
             if self.cudagraphs:
                 torch.compiler.cudagraph_mark_step_begin()
-            with torch.no_grad(), _threads_for(padded):
+            # below EXTERN_MIN_ROWS edges the graph gathers with Inductor's own
+            # loops, which lose at 2 threads: ethanol 0.86 -> 0.62 ms, aspirin
+            # 2.01 -> 1.46 ms (``benchmarks/so3krates_ablations.py threads``)
+            small = one_thread_below(
+                padded.n_edges, scatter.EXTERN_MIN_ROWS, padded.positions.device
+            )
+            with torch.no_grad(), small:
                 e_net, forces = self._fn(*args)
         except Exception as err:  # noqa: BLE001 - any compiler failure -> eager fallback
             if not self.compiled:
@@ -245,35 +247,6 @@ class LazyCompile:
             if wanted:
                 self.potential = CompiledPotential.for_device(self.model)
         return self.potential
-
-
-@contextlib.contextmanager
-def _threads_for(graph: AtomicGraph) -> Iterator[None]:
-    """One CPU thread for graphs below ``scatter.EXTERN_MIN_ROWS`` edges.
-
-    Below that size the compiled graph gathers with Inductor's own loops, and at
-    2 threads their OpenMP regions cost more than they share: ethanol 0.86 ->
-    0.62 ms, aspirin (292 edges) 2.01 -> 1.46 ms, a 48-water cluster (800 edges)
-    4.3 -> 3.1 ms on the 2-core CPU (docs/benchmarks.md section 1, session 5;
-    ``benchmarks/so3krates_ablations.py threads``).
-    Above it, ATen gathers scale with threads and the caller's setting stays.
-    The thread count is process-wide: calls from several Python threads at once
-    would see each other's setting.
-    """
-    threads = torch.get_num_threads()
-    if (
-        threads == 1
-        or not SMALL_GRAPHS_ONE_THREAD
-        or graph.n_edges >= scatter.EXTERN_MIN_ROWS
-        or graph.positions.device.type != "cpu"
-    ):
-        yield
-        return
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(threads)
 
 
 def dynamo_frame_count() -> int:

@@ -26,7 +26,15 @@ from equiforce.data.graph import AtomicGraph
 from equiforce.models.base import PotentialModel
 from equiforce.models.compiled import dynamo_frame_count
 from equiforce.nn.scatter import inductor_row_ops, scatter_sum
+from equiforce.runtime import one_thread_below
 from equiforce.train.loss import WeightedLoss
+
+#: Batches below this many edges take the compiled step on one thread: its Inductor
+#: loops do not gain from a second thread at these sizes. Measured
+#: (``benchmarks/train_speed.py --threads 1|2``, 2-core CPU, ms per step, 1 / 2
+#: threads): ethanol batch 5 (360 edges) 9.2 / 11.6, aspirin batch 5 (~1,500
+#: edges) 24.2 / 27.8, aspirin batch 20 (~5,800 edges) 90.8 / 93.6.
+ONE_THREAD_MAX_EDGES = 6144
 
 
 class _AtomicEnergies(nn.Module):
@@ -125,8 +133,11 @@ class CompiledTrainStep:
         }
         buffers = {f"model.{n}": b for n, b in self.model.named_buffers()}
         start = time.perf_counter()
+        small = one_thread_below(
+            batch.n_edges, ONE_THREAD_MAX_EDGES, batch.positions.device
+        )
         try:
-            with inductor_row_ops():
+            with inductor_row_ops(), small:
                 grads, parts = self._fn(weights, buffers, batch)
         except Exception as err:  # noqa: BLE001 - any compiler failure -> eager
             if not self.compiled:
