@@ -98,7 +98,7 @@ def compiled(systems: list[str], model, extern_rows: int, cpp: bool) -> list[dic
     pot = CompiledPotential(model, cpp_wrapper=cpp)
     rows = []
     for name in systems:
-        atoms = make_system(name)
+        atoms = _named_system(name)
         g = AtomicGraph.from_atoms(atoms, model.cutoff, torch.float32, False)
         for _ in range(5):
             pot(g)
@@ -249,7 +249,7 @@ def calls(systems: list[str], model, n_calls: int, shuffle: bool = False) -> lis
     return rows
 
 
-def _threads_system(name: str):
+def _named_system(name: str):
     """``make_system`` names, ``aspirin`` (shipped rMD17 test frame 0), or
     ``water96:K`` (the first K atoms of the 96-atom water cluster)."""
     if name == "aspirin":
@@ -277,7 +277,7 @@ def threads(systems: list[str], model, rounds: int) -> list[dict]:
     n_threads = torch.get_num_threads()
     rows = []
     for name in systems:
-        atoms = _threads_system(name)
+        atoms = _named_system(name)
         g = AtomicGraph.from_atoms(atoms, model.cutoff, torch.float32)
         pot(g)
         n = _calls(len(atoms)) if g.n_edges < 2000 else 30

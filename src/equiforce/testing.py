@@ -132,6 +132,19 @@ class ModelContractTests:
             pos, z, model.cutoff + extra_cutoff, cell=cell, pbc=pbc, dtype=dtype
         )
 
+    def molecule_and_crystal(
+        self, rng, model, dtype, n_molecule: int, n_crystal: int, box: float = 4.0
+    ) -> AtomicGraph:
+        """A batch of a random molecule and a random periodic crystal."""
+        pos, z = random_molecule(rng, n_atoms=n_molecule, box=box)
+        cpos, cz, cell = random_crystal(rng, n_atoms=n_crystal)
+        return AtomicGraph.collate(
+            [
+                self.graph(pos, z, model, dtype),
+                self.graph(cpos, cz, model, dtype, cell, np.ones(3, bool)),
+            ]
+        )
+
     @pytest.fixture(params=[torch.float32, torch.float64], ids=["float32", "float64"])
     def dtype(self, request) -> torch.dtype:
         return request.param
@@ -188,16 +201,8 @@ class ModelContractTests:
 
     def test_spatial_atom_order_changes_nothing(self, dtype):
         """Large calls run in Morton order (memory locality); outputs must not move."""
-        rng = np.random.default_rng(9)
         model = self.make_model(dtype)
-        pos, z = random_molecule(rng, n_atoms=12, box=4.0)
-        cpos, cz, cell = random_crystal(rng, n_atoms=6)
-        batch = AtomicGraph.collate(
-            [
-                self.graph(pos, z, model, dtype),
-                self.graph(cpos, cz, model, dtype, cell, np.ones(3, bool)),
-            ]
-        )
+        batch = self.molecule_and_crystal(np.random.default_rng(9), model, dtype, 12, 6)
         model.spatial_order_min_atoms = None
         ref = model(batch, compute_stress=True)
         model.spatial_order_min_atoms = 0  # reorder every call
@@ -214,15 +219,9 @@ class ModelContractTests:
         """Static-shape (CUDA-graph) calls pad with a ghost structure; real outputs stay."""
         from equiforce.data.padding import pad_to_buckets
 
-        rng = np.random.default_rng(10)
         model = self.make_model(dtype)
-        pos, z = random_molecule(rng, n_atoms=7, box=3.0)
-        cpos, cz, cell = random_crystal(rng, n_atoms=5)
-        batch = AtomicGraph.collate(
-            [
-                self.graph(pos, z, model, dtype),
-                self.graph(cpos, cz, model, dtype, cell, np.ones(3, bool)),
-            ]
+        batch = self.molecule_and_crystal(
+            np.random.default_rng(10), model, dtype, 7, 5, box=3.0
         )
         ref = model(batch, compute_stress=True)
         # a minimum above the real count: padded edges whatever the family's cutoff
@@ -370,3 +369,14 @@ class ModelContractTests:
         from equiforce.models.registry import MODELS
 
         return "zero_init_readout" in MODELS[self.model_name][0].model_fields
+
+
+def record_threads(obj: Any, seen: list[int]) -> None:
+    """Wrap ``obj._fn`` so that each call appends ``torch.get_num_threads()`` to ``seen``."""
+    inner = obj._fn
+
+    def spy(*args):
+        seen.append(torch.get_num_threads())
+        return inner(*args)
+
+    obj._fn = spy

@@ -9,7 +9,7 @@ import equiforce
 from equiforce.data.graph import AtomicGraph
 from equiforce.models.compiled import CompiledPotential
 from equiforce.nn import scatter
-from equiforce.testing import TINY_SO3KRATES, random_crystal
+from equiforce.testing import TINY_SO3KRATES, random_crystal, record_threads
 
 SMALL = TINY_SO3KRATES
 
@@ -109,14 +109,8 @@ def test_small_graphs_run_on_one_thread(monkeypatch):
     """Below EXTERN_MIN_ROWS edges the call runs single-threaded, then restores."""
     model = equiforce.build_model("so3krates", dtype=torch.float32, **SMALL).eval()
     fast = CompiledPotential(model, compile=False)
-    seen = []
-    inner = fast._fn
-
-    def spy(*args):
-        seen.append(torch.get_num_threads())
-        return inner(*args)
-
-    fast._fn = spy
+    seen: list[int] = []
+    record_threads(fast, seen)
     before = torch.get_num_threads()
     torch.set_num_threads(2)
     try:

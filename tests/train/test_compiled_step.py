@@ -7,7 +7,7 @@ import torch
 import equiforce
 from equiforce import keys
 from equiforce.data.graph import AtomicGraph
-from equiforce.testing import TINY_SO3KRATES, random_molecule
+from equiforce.testing import TINY_SO3KRATES, random_molecule, record_threads
 from equiforce.train.compiled_step import CompiledTrainStep
 from equiforce.train.loss import WeightedLoss
 
@@ -82,14 +82,8 @@ def test_small_batches_take_the_step_on_one_thread(monkeypatch):
 
     model = equiforce.build_model("so3krates", **TINY_SO3KRATES).train()
     step = CompiledTrainStep(model, WeightedLoss(), compile=False)
-    seen = []
-    inner = step._fn
-
-    def spy(*args):
-        seen.append(torch.get_num_threads())
-        return inner(*args)
-
-    step._fn = spy
+    seen: list[int] = []
+    record_threads(step, seen)
     batch = labelled_batch(2, 6, torch.float32, 0)
     before = torch.get_num_threads()
     torch.set_num_threads(2)
