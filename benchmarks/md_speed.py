@@ -84,11 +84,13 @@ def time_native(
     compile: bool = True,
     replicas: int = 1,
     device: str = "cpu",
-) -> float:
+) -> tuple[float, dict[str, float]]:
     """Steps/s of the native engine (float64 integration, model in ``dtype``).
 
     With ``replicas`` > 1 that many independent copies run in one batch (one model
-    call per step for all of them); the rate is batch steps per second.
+    call per step for all of them); the rate is batch steps per second. Also
+    returns the neighbour-list rebuilds per timed step and the edges per atom at
+    the end.
     """
     from equiforce.md.forcefield import ModelForceField
     from equiforce.md.integrators import VelocityVerlet
@@ -108,17 +110,13 @@ def time_native(
         integ.step(state, ff)
     _sync(device)
     rate = steps / (time.perf_counter() - t0)
-    LAST_RUN.update(
-        rebuilds_per_step=(ff.n_builds - builds) / max(steps, 1),
-        edges_per_atom=ff.graph.n_edges / ff.graph.num_nodes,
-    )
-    return rate
-
-
-#: Neighbour-list rebuilds per step and edges per atom of the last timed native run:
-#: a molecule that flew apart (a model trained on another molecule) rebuilds every
-#: step and ends with no edges, and its rate measures nothing useful.
-LAST_RUN: dict[str, float] = {}
+    # a molecule that flew apart (a model trained on another molecule) rebuilds its
+    # list every step and ends with no edges: its rate measures nothing useful
+    health = {
+        "rebuilds_per_step": (ff.n_builds - builds) / max(steps, 1),
+        "edges_per_atom": ff.graph.n_edges / ff.graph.num_nodes,
+    }
+    return rate, health
 
 
 def _sync(device: str) -> None:
@@ -202,10 +200,9 @@ def main(argv: list[str] | None = None) -> int:
             args.warmup,
             0,
         )
-        native = time_native(
+        native, health = time_native(
             model, atoms, args.steps, args.warmup, dtype, compile, device=dev
         )
-        health = dict(LAST_RUN)
         if health["rebuilds_per_step"] > 0.2 or health["edges_per_atom"] < 1:
             print(
                 f"WARNING {name}: {health['rebuilds_per_step']:.2f} neighbour-list "
@@ -228,7 +225,7 @@ def main(argv: list[str] | None = None) -> int:
             **health,
         }
         for n in [int(x) for x in args.replicas.split(",") if x.strip()]:
-            rate = time_native(
+            rate, _ = time_native(
                 model,
                 atoms,
                 args.steps,

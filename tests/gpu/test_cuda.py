@@ -53,7 +53,9 @@ def test_cuda_graph_path_equals_eager_float32():
             ref, out = model(g), fast(g)
             scale = ref["forces"].abs().max()
             assert (out["forces"] - ref["forces"]).abs().max() <= 1e-5 * scale
-            torch.testing.assert_close(out["energy"], ref["energy"], rtol=1e-5, atol=1e-4)
+            torch.testing.assert_close(
+                out["energy"], ref["energy"], rtol=1e-5, atol=1e-4
+            )
             kept.append((out["forces"], ref["forces"].clone()))
     for out_f, ref_f in kept:  # not overwritten by later replays
         assert (out_f - ref_f).abs().max() <= 1e-5 * ref_f.abs().max()

@@ -1,5 +1,7 @@
 """Bucketed padding for static shapes: bucket sizes and the ghost structure."""
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 import torch
@@ -27,17 +29,7 @@ def _graphs():
     eth = AtomicGraph.from_atoms(molecule("CH3CH2OH"), 5.0)
     pos, z, cell = random_crystal(np.random.default_rng(0))
     crystal = AtomicGraph.from_arrays(pos, z, 5.0, cell, np.ones(3, bool))
-    unpaired = AtomicGraph(
-        **{
-            **{k: getattr(eth, k) for k in ("positions", "atomic_numbers")},
-            "graph_index": eth.graph_index,
-            "edge_index": eth.edge_index,
-            "edge_shifts": eth.edge_shifts,
-            "cell": eth.cell,
-            "pbc": eth.pbc,
-            "n_atoms": eth.n_atoms,
-        }
-    )
+    unpaired = replace(eth, edges_paired=False)
     return [eth, AtomicGraph.collate([eth, crystal]), unpaired]
 
 
