@@ -4,6 +4,8 @@
    (``torch.utils.flop_counter.FlopCounterMode``: matrix products and other ops
    with a registered formula, forward and backward) and divides by the number of
    directed edges and of unordered pairs.
+   With the radial filters read from the inference table (``--filter-table``, on
+   for float32 by default) the table lookups are element-wise work: not counted.
 2. Measures this machine's float32 matrix-product rate with the same threads: a large
    square product and an edge-shaped (n_pairs × F) @ (F × F) product.
 3. Times the call (eager and compiled, median) and reports the achieved GFLOP/s as a
@@ -56,10 +58,18 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--no-compiled", action="store_true")
     p.add_argument("--square", type=int, default=4096, help="square product size")
     p.add_argument("--json", type=Path, default=None)
+    p.add_argument(
+        "--filter-table",
+        choices=("auto", "on", "off"),
+        default="auto",
+        help="model.filter_table: radial filters from the inference table or computed",
+    )
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     tune_allocator()
     model = build_model("so3krates", "default", zero_init_readout=False).eval()
+    model.filter_table = args.filter_table
+    model.filter_tables()  # built once, outside the count
     F = model.config.num_features
     square = matmul_gflops(args.square, args.square, args.square, repeats=3)
     rows = []
@@ -80,6 +90,7 @@ def main(argv: list[str] | None = None) -> int:
             "flop_per_pair": flops / n_pairs,
             "square_matmul_gflops": square,
             "edge_matmul_gflops": edge_rate,
+            "filter_table": args.filter_table,
         }
         model(g)  # warm-up
         modes = {"eager": lambda g=g: model(g)}

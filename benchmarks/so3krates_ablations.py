@@ -18,6 +18,9 @@
    ``GLIBC_TUNABLES=glibc.malloc.hugetlb=1`` for transparent huge pages in the heap.
 6. ``threads``: compiled calls at ``--threads`` vs one thread vs the library default
    (one thread below ``EXTERN_MIN_ROWS`` edges), alternating in one process.
+7. ``table``: radial filters read from the inference table (``filter_table``
+   "on") vs computed ("off"), eager and compiled, alternating in one process, with
+   the largest force and energy differences between the two.
 
     python benchmarks/so3krates_ablations.py paired --systems ethanol,water96,box1029
     python benchmarks/so3krates_ablations.py compiled --extern-rows 1024 --cpp-wrapper 1
@@ -29,6 +32,8 @@
         --spatial-order-min-atoms none      # then with the default (Morton order)
     python benchmarks/so3krates_ablations.py threads --threads 2 \
         --systems ethanol,benzene,aspirin,water96:24,water96:48,water96:66,water96
+    python benchmarks/so3krates_ablations.py table --rounds 3 \
+        --systems ethanol,aspirin,water96,box1029,box3000
     EQUIFORCE_MALLOC_TUNING=0 python benchmarks/so3krates_ablations.py calls \
         --systems box100k --calls 1 --threads 1
 """
@@ -305,11 +310,54 @@ def threads(systems: list[str], model, rounds: int) -> list[dict]:
     return rows
 
 
+def table(systems: list[str], model, rounds: int, modes: list[str]) -> list[dict]:
+    """Filters from the inference table vs computed, eager and compiled, alternating.
+
+    Rounds alternate ``filter_table`` "off"/"on"; rows give the best round's median
+    and how far the tabulated energies and forces are from the exact ones.
+    """
+    pots = {"compiled": CompiledPotential(model)} if "compiled" in modes else {}
+    rows = []
+    for name in systems:
+        atoms = _named_system(name)
+        g = AtomicGraph.from_atoms(atoms, model.cutoff, torch.float32)
+        n = _calls(len(atoms))
+        row: dict = {"system": name, "atoms": len(atoms), "edges": g.n_edges}
+        for mode in modes:
+            call = pots.get(mode, model)
+            out, res = {}, {"off": [], "on": []}
+            for setting in ("off", "on"):  # compile both graphs, untimed
+                model.filter_table = setting
+                out[setting] = call(g)
+            for _ in range(rounds):
+                for setting in ("off", "on"):
+                    model.filter_table = setting
+                    res[setting].append(_median_ms(lambda g=g, c=call: c(g), n))
+            f_off, f_on = out["off"]["forces"], out["on"]["forces"]
+            row[f"{mode}_exact_ms"] = min(res["off"])
+            row[f"{mode}_table_ms"] = min(res["on"])
+            row[f"{mode}_force_max_rel"] = float(
+                (f_on - f_off).abs().max() / f_off.abs().max()
+            )
+            row[f"{mode}_energy_diff_per_atom_eV"] = float(
+                (out["on"]["energy"] - out["off"]["energy"]).abs().max() / len(atoms)
+            )
+        model.filter_table = "auto"
+        rows.append(row)
+        print(row, flush=True)
+    return rows
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument(
-        "what", choices=["paired", "compiled", "chunks", "order", "calls", "threads"]
+        "what",
+        choices=["paired", "compiled", "chunks", "order", "calls", "threads", "table"],
     )
+    p.add_argument(
+        "--model", default=None, help="trained model file (default: random weights)"
+    )
+    p.add_argument("--modes", default="eager,compiled", help="table: eager,compiled")
     p.add_argument("--systems", default="ethanol,water96,box1029")
     p.add_argument("--extern-rows", type=int, default=scatter.EXTERN_MIN_ROWS)
     p.add_argument("--cpp-wrapper", type=int, choices=(0, 1), default=1)
@@ -339,7 +387,14 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     tune_allocator()
     torch.set_num_threads(args.threads)
-    model = build_model("so3krates", "default", dtype=torch.float32).eval()
+    if args.model:
+        from equiforce.models.checkpoint import load_model
+
+        model = load_model(args.model).float().eval()
+    else:  # table: a readout that is not zero, so that forces can be compared
+        nonzero = {"zero_init_readout": False} if args.what == "table" else {}
+        model = build_model("so3krates", "default", dtype=torch.float32, **nonzero)
+        model.eval()
     if args.edge_chunk_size is not None:  # calls: force a chunk size
         model.edge_chunk_size = args.edge_chunk_size
     if args.spatial_order_min_atoms != "default":
@@ -357,6 +412,8 @@ def main(argv=None) -> int:
         rows = calls(systems, model, args.calls, args.shuffle)
     elif args.what == "threads":
         rows = threads(systems, model, args.rounds)
+    elif args.what == "table":
+        rows = table(systems, model, args.rounds, args.modes.split(","))
     else:
         rows = compiled(systems, model, args.extern_rows, bool(args.cpp_wrapper))
     if args.json:

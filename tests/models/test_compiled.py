@@ -126,3 +126,22 @@ def test_small_graphs_run_on_one_thread(monkeypatch):
         assert (out["forces"] - ref["forces"]).abs().max() <= 1e-5 * scale
     finally:
         torch.set_num_threads(before)
+
+
+def test_compiled_path_follows_a_weight_change_through_the_filter_table():
+    """float32 calls read So3krates' filter table; a weight updated in place after
+    compilation gives the new model's forces, not the old table's."""
+    model = equiforce.build_model("so3krates", dtype=torch.float32, **SMALL).eval()
+    assert model.filter_table == "auto"
+    fast = CompiledPotential(model)
+    g = graphs(torch.float32)[0]
+    before = fast(g)["forces"]
+    with torch.no_grad():
+        model.layers[0].filter_r1[0].weight.mul_(1.3)
+    after = fast(g)["forces"]
+    model.filter_table = "off"
+    exact = model(g)["forces"]
+    scale = exact.abs().max().item()
+    assert (after - before).abs().max().item() > 1e-3 * scale
+    assert (after - exact).abs().max().item() <= 1e-5 * scale
+    assert fast.compiled

@@ -239,3 +239,131 @@ def test_pairwise_filters_equal_per_edge_filters(overrides):
     out = model(shuffled, compute_stress=True)
     for key in ("energy", "forces", "stress"):
         torch.testing.assert_close(out[key], ref[key], rtol=1e-10, atol=1e-12)
+
+
+# ---------------------------------------------------------------- filter tables
+def _count_table_calls(monkeypatch) -> list[int]:
+    from equiforce.nn.spline import CubicHermiteTable
+
+    calls: list[int] = []
+    real = CubicHermiteTable.forward
+    monkeypatch.setattr(
+        CubicHermiteTable, "forward", lambda self, s: calls.append(1) or real(self, s)
+    )
+    return calls
+
+
+def _periodic_graph(model, dtype=torch.float64, seed=3):
+    pos, z = random_molecule(np.random.default_rng(seed), n_atoms=10, box=3.5)
+    cell = np.eye(3) * 5.0
+    return AtomicGraph.from_arrays(
+        pos, z, model.cutoff, cell, np.ones(3, bool), dtype=dtype
+    )
+
+
+@pytest.mark.parametrize("basis", ["physnet", "bernstein", "fourier", "gaussian"])
+@pytest.mark.parametrize("ev", [True, False], ids=["ev", "no-ev"])
+@pytest.mark.parametrize("chunked", [False, True], ids=["all-edges", "chunks"])
+def test_filter_table_matches_exact_filters(basis, ev, chunked, monkeypatch):
+    """Tabulated radial filters give the exact model's energies, forces and stress
+    to ~1e-8 relative (float64), through both edge paths."""
+    overrides = {
+        **SMALL,
+        "radial_basis": basis,
+        "use_euclidean_variables": ev,
+    }
+    model = build_model("so3krates", dtype=torch.float64, **overrides).eval()
+    g = _periodic_graph(model)
+    if chunked:
+        model.edge_chunk_size = 17
+    calls = _count_table_calls(monkeypatch)
+    model.filter_table = "off"
+    ref = model(g, compute_stress=True)
+    assert not calls
+    model.filter_table = "on"
+    out = model(g, compute_stress=True)
+    assert calls, "the table was not used"
+    for key in ("energy", "forces", "stress"):
+        scale = ref[key].abs().max().item()
+        assert scale > 1e-6
+        diff = (out[key] - ref[key]).abs().max().item()
+        assert diff <= 1e-7 * scale, (key, diff / scale)
+    assert (out["forces"] - ref["forces"]).abs().max() > 0  # an approximation
+
+
+def test_tabulated_forces_are_the_gradient_of_the_tabulated_energy():
+    """The table is C¹: forces = −dE/dr of its own energy (central differences)."""
+    model = build_model("so3krates", dtype=torch.float64, **SMALL).eval()
+    model.filter_table = "on"
+    model.filter_table_intervals = 40  # coarse: a wrong derivative would show
+    g = _periodic_graph(model)
+    forces = model(g)["forces"]
+    h = 1e-5
+    for atom, axis in [(0, 0), (3, 1), (7, 2)]:
+        energies = []
+        for sign in (1, -1):
+            pos = g.positions.clone()
+            pos[atom, axis] += sign * h
+            g_h = AtomicGraph(**{**g.__dict__, "positions": pos})
+            energies.append(model(g_h)["energy"].item())
+        fd = -(energies[0] - energies[1]) / (2 * h)
+        assert fd == pytest.approx(forces[atom, axis].item(), rel=1e-6, abs=1e-8)
+
+
+def test_filter_table_only_where_nothing_differentiates_the_weights(monkeypatch):
+    """Training calls (create_graph) compute the filters; forces-only and
+    energy-only calls (outputs detached) read the table."""
+    model = build_model("so3krates", dtype=torch.float64, **SMALL)
+    model.filter_table = "on"
+    g = _periodic_graph(model)
+    calls = _count_table_calls(monkeypatch)
+    out = model.train()(g)  # create_graph=True
+    (out["forces"] ** 2).sum().backward()
+    assert not calls
+    w = model.layers[0].filter_r1[0].weight
+    assert w.grad is not None and w.grad.abs().max() > 0
+    model.eval()
+    layers = model.config.num_layers  # one table per layer
+    assert not model(g, compute_forces=False)["energy"].requires_grad
+    assert len(calls) == layers
+    model(g)  # forces only
+    assert len(calls) == 2 * layers
+
+
+def test_filter_table_auto_is_float32_only_and_settings_are_checked(monkeypatch):
+    calls = _count_table_calls(monkeypatch)
+    model = build_model("so3krates", dtype=torch.float64, **SMALL).eval()
+    g = _periodic_graph(model)
+    model(g)
+    assert not calls
+    model.float()
+    model(_periodic_graph(model, torch.float32))
+    assert calls
+    model.filter_table = "sometimes"
+    with pytest.raises(ValueError, match="filter_table must be 'auto', 'on' or 'off'"):
+        model(_periodic_graph(model, torch.float32))
+
+
+def test_filter_table_follows_weight_changes_and_is_not_saved():
+    """A weight updated in place, a loaded state_dict or a dtype change rebuilds the
+    table; the table never enters the checkpoint."""
+    model = build_model("so3krates", dtype=torch.float64, **SMALL).eval()
+    model.filter_table = "on"
+    keys = set(model.state_dict())
+    g = _periodic_graph(model)
+    first = model(g)["forces"]
+    assert set(model.state_dict()) == keys
+    with torch.no_grad():
+        model.layers[1].filter_r2[2].weight.mul_(1.5)
+    after = model(g)["forces"]
+    model.filter_table = "off"
+    exact = model(g)["forces"]
+    scale = exact.abs().max().item()
+    assert (after - first).abs().max() > 1e-4 * scale
+    torch.testing.assert_close(after, exact, rtol=0, atol=1e-7 * scale)
+    other = build_model("so3krates", dtype=torch.float64, **SMALL, seed=1).eval()
+    model.load_state_dict(other.state_dict())
+    model.filter_table = "on"
+    expected = other(g)["forces"]
+    atol = 1e-7 * expected.abs().max().item()
+    torch.testing.assert_close(model(g)["forces"], expected, rtol=0, atol=atol)

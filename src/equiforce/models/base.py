@@ -9,6 +9,9 @@ and a symmetric strain ε (as in nequip's ForceStressOutput and MACE's
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
+
 import torch
 from torch import nn
 
@@ -116,17 +119,30 @@ class PotentialModel(nn.Module):
             create_graph = self.training
         self.outputs_differentiable = create_graph
         order = self.atom_order(graph)
+        # without create_graph the outputs are detached (energies alone are
+        # computed under no_grad): nothing differentiates them w.r.t. the weights
+        tables = contextlib.nullcontext() if create_graph else self.inference_tables()
         try:
-            if order is None:
-                return self._forward(
-                    graph, compute_forces, compute_stress, create_graph
+            with tables:
+                if order is None:
+                    return self._forward(
+                        graph, compute_forces, compute_stress, create_graph
+                    )
+                out = self._forward(
+                    graph.permuted(*order), compute_forces, compute_stress, create_graph
                 )
-            out = self._forward(
-                graph.permuted(*order), compute_forces, compute_stress, create_graph
-            )
-            return restore_atom_order(out, order[1])
+                return restore_atom_order(out, order[1])
         finally:
             self.outputs_differentiable = True
+
+    @contextlib.contextmanager
+    def inference_tables(self) -> Iterator[None]:
+        """Context of forces-only calls (no weight gradients, no second derivatives).
+
+        A model may replace exact sub-networks by tables inside it (So3krates'
+        radial filters); the base does nothing.
+        """
+        yield
 
     def atom_order(
         self, graph: AtomicGraph

@@ -200,7 +200,7 @@ class CompiledPotential:
             small = one_thread_below(
                 padded.n_edges, scatter.EXTERN_MIN_ROWS, padded.positions.device
             )
-            with torch.no_grad(), small:
+            with torch.no_grad(), small, self.model.inference_tables():
                 e_net, forces = self._fn(*args)
         except Exception as err:  # noqa: BLE001 - any compiler failure -> eager fallback
             if not self.compiled:

@@ -21,7 +21,10 @@ c(x)       ``contract(ev)``    (·, |L|)
 
 from __future__ import annotations
 
+import contextlib
+import copy
 import math
+from collections.abc import Iterator
 from typing import Literal
 
 import torch
@@ -35,6 +38,7 @@ from equiforce.nn.layers import MLP, Dense, HeadwiseLinear, ResidualMLP
 from equiforce.nn.radial import Cutoff, make_basis
 from equiforce.nn.scatter import gather_rows, scatter_sum
 from equiforce.nn.spherical import SphericalHarmonics, safe_norm
+from equiforce.nn.spline import CubicHermiteTable
 
 
 class So3kratesConfig(BaseModel):
@@ -210,17 +214,21 @@ class So3kratesLayer(nn.Module):
         return torch.cat(mats, dim=1)
 
     def edge_filters(
-        self, hidden_r: torch.Tensor, s_ij: torch.Tensor | None
+        self, hidden_r: torch.Tensor, s_ij: torch.Tensor | None, tabulated: bool = False
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """w1, w2 (n_edges, F) from the radial hidden layer and the spherical input.
 
         ``hidden_r`` is silu(first radial Dense) of both filters, (n_edges, 2F)
         (or (n_edges, F) without EV); the radial and spherical second layers of a
         filter are applied as one matmul on the concatenated hidden features.
+        With ``tabulated`` it is instead the radial part of both filters' outputs
+        (:meth:`radial_parts`, biases excluded), read from a table.
         """
         F = hidden_r.shape[1] // (2 if self.ev else 1)
         r1, r2 = self.filter_r1[2], self.filter_r2[2] if self.ev else None
         if not self.ev:
+            if tabulated:
+                return hidden_r + r1.bias, None
             return torch.addmm(r1.bias, hidden_r, r1.weight.t()), None
         s1a, s2a = self.filter_s1[0], self.filter_s2[0]
         w_sa = torch.cat([s1a.weight, s2a.weight], 0)  # (F/2, |L|)
@@ -230,6 +238,14 @@ class So3kratesLayer(nn.Module):
         )  # (n_edges, F/2)
         q = hs.shape[1] // 2
         s1b, s2b = self.filter_s1[2], self.filter_s2[2]
+        if tabulated:  # hidden_r holds the radial second layers' outputs
+            w1 = torch.addmm(
+                hidden_r[:, :F] + (r1.bias + s1b.bias), hs[:, :q], s1b.weight.t()
+            )
+            w2 = torch.addmm(
+                hidden_r[:, F:] + (r2.bias + s2b.bias), hs[:, q:], s2b.weight.t()
+            )
+            return w1, w2
         h1 = torch.cat([hidden_r[:, :F], hs[:, :q]], 1)
         h2 = torch.cat([hidden_r[:, F:], hs[:, q:]], 1)
         w1 = torch.addmm(
@@ -262,6 +278,7 @@ class So3kratesLayer(nn.Module):
         idx_i: torch.Tensor,  # (n_edges,)
         idx_j: torch.Tensor,  # (n_edges,)
         n_dir: int = 1,
+        tabulated: bool = False,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Attention messages summed per centre: Δf (n_atoms, F) and Δx (n_atoms, m_tot).
 
@@ -269,6 +286,7 @@ class So3kratesLayer(nn.Module):
         symmetric, so they are computed per *pair*: with ``n_dir=2`` the edges are
         paired (edge P + k reverses edge k, n_edges = 2·n_pairs) and the per-pair
         tensors broadcast over both directions; ``n_dir=1`` is one pair per edge.
+        ``tabulated``: ``hidden_r`` holds :meth:`radial_parts` (see :meth:`edge_filters`).
         """
         n_atoms = q.shape[0]
         n_edges = idx_i.shape[0]
@@ -280,7 +298,7 @@ class So3kratesLayer(nn.Module):
         if self.ev:
             i_p, j_p = idx_i[:n_pairs], idx_j[:n_pairs]
             s_ij = self.contract(gather_rows(ev, j_p) - gather_rows(ev, i_p))
-        w1, w2 = self.edge_filters(hidden_r, s_ij)  # (n_pairs, F) each
+        w1, w2 = self.edge_filters(hidden_r, s_ij, tabulated)  # (n_pairs, F) each
         shape = (n_dir, n_pairs)
         # split (one backward node that concatenates) rather than slices (each
         # slice's backward zero-fills a full-width gradient): 40 % of eager time
@@ -321,6 +339,19 @@ class So3kratesLayer(nn.Module):
             features = features + self.exchange(features)
         features = self.norm2(self.res2(features))
         return features, ev
+
+    def radial_parts(self, rbf: torch.Tensor) -> torch.Tensor:
+        """Radial part of both filters' outputs, biases excluded: (n, K) -> (n, nF).
+
+        A function of the pair distance alone, which is what the inference table
+        (:meth:`So3krates.filter_tables`) stores.
+        """
+        hidden = self.radial_hidden(rbf)
+        F = self.filter_r1[2].weight.shape[0]
+        parts = [hidden[:, :F] @ self.filter_r1[2].weight.t()]
+        if self.ev:
+            parts.append(hidden[:, F:] @ self.filter_r2[2].weight.t())
+        return torch.cat(parts, 1)
 
     def radial_hidden(self, rbf: torch.Tensor) -> torch.Tensor:
         """silu(first radial Dense) of this layer's filters: (n_edges, K) -> (n_edges, nF)."""
@@ -369,12 +400,89 @@ class So3krates(PotentialModel):
         self.auto_chunk_edges: int = 1_000_000
         self.auto_chunk_edges_detached: int = 300_000
         self.auto_chunk_size: int = 250_000
+        #: Forces-only calls (MD, evaluation; never training) read the radial part
+        #: of every filter from a cubic Hermite table in the basis' smooth
+        #: coordinate (:mod:`equiforce.nn.spline`) instead of computing its two
+        #: Dense layers per pair. "auto": float32 models; "on"; "off". With 1,000
+        #: intervals a trained filter is interpolated to ~1e-8 relative (below
+        #: float32 rounding). Runtime settings, not part of the config.
+        self.filter_table: Literal["auto", "on", "off"] = "auto"
+        self.filter_table_intervals: int = 1000
+        self._tables_cache: tuple[tuple, list[CubicHermiteTable]] | None = None
+        self._active_tables: list[CubicHermiteTable] | None = None
         if cfg.per_element_scale_shift:
             self.scale = nn.Parameter(torch.ones(NUM_ELEMENTS))
             self.shift = nn.Parameter(torch.zeros(NUM_ELEMENTS))
         else:
             self.scale = self.shift = None
 
+    # ------------------------------------------------------- filter tables
+    def _table_inputs(self) -> list[torch.Tensor]:
+        """Every tensor the radial filter parts depend on."""
+        tensors = list(self.rbf.buffers())
+        for layer in self.layers:
+            for mlp in (
+                (layer.filter_r1, layer.filter_r2) if layer.ev else (layer.filter_r1,)
+            ):
+                tensors += list(mlp.parameters())
+        return tensors
+
+    def filter_tables(self) -> list[CubicHermiteTable]:
+        """One table per layer: pair distance -> :meth:`So3kratesLayer.radial_parts`.
+
+        Built in float64 from the current weights and stored in the model's dtype;
+        rebuilt when a weight changed (in-place updates bump its version), moved or
+        the model changed dtype.
+        """
+        dtype = self.embedding.weight.dtype
+        device = self.embedding.weight.device
+        key = (
+            dtype,
+            device,
+            self.filter_table_intervals,
+            tuple((t.data_ptr(), t._version) for t in self._table_inputs()),
+        )
+        if self._tables_cache is not None and self._tables_cache[0] == key:
+            return self._tables_cache[1]
+        basis = copy.deepcopy(self.rbf).double()
+        ends = basis.to_table(torch.tensor([0.0, self.cutoff], dtype=torch.float64))
+        lo, hi = sorted(float(x) for x in ends)
+        tables = []
+        for layer in self.layers:
+            exact = copy.deepcopy(layer).double()
+
+            def parts(s: torch.Tensor, exact=exact) -> torch.Tensor:
+                return exact.radial_parts(basis(basis.from_table(s)))
+
+            n = self.filter_table_intervals
+            tables.append(
+                CubicHermiteTable(parts, lo, hi, n, dtype=dtype, device=device)
+            )
+        self._tables_cache = (key, tables)
+        return tables
+
+    def _tables_wanted(self) -> bool:
+        if self.filter_table == "on":
+            return True
+        if self.filter_table == "off":
+            return False
+        if self.filter_table != "auto":
+            raise ValueError(
+                f"filter_table must be 'auto', 'on' or 'off', got {self.filter_table!r}"
+            )
+        return self.embedding.weight.dtype == torch.float32
+
+    @contextlib.contextmanager
+    def inference_tables(self) -> Iterator[None]:
+        """Calls inside read the filters from :meth:`filter_tables` (see ``filter_table``)."""
+        previous = self._active_tables
+        self._active_tables = self.filter_tables() if self._tables_wanted() else None
+        try:
+            yield
+        finally:
+            self._active_tables = previous
+
+    # ---------------------------------------------------------------- chunks
     def _edge_chunk(
         self, n_edges: int, differentiable: bool | None = None
     ) -> int | None:
@@ -397,7 +505,18 @@ class So3krates(PotentialModel):
         return self._edge_chunk(n_edges, differentiable) is not None
 
     def _chunked_layer(
-        self, layer, features, ev, d, sph, phi, idx_i, idx_j, chunk: int, n_dir: int
+        self,
+        layer,
+        features,
+        ev,
+        d,
+        sph,
+        phi,
+        idx_i,
+        idx_j,
+        chunk: int,
+        n_dir: int,
+        table: CubicHermiteTable | None = None,
     ):
         """One layer with edges in chunks (see :mod:`equiforce.models.edge_chunks`).
 
@@ -406,15 +525,19 @@ class So3krates(PotentialModel):
         the cost. ``d`` and ``phi`` are per pair; a chunk takes ``chunk / n_dir``
         pairs with all their directions. When the outputs must stay differentiable
         (training: forces in the loss) chunks are checkpointed; otherwise (forces
-        for MD or evaluation) :class:`ChunkedMessages` sums in place.
+        for MD or evaluation) :class:`ChunkedMessages` sums in place. ``table``:
+        the layer's filter table, if filters are read from one.
         """
         q, kv = layer.node_maps(features)
         F = features.shape[1]
 
         def chunk_messages(q, kv, ev, d_c, sph_c, phi_c, i_c, j_c):
-            hidden = layer.radial_hidden(self.rbf(d_c).to(d_c.dtype))
+            if table is None:
+                hidden = layer.radial_hidden(self.rbf(d_c).to(d_c.dtype))
+            else:
+                hidden = table(self.rbf.to_table(d_c))
             return layer.edge_messages(
-                q, kv, ev, hidden, sph_c, phi_c, i_c, j_c, n_dir=n_dir
+                q, kv, ev, hidden, sph_c, phi_c, i_c, j_c, n_dir, table is not None
             )
 
         tensors = (q, kv, ev, d, sph, phi, idx_i, idx_j)
@@ -436,7 +559,19 @@ class So3krates(PotentialModel):
         d = safe_norm(edge_vectors[:n_pairs])  # (n_pairs,)
         chunk = self._edge_chunk(idx_i.shape[0])
         chunked = chunk is not None
-        rbf = None if chunked else self.rbf(d).to(edge_vectors.dtype)  # (n_pairs, K)
+        tables = self._active_tables
+        # per layer: radial hidden features (exact) or radial filter parts (tables)
+        if tables is not None:
+            s = self.rbf.to_table(d)  # (n_pairs,)
+            radial = None if chunked else [table(s) for table in tables]
+        elif not chunked:
+            rbf = self.rbf(d).to(edge_vectors.dtype)  # (n_pairs, K)
+            # first radial Dense of every filter of every layer in one product
+            firsts = [m for layer in self.layers for m in layer.radial_firsts()]
+            w_first = torch.cat([m.weight for m in firsts], 0)  # (T·nF, K)
+            b_first = torch.cat([m.bias for m in firsts])
+            hidden = torch.nn.functional.silu(torch.addmm(b_first, rbf, w_first.t()))
+            radial = hidden.chunk(len(self.layers), dim=1)  # T × (n_pairs, nF)
         phi = self.cutoff_fn(d)  # (n_pairs,)
         z = graph.atomic_numbers
         features = self.embedding(z)  # (n_atoms, F)
@@ -446,25 +581,18 @@ class So3krates(PotentialModel):
         else:
             sph = edge_vectors.new_zeros((edge_vectors.shape[0], 0))
         ev = features.new_zeros((n_atoms, self.m_tot))
-        if chunked:
-            for layer in self.layers:
+        for t, layer in enumerate(self.layers):
+            if chunked:
+                table = None if tables is None else tables[t]
                 features, ev = self._chunked_layer(
-                    layer, features, ev, d, sph, phi, idx_i, idx_j, chunk, n_dir
+                    layer, features, ev, d, sph, phi, idx_i, idx_j, chunk, n_dir, table
                 )
-        else:
-            # first radial Dense of every filter of every layer in one product
-            firsts = [m for layer in self.layers for m in layer.radial_firsts()]
-            w_first = torch.cat([m.weight for m in firsts], 0)  # (T·nF, K)
-            b_first = torch.cat([m.bias for m in firsts])
-            hidden = torch.nn.functional.silu(torch.addmm(b_first, rbf, w_first.t()))
-            width = hidden.shape[1] // len(self.layers)
-            for t, layer in enumerate(self.layers):
-                h_t = hidden[:, t * width : (t + 1) * width]
-                q, kv = layer.node_maps(features)
-                d_f, d_ev = layer.edge_messages(
-                    q, kv, ev, h_t, sph, phi, idx_i, idx_j, n_dir=n_dir
-                )
-                features, ev = layer.update(features, ev, d_f, d_ev)
+                continue
+            q, kv = layer.node_maps(features)
+            d_f, d_ev = layer.edge_messages(
+                q, kv, ev, radial[t], sph, phi, idx_i, idx_j, n_dir, tables is not None
+            )
+            features, ev = layer.update(features, ev, d_f, d_ev)
         e = self.readout(features).squeeze(-1)  # (n_atoms,)
         if self.scale is not None:
             e = self.scale[z] * e + self.shift[z]
