@@ -410,6 +410,7 @@ class So3krates(PotentialModel):
         self.filter_table_intervals: int = 1000
         self._tables_cache: tuple[tuple, list[CubicHermiteTable]] | None = None
         self._active_tables: list[CubicHermiteTable] | None = None
+        self._table_tensors: list[torch.Tensor] | None = None
         if cfg.per_element_scale_shift:
             self.scale = nn.Parameter(torch.ones(NUM_ELEMENTS))
             self.shift = nn.Parameter(torch.zeros(NUM_ELEMENTS))
@@ -418,14 +419,24 @@ class So3krates(PotentialModel):
 
     # ------------------------------------------------------- filter tables
     def _table_inputs(self) -> list[torch.Tensor]:
-        """Every tensor the radial filter parts depend on."""
-        tensors = list(self.rbf.buffers())
-        for layer in self.layers:
-            for mlp in (
-                (layer.filter_r1, layer.filter_r2) if layer.ev else (layer.filter_r1,)
-            ):
-                tensors += list(mlp.parameters())
-        return tensors
+        """Every tensor the radial filter parts depend on.
+
+        Listed once (walking the modules costs ~25 µs, a third of a small
+        molecule's compiled call); the same parameter objects stay in place under
+        ``load_state_dict``, optimizers and ``.to()``.
+        """
+        if self._table_tensors is None:
+            tensors = list(self.rbf.buffers())
+            for layer in self.layers:
+                mlps = (
+                    (layer.filter_r1, layer.filter_r2)
+                    if layer.ev
+                    else (layer.filter_r1,)
+                )
+                for mlp in mlps:
+                    tensors += list(mlp.parameters())
+            self._table_tensors = tensors
+        return self._table_tensors
 
     def filter_tables(self) -> list[CubicHermiteTable]:
         """One table per layer: pair distance -> :meth:`So3kratesLayer.radial_parts`.
@@ -434,13 +445,15 @@ class So3krates(PotentialModel):
         rebuilt when a weight changed (in-place updates bump its version), moved or
         the model changed dtype.
         """
-        dtype = self.embedding.weight.dtype
-        device = self.embedding.weight.device
+        weight = self.embedding.weight
+        dtype, device = weight.dtype, weight.device
+        tensors = self._table_inputs()
         key = (
             dtype,
             device,
             self.filter_table_intervals,
-            tuple((t.data_ptr(), t._version) for t in self._table_inputs()),
+            *[t._version for t in tensors],
+            *[t.data_ptr() for t in tensors],
         )
         if self._tables_cache is not None and self._tables_cache[0] == key:
             return self._tables_cache[1]
