@@ -246,6 +246,7 @@ def calls(systems: list[str], model, n_calls: int, shuffle: bool = False) -> lis
                 "spatial_order_min_atoms": model.spatial_order_min_atoms,
                 "malloc_tuning": os.environ.get("EQUIFORCE_MALLOC_TUNING", "1"),
                 "glibc_tunables": os.environ.get("GLIBC_TUNABLES", ""),
+                "filter_table": model.filter_table,
                 "call_ms": ms,
                 "peak_rss_gib": rss,
             }
@@ -358,6 +359,12 @@ def main(argv=None) -> int:
         "--model", default=None, help="trained model file (default: random weights)"
     )
     p.add_argument("--modes", default="eager,compiled", help="table: eager,compiled")
+    p.add_argument(
+        "--filter-table",
+        choices=("auto", "on", "off"),
+        default="auto",
+        help="model.filter_table for the other ablations (table alternates it)",
+    )
     p.add_argument("--systems", default="ethanol,water96,box1029")
     p.add_argument("--extern-rows", type=int, default=scatter.EXTERN_MIN_ROWS)
     p.add_argument("--cpp-wrapper", type=int, choices=(0, 1), default=1)
@@ -395,6 +402,7 @@ def main(argv=None) -> int:
         nonzero = {"zero_init_readout": False} if args.what == "table" else {}
         model = build_model("so3krates", "default", dtype=torch.float32, **nonzero)
         model.eval()
+    model.filter_table = args.filter_table
     if args.edge_chunk_size is not None:  # calls: force a chunk size
         model.edge_chunk_size = args.edge_chunk_size
     if args.spatial_order_min_atoms != "default":

@@ -24,6 +24,13 @@ def test_table_reproduces_cubics_exactly():
     torch.testing.assert_close(y, y_ref, rtol=0, atol=1e-12)
     torch.testing.assert_close(dy, dy_ref, rtol=0, atol=1e-11)
     assert table.width == 3
+    # reverse mode (the eager autograd.Function) and the compiled expression agree
+    weights = torch.tensor([0.3, -1.2, 2.0], dtype=torch.float64)
+    s_leaf = s.clone().requires_grad_(True)
+    (table(s_leaf) @ weights).sum().backward()
+    torch.testing.assert_close(s_leaf.grad, dy_ref @ weights, rtol=0, atol=1e-10)
+    compiled = torch.compile(lambda x: table(x) @ weights, dynamic=True)
+    torch.testing.assert_close(compiled(s), y_ref @ weights, rtol=0, atol=1e-11)
 
 
 def test_inputs_outside_the_range_are_clamped():
