@@ -247,6 +247,7 @@ def calls(systems: list[str], model, n_calls: int, shuffle: bool = False) -> lis
                 "malloc_tuning": os.environ.get("EQUIFORCE_MALLOC_TUNING", "1"),
                 "glibc_tunables": os.environ.get("GLIBC_TUNABLES", ""),
                 "filter_table": model.filter_table,
+                "compile_chunks": model.compile_chunks,
                 "call_ms": ms,
                 "peak_rss_gib": rss,
             }
@@ -360,6 +361,13 @@ def main(argv=None) -> int:
     )
     p.add_argument("--modes", default="eager,compiled", help="table: eager,compiled")
     p.add_argument(
+        "--compile-chunks",
+        type=int,
+        choices=(0, 1),
+        default=1,
+        help="model.compile_chunks: compiled edge chunks in forces-only calls",
+    )
+    p.add_argument(
         "--filter-table",
         choices=("auto", "on", "off"),
         default="auto",
@@ -403,6 +411,7 @@ def main(argv=None) -> int:
         model = build_model("so3krates", "default", dtype=torch.float32, **nonzero)
         model.eval()
     model.filter_table = args.filter_table
+    model.compile_chunks = bool(args.compile_chunks)
     if args.edge_chunk_size is not None:  # calls: force a chunk size
         model.edge_chunk_size = args.edge_chunk_size
     if args.spatial_order_min_atoms != "default":

@@ -1,5 +1,6 @@
 """So3krates: the shared contract suite plus So3krates-specific reference values."""
 
+import functools
 import math
 
 import numpy as np
@@ -128,15 +129,20 @@ def test_polynomial_spherical_harmonics_equal_e3nn(degrees):
 
 
 @pytest.mark.parametrize(
-    "create_graph", [True, False], ids=["checkpointed", "in-place"]
+    ("create_graph", "compile_chunks"),
+    [(True, False), (False, False), (False, True)],
+    ids=["checkpointed", "in-place", "in-place-compiled"],
 )
 @pytest.mark.parametrize("ev", [True, False], ids=["ev", "no-ev"])
 @pytest.mark.parametrize("paired", [True, False])
-def test_edge_chunking_gives_identical_energies_and_forces(paired, ev, create_graph):
-    """Both chunked paths = all edges at once (and weight grads when kept)."""
+def test_edge_chunking_gives_identical_energies_and_forces(
+    paired, ev, create_graph, compile_chunks
+):
+    """Every chunked path = all edges at once (and weight grads when kept)."""
     model = build_model(
         "so3krates", dtype=torch.float64, **{**SMALL, "use_euclidean_variables": ev}
     )
+    model.compile_chunks = compile_chunks
     pos, z = random_molecule(np.random.default_rng(5), n_atoms=12, box=4.0)
     cell = np.eye(3) * 6.0
     g = AtomicGraph.from_arrays(pos, z, model.cutoff, cell, np.ones(3, bool))
@@ -160,6 +166,35 @@ def test_edge_chunking_gives_identical_energies_and_forces(paired, ev, create_gr
     assert grads.keys() == ref_grads.keys()
     for name, grad in ref_grads.items():
         torch.testing.assert_close(grads[name], grad, rtol=1e-9, atol=1e-12, msg=name)
+
+
+@pytest.mark.parametrize("failing", ["forward", "vjp"])
+def test_compiled_chunk_failure_falls_back_to_eager_chunks(failing, monkeypatch):
+    """A compiler error in either chunk kernel warns and gives the eager result."""
+    from equiforce.models import so3krates
+    from equiforce.models.edge_chunks import ChunkKernels
+
+    def broken(*args):
+        raise RuntimeError("no compiler here")
+
+    def kernels(model, layer, table, n_dir):
+        fn = functools.partial(model.chunk_messages, layer, table, n_dir)
+        return ChunkKernels(
+            broken if failing == "forward" else fn,
+            broken,
+            lambda: setattr(model, "compile_chunks", False),
+        )
+
+    monkeypatch.setattr(so3krates, "compiled_chunk_kernels", kernels)
+    model = build_model("so3krates", dtype=torch.float64, **SMALL).eval()
+    pos, z = random_molecule(np.random.default_rng(5), n_atoms=12, box=4.0)
+    g = AtomicGraph.from_arrays(pos, z, model.cutoff)
+    ref = model(g)
+    model.edge_chunk_size = 17
+    with pytest.warns(RuntimeWarning, match="compiling the edge chunks failed"):
+        out = model(g)
+    assert not model.compile_chunks
+    torch.testing.assert_close(out["forces"], ref["forces"], rtol=1e-10, atol=1e-12)
 
 
 @pytest.mark.parametrize("create_graph", [True, False])

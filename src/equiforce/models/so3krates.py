@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import functools
 import math
 from collections.abc import Iterator
 from typing import Literal
@@ -33,7 +34,12 @@ from torch import nn
 
 from equiforce.data.graph import AtomicGraph
 from equiforce.models.base import NUM_ELEMENTS, PotentialModel
-from equiforce.models.edge_chunks import ChunkedMessages, checkpointed_messages
+from equiforce.models.edge_chunks import (
+    ChunkedMessages,
+    checkpointed_messages,
+    compiled_chunk_kernels,
+    warn_compile_failure,
+)
 from equiforce.nn.layers import MLP, Dense, HeadwiseLinear, ResidualMLP
 from equiforce.nn.radial import Cutoff, make_basis
 from equiforce.nn.scatter import gather_rows, scatter_sum
@@ -406,6 +412,11 @@ class So3krates(PotentialModel):
         #: Dense layers per pair. "auto": float32 models; "on"; "off". With 1,000
         #: intervals a trained filter is interpolated to ~1e-8 relative (below
         #: float32 rounding). Runtime settings, not part of the config.
+        #: Forces-only chunked calls run each chunk's messages and their
+        #: vector-Jacobian product as compiled graphs (dynamic shapes, compiled
+        #: once per layer): eager chunks spend most of their time in separate
+        #: element-wise passes over edge-sized tensors.
+        self.compile_chunks: bool = True
         self.filter_table: Literal["auto", "on", "off"] = "auto"
         self.filter_table_intervals: int = 1000
         self._tables_cache: tuple[tuple, list[CubicHermiteTable]] | None = None
@@ -543,23 +554,50 @@ class So3krates(PotentialModel):
         """
         q, kv = layer.node_maps(features)
         F = features.shape[1]
-
-        def chunk_messages(q, kv, ev, d_c, sph_c, phi_c, i_c, j_c):
-            if table is None:
-                hidden = layer.radial_hidden(self.rbf(d_c).to(d_c.dtype))
-            else:
-                hidden = table(self.rbf.to_table(d_c))
-            return layer.edge_messages(
-                q, kv, ev, hidden, sph_c, phi_c, i_c, j_c, n_dir, table is not None
-            )
-
+        chunk_messages = functools.partial(self.chunk_messages, layer, table, n_dir)
         tensors = (q, kv, ev, d, sph, phi, idx_i, idx_j)
         if self.outputs_differentiable:
             d_f, d_ev = checkpointed_messages(chunk_messages, *tensors, chunk, n_dir, F)
+            return layer.update(features, ev, d_f, d_ev)
+        kernels = None
+        if self.compile_chunks and not torch.compiler.is_compiling():
+            kernels = compiled_chunk_kernels(self, layer, table, n_dir)
+        try:
+            d_f, d_ev = ChunkedMessages.apply(
+                chunk_messages, kernels, chunk, n_dir, F, *tensors
+            )
+        except Exception as err:  # noqa: BLE001 - compiler failure -> eager chunks
+            if kernels is None:
+                raise
+            warn_compile_failure(err)
+            self.compile_chunks = False
+            return self._chunked_layer(
+                layer, features, ev, d, sph, phi, idx_i, idx_j, chunk, n_dir, table
+            )
+        return layer.update(features, ev, d_f, d_ev if layer.ev else None)
+
+    def chunk_messages(
+        self,
+        layer: So3kratesLayer,
+        table: CubicHermiteTable | None,
+        n_dir: int,
+        q: torch.Tensor,  # (n_atoms, n_q·F)
+        kv: torch.Tensor,  # (n_atoms, (n_q+1)·F)
+        ev: torch.Tensor,  # (n_atoms, m_tot)
+        d_c: torch.Tensor,  # (n_pairs_c,)
+        sph_c: torch.Tensor,  # (n_edges_c, m_tot)
+        phi_c: torch.Tensor,  # (n_pairs_c,)
+        i_c: torch.Tensor,  # (n_edges_c,)
+        j_c: torch.Tensor,  # (n_edges_c,)
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Δf and Δx of one chunk of pairs (all their directions) in ``layer``."""
+        if table is None:
+            hidden = layer.radial_hidden(self.rbf(d_c).to(d_c.dtype))
         else:
-            d_f, d_ev = ChunkedMessages.apply(chunk_messages, chunk, n_dir, F, *tensors)
-            d_ev = d_ev if layer.ev else None
-        return layer.update(features, ev, d_f, d_ev)
+            hidden = table(self.rbf.to_table(d_c))
+        return layer.edge_messages(
+            q, kv, ev, hidden, sph_c, phi_c, i_c, j_c, n_dir, table is not None
+        )
 
     def atomic_energies(
         self, graph: AtomicGraph, edge_vectors: torch.Tensor
