@@ -166,6 +166,56 @@ def compiled_chunk_kernels(model, layer, table, n_dir: int) -> ChunkKernels:
     )
 
 
+class ChunkPlan(NamedTuple):
+    """One chunk of the in-place path, on the atoms its edges touch.
+
+    Attributes:
+        pairs: the chunk's pairs (with all their directions).
+        atoms: (n_local,) sorted global indices of the atoms its edges join.
+        i_local, j_local: (n_edges_c,) its edge indices into ``atoms``.
+    """
+
+    pairs: slice
+    atoms: torch.Tensor
+    i_local: torch.Tensor
+    j_local: torch.Tensor
+
+
+def plan_chunks(
+    idx_i: torch.Tensor, idx_j: torch.Tensor, chunk: int, n_dir: int
+) -> list[ChunkPlan]:
+    """The chunks of a layer (the same for every layer and for the backward)."""
+    plans = []
+    n_pairs = idx_i.shape[0] // n_dir
+    for sl in pair_slices(n_pairs, chunk, n_dir):
+        i_c, j_c = directions(idx_i, sl, n_dir), directions(idx_j, sl, n_dir)
+        atoms, local = torch.unique(torch.cat([i_c, j_c]), return_inverse=True)
+        n = i_c.shape[0]
+        plans.append(ChunkPlan(sl, atoms, local[:n], local[n:]))
+    return plans
+
+
+def local_args(tensors: tuple[torch.Tensor, ...], plan: ChunkPlan, n_dir: int):
+    """Arguments of a chunk function restricted to the chunk's own atoms.
+
+    ``tensors`` is ``(q, kv, ev, d, sph, phi, idx_i, idx_j)``; the atom tensors
+    come back as rows ``plan.atoms``, the edge tensors sliced, and the indices
+    local.
+    """
+    q, kv, ev, d, sph, phi = tensors[:6]
+    a, sl = plan.atoms, plan.pairs
+    return (
+        q.index_select(0, a),
+        kv.index_select(0, a),
+        ev.index_select(0, a),
+        d[sl],
+        directions(sph, sl, n_dir),
+        phi[sl],
+        plan.i_local,
+        plan.j_local,
+    )
+
+
 class ChunkedMessages(torch.autograd.Function):
     """Δf and Δx of one layer, chunk by chunk, with an in-place chunked backward.
 
@@ -175,67 +225,67 @@ class ChunkedMessages(torch.autograd.Function):
     (:class:`ChunkKernels`), or None for eager chunks. Gradients flow to the tensor
     inputs only: the weights ``fn`` uses are constants here, so use it only when no
     weight gradient can be asked for (outputs detached, as in MD and evaluation).
+
+    Every chunk runs on the rows of the atoms its edges join
+    (:class:`ChunkPlan`), not on whole atom tensors: atom-sized temporaries in
+    every chunk would cost O(n_chunks · n_atoms), i.e. grow with the square of
+    the system size.
     """
 
     @staticmethod
     def forward(ctx, fn, kernels, chunk, n_dir, n_features, *tensors):  # noqa: D102
-        q, ev, d = tensors[0], tensors[2], tensors[3]
+        q, ev, idx_i, idx_j = tensors[0], tensors[2], tensors[6], tensors[7]
         d_f = q.new_zeros((q.shape[0], n_features))
         d_ev = ev.new_zeros(ev.shape)
         forward = fn if kernels is None else kernels.forward
-        for sl in pair_slices(d.shape[0], chunk, n_dir):
-            part_f, part_ev = forward(*chunk_args(tensors, sl, n_dir))
-            d_f += part_f
+        plans = plan_chunks(idx_i, idx_j, chunk, n_dir)
+        for plan in plans:
+            part_f, part_ev = forward(*local_args(tensors, plan, n_dir))
+            d_f.index_add_(0, plan.atoms, part_f)
             if part_ev is not None:
-                d_ev += part_ev
+                d_ev.index_add_(0, plan.atoms, part_ev)
             del part_f, part_ev
-        ctx.fn, ctx.kernels, ctx.chunk, ctx.n_dir = fn, kernels, chunk, n_dir
+        ctx.fn, ctx.kernels, ctx.plans, ctx.n_dir = fn, kernels, plans, n_dir
         ctx.save_for_backward(*tensors)
         return d_f, d_ev
 
     @staticmethod
     @once_differentiable
     def backward(ctx, g_f, g_ev):  # noqa: D102
-        q, kv, ev, d, sph, phi, idx_i, idx_j = ctx.saved_tensors
-        fn, n_dir, n_pairs = ctx.fn, ctx.n_dir, d.shape[0]
+        tensors = ctx.saved_tensors
+        fn, n_dir, n_pairs = ctx.fn, ctx.n_dir, tensors[3].shape[0]
         needs = ctx.needs_input_grad[5:11]  # q, kv, ev, d, sph, phi
         grads = [
             torch.zeros_like(t) if need else None
-            for t, need in zip((q, kv, ev, d, sph, phi), needs, strict=True)
+            for t, need in zip(tensors[:6], needs, strict=True)
         ]
-        # leaves sharing storage with the inputs (no copies); autograd.grad gives
-        # their gradients as atom-sized tensors of the same size at every chunk
-        atom_leaves = [t.detach().requires_grad_() for t in (q, kv, ev)]
-        for sl in pair_slices(n_pairs, ctx.chunk, n_dir):
+        for plan in ctx.plans:
+            args = local_args(tensors, plan, n_dir)
+            g_f_c = g_f.index_select(0, plan.atoms)
+            g_ev_c = g_ev.index_select(0, plan.atoms)
             if ctx.kernels is not None:
-                args = chunk_args((q, kv, ev, d, sph, phi, idx_i, idx_j), sl, n_dir)
                 try:
-                    chunk_grads = ctx.kernels.vjp(*args, g_f, g_ev)
+                    chunk_grads = ctx.kernels.vjp(*args, g_f_c, g_ev_c)
                 except Exception as err:  # noqa: BLE001 - compiler failure -> eager
                     warn_compile_failure(err)
                     ctx.kernels.on_failure()
                     ctx.kernels = None
                 else:
-                    _add_chunk_grads(grads, chunk_grads, sl, n_dir, n_pairs)
+                    _add_chunk_grads(grads, chunk_grads, plan, n_dir, n_pairs)
                     del chunk_grads
                     continue
             with torch.enable_grad():
-                d_c = d[sl].detach().requires_grad_()
-                sph_c = directions(sph, sl, n_dir).detach().requires_grad_()
-                phi_c = phi[sl].detach().requires_grad_()
-                i_c = directions(idx_i, sl, n_dir)
-                j_c = directions(idx_j, sl, n_dir)
-                part_f, part_ev = fn(*atom_leaves, d_c, sph_c, phi_c, i_c, j_c)
-                outs, g_outs = [part_f], [g_f]
+                leaves = [t.detach().requires_grad_() for t in args[:6]]
+                part_f, part_ev = fn(*leaves, *args[6:])
+                outs, g_outs = [part_f], [g_f_c]
                 if part_ev is not None:
                     outs.append(part_ev)
-                    g_outs.append(g_ev)
-                inputs = [*atom_leaves, d_c, sph_c, phi_c]
+                    g_outs.append(g_ev_c)
                 chunk_grads = torch.autograd.grad(
-                    outs, inputs, g_outs, allow_unused=True, materialize_grads=False
+                    outs, leaves, g_outs, allow_unused=True, materialize_grads=False
                 )
             del outs, part_f, part_ev
-            _add_chunk_grads(grads, chunk_grads, sl, n_dir, n_pairs)
+            _add_chunk_grads(grads, chunk_grads, plan, n_dir, n_pairs)
             del chunk_grads
         return (None, None, None, None, None, *grads, None, None)
 
@@ -250,8 +300,11 @@ def warn_compile_failure(err: Exception) -> None:
     )
 
 
-def _add_chunk_grads(grads, chunk_grads, sl: slice, n_dir: int, n_pairs: int) -> None:
+def _add_chunk_grads(
+    grads, chunk_grads, plan: ChunkPlan, n_dir: int, n_pairs: int
+) -> None:
     """Add one chunk's gradients of (q, kv, ev, d_c, sph_c, phi_c) in place."""
+    sl = plan.pairs
     for k, g in enumerate(chunk_grads):
         if g is None or grads[k] is None:
             continue
@@ -260,5 +313,5 @@ def _add_chunk_grads(grads, chunk_grads, sl: slice, n_dir: int, n_pairs: int) ->
         elif k == 4:  # sph: per edge, direction-major
             m = g.shape[1:]
             grads[k].view(n_dir, n_pairs, *m)[:, sl] += g.view(n_dir, -1, *m)
-        else:
-            grads[k] += g
+        else:  # atom rows of the chunk
+            grads[k].index_add_(0, plan.atoms, g)
