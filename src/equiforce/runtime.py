@@ -64,6 +64,16 @@ def tune_allocator() -> bool:
 #: Let compiled CPU calls on small graphs run on one thread (:func:`one_thread_below`).
 SMALL_GRAPHS_ONE_THREAD = True
 
+#: Compiled CPU inference (energy+forces, edge-chunk kernels) on graphs below this
+#: many edges runs on one thread. With the filter tables and Inductor's own row
+#: gathers, one thread beat two at every size measured on the 2-core development
+#: machine (compiled ms, 1 / 2 threads: water96 5.9 / 6.6, box1029 131 / 140,
+#: box3000 395 / 440; 101,094 atoms in chunks 25 / 40 s;
+#: ``benchmarks/so3krates_ablations.py compiled|calls --threads 1|2``): their
+#: scatters are atomic adds, which two threads contend for. Lower it on machines
+#: where more threads pay.
+COMPILED_ONE_THREAD_MAX_EDGES = 1 << 62
+
 
 @contextlib.contextmanager
 def one_thread_below(n_edges: int, limit: int, device: torch.device) -> Iterator[None]:

@@ -106,7 +106,10 @@ def test_compile_failure_falls_back_to_the_autograd_path(monkeypatch):
 
 
 def test_small_graphs_run_on_one_thread(monkeypatch):
-    """Below EXTERN_MIN_ROWS edges the call runs single-threaded, then restores."""
+    """Below COMPILED_ONE_THREAD_MAX_EDGES edges the call runs single-threaded,
+    then restores the caller's setting."""
+    from equiforce import runtime
+
     model = equiforce.build_model("so3krates", dtype=torch.float32, **SMALL).eval()
     fast = CompiledPotential(model, compile=False)
     seen: list[int] = []
@@ -115,11 +118,11 @@ def test_small_graphs_run_on_one_thread(monkeypatch):
     torch.set_num_threads(2)
     try:
         small = graphs(torch.float32)[0]  # ethanol, 72 edges
-        monkeypatch.setattr(scatter, "EXTERN_MIN_ROWS", small.n_edges + 1)
+        monkeypatch.setattr(runtime, "COMPILED_ONE_THREAD_MAX_EDGES", small.n_edges + 1)
         ref = model(small)
         out = fast(small)
         assert torch.get_num_threads() == 2
-        monkeypatch.setattr(scatter, "EXTERN_MIN_ROWS", small.n_edges)
+        monkeypatch.setattr(runtime, "COMPILED_ONE_THREAD_MAX_EDGES", small.n_edges)
         fast(small)
         assert seen == [1, 2]
         scale = ref["forces"].abs().max()
@@ -145,3 +148,29 @@ def test_compiled_path_follows_a_weight_change_through_the_filter_table():
     assert (after - before).abs().max().item() > 1e-3 * scale
     assert (after - exact).abs().max().item() <= 1e-5 * scale
     assert fast.compiled
+
+
+@pytest.mark.parametrize("extern_rows", [None, 1024], ids=["inductor-rows", "aten-rows"])
+def test_large_graphs_compile_at_two_threads(extern_rows, monkeypatch):
+    """A graph above 1,024 edges compiles (no eager fallback) and matches eager
+    when the kernels run on two threads."""
+    from equiforce import runtime
+    from equiforce.bench import make_system
+
+    if extern_rows is not None:
+        monkeypatch.setattr(scatter, "EXTERN_MIN_ROWS", extern_rows)
+    monkeypatch.setattr(runtime, "COMPILED_ONE_THREAD_MAX_EDGES", 0)
+    model = equiforce.build_model("so3krates", dtype=torch.float32, **SMALL).eval()
+    g = AtomicGraph.from_atoms(make_system("water96"), model.cutoff, torch.float32)
+    assert g.n_edges > 1024
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        fast = CompiledPotential(model)
+        out = fast(g)
+    finally:
+        torch.set_num_threads(before)
+    assert fast.compiled, "compilation fell back to eager"
+    ref = model(g)
+    scale = ref["forces"].abs().max().item()
+    assert (out["forces"] - ref["forces"]).abs().max().item() <= 1e-5 * scale

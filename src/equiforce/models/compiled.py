@@ -5,8 +5,8 @@ operator dispatch and the autograd engine running a separate backward. Here the
 forces are computed inside one traced function with ``torch.func.grad_and_value``
 and the whole forward+backward is compiled by ``torch.compile`` (Inductor), once,
 with dynamic atom and edge counts (``dynamic=True``), so a new neighbour count
-does not recompile (one specialisation happens at ``EXTERN_MIN_ROWS`` edges, see
-:mod:`equiforce.nn.scatter`: two graphs in all). On the CPU Inductor's C++ wrapper
+does not recompile (with ATen row ops on, ``scatter.EXTERN_MIN_ROWS``, one
+specialisation happens at that edge count: two graphs in all). On the CPU Inductor's C++ wrapper
 replaces the Python code that calls the kernels (ethanol 0.91 -> 0.81 ms,
 ``benchmarks/so3krates_ablations.py``; the
 first compilation takes ~20 s instead of ~5 s; ``EQUIFORCE_CPP_WRAPPER=0`` turns
@@ -31,11 +31,10 @@ from dataclasses import replace
 
 import torch
 
-from equiforce import keys
+from equiforce import keys, runtime
 from equiforce.data.graph import AtomicGraph
 from equiforce.data.padding import pad_to_buckets
 from equiforce.models.base import PotentialModel, restore_atom_order
-from equiforce.nn import scatter
 from equiforce.nn.scatter import scatter_sum
 from equiforce.runtime import one_thread_below
 
@@ -129,11 +128,8 @@ class CompiledPotential:
         pbc: torch.Tensor,  # (n_graphs, 3)
         n_atoms: torch.Tensor,  # (n_graphs,)
         edges_paired: bool,
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Atomic energies, per-structure energies (float64, E0 included), forces.
-
-        Shapes: (n_atoms,), (n_graphs,), (n_atoms, 3).
-        """
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Atomic energies (n_atoms,) float64 with E0, and forces (n_atoms, 3)."""
 
         def energy(pos: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
             graph = AtomicGraph(
@@ -151,11 +147,11 @@ class CompiledPotential:
             return e.sum(), e
 
         grad, (_, e_net) = torch.func.grad_and_value(energy, has_aux=True)(positions)
-        # E0 and the per-structure sums inside the graph too: eager ops cost ~5 µs
-        # each, a few % of a small molecule's call
+        # E0 inside the graph too (eager ops cost ~5 µs each, a few % of a small
+        # molecule's call); the per-structure sum stays outside: Inductor's
+        # float64 scatter into one row failed to generate code at 2 threads
         e_atom = e_net.to(torch.float64) + self.model.e0[atomic_numbers]
-        e_graph = scatter_sum(e_atom, graph_index, n_atoms.shape[0])
-        return e_atom, e_graph, -grad
+        return e_atom, -grad
 
     def __call__(self, graph: AtomicGraph) -> dict[str, torch.Tensor]:
         """Energies (float64, E0 included) and forces of every structure in ``graph``.
@@ -203,14 +199,15 @@ class CompiledPotential:
         try:
             if self.cudagraphs:
                 torch.compiler.cudagraph_mark_step_begin()
-            # below EXTERN_MIN_ROWS edges the graph gathers with Inductor's own
-            # loops, which lose at 2 threads: ethanol 0.86 -> 0.62 ms, aspirin
-            # 2.01 -> 1.46 ms (``benchmarks/so3krates_ablations.py threads``)
+            # Inductor's own row loops lose at 2 threads (ethanol 0.86 -> 0.62 ms,
+            # box3000 440 -> 395 ms on one; runtime.COMPILED_ONE_THREAD_MAX_EDGES)
             small = one_thread_below(
-                padded.n_edges, scatter.EXTERN_MIN_ROWS, padded.positions.device
+                padded.n_edges,
+                runtime.COMPILED_ONE_THREAD_MAX_EDGES,
+                padded.positions.device,
             )
             with torch.no_grad(), small, self.model.inference_tables():
-                e_atom, energy, forces = self._fn(*args)
+                e_atom, forces = self._fn(*args)
         except Exception as err:  # noqa: BLE001 - any compiler failure -> eager fallback
             if not self.compiled:
                 raise
@@ -223,11 +220,11 @@ class CompiledPotential:
             return self._call(graph)
         if self.compile_seconds is None:
             self.compile_seconds = time.perf_counter() - start
-        if self.pad:  # the ghost structure is the last one
-            n = graph.num_nodes
-            e_atom, energy, forces = e_atom[:n], energy[: graph.n_graphs], forces[:n]
+        if self.pad:
+            e_atom, forces = e_atom[: graph.num_nodes], forces[: graph.num_nodes]
         if self.cudagraphs:  # the next replay overwrites a CUDA graph's outputs
-            e_atom, energy, forces = e_atom.clone(), energy.clone(), forces.clone()
+            e_atom, forces = e_atom.clone(), forces.clone()
+        energy = scatter_sum(e_atom, graph.graph_index, graph.n_graphs)
         return {keys.ENERGY: energy, keys.ATOMIC_ENERGIES: e_atom, keys.FORCES: forces}
 
 

@@ -40,7 +40,9 @@ import torch
 from torch.autograd.function import once_differentiable
 from torch.utils.checkpoint import checkpoint
 
+from equiforce import runtime
 from equiforce.nn.scatter import inductor_row_ops
+from equiforce.runtime import one_thread_below
 
 #: (q, kv, ev, d_c, sph_c, phi_c, i_c, j_c) -> (Δf, Δx or None) of one chunk
 ChunkFn = Callable[..., tuple[torch.Tensor, torch.Tensor | None]]
@@ -154,7 +156,13 @@ def compiled_chunk_kernels(model, layer, table, n_dir: int) -> ChunkKernels:
 
     def with_inductor_rows(fn):
         def call(*args):
-            with inductor_row_ops():
+            # args[6] = i_c: the chunk's edges (one thread: see runtime)
+            threads = one_thread_below(
+                args[6].shape[0],
+                runtime.COMPILED_ONE_THREAD_MAX_EDGES,
+                args[0].device,
+            )
+            with inductor_row_ops(), threads:
                 return fn(model, layer, table, n_dir, *args)
 
         return call

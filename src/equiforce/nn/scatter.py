@@ -5,10 +5,12 @@ both go through two small custom operators (:func:`gather_rows`,
 :func:`scatter_rows`) that are each other's gradient: Inductor then calls ATen's
 vectorised kernels instead of generating element-wise atomic adds for the backward
 of a gather, which measured 3x slower than ``index_add_`` on the CPU (88 ms of a
-270 ms call for 1,029 periodic waters). Below ``EXTERN_MIN_ROWS`` rows Inductor's
-own fused kernels are cheaper than the extra calls (ethanol 0.76 vs 0.91 ms,
-``benchmarks/so3krates_ablations.py compiled --extern-rows 0``); the
-shape test specialises the compiled graph once (two graphs: small and large).
+270 ms call for 1,029 periodic waters; session 2, exact filters). Below
+``EXTERN_MIN_ROWS`` rows Inductor's own fused kernels are cheaper than the extra
+calls (ethanol 0.76 vs 0.91 ms, ``benchmarks/so3krates_ablations.py compiled
+--extern-rows 0``); the shape test specialises the compiled graph once (two graphs:
+small and large). Since session 6 the threshold is off by default (see
+``EXTERN_MIN_ROWS``).
 """
 
 from __future__ import annotations
@@ -18,8 +20,13 @@ from contextlib import contextmanager
 
 import torch
 
-#: Row count from which compiled code calls the ATen gather/scatter kernels.
-EXTERN_MIN_ROWS = 1024
+#: Row count from which compiled code calls the ATen gather/scatter kernels. Off
+#: (never) since So3krates reads its filters from tables: Inductor's own loops
+#: then won at every size at 1 and 2 threads (compiled ms, ATen from 1,024 rows /
+#: never, 2 threads: water96 8.0 / 6.6, box1029 157 / 140, box3000 563 / 440;
+#: ``benchmarks/so3krates_ablations.py compiled --extern-rows``,
+#: docs/bench/session6/extern_rows.jsonl).
+EXTERN_MIN_ROWS = 1 << 62
 _extern_enabled = True
 
 
