@@ -246,6 +246,7 @@ def calls(systems: list[str], model, n_calls: int, shuffle: bool = False) -> lis
                 "spatial_order_min_atoms": model.spatial_order_min_atoms,
                 "malloc_tuning": os.environ.get("EQUIFORCE_MALLOC_TUNING", "1"),
                 "glibc_tunables": os.environ.get("GLIBC_TUNABLES", ""),
+                "edge_chunk_size": model.edge_chunk_size,
                 "filter_table": model.filter_table,
                 "compile_chunks": model.compile_chunks,
                 "call_ms": ms,
