@@ -150,7 +150,9 @@ def test_compiled_path_follows_a_weight_change_through_the_filter_table():
     assert fast.compiled
 
 
-@pytest.mark.parametrize("extern_rows", [None, 1024], ids=["inductor-rows", "aten-rows"])
+@pytest.mark.parametrize(
+    "extern_rows", [None, 1024], ids=["inductor-rows", "aten-rows"]
+)
 def test_large_graphs_compile_at_two_threads(extern_rows, monkeypatch):
     """A graph above 1,024 edges compiles (no eager fallback) and matches eager
     when the kernels run on two threads."""

@@ -125,8 +125,9 @@ def _chunk_forward(model, layer, table, n_dir, *args):
 def _chunk_vjp(
     model, layer, table, n_dir, q, kv, ev, d_c, sph_c, phi_c, i_c, j_c, g_f, g_ev
 ):
-    # the gradient of a scalar, as in CompiledPotential: Dynamo traces
-    # torch.func.grad over the ATen row gathers, but not torch.func.vjp
+    # the vjp as the gradient of a scalar. Traced with Inductor's own row ops
+    # (inductor_row_ops): Dynamo failed on the ATen row gathers' autograd.Function
+    # under torch.func here, with torch.func.vjp and with torch.func.grad alike
     def projection(q, kv, ev, d_c, sph_c, phi_c):
         d_f, d_ev = model.chunk_messages(
             layer, table, n_dir, q, kv, ev, d_c, sph_c, phi_c, i_c, j_c

@@ -406,17 +406,17 @@ class So3krates(PotentialModel):
         self.auto_chunk_edges: int = 1_000_000
         self.auto_chunk_edges_detached: int = 300_000
         self.auto_chunk_size: int = 250_000
+        #: Forces-only chunked calls run each chunk's messages and their
+        #: vector-Jacobian product as compiled graphs (dynamic shapes, compiled
+        #: once per layer): eager chunks spend most of their time in separate
+        #: element-wise passes over edge-sized tensors.
+        self.compile_chunks: bool = True
         #: Forces-only calls (MD, evaluation; never training) read the radial part
         #: of every filter from a cubic Hermite table in the basis' smooth
         #: coordinate (:mod:`equiforce.nn.spline`) instead of computing its two
         #: Dense layers per pair. "auto": float32 models; "on"; "off". With 1,000
         #: intervals a trained filter is interpolated to ~1e-8 relative (below
         #: float32 rounding). Runtime settings, not part of the config.
-        #: Forces-only chunked calls run each chunk's messages and their
-        #: vector-Jacobian product as compiled graphs (dynamic shapes, compiled
-        #: once per layer): eager chunks spend most of their time in separate
-        #: element-wise passes over edge-sized tensors.
-        self.compile_chunks: bool = True
         self.filter_table: Literal["auto", "on", "off"] = "auto"
         self.filter_table_intervals: int = 1000
         self._tables_cache: tuple[tuple, list[CubicHermiteTable]] | None = None
