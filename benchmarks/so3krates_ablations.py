@@ -17,7 +17,8 @@
    ``EQUIFORCE_MALLOC_TUNING=0`` (glibc's default mmap of large blocks); with
    ``GLIBC_TUNABLES=glibc.malloc.hugetlb=1`` for transparent huge pages in the heap.
 6. ``threads``: compiled calls at ``--threads`` vs one thread vs the library default
-   (one thread below ``EXTERN_MIN_ROWS`` edges), alternating in one process.
+   (one thread below ``runtime.COMPILED_ONE_THREAD_MAX_EDGES`` edges), alternating
+   in one process.
 7. ``table``: radial filters read from the inference table (``filter_table``
    "on") vs computed ("off"), eager and compiled, alternating in one process, with
    the largest force and energy differences between the two.
@@ -276,8 +277,8 @@ def threads(systems: list[str], model, rounds: int) -> list[dict]:
     """Compiled calls at the process's thread count vs one thread, in one process.
 
     Rounds alternate the settings; the rows give the best round's median. The
-    library default (one thread below ``EXTERN_MIN_ROWS`` edges) is off while timing
-    the forced settings.
+    library default (one thread below ``COMPILED_ONE_THREAD_MAX_EDGES`` edges) is
+    off while timing the forced settings.
     """
     from equiforce import runtime
 
