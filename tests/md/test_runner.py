@@ -75,17 +75,22 @@ _KILL_SCRIPT = textwrap.dedent(
     from equiforce.md.forcefield import LennardJones
     from equiforce.md.runner import run_md
     cfg = MDConfig(ensemble="nve", temperature=20.0, timestep=5.0, steps=10**7,
-                   output_interval=1, trajectory_format={fmt!r})
+                   output_interval=1, trajectory_format={fmt!r},
+                   checkpoint_interval_s={interval!r})
     run_md(LennardJones(), [lj_cluster()], cfg, {out!r}, progress=False)
     """
 )
 
 
+@pytest.mark.parametrize("interval", [0.0, 0.3], ids=["every-frame", "every-0.3s"])
 @pytest.mark.parametrize("fmt", ["extxyz", "hdf5"])
-def test_killed_run_is_readable_and_resumable(tmp_path, fmt):
+def test_killed_run_is_readable_and_resumable(tmp_path, fmt, interval):
+    """SIGKILL mid-run: the trajectory reads back with consecutive frames, and a
+    resume continues from the last checkpoint (at the last frame when
+    checkpoints are taken at every frame), recomputing what came after it."""
     out = tmp_path / "run"
     script = _KILL_SCRIPT.format(
-        helpers=os.path.dirname(__file__), fmt=fmt, out=str(out)
+        helpers=os.path.dirname(__file__), fmt=fmt, out=str(out), interval=interval
     )
     proc = subprocess.Popen([sys.executable, "-c", script])
     suffix = ".h5" if fmt == "hdf5" else ".xyz"
@@ -105,10 +110,15 @@ def test_killed_run_is_readable_and_resumable(tmp_path, fmt):
         output_interval=1,
         trajectory_format=fmt,
     )
+    checkpoint_step = torch.load(out / "md_state.pt", weights_only=True)["state"]
+    checkpoint_step = int(checkpoint_step["step"])
+    assert checkpoint_step <= traj.step[-1]  # never ahead of the written frames
     res = run_md(LennardJones(), [lj_cluster()], cfg, out, resume=True, progress=False)
     after = read_trajectory(out / f"trajectory{suffix}")
     assert after.step[-1] == cfg.steps and np.all(np.diff(after.step) == 1)
-    assert res.steps_done <= 11
+    assert res.steps_done == cfg.steps - checkpoint_step
+    if interval == 0:
+        assert res.steps_done <= 11
     th = thermo_table(out / "thermo.csv")
     np.testing.assert_array_equal(th["step"], after.step)
 

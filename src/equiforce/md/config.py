@@ -50,6 +50,12 @@ class MDConfig(BaseModel):
     )
     chain_length: int = Field(3, ge=1, description="NHC chain length")
     output_interval: int = Field(10, ge=1, description="steps between frames")
+    checkpoint_interval_s: float = Field(
+        1.0,
+        ge=0,
+        description="wall seconds between state checkpoints (HDF5 frames are flushed "
+        "with them; a killed run resumes from the last one); 0: at every frame",
+    )
     seed: int = Field(0, description="seed of velocities and thermostat noise")
     frame: int = Field(0, description="frame of the structure file to start from")
     n_replicas: int = Field(1, ge=1, description="independent replicas in one batch")

@@ -6,9 +6,13 @@ Files in ``out_dir``:
   several systems run in one batch), appended every ``output_interval`` steps;
 - ``thermo.csv``: step, time, potential, kinetic, total, conserved energy, T;
 - ``md_state.pt``: the full state (positions, momenta, forces, thermostat
-  variables), RNG state and config, replaced atomically at every frame. ``resume``
-  reloads it and cuts the trajectory and thermo files back to its step, so a run
-  killed at any moment continues exactly from its last written frame;
+  variables), RNG state and config, replaced atomically at a frame at most every
+  ``checkpoint_interval_s`` seconds of wall time (default 1 s), when the run stops,
+  and after the trajectory has been flushed up to that frame. ``resume`` reloads it
+  and cuts the trajectory and thermo files back to its step, so a run killed at any
+  moment continues exactly from its last checkpoint and recomputes at most that
+  interval. (A checkpoint and an HDF5 flush at every frame cost ~4 ms: for ethanol
+  writing every 4 steps, more than the MD itself.);
 - ``result.json``: steps done, wall time, steps/s, ns/day, stability events.
 """
 
@@ -140,6 +144,7 @@ class Simulation:
             )
         self.events: list[StabilityEvent] = []
         self._writers: list = []
+        self._last_checkpoint = -float("inf")  # the first frame checkpoints
         self._thermo: ThermoWriter | None = None
 
     # ------------------------------------------------------------- set-up
@@ -226,8 +231,11 @@ class Simulation:
                 open_writer(p, f) for p, f in zip(paths, frames, strict=True)
             ]
             self._thermo = ThermoWriter(self.out_dir / "thermo.csv")
+        due = time.perf_counter() - self._last_checkpoint >= (
+            self.config.checkpoint_interval_s
+        )
         for writer, frame in zip(self._writers, frames, strict=True):
-            writer.write(frame)
+            writer.write(frame, flush=due)
         kin = st.kinetic_energy()
         values = {
             "potential_eV": st.energy,
@@ -238,9 +246,14 @@ class Simulation:
         }
         values = {k: v.detach().cpu().numpy() for k, v in values.items()}
         self._thermo.write(st.step, self.time_fs(), values)
-        self._checkpoint()
+        if due:
+            self._checkpoint()
 
     def _checkpoint(self) -> None:
+        """Flush the trajectories, then replace the checkpoint (never ahead of them)."""
+        for writer in self._writers:
+            writer.flush()
+        self._last_checkpoint = time.perf_counter()
         payload = {
             "state": self.state.state_dict(),
             "rng": self.integrator.rng_state(),
@@ -301,7 +314,7 @@ class Simulation:
                 if state.step % interval == 0 and self._on_frame():
                     break
                 bar.update(state.step)
-        if flag.set and self.out_dir is not None:
+        if self.out_dir is not None:  # interrupted, failed or done: resumable here
             self._checkpoint()
         wall = time.perf_counter() - t0
         result = self._result(state.step - start, wall, flag.set)

@@ -78,13 +78,21 @@ class ExtxyzWriter:
         self.path = Path(path)
         self._fh = open(self.path, "a")  # noqa: SIM115 - kept open for appends
 
-    def write(self, frame: dict) -> None:
-        """Append one frame (see :func:`_frame_atoms` for the keys)."""
+    def write(self, frame: dict, flush: bool = True) -> None:
+        """Append one frame (see :func:`_frame_atoms` for the keys).
+
+        A text frame is one ``write`` and is always flushed (cheap); ``flush`` is
+        accepted for the writers' common signature.
+        """
         from ase.io import write
 
         buf = io.StringIO()
         write(buf, _frame_atoms(frame), format="extxyz")
         self._fh.write(buf.getvalue())
+        self._fh.flush()
+
+    def flush(self) -> None:
+        """Frames are flushed as they are written."""
         self._fh.flush()
 
     def close(self) -> None:
@@ -113,7 +121,7 @@ def _frame_atoms(frame: dict):
 
 
 class HDF5Writer:
-    """Append frames to an HDF5 file (SWMR, flushed per frame).
+    """Append frames to an HDF5 file (SWMR, flushed per frame unless told not to).
 
     Args:
         path: output file; created if missing, otherwise appended to.
@@ -145,19 +153,41 @@ class HDF5Writer:
                     key, (0,), maxshape=(None,), chunks=(256,), dtype=dt, fillvalue=fill
                 )
         f.swmr_mode = True
+        #: frames held back by ``write(..., flush=False)`` (written at the next flush)
+        self._pending: list[dict] = []
+        self.max_pending = 256
 
-    def write(self, frame: dict) -> None:
-        """Append one frame and flush."""
-        f = self._f
-        n = f["step"].shape[0]
-        for key in (*_FRAME_FIELDS, "energy", "kinetic", "time_fs", "step"):
-            ds = f[key]
-            ds.resize(n + 1, axis=0)
-            ds[n] = frame[key]
-        f.flush()
+    def write(self, frame: dict, flush: bool = True) -> None:
+        """Append one frame; with ``flush`` write it (and any held back) to disk.
+
+        Frames written with ``flush=False`` are held in memory until the next
+        flush: resizing and writing every dataset costs ~2 ms per call, so
+        frames go to the file in blocks.
+        """
+        self._pending.append(
+            {
+                k: frame[k]
+                for k in (*_FRAME_FIELDS, "energy", "kinetic", "time_fs", "step")
+            }
+        )
+        if flush or len(self._pending) >= self.max_pending:
+            self.flush()
+
+    def flush(self) -> None:
+        """Write the held-back frames and make them visible and durable (SWMR)."""
+        if self._pending:
+            f, frames = self._f, self._pending
+            n = f["step"].shape[0]
+            for key in frames[0]:
+                ds = f[key]
+                ds.resize(n + len(frames), axis=0)
+                ds[n:] = np.stack([np.asarray(fr[key]) for fr in frames])
+            self._pending = []
+        self._f.flush()
 
     def close(self) -> None:
-        """Close the file."""
+        """Write the held-back frames and close the file."""
+        self.flush()
         self._f.close()
 
 
