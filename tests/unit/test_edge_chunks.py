@@ -26,3 +26,15 @@ def test_chunk_plans_cover_every_edge_once_with_local_indices(paired, chunk):
         assert torch.equal(p.atoms[p.j_local], directions(idx_j, p.pairs, n_dir))
     if chunk < 50:  # small chunks see only part of the atoms
         assert all(p.atoms.shape[0] < g.num_nodes for p in plans)
+
+
+def test_chunk_plan_is_shared_while_its_indices_live():
+    pos, z = random_molecule(np.random.default_rng(2), n_atoms=20, box=5.0)
+    g = AtomicGraph.from_arrays(pos, z, 3.0)
+    idx_i, idx_j = g.edge_index
+    first = plan_chunks(idx_i, idx_j, 10, 2)
+    assert plan_chunks(idx_i, idx_j, 10, 2) is first  # the next layer reuses it
+    assert plan_chunks(idx_i, idx_j, 12, 2) is not first  # another chunk size
+    copied = idx_i.clone()
+    other = plan_chunks(copied, idx_j, 12, 2)
+    assert other is not first and len(other) == len(plan_chunks(idx_i, idx_j, 12, 2))

@@ -33,6 +33,7 @@ the edges in chunks, both exact:
 from __future__ import annotations
 
 import warnings
+import weakref
 from collections.abc import Callable, Iterator
 from typing import NamedTuple
 
@@ -190,10 +191,34 @@ class ChunkPlan(NamedTuple):
     j_local: torch.Tensor
 
 
+#: the last plan: (weak refs to idx_i and idx_j, chunk, n_dir, plans)
+_LAST_PLAN: list = [None]
+
+
 def plan_chunks(
     idx_i: torch.Tensor, idx_j: torch.Tensor, chunk: int, n_dir: int
 ) -> list[ChunkPlan]:
-    """The chunks of a layer (the same for every layer and for the backward)."""
+    """The chunks of a layer (the same for every layer and for the backward).
+
+    The last plan is kept while its index tensors live: the layers of one call
+    (and MD steps between neighbour-list rebuilds) share it.
+    """
+    last = _LAST_PLAN[0]
+    if (
+        last is not None
+        and last[0]() is idx_i
+        and last[1]() is idx_j
+        and last[2:4] == (chunk, n_dir)
+    ):
+        return last[4]
+    plans = _plan_chunks(idx_i, idx_j, chunk, n_dir)
+    _LAST_PLAN[0] = (weakref.ref(idx_i), weakref.ref(idx_j), chunk, n_dir, plans)
+    return plans
+
+
+def _plan_chunks(
+    idx_i: torch.Tensor, idx_j: torch.Tensor, chunk: int, n_dir: int
+) -> list[ChunkPlan]:
     plans = []
     n_pairs = idx_i.shape[0] // n_dir
     for sl in pair_slices(n_pairs, chunk, n_dir):
