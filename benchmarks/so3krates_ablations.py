@@ -22,6 +22,8 @@
 7. ``table``: radial filters read from the inference table (``filter_table``
    "on") vs computed ("off"), eager and compiled, alternating in one process, with
    the largest force and energy differences between the two.
+8. ``profile``: torch.profiler of warmed-up calls (``--modes eager`` or
+   ``compiled``), the largest ops by self CPU time.
 
     python benchmarks/so3krates_ablations.py paired --systems ethanol,water96,box1029
     python benchmarks/so3krates_ablations.py compiled --extern-rows 1024 --cpp-wrapper 1
@@ -33,6 +35,10 @@
         --spatial-order-min-atoms none      # then with the default (Morton order)
     python benchmarks/so3krates_ablations.py threads --threads 2 \
         --systems ethanol,benzene,aspirin,water96:24,water96:48,water96:66,water96
+    python benchmarks/so3krates_ablations.py profile --modes eager --systems box10k \
+        --edge-chunk-size 250000 --compile-chunks 0 --threads 1
+    EQUIFORCE_CPP_WRAPPER=0 python benchmarks/so3krates_ablations.py profile \
+        --modes compiled --systems ethanol --threads 1
     python benchmarks/so3krates_ablations.py table --rounds 3 \
         --systems ethanol,aspirin,water96,box1029,box3000
     EQUIFORCE_MALLOC_TUNING=0 python benchmarks/so3krates_ablations.py calls \
@@ -352,16 +358,71 @@ def table(systems: list[str], model, rounds: int, modes: list[str]) -> list[dict
     return rows
 
 
+def profile(systems: list[str], model, mode: str) -> list[dict]:
+    """Where one call's time goes: torch.profiler, ops by self CPU time.
+
+    ``mode``: "eager" (``model(graph)``, forces only) or "compiled"
+    (:class:`CompiledPotential`; with ``EQUIFORCE_CPP_WRAPPER=0`` its kernels show
+    by name). The call is warmed up first; the rows give the 15 largest ops.
+    """
+    from torch.profiler import ProfilerActivity
+    from torch.profiler import profile as torch_profile
+
+    call = CompiledPotential(model) if mode == "compiled" else model
+    rows = []
+    for name in systems:
+        g = AtomicGraph.from_atoms(_named_system(name), model.cutoff, torch.float32)
+        n = _calls(g.num_nodes)
+        for _ in range(min(n, 20)):
+            call(g)
+        with torch_profile(activities=[ProfilerActivity.CPU]) as prof:
+            for _ in range(n):
+                call(g)
+        events = sorted(prof.key_averages(), key=lambda e: -e.self_cpu_time_total)
+        total = sum(e.self_cpu_time_total for e in events)
+        ops = [
+            {
+                "op": e.key,
+                "calls_per_call": e.count / n,
+                "us_per_call": e.self_cpu_time_total / n,
+                "fraction": e.self_cpu_time_total / total,
+            }
+            for e in events[:15]
+        ]
+        row = {"system": name, "mode": mode, "edges": g.n_edges, "calls": n}
+        rows.append(row | {"us_per_call_profiled": total / n, "ops": ops})
+        print(f"{name} ({mode}, {g.n_edges} edges): {total / n:.0f} µs per call")
+        for op in ops:
+            print(
+                f"  {op['op'][:50]:50s} {op['calls_per_call']:6.1f}x "
+                f"{op['us_per_call']:10.1f} µs {100 * op['fraction']:5.1f} %"
+            )
+    return rows
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument(
         "what",
-        choices=["paired", "compiled", "chunks", "order", "calls", "threads", "table"],
+        choices=[
+            "paired",
+            "compiled",
+            "chunks",
+            "order",
+            "calls",
+            "threads",
+            "table",
+            "profile",
+        ],
     )
     p.add_argument(
         "--model", default=None, help="trained model file (default: random weights)"
     )
-    p.add_argument("--modes", default="eager,compiled", help="table: eager,compiled")
+    p.add_argument(
+        "--modes",
+        default="eager,compiled",
+        help="table: eager,compiled; profile: the first one",
+    )
     p.add_argument(
         "--compile-chunks",
         type=int,
@@ -433,6 +494,8 @@ def main(argv=None) -> int:
         rows = threads(systems, model, args.rounds)
     elif args.what == "table":
         rows = table(systems, model, args.rounds, args.modes.split(","))
+    elif args.what == "profile":
+        rows = profile(systems, model, args.modes.split(",")[0])
     else:
         rows = compiled(systems, model, args.extern_rows, bool(args.cpp_wrapper))
     if args.json:

@@ -219,3 +219,18 @@ def test_ablations_threads_rows(tmp_path):
     assert row["atoms"] == 6 and row["threads"] == 2
     for key in ("ms_many_threads", "ms_one_thread", "ms_library_default"):
         assert row[key] > 0
+
+
+def test_ablations_profile_rows(tmp_path):
+    """so3krates_ablations.py profile: the largest ops, fractions of one call."""
+    script = ROOT / "benchmarks" / "so3krates_ablations.py"
+    out = tmp_path / "profile.jsonl"
+    cmd = [sys.executable, str(script), "profile", "--modes", "eager"]
+    cmd += ["--systems", "water96:6", "--threads", "1", "--json", str(out)]
+    subprocess.run(cmd, cwd=ROOT, check=True)
+    (row,) = json.loads(out.read_text())["rows"]
+    assert row["mode"] == "eager" and row["us_per_call_profiled"] > 0
+    ops = row["ops"]
+    assert 0 < len(ops) <= 15 and any(op["op"] == "aten::mm" for op in ops)
+    fractions = [op["fraction"] for op in ops]
+    assert fractions == sorted(fractions, reverse=True) and sum(fractions) <= 1 + 1e-9

@@ -25,7 +25,7 @@ the edges in chunks, both exact:
   compiled graphs (:func:`compiled_chunk_kernels`; dynamic shapes, Inductor's own
   row gathers, compiled once per layer, ~25 s): eager chunks spend most of their
   time in separate element-wise passes over edge-sized tensors (a 10k-atom box:
-  ``mul`` and ``cat`` 60 % of the call). 101,094 periodic waters at one thread,
+  ``cat`` and ``mul`` 65 % of the call, ``so3krates_ablations.py profile``). 101,094 periodic waters at one thread,
   second call: 25.2 s compiled vs 56.5 s eager
   (``benchmarks/so3krates_ablations.py calls --systems box100k --compile-chunks``).
 """
