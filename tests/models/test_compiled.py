@@ -131,19 +131,25 @@ def test_small_graphs_run_on_one_thread(monkeypatch):
         torch.set_num_threads(before)
 
 
-def test_compiled_path_follows_a_weight_change_through_the_filter_table():
-    """float32 calls read So3krates' filter table; a weight updated in place after
-    compilation gives the new model's forces, not the old table's."""
+@pytest.mark.parametrize(
+    "weight",
+    ["layers.0.filter_r1.0.weight", "layers.1.q1.weight", "embedding.weight"],
+    ids=["filter-table", "node-projection", "first-layer-maps"],
+)
+def test_compiled_path_follows_a_weight_change_through_its_caches(weight):
+    """float32 calls read So3krates' filter table, node projections and first-layer
+    per-element maps from caches; a weight updated in place after compilation gives
+    the new model's forces, not the old caches'."""
     model = equiforce.build_model("so3krates", dtype=torch.float32, **SMALL).eval()
     assert model.filter_table == "auto"
     fast = CompiledPotential(model)
     g = graphs(torch.float32)[0]
     before = fast(g)["forces"]
     with torch.no_grad():
-        model.layers[0].filter_r1[0].weight.mul_(1.3)
+        model.get_parameter(weight).mul_(1.3)
     after = fast(g)["forces"]
     model.filter_table = "off"
-    exact = model(g)["forces"]
+    exact = model(g, create_graph=True)["forces"].detach()  # no caches
     scale = exact.abs().max().item()
     assert (after - before).abs().max().item() > 1e-3 * scale
     assert (after - exact).abs().max().item() <= 1e-5 * scale

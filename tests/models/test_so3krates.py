@@ -403,3 +403,43 @@ def test_filter_table_follows_weight_changes_and_is_not_saved():
     expected = other(g)["forces"]
     atol = 1e-7 * expected.abs().max().item()
     torch.testing.assert_close(model(g)["forces"], expected, rtol=0, atol=atol)
+
+
+@pytest.mark.parametrize("chunked", [False, True], ids=["all-edges", "chunks"])
+@pytest.mark.parametrize("ev", [True, False], ids=["ev", "no-ev"])
+def test_inference_caches_follow_weight_changes(ev, chunked):
+    """Detached calls read the node projections and the first layer's per-element
+    maps from a cache and skip the first layer's c(x_j − x_i) (Euclidean variables
+    are still zero there): they equal the differentiable path, which computes all
+    of it from the weights, before and after in-place weight updates."""
+    model = build_model(
+        "so3krates", dtype=torch.float64, **{**SMALL, "use_euclidean_variables": ev}
+    ).eval()
+    model.filter_table = "off"  # the caches alone
+    if chunked:
+        model.edge_chunk_size = 17
+    g = _periodic_graph(model)
+
+    def both() -> torch.Tensor:
+        fast = model(g)
+        full = model(g, create_graph=True)
+        for key in ("energy", "forces"):
+            torch.testing.assert_close(
+                fast[key], full[key].detach(), rtol=0, atol=1e-12
+            )
+        return fast["energy"]
+
+    energy = both()
+    changed = [
+        model.layers[0].q1.weight,
+        model.layers[1].v1.weight,
+        model.embedding.weight,
+    ]
+    if ev:
+        changed += [model.layers[0].k2.weight, model.layers[0].filter_s2[2].bias]
+    for weight in changed:
+        with torch.no_grad():
+            weight.add_(0.05)  # (biases start at zero)
+        new = both()
+        assert (new - energy).abs().max() > 1e-8, "the change did not reach the cache"
+        energy = new

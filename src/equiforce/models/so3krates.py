@@ -26,7 +26,7 @@ import copy
 import functools
 import math
 from collections.abc import Iterator
-from typing import Literal
+from typing import Literal, NamedTuple
 
 import torch
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
@@ -159,9 +159,33 @@ class DegreeContraction(nn.Module):
             "expand", (mat > 0).to(torch.float64).T.contiguous()
         )  # (|L|, m_tot)
 
+        self.blocks = [
+            (sum(2 * k + 1 for k in degrees[:i]), 2 * l + 1)
+            for i, l in enumerate(degrees)
+        ]  # (start, size) of each degree's components
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """(n, m_tot) -> (n, |L|)."""
-        return (x * x) @ self.mat
+        if not torch.compiler.is_compiling():
+            return (x * x) @ self.mat
+        # compiled: slices that Inductor fuses into the neighbouring loops
+        # instead of small matmul calls (~1.5 µs each, ~10 per small-molecule call)
+        sq = x * x
+        return torch.stack(
+            [sq[..., a : a + m].sum(-1) / math.sqrt(m) for a, m in self.blocks], -1
+        )
+
+    def expand_degrees(self, a: torch.Tensor) -> torch.Tensor:
+        """Per-degree values onto their components: (..., |L|) -> (..., m_tot)."""
+        if not torch.compiler.is_compiling():
+            return a @ self.expand
+        return torch.cat(
+            [
+                a[..., k : k + 1].expand(*a.shape[:-1], m)
+                for k, (_, m) in enumerate(self.blocks)
+            ],
+            -1,
+        )
 
 
 class So3kratesLayer(nn.Module):
@@ -228,7 +252,9 @@ class So3kratesLayer(nn.Module):
         (or (n_edges, F) without EV); the radial and spherical second layers of a
         filter are applied as one matmul on the concatenated hidden features.
         With ``tabulated`` it is instead the radial part of both filters' outputs
-        (:meth:`radial_parts`, biases excluded), read from a table.
+        (:meth:`radial_parts`, biases excluded), read from a table. ``s_ij`` None
+        with Euclidean variables: they are still zero (first layer), so c = 0 and
+        the spherical parts are one constant vector per filter.
         """
         F = hidden_r.shape[1] // (2 if self.ev else 1)
         r1, r2 = self.filter_r1[2], self.filter_r2[2] if self.ev else None
@@ -237,13 +263,20 @@ class So3kratesLayer(nn.Module):
                 return hidden_r + r1.bias, None
             return torch.addmm(r1.bias, hidden_r, r1.weight.t()), None
         s1a, s2a = self.filter_s1[0], self.filter_s2[0]
+        s1b, s2b = self.filter_s1[2], self.filter_s2[2]
+        if s_ij is None:  # silu(W·0 + b) is the same for every pair
+            c1 = s1b(torch.nn.functional.silu(s1a.bias)) + r1.bias  # (F,)
+            c2 = s2b(torch.nn.functional.silu(s2a.bias)) + r2.bias
+            if tabulated:
+                return hidden_r[:, :F] + c1, hidden_r[:, F:] + c2
+            w1 = torch.addmm(c1, hidden_r[:, :F], r1.weight.t())
+            return w1, torch.addmm(c2, hidden_r[:, F:], r2.weight.t())
         w_sa = torch.cat([s1a.weight, s2a.weight], 0)  # (F/2, |L|)
         b_sa = torch.cat([s1a.bias, s2a.bias])
         hs = torch.nn.functional.silu(
             torch.addmm(b_sa, s_ij, w_sa.t())
         )  # (n_edges, F/2)
         q = hs.shape[1] // 2
-        s1b, s2b = self.filter_s1[2], self.filter_s2[2]
         if tabulated:  # hidden_r holds the radial second layers' outputs
             w1 = torch.addmm(
                 hidden_r[:, :F] + (r1.bias + s1b.bias), hs[:, :q], s1b.weight.t()
@@ -262,10 +295,29 @@ class So3kratesLayer(nn.Module):
         )
         return w1, w2
 
-    def node_maps(self, features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Per-head maps of every atom: q (n_atoms, n_q·F) and [k | v] (n_atoms, (n_q+1)·F)."""
+    def projection_weights(self) -> list[torch.Tensor]:
+        """The parameters :meth:`node_projection` is built from."""
+        mods = (self.q1, self.q2, self.k1, self.k2) if self.ev else (self.q1, self.k1)
+        return [p for m in (*mods, self.v1) for p in m.parameters()]
+
+    def node_maps(
+        self,
+        features: torch.Tensor,
+        projection: torch.Tensor | None = None,
+        proj: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per-head maps of every atom: q (n_atoms, n_q·F) and [k | v] (n_atoms, (n_q+1)·F).
+
+        ``projection``: :meth:`node_projection`, when the caller holds it already
+        (inference calls keep it between calls: building the block-diagonal
+        matrices was ~10 % of a small molecule's compiled call). ``proj``:
+        ``features @ projection`` itself, when known (first layer at inference).
+        """
         F = features.shape[1]
-        proj = features @ self.node_projection()  # (n_atoms, (2·n_q+1)·F)
+        if proj is None:
+            if projection is None:
+                projection = self.node_projection()
+            proj = features @ projection  # (n_atoms, (2·n_q+1)·F)
         n_q = 2 if self.ev else 1
         q = self.qk_act(proj[:, : n_q * F])
         kv = torch.cat(
@@ -285,6 +337,7 @@ class So3kratesLayer(nn.Module):
         idx_j: torch.Tensor,  # (n_edges,)
         n_dir: int = 1,
         tabulated: bool = False,
+        ev_zero: bool = False,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Attention messages summed per centre: Δf (n_atoms, F) and Δx (n_atoms, m_tot).
 
@@ -293,6 +346,7 @@ class So3kratesLayer(nn.Module):
         paired (edge P + k reverses edge k, n_edges = 2·n_pairs) and the per-pair
         tensors broadcast over both directions; ``n_dir=1`` is one pair per edge.
         ``tabulated``: ``hidden_r`` holds :meth:`radial_parts` (see :meth:`edge_filters`).
+        ``ev_zero``: ``ev`` is known to be zero (first layer), which skips c(x_j − x_i).
         """
         n_atoms = q.shape[0]
         n_edges = idx_i.shape[0]
@@ -301,7 +355,7 @@ class So3kratesLayer(nn.Module):
         F = H * d
         n_q = 2 if self.ev else 1
         s_ij = None
-        if self.ev:
+        if self.ev and not ev_zero:
             i_p, j_p = idx_i[:n_pairs], idx_j[:n_pairs]
             s_ij = self.contract(gather_rows(ev, j_p) - gather_rows(ev, i_p))
         w1, w2 = self.edge_filters(hidden_r, s_ij, tabulated)  # (n_pairs, F) each
@@ -321,7 +375,7 @@ class So3kratesLayer(nn.Module):
             prod2 = q_i[1] * w2 * kv_j[1]
             alpha2 = prod2.view(*shape, self.n_deg, F // self.n_deg).sum(-1)
             alpha2 = alpha2 * (phi[:, None] * self.norm_inv2)  # (n_dir, n_pairs, |L|)
-            gate = (alpha2 @ self.contract.expand).reshape(n_edges, sph.shape[1])
+            gate = self.contract.expand_degrees(alpha2).reshape(n_edges, sph.shape[1])
             d_ev = scatter_sum(gate * sph, idx_i, n_atoms)
         return d_features, d_ev
 
@@ -340,7 +394,7 @@ class So3kratesLayer(nn.Module):
         if self.ev:
             bg = self.exchange(torch.cat([features, self.contract(ev)], dim=-1))
             features = features + bg[:, :F]
-            ev = ev + (bg[:, F:] @ self.contract.expand) * ev
+            ev = ev + self.contract.expand_degrees(bg[:, F:]) * ev
         else:
             features = features + self.exchange(features)
         features = self.norm2(self.res2(features))
@@ -365,6 +419,13 @@ class So3kratesLayer(nn.Module):
         w = torch.cat([m.weight for m in firsts], 0)
         b = torch.cat([m.bias for m in firsts])
         return torch.nn.functional.silu(torch.addmm(b, rbf, w.t()))
+
+
+class NodeProjections(NamedTuple):
+    """Weight-only inputs of the per-head maps, kept between inference calls."""
+
+    projections: list[torch.Tensor]  # per layer (F, (2·n_q+1)·F)
+    first_layer: torch.Tensor  # (n_elements, (2·n_q+1)·F) embedding @ projection
 
 
 class So3krates(PotentialModel):
@@ -422,6 +483,10 @@ class So3krates(PotentialModel):
         self._tables_cache: tuple[tuple, list[CubicHermiteTable]] | None = None
         self._active_tables: list[CubicHermiteTable] | None = None
         self._table_tensors: list[torch.Tensor] | None = None
+        #: per-layer node projections of the current inference call (detached)
+        self._active_projections: NodeProjections | None = None
+        self._projections_cache: tuple[tuple, NodeProjections] | None = None
+        self._projection_weights: list[torch.Tensor] | None = None
         if cfg.per_element_scale_shift:
             self.scale = nn.Parameter(torch.ones(NUM_ELEMENTS))
             self.shift = nn.Parameter(torch.zeros(NUM_ELEMENTS))
@@ -459,13 +524,7 @@ class So3krates(PotentialModel):
         weight = self.embedding.weight
         dtype, device = weight.dtype, weight.device
         tensors = self._table_inputs()
-        key = (
-            dtype,
-            device,
-            self.filter_table_intervals,
-            *[t._version for t in tensors],
-            *[t.data_ptr() for t in tensors],
-        )
+        key = (dtype, device, self.filter_table_intervals, *_state_key(tensors))
         if self._tables_cache is not None and self._tables_cache[0] == key:
             return self._tables_cache[1]
         basis = copy.deepcopy(self.rbf).double()
@@ -496,15 +555,40 @@ class So3krates(PotentialModel):
             )
         return self.embedding.weight.dtype == torch.float32
 
+    def node_projections(self) -> NodeProjections:
+        """Every layer's :meth:`So3kratesLayer.node_projection`, kept between calls.
+
+        Rebuilt when one of its weights or the embedding changed (version
+        counters) or moved. Only for calls that take no parameter gradients.
+        """
+        if self._projection_weights is None:
+            self._projection_weights = [self.embedding.weight] + [
+                p for layer in self.layers for p in layer.projection_weights()
+            ]
+        key = _state_key(self._projection_weights)
+        if self._projections_cache is not None and self._projections_cache[0] == key:
+            return self._projections_cache[1]
+        with torch.no_grad():
+            mats = [layer.node_projection() for layer in self.layers]
+            first = self.embedding.weight @ mats[0]
+        maps = NodeProjections(mats, first)
+        self._projections_cache = (key, maps)
+        return maps
+
     @contextlib.contextmanager
     def inference_tables(self) -> Iterator[None]:
-        """Calls inside read the filters from :meth:`filter_tables` (see ``filter_table``)."""
-        previous = self._active_tables
+        """Calls inside read weight-only quantities from caches.
+
+        The radial filters from :meth:`filter_tables` (see ``filter_table``) and
+        the per-head maps from :meth:`node_projections`.
+        """
+        previous = self._active_tables, self._active_projections
         self._active_tables = self.filter_tables() if self._tables_wanted() else None
+        self._active_projections = self.node_projections()
         try:
             yield
         finally:
-            self._active_tables = previous
+            self._active_tables, self._active_projections = previous
 
     # ---------------------------------------------------------------- chunks
     def _edge_chunk(
@@ -533,6 +617,8 @@ class So3krates(PotentialModel):
         layer,
         features,
         ev,
+        q,
+        kv,
         d,
         sph,
         phi,
@@ -550,9 +636,9 @@ class So3krates(PotentialModel):
         pairs with all their directions. When the outputs must stay differentiable
         (training: forces in the loss) chunks are checkpointed; otherwise (forces
         for MD or evaluation) :class:`ChunkedMessages` sums in place. ``table``:
-        the layer's filter table, if filters are read from one.
+        the layer's filter table, if filters are read from one. ``q`` and ``kv``:
+        :meth:`So3kratesLayer.node_maps` of ``features``.
         """
-        q, kv = layer.node_maps(features)
         F = features.shape[1]
         chunk_messages = functools.partial(self.chunk_messages, layer, table, n_dir)
         tensors = (q, kv, ev, d, sph, phi, idx_i, idx_j)
@@ -572,8 +658,9 @@ class So3krates(PotentialModel):
             warn_compile_failure(err)
             self.compile_chunks = False
             return self._chunked_layer(
-                layer, features, ev, d, sph, phi, idx_i, idx_j, chunk, n_dir, table
-            )
+                layer, features, ev, q, kv, d, sph, phi, idx_i, idx_j, chunk, n_dir,
+                table,
+            )  # fmt: skip
         return layer.update(features, ev, d_f, d_ev if layer.ev else None)
 
     def chunk_messages(
@@ -595,8 +682,11 @@ class So3krates(PotentialModel):
             hidden = layer.radial_hidden(self.rbf(d_c).to(d_c.dtype))
         else:
             hidden = table(self.rbf.to_table(d_c))
+        # Euclidean variables still zero; only at inference, where parameter
+        # gradients are not taken (training keeps exact zeros for the skipped weights)
+        first = layer is self.layers[0] and self._active_projections is not None
         return layer.edge_messages(
-            q, kv, ev, hidden, sph_c, phi_c, i_c, j_c, n_dir, table is not None
+            q, kv, ev, hidden, sph_c, phi_c, i_c, j_c, n_dir, table is not None, first
         )
 
     def atomic_energies(
@@ -632,19 +722,40 @@ class So3krates(PotentialModel):
         else:
             sph = edge_vectors.new_zeros((edge_vectors.shape[0], 0))
         ev = features.new_zeros((n_atoms, self.m_tot))
+        maps = self._active_projections
         for t, layer in enumerate(self.layers):
+            if maps is None:
+                q, kv = layer.node_maps(features)
+            else:  # the first layer's maps depend on the element alone
+                proj = maps.first_layer[z] if t == 0 else None
+                q, kv = layer.node_maps(features, maps.projections[t], proj)
             if chunked:
                 table = None if tables is None else tables[t]
                 features, ev = self._chunked_layer(
-                    layer, features, ev, d, sph, phi, idx_i, idx_j, chunk, n_dir, table
-                )
+                    layer, features, ev, q, kv, d, sph, phi, idx_i, idx_j, chunk, n_dir,
+                    table,
+                )  # fmt: skip
                 continue
-            q, kv = layer.node_maps(features)
             d_f, d_ev = layer.edge_messages(
-                q, kv, ev, radial[t], sph, phi, idx_i, idx_j, n_dir, tables is not None
+                q,
+                kv,
+                ev,
+                radial[t],
+                sph,
+                phi,
+                idx_i,
+                idx_j,
+                n_dir,
+                tables is not None,
+                ev_zero=t == 0 and maps is not None,  # as in chunk_messages
             )
             features, ev = layer.update(features, ev, d_f, d_ev)
         e = self.readout(features).squeeze(-1)  # (n_atoms,)
         if self.scale is not None:
             e = self.scale[z] * e + self.shift[z]
         return e
+
+
+def _state_key(tensors: list[torch.Tensor]) -> tuple:
+    """Changes when any of ``tensors`` is updated in place or moved (cache keys)."""
+    return (*[t._version for t in tensors], *[t.data_ptr() for t in tensors])
