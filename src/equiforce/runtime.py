@@ -64,26 +64,33 @@ def tune_allocator() -> bool:
 #: Let compiled CPU calls on small graphs run on one thread (:func:`one_thread_below`).
 SMALL_GRAPHS_ONE_THREAD = True
 
+#: Inductor options for compiled CPU inference: its generated loops run on one
+#: thread at every size. Their scatters are atomic adds, which two threads
+#: contend for (compiled ms, loops on 1 / 2 threads: water96 5.9 / 6.6, box1029
+#: 131 / 140, box3000 395 / 440, session 6). The matrix products in the same
+#: graph are ATen calls, which do scale: see :data:`COMPILED_ONE_THREAD_MAX_EDGES`.
+INDUCTOR_CPU_OPTIONS: dict[str, object] = {"cpp.threads": 1}
+
 #: Compiled CPU inference (energy+forces, edge-chunk kernels) on graphs below this
-#: many edges runs on one thread. With the filter tables and Inductor's own row
-#: gathers, one thread beat two at every size measured on the 2-core development
-#: machine (compiled ms, 1 / 2 threads: water96 5.9 / 6.6, box1029 131 / 140,
-#: box3000 395 / 440; 101,094 atoms in chunks 25 / 40 s;
-#: ``benchmarks/so3krates_ablations.py compiled|calls --threads 1|2``): their
-#: scatters are atomic adds, which two threads contend for. Lower it on machines
-#: where more threads pay.
-COMPILED_ONE_THREAD_MAX_EDGES = 1 << 62
+#: many edges runs on one thread; above it the ATen matrix products get the
+#: caller's threads (the loops stay on one, :data:`INDUCTOR_CPU_OPTIONS`).
+#: Compiled ms, one thread / products on two, 2-core development machine,
+#: 2026-11-25 (``benchmarks/so3krates_ablations.py threads --threads 2``):
+#: ethanol (72 edges) 0.334 / 0.334, aspirin (292) 0.660 / 0.602, water96 4.45 /
+#: 3.89, water384 28.9 / 25.8, box1029 117 / 107, box3000 347 / 315.
+COMPILED_ONE_THREAD_MAX_EDGES = 256
 
 
 @contextlib.contextmanager
 def one_thread_below(n_edges: int, limit: int, device: torch.device) -> Iterator[None]:
     """Run the block on one CPU thread when a graph has fewer than ``limit`` edges.
 
-    Inductor's generated loops for small graphs cost more in OpenMP start-up and
-    barriers at 2 threads than they share (the compiled energy+forces below
-    ``scatter.EXTERN_MIN_ROWS`` edges, the compiled training step up to
-    ``compiled_step.ONE_THREAD_MAX_EDGES``; docs/benchmarks.md section 1,
-    session 5). The caller's thread count is restored afterwards. It is
+    The ATen calls of a compiled graph (matrix products; its own loops are
+    single-threaded, :data:`INDUCTOR_CPU_OPTIONS`) cost more in thread start-up
+    than they share on small graphs (compiled inference below
+    :data:`COMPILED_ONE_THREAD_MAX_EDGES`, the compiled training step below
+    ``compiled_step.ONE_THREAD_MAX_EDGES``). The caller's thread count is
+    restored afterwards. It is
     process-wide: calls from several Python threads at once would see each
     other's setting.
 

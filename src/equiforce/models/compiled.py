@@ -84,10 +84,14 @@ class CompiledPotential:
         self._autograd_fallback = False
         self._pad_cache: tuple[torch.Tensor, AtomicGraph] | None = None
         if compile:
+            on_cpu = all(p.device.type == "cpu" for p in model.parameters())
             if cpp_wrapper is None:
-                on_cpu = all(p.device.type == "cpu" for p in model.parameters())
                 cpp_wrapper = on_cpu and os.environ.get("EQUIFORCE_CPP_WRAPPER") != "0"
-            options = {"cpp_wrapper": True} if cpp_wrapper and mode is None else None
+            options = None
+            if mode is None:  # (torch.compile takes a mode or options)
+                options = dict(runtime.INDUCTOR_CPU_OPTIONS) if on_cpu else {}
+                if cpp_wrapper:
+                    options["cpp_wrapper"] = True
             if not dynamic:
                 # one graph per bucket, dtype and model: Dynamo's default limit (8
                 # per code object, shared by every wrapper) would send later
@@ -199,8 +203,8 @@ class CompiledPotential:
         try:
             if self.cudagraphs:
                 torch.compiler.cudagraph_mark_step_begin()
-            # Inductor's own row loops lose at 2 threads (ethanol 0.86 -> 0.62 ms,
-            # box3000 440 -> 395 ms on one; runtime.COMPILED_ONE_THREAD_MAX_EDGES)
+            # small graphs on one thread; the generated loops are single-threaded
+            # anyway (runtime.INDUCTOR_CPU_OPTIONS, COMPILED_ONE_THREAD_MAX_EDGES)
             small = one_thread_below(
                 padded.n_edges,
                 runtime.COMPILED_ONE_THREAD_MAX_EDGES,

@@ -152,8 +152,11 @@ def compiled_chunk_kernels(model, layer, table, n_dir: int) -> ChunkKernels:
     layer.
     """
     if not _COMPILED:
-        _COMPILED["forward"] = torch.compile(_chunk_forward, dynamic=True)
-        _COMPILED["vjp"] = torch.compile(_chunk_vjp, dynamic=True)
+        options = dict(runtime.INDUCTOR_CPU_OPTIONS)  # (ignored on a GPU)
+        _COMPILED["forward"] = torch.compile(
+            _chunk_forward, dynamic=True, options=options
+        )
+        _COMPILED["vjp"] = torch.compile(_chunk_vjp, dynamic=True, options=options)
     fwd, vjp = _COMPILED["forward"], _COMPILED["vjp"]
 
     def with_inductor_rows(fn):

@@ -26,15 +26,18 @@ from equiforce.data.graph import AtomicGraph
 from equiforce.models.base import PotentialModel
 from equiforce.models.compiled import dynamo_frame_count
 from equiforce.nn.scatter import inductor_row_ops, scatter_sum
-from equiforce.runtime import one_thread_below
+from equiforce.runtime import INDUCTOR_CPU_OPTIONS, one_thread_below
 from equiforce.train.loss import WeightedLoss
 
-#: Batches below this many edges take the compiled step on one thread: its Inductor
-#: loops do not gain from a second thread at these sizes. Measured
-#: (``benchmarks/train_speed.py --threads 1|2``, 2-core CPU, ms per step, 1 / 2
-#: threads): ethanol batch 5 (360 edges) 9.2 / 11.6, aspirin batch 5 (~1,500
-#: edges) 24.2 / 27.8, aspirin batch 20 (~5,800 edges) 90.8 / 93.6.
-ONE_THREAD_MAX_EDGES = 6144
+#: Batches below this many edges take the compiled step on one thread. Its
+#: Inductor loops are single-threaded at every size (``runtime.INDUCTOR_CPU_OPTIONS``:
+#: session 5 measured 1 / 2 threads for them at ethanol batch 5 (360 edges) 9.2 /
+#: 11.6 ms, aspirin batch 5 (~1,500 edges) 24.2 / 27.8, batch 20 (~5,800) 90.8 /
+#: 93.6); above this the ATen matrix products get the caller's threads
+#: (``benchmarks/train_speed.py --threads 2``, 2026-11-25, ms per step, all on one
+#: thread / products on two: ethanol batch 5 7.07 / 8.87, aspirin batch 5 20.8 /
+#: 19.2).
+ONE_THREAD_MAX_EDGES = 1024
 
 
 class _AtomicEnergies(nn.Module):
@@ -73,7 +76,11 @@ class CompiledTrainStep:
         self.compiled = compile
         self._fn = self._loss_and_grads
         if compile:
-            self._fn = torch.compile(self._loss_and_grads, dynamic=True)
+            on_cpu = all(p.device.type == "cpu" for p in model.parameters())
+            options = dict(INDUCTOR_CPU_OPTIONS) if on_cpu else None
+            self._fn = torch.compile(
+                self._loss_and_grads, dynamic=True, options=options
+            )
         self._frames_at_start = dynamo_frame_count()
 
     @property
