@@ -8,16 +8,23 @@ the kernel's zeroing of those pages: on this project's 2-core machine that was
 call; with the setting below: 0 faults and 1.3-2x faster calls).
 
 :func:`tune_allocator` makes glibc keep large blocks in its heap for reuse
-(``M_MMAP_MAX = 0``, and a 1 GiB trim threshold). It is what preloading jemalloc or
-tcmalloc achieves (the usual advice for PyTorch on CPUs), without an environment
-change before start-up. Cost: freed memory is returned to the OS less eagerly, so
-the resident size stays near its peak. Set ``EQUIFORCE_MALLOC_TUNING=0`` to opt out.
+(``M_MMAP_MAX = 0``) and never return the heap's top to the OS (``M_TRIM_THRESHOLD
+= -1``). It is what preloading jemalloc or tcmalloc achieves (the usual advice for
+PyTorch on CPUs), without an environment change before start-up. Cost: the
+resident size stays at its peak. Set ``EQUIFORCE_MALLOC_TUNING=0`` to opt out, or
+``EQUIFORCE_TRIM_THRESHOLD`` (bytes) to give memory back above that much.
+
+Why no trimming: a call whose transient memory exceeds the trim threshold hands
+it back to the OS when it is freed and faults it in again at the next call. With
+a 1 GiB threshold (sessions 4-6) a 10,125-atom periodic water box took 860,000
+minor faults and 1.4 s of system time per compiled energy+forces call: 2.3 s per
+call against 1.10 s with no trimming (2 threads, 2026-11-25, both with and
+without edge chunks). That was the whole of the "time per edge doubles above
+3,000 atoms" in ``docs/benchmarks.md``.
 
 Very large graphs (10⁵ atoms, edges in chunks) keep the same setting: their
 in-place chunked backward (:mod:`equiforce.models.edge_chunks`) allocates blocks of
-the same sizes at every chunk, which the heap reuses. A 101,094-atom periodic water
-box, one thread: 75 s per energy+forces call at 11.0 GiB peak in the heap, against
-211 s (first call, 8.2 GiB) with glibc's default mmap of large blocks.
+the same sizes at every chunk, which the heap reuses.
 """
 
 from __future__ import annotations
@@ -34,6 +41,10 @@ import torch
 _M_TRIM_THRESHOLD = -1
 _M_MMAP_MAX = -4
 _done = False
+
+#: glibc trim threshold (bytes of free memory at the top of the heap before it is
+#: returned to the OS); -1 never trims. Read by :func:`tune_allocator`.
+TRIM_THRESHOLD = int(os.environ.get("EQUIFORCE_TRIM_THRESHOLD", -1))
 
 
 def tune_allocator() -> bool:
@@ -53,7 +64,7 @@ def tune_allocator() -> bool:
         libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
         ok = (
             libc.mallopt(_M_MMAP_MAX, 0) == 1
-            and libc.mallopt(_M_TRIM_THRESHOLD, 1 << 30) == 1
+            and libc.mallopt(_M_TRIM_THRESHOLD, TRIM_THRESHOLD) == 1
         )
     except (OSError, AttributeError):  # not glibc (musl, ...): nothing to tune
         return False
