@@ -17,7 +17,7 @@ the edges in chunks, both exact:
   recomputes one chunk at a time and sums its gradients in place into
   preallocated buffers. Every temporary has the same size from chunk to chunk, so
   the allocator reuses the same blocks and the memory stays
-  O(n_atoms·F + n_edges·m_tot + chunk·F) however many chunks there are. Only
+  O(n_atoms·F + n_edges·m + chunk·F) however many chunks there are. Only
   differentiable once, and not with respect to the weights (which also saves
   their gradient products in every chunk's backward).
 
@@ -28,6 +28,11 @@ the edges in chunks, both exact:
   ``cat`` and ``mul`` 65 % of the call, ``so3krates_ablations.py profile``). 101,094 periodic waters at one thread,
   second call: 25.2 s compiled vs 56.5 s eager
   (``benchmarks/so3krates_ablations.py calls --systems box100k --compile-chunks``).
+
+The per-edge geometry argument (``sph`` below, m values per directed edge) is
+whatever the chunk function needs per edge: So3krates passes the edge vectors
+(m = 3) and computes the spherical harmonics inside each chunk, where the
+compiled kernels fuse them.
 """
 
 from __future__ import annotations

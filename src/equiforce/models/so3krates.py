@@ -620,7 +620,7 @@ class So3krates(PotentialModel):
         q,
         kv,
         d,
-        sph,
+        vec,
         phi,
         idx_i,
         idx_j,
@@ -637,11 +637,14 @@ class So3krates(PotentialModel):
         (training: forces in the loss) chunks are checkpointed; otherwise (forces
         for MD or evaluation) :class:`ChunkedMessages` sums in place. ``table``:
         the layer's filter table, if filters are read from one. ``q`` and ``kv``:
-        :meth:`So3kratesLayer.node_maps` of ``features``.
+        :meth:`So3kratesLayer.node_maps` of ``features``. ``vec``: the edge
+        vectors (n_edges, 3); each chunk computes its spherical harmonics from
+        them (on all edges at once, outside the compiled chunks, they were a
+        third of a 100k-atom call).
         """
         F = features.shape[1]
         chunk_messages = functools.partial(self.chunk_messages, layer, table, n_dir)
-        tensors = (q, kv, ev, d, sph, phi, idx_i, idx_j)
+        tensors = (q, kv, ev, d, vec, phi, idx_i, idx_j)
         if self.outputs_differentiable:
             d_f, d_ev = checkpointed_messages(chunk_messages, *tensors, chunk, n_dir, F)
             return layer.update(features, ev, d_f, d_ev)
@@ -658,7 +661,7 @@ class So3krates(PotentialModel):
             warn_compile_failure(err)
             self.compile_chunks = False
             return self._chunked_layer(
-                layer, features, ev, q, kv, d, sph, phi, idx_i, idx_j, chunk, n_dir,
+                layer, features, ev, q, kv, d, vec, phi, idx_i, idx_j, chunk, n_dir,
                 table,
             )  # fmt: skip
         return layer.update(features, ev, d_f, d_ev if layer.ev else None)
@@ -672,12 +675,13 @@ class So3krates(PotentialModel):
         kv: torch.Tensor,  # (n_atoms, (n_q+1)·F)
         ev: torch.Tensor,  # (n_atoms, m_tot)
         d_c: torch.Tensor,  # (n_pairs_c,)
-        sph_c: torch.Tensor,  # (n_edges_c, m_tot)
+        vec_c: torch.Tensor,  # (n_edges_c, 3) edge vectors
         phi_c: torch.Tensor,  # (n_pairs_c,)
         i_c: torch.Tensor,  # (n_edges_c,)
         j_c: torch.Tensor,  # (n_edges_c,)
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Δf and Δx of one chunk of pairs (all their directions) in ``layer``."""
+        sph_c = self._harmonics(vec_c)  # (n_edges_c, m_tot)
         if table is None:
             hidden = layer.radial_hidden(self.rbf(d_c).to(d_c.dtype))
         else:
@@ -688,6 +692,12 @@ class So3krates(PotentialModel):
         return layer.edge_messages(
             q, kv, ev, hidden, sph_c, phi_c, i_c, j_c, n_dir, table is not None, first
         )
+
+    def _harmonics(self, vectors: torch.Tensor) -> torch.Tensor:
+        """Y(r) of edge vectors (n, 3) -> (n, m_tot); (n, 0) without Euclidean variables."""
+        if self.sph is None:
+            return vectors.new_zeros((vectors.shape[0], 0))
+        return self.sph(vectors)
 
     def atomic_energies(
         self, graph: AtomicGraph, edge_vectors: torch.Tensor
@@ -717,10 +727,7 @@ class So3krates(PotentialModel):
         z = graph.atomic_numbers
         features = self.embedding(z)  # (n_atoms, F)
         n_atoms = features.shape[0]
-        if self.sph is not None:
-            sph = self.sph(edge_vectors)  # (n_edges, m_tot)
-        else:
-            sph = edge_vectors.new_zeros((edge_vectors.shape[0], 0))
+        sph = None if chunked else self._harmonics(edge_vectors)  # (n_edges, m_tot)
         ev = features.new_zeros((n_atoms, self.m_tot))
         maps = self._active_projections
         for t, layer in enumerate(self.layers):
@@ -732,8 +739,8 @@ class So3krates(PotentialModel):
             if chunked:
                 table = None if tables is None else tables[t]
                 features, ev = self._chunked_layer(
-                    layer, features, ev, q, kv, d, sph, phi, idx_i, idx_j, chunk, n_dir,
-                    table,
+                    layer, features, ev, q, kv, d, edge_vectors, phi, idx_i, idx_j,
+                    chunk, n_dir, table,
                 )  # fmt: skip
                 continue
             d_f, d_ev = layer.edge_messages(
