@@ -244,7 +244,8 @@ def calls(systems: list[str], model, n_calls: int, shuffle: bool = False) -> lis
                 "atoms": len(atoms),
                 "edges": g.n_edges,
                 # as in a forces-only call (outputs detached)
-                "chunked": g.n_edges > (model.edge_chunk_size or model.auto_chunk_size)
+                "chunked": g.n_edges
+                > (model.edge_chunk_size or model.auto_chunk_size_detached)
                 and (
                     model.edge_chunk_size is not None
                     or g.n_edges > model.auto_chunk_edges_detached
@@ -254,6 +255,7 @@ def calls(systems: list[str], model, n_calls: int, shuffle: bool = False) -> lis
                 "malloc_tuning": os.environ.get("EQUIFORCE_MALLOC_TUNING", "1"),
                 "glibc_tunables": os.environ.get("GLIBC_TUNABLES", ""),
                 "edge_chunk_size": model.edge_chunk_size,
+                "chunk_workers": model.chunk_workers,
                 "filter_table": model.filter_table,
                 "compile_chunks": model.compile_chunks,
                 "call_ms": ms,
@@ -455,6 +457,12 @@ def main(argv=None) -> int:
         help="model.edge_chunk_size for calls (default: automatic)",
     )
     p.add_argument(
+        "--chunk-workers",
+        type=int,
+        default=None,
+        help="model.chunk_workers: compiled chunks at once (default: the threads)",
+    )
+    p.add_argument(
         "--spatial-order-min-atoms",
         default="default",
         help="model.spatial_order_min_atoms: default, none or an atom count",
@@ -477,6 +485,7 @@ def main(argv=None) -> int:
     model.compile_chunks = bool(args.compile_chunks)
     if args.edge_chunk_size is not None:  # calls: force a chunk size
         model.edge_chunk_size = args.edge_chunk_size
+    model.chunk_workers = args.chunk_workers
     if args.spatial_order_min_atoms != "default":
         limit = args.spatial_order_min_atoms
         model.spatial_order_min_atoms = None if limit == "none" else int(limit)

@@ -234,12 +234,12 @@ def test_automatic_chunking_starts_earlier_for_detached_outputs(monkeypatch):
     model = build_model("so3krates", dtype=torch.float64, **SMALL)
     pos, z = random_molecule(np.random.default_rng(5), n_atoms=12, box=4.0)
     g = AtomicGraph.from_arrays(pos, z, model.cutoff)
-    model.auto_chunk_size = 17
+    model.auto_chunk_size, model.auto_chunk_size_detached = 17, 19
     model(g, create_graph=False)
     assert sizes[-1] is None  # below both limits
     model.auto_chunk_edges_detached = g.n_edges - 1
     model(g, create_graph=False)
-    assert sizes[-1] == 17
+    assert sizes[-1] == 19
     model(g, create_graph=True)
     assert sizes[-1] is None
     assert not model.chunks_edges(g.n_edges)

@@ -29,6 +29,13 @@ the edges in chunks, both exact:
   second call: 25.2 s compiled vs 56.5 s eager
   (``benchmarks/so3krates_ablations.py calls --systems box100k --compile-chunks``).
 
+On the CPU the compiled kernels run chunks on several threads at once
+(``ChunkKernels.workers``, by default the caller's torch thread count): their
+generated loops are single-threaded (``runtime.INDUCTOR_CPU_OPTIONS``) and, with
+Inductor's C++ wrapper, run without the GIL, so each thread takes one chunk
+whole, loops and matrix products alike. Results are summed in chunk order on
+the calling thread: the same numbers as one chunk at a time.
+
 The per-edge geometry argument (``sph`` below, m values per directed edge) is
 whatever the chunk function needs per edge: So3krates passes the edge vectors
 (m = 3) and computes the spherical harmonics inside each chunk, where the
@@ -37,10 +44,14 @@ compiled kernels fuse them.
 
 from __future__ import annotations
 
+import collections
+import contextlib
+import os
 import warnings
 import weakref
-from collections.abc import Callable, Iterator
-from typing import NamedTuple
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from typing import NamedTuple, TypeVar
 
 import torch
 from torch.autograd.function import once_differentiable
@@ -122,6 +133,8 @@ class ChunkKernels(NamedTuple):
     vjp: Callable
     #: called once when a kernel fails: the owner goes back to eager chunks
     on_failure: Callable[[], None] = lambda: None
+    #: chunks computed at once, each on its own thread (1: one after another)
+    workers: int = 1
 
 
 def _chunk_forward(model, layer, table, n_dir, *args):
@@ -145,24 +158,48 @@ def _chunk_vjp(
     return grad(q, kv, ev, d_c, sph_c, phi_c)
 
 
-_COMPILED: dict[str, Callable] = {}
+#: compiled wrappers per (device type, function)
+_COMPILED: dict[tuple[str, str], Callable] = {}
+
+
+def chunk_workers(model, device: torch.device) -> int:
+    """How many chunks run at once.
+
+    ``model.chunk_workers``, or when it is None the caller's torch thread count
+    on the CPU and 1 on other devices.
+    """
+    workers = getattr(model, "chunk_workers", None)
+    if workers is None:
+        workers = torch.get_num_threads() if device.type == "cpu" else 1
+    if workers < 1:
+        raise ValueError(f"chunk_workers must be >= 1 or None, got {workers}")
+    return workers
 
 
 def compiled_chunk_kernels(model, layer, table, n_dir: int) -> ChunkKernels:
     """The compiled :class:`ChunkKernels` of ``model.chunk_messages`` for ``layer``.
 
-    One ``torch.compile`` wrapper per function for the whole process; Dynamo
-    specialises on the (model, layer, table) objects, which stay the same from
-    call to call, and marks every size dynamic, so an MD run compiles once per
-    layer.
+    One ``torch.compile`` wrapper per function and device type for the whole
+    process; Dynamo specialises on the (model, layer, table) objects, which stay
+    the same from call to call, and marks every size dynamic, so an MD run
+    compiles once per layer. On the CPU with Inductor's C++ wrapper (no Python
+    between kernels, and no GIL: chunks run on several threads at once;
+    ``EQUIFORCE_CPP_WRAPPER=0`` turns it off and the chunks run one at a time).
     """
-    if not _COMPILED:
-        options = dict(runtime.INDUCTOR_CPU_OPTIONS)  # (ignored on a GPU)
-        _COMPILED["forward"] = torch.compile(
+    device = next(model.parameters()).device
+    on_cpu = device.type == "cpu"
+    cpp_wrapper = on_cpu and os.environ.get("EQUIFORCE_CPP_WRAPPER") != "0"
+    if (device.type, "forward") not in _COMPILED:
+        options = dict(runtime.INDUCTOR_CPU_OPTIONS) if on_cpu else {}
+        if cpp_wrapper:
+            options["cpp_wrapper"] = True
+        _COMPILED[device.type, "forward"] = torch.compile(
             _chunk_forward, dynamic=True, options=options
         )
-        _COMPILED["vjp"] = torch.compile(_chunk_vjp, dynamic=True, options=options)
-    fwd, vjp = _COMPILED["forward"], _COMPILED["vjp"]
+        _COMPILED[device.type, "vjp"] = torch.compile(
+            _chunk_vjp, dynamic=True, options=options
+        )
+    fwd, vjp = _COMPILED[device.type, "forward"], _COMPILED[device.type, "vjp"]
 
     def with_inductor_rows(fn):
         def call(*args):
@@ -181,7 +218,60 @@ def compiled_chunk_kernels(model, layer, table, n_dir: int) -> ChunkKernels:
         with_inductor_rows(fwd),
         with_inductor_rows(vjp),
         lambda: setattr(model, "compile_chunks", False),
+        chunk_workers(model, device) if cpp_wrapper or not on_cpu else 1,
     )
+
+
+_T = TypeVar("_T")
+_R = TypeVar("_R")
+
+
+def map_in_order(
+    fn: Callable[[_T], _R], items: Iterable[_T], workers: int
+) -> Iterator[_R]:
+    """``fn(item)`` for every item, yielded in order, ``workers`` at a time.
+
+    With one worker a plain loop. Otherwise each call runs on a pool thread with
+    one torch thread and the caller's grad mode; the first call runs alone (it
+    may compile, and compiling is serial anyway). For the whole run the process
+    uses one torch thread and Inductor's own row ops, set here once rather than
+    by each call (both are process-wide), and the caller's thread count is
+    restored afterwards. At most ``2·workers`` calls are submitted ahead, so
+    the results waiting to be consumed stay few.
+    """
+    items = iter(items)
+    if workers <= 1:
+        yield from map(fn, items)
+        return
+    grad = torch.is_grad_enabled()
+
+    def task(item: _T) -> _R:
+        torch.set_num_threads(1)
+        with torch.set_grad_enabled(grad):
+            return fn(item)
+
+    threads = torch.get_num_threads()
+    with contextlib.ExitStack() as stack:
+        torch.set_num_threads(1)
+        stack.callback(torch.set_num_threads, threads)
+        stack.enter_context(inductor_row_ops())
+        pool = stack.enter_context(ThreadPoolExecutor(workers))
+        # waits for running calls if the consumer stops early
+        stack.callback(pool.shutdown, wait=True, cancel_futures=True)
+        first = next(items, _END)
+        if first is _END:
+            return
+        yield pool.submit(task, first).result()
+        pending: collections.deque = collections.deque()
+        for item in items:
+            pending.append(pool.submit(task, item))
+            if len(pending) >= 2 * workers:
+                yield pending.popleft().result()
+        while pending:
+            yield pending.popleft().result()
+
+
+_END = object()
 
 
 class ChunkPlan(NamedTuple):
@@ -280,9 +370,15 @@ class ChunkedMessages(torch.autograd.Function):
         d_f = q.new_zeros((q.shape[0], n_features))
         d_ev = ev.new_zeros(ev.shape)
         forward = fn if kernels is None else kernels.forward
+        workers = 1 if kernels is None else kernels.workers
         plans = plan_chunks(idx_i, idx_j, chunk, n_dir)
-        for plan in plans:
-            part_f, part_ev = forward(*local_args(tensors, plan, n_dir))
+
+        def messages(plan: ChunkPlan):
+            return forward(*local_args(tensors, plan, n_dir))
+
+        for plan, (part_f, part_ev) in zip(
+            plans, map_in_order(messages, plans, workers), strict=True
+        ):
             d_f.index_add_(0, plan.atoms, part_f)
             if part_ev is not None:
                 d_ev.index_add_(0, plan.atoms, part_ev)
@@ -301,21 +397,32 @@ class ChunkedMessages(torch.autograd.Function):
             torch.zeros_like(t) if need else None
             for t, need in zip(tensors[:6], needs, strict=True)
         ]
-        for plan in ctx.plans:
+        kernels = ctx.kernels
+
+        def compiled_vjp(plan: ChunkPlan):
             args = local_args(tensors, plan, n_dir)
             g_f_c = g_f.index_select(0, plan.atoms)
             g_ev_c = g_ev.index_select(0, plan.atoms)
-            if ctx.kernels is not None:
+            return kernels.vjp(*args, g_f_c, g_ev_c)
+
+        results = None
+        if kernels is not None:
+            results = map_in_order(compiled_vjp, ctx.plans, kernels.workers)
+        for plan in ctx.plans:
+            if results is not None:
                 try:
-                    chunk_grads = ctx.kernels.vjp(*args, g_f_c, g_ev_c)
+                    chunk_grads = next(results)
                 except Exception as err:  # noqa: BLE001 - compiler failure -> eager
                     warn_compile_failure(err)
-                    ctx.kernels.on_failure()
-                    ctx.kernels = None
+                    kernels.on_failure()
+                    ctx.kernels, results = None, None
                 else:
                     _add_chunk_grads(grads, chunk_grads, plan, n_dir, n_pairs)
                     del chunk_grads
                     continue
+            args = local_args(tensors, plan, n_dir)
+            g_f_c = g_f.index_select(0, plan.atoms)
+            g_ev_c = g_ev.index_select(0, plan.atoms)
             with torch.enable_grad():
                 leaves = [t.detach().requires_grad_() for t in args[:6]]
                 part_f, part_ev = fn(*leaves, *args[6:])
@@ -329,6 +436,8 @@ class ChunkedMessages(torch.autograd.Function):
             del outs, part_f, part_ev
             _add_chunk_grads(grads, chunk_grads, plan, n_dir, n_pairs)
             del chunk_grads
+        if results is not None:  # restores the thread settings now, not at GC
+            results.close()
         return (None, None, None, None, None, *grads, None, None)
 
 

@@ -461,17 +461,24 @@ class So3krates(PotentialModel):
         #: evaluation: the in-place chunks cost the same as all edges at once,
         #: 10,125-atom box at 2 threads 3.40 vs 3.34 s, and peak at 4.7 instead of
         #: 10.9 GiB; ``so3krates_ablations.py calls --edge-chunk-size``); chunks of
-        #: ``auto_chunk_size`` edges above. Runtime settings for very large systems,
-        #: not part of the config.
+        #: ``auto_chunk_size`` edges above (``auto_chunk_size_detached`` for the
+        #: in-place chunks, which run several at a time: 101k-atom box at 2
+        #: threads, 60k/120k/250k/500k-edge chunks 32.5/33.4/37.5/43.5 s,
+        #: ``docs/benchmarks.md`` section 1, session 8). Runtime settings for very
+        #: large systems, not part of the config.
         self.edge_chunk_size: int | None = None
         self.auto_chunk_edges: int = 1_000_000
         self.auto_chunk_edges_detached: int = 300_000
         self.auto_chunk_size: int = 250_000
+        self.auto_chunk_size_detached: int = 60_000
         #: Forces-only chunked calls run each chunk's messages and their
         #: vector-Jacobian product as compiled graphs (dynamic shapes, compiled
         #: once per layer): eager chunks spend most of their time in separate
         #: element-wise passes over edge-sized tensors.
         self.compile_chunks: bool = True
+        #: Compiled chunks computed at once, each on its own thread (CPU; the
+        #: kernels run without the GIL). None: the caller's torch thread count.
+        self.chunk_workers: int | None = None
         #: Forces-only calls (MD, evaluation; never training) read the radial part
         #: of every filter from a cubic Hermite table in the basis' smooth
         #: coordinate (:mod:`equiforce.nn.spline`) instead of computing its two
@@ -605,7 +612,11 @@ class So3krates(PotentialModel):
             self.auto_chunk_edges if differentiable else self.auto_chunk_edges_detached
         )
         if chunk is None and n_edges > limit:
-            chunk = self.auto_chunk_size
+            chunk = (
+                self.auto_chunk_size
+                if differentiable
+                else self.auto_chunk_size_detached
+            )
         return chunk if chunk is not None and n_edges > chunk else None
 
     def chunks_edges(self, n_edges: int, differentiable: bool | None = None) -> bool:
