@@ -463,9 +463,9 @@ class So3krates(PotentialModel):
         #: 10.9 GiB; ``so3krates_ablations.py calls --edge-chunk-size``); chunks of
         #: ``auto_chunk_size`` edges above (``auto_chunk_size_detached`` for the
         #: in-place chunks, which run several at a time: 101k-atom box at 2
-        #: threads, 60k/120k/250k/500k-edge chunks 32.5/33.4/37.5/43.5 s,
-        #: ``docs/benchmarks.md`` section 1, session 8). Runtime settings for very
-        #: large systems, not part of the config.
+        #: threads, 250k-edge chunks one at a time 40 s, 60k-edge chunks two at a
+        #: time 30 s, ``docs/benchmarks.md`` section 1, session 8). Runtime
+        #: settings for very large systems, not part of the config.
         self.edge_chunk_size: int | None = None
         self.auto_chunk_edges: int = 1_000_000
         self.auto_chunk_edges_detached: int = 300_000
