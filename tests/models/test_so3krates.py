@@ -168,21 +168,39 @@ def test_edge_chunking_gives_identical_energies_and_forces(
         torch.testing.assert_close(grads[name], grad, rtol=1e-9, atol=1e-12, msg=name)
 
 
+@pytest.mark.parametrize("workers", [1, 2])
 @pytest.mark.parametrize("failing", ["forward", "vjp"])
-def test_compiled_chunk_failure_falls_back_to_eager_chunks(failing, monkeypatch):
-    """A compiler error in either chunk kernel warns and gives the eager result."""
+def test_compiled_chunk_failure_falls_back_to_eager_chunks(
+    failing, workers, monkeypatch
+):
+    """A compiler error in either chunk kernel warns and gives the eager result,
+    also when it comes from a chunk on a pool thread after others succeeded."""
     from equiforce.models import so3krates
     from equiforce.models.edge_chunks import ChunkKernels
 
-    def broken(*args):
-        raise RuntimeError("no compiler here")
+    calls = []
 
     def kernels(model, layer, table, n_dir):
         fn = functools.partial(model.chunk_messages, layer, table, n_dir)
+
+        def broken(*args):
+            calls.append(1)
+            if len(calls) > 2:  # the first chunks work
+                raise RuntimeError("no compiler here")
+            return fn(*args[:8]) if failing == "forward" else vjp(*args)
+
+        def vjp(*args):  # the eager vjp the compiled one stands for
+            with torch.enable_grad():
+                leaves = [t.detach().requires_grad_() for t in args[:6]]
+                d_f, d_ev = fn(*leaves, *args[6:8])
+                out = (d_f * args[8]).sum() + (d_ev * args[9]).sum()
+                return torch.autograd.grad(out, leaves, allow_unused=True)
+
         return ChunkKernels(
             broken if failing == "forward" else fn,
             broken,
             lambda: setattr(model, "compile_chunks", False),
+            workers,
         )
 
     monkeypatch.setattr(so3krates, "compiled_chunk_kernels", kernels)
