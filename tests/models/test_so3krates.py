@@ -423,6 +423,22 @@ def test_filter_table_follows_weight_changes_and_is_not_saved():
     torch.testing.assert_close(model(g)["forces"], expected, rtol=0, atol=atol)
 
 
+def test_weights_written_through_data_need_clear_inference_caches():
+    """``p.data`` writes bump no version counter the caches can see; after
+    ``clear_inference_caches`` the forces-only call equals the exact path again."""
+    model = build_model("so3krates", dtype=torch.float64, **SMALL).eval()
+    model.filter_table = "on"
+    g = _periodic_graph(model)
+    before = model(g)["energy"]
+    model.layers[0].filter_r1[2].weight.data.mul_(1.5)
+    model.layers[1].q1.weight.data.add_(0.05)
+    model.clear_inference_caches()
+    after = model(g)["energy"]
+    exact = model(g, create_graph=True)["energy"].detach()
+    assert (after - before).abs().max() > 1e-6
+    torch.testing.assert_close(after, exact, rtol=0, atol=1e-7)
+
+
 @pytest.mark.parametrize("chunked", [False, True], ids=["all-edges", "chunks"])
 @pytest.mark.parametrize("ev", [True, False], ids=["ev", "no-ev"])
 def test_inference_caches_follow_weight_changes(ev, chunked):

@@ -144,6 +144,9 @@ class PotentialModel(nn.Module):
         """
         yield
 
+    def clear_inference_caches(self) -> None:
+        """Drop whatever :meth:`inference_tables` keeps between calls (none here)."""
+
     def atom_order(
         self, graph: AtomicGraph
     ) -> tuple[torch.Tensor, torch.Tensor] | None:

@@ -582,6 +582,17 @@ class So3krates(PotentialModel):
         self._projections_cache = (key, maps)
         return maps
 
+    def clear_inference_caches(self) -> None:
+        """Drop the filter tables and node projections kept between calls.
+
+        They are rebuilt when a weight changes in place (its version counter),
+        moves or changes dtype, but not when it is written through ``.data``
+        (``p.data.copy_(...)``: that alias has a version counter of its own).
+        Call this after such a write.
+        """
+        self._tables_cache = None
+        self._projections_cache = None
+
     @contextlib.contextmanager
     def inference_tables(self) -> Iterator[None]:
         """Calls inside read weight-only quantities from caches.
