@@ -13,7 +13,8 @@
    from ``SPATIAL_ORDER_MIN_ATOMS`` atoms), interleaved in one process (memory
    locality of the per-edge gathers; the other ablations use the library default).
 5. ``calls``: ``--calls`` consecutive eager calls per system, each timed, with the
-   peak RSS. For the allocator comparison run it once as is and once with
+   peak RSS and the process's CPU time per wall time (how many cores it kept
+   busy). For the allocator comparison run it once as is and once with
    ``EQUIFORCE_MALLOC_TUNING=0`` (glibc's default mmap of large blocks); with
    ``GLIBC_TUNABLES=glibc.malloc.hugetlb=1`` for transparent huge pages in the heap.
 6. ``threads``: compiled calls at ``--threads`` vs one thread vs the library default
@@ -236,7 +237,11 @@ def calls(systems: list[str], model, n_calls: int, shuffle: bool = False) -> lis
     for name in systems:
         atoms = _system(name, shuffle)
         g = AtomicGraph.from_atoms(atoms, model.cutoff, torch.float32)
-        ms = [_median_ms(lambda g=g: model(g), 1) for _ in range(n_calls)]
+        ms, cpu_per_wall = [], []
+        for _ in range(n_calls):  # process CPU time / wall time: cores kept busy
+            cpu = time.process_time()
+            ms.append(_median_ms(lambda g=g: model(g), 1))
+            cpu_per_wall.append((time.process_time() - cpu) / (ms[-1] / 1e3))
         rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
         rows.append(
             {
@@ -259,6 +264,7 @@ def calls(systems: list[str], model, n_calls: int, shuffle: bool = False) -> lis
                 "filter_table": model.filter_table,
                 "compile_chunks": model.compile_chunks,
                 "call_ms": ms,
+                "cpu_per_wall": cpu_per_wall,
                 "peak_rss_gib": rss,
             }
         )

@@ -206,6 +206,9 @@ def test_ablations_order_and_calls_record_their_settings(tmp_path):
     (row,) = calls_run["rows"]
     assert row["spatial_order_min_atoms"] is None and row["shuffled"] is False
     assert len(row["call_ms"]) == 2 and min(row["call_ms"]) > 0
+    assert len(row["cpu_per_wall"]) == 2 and all(
+        0 < c < 64 for c in row["cpu_per_wall"]
+    )
 
 
 def test_ablations_threads_rows(tmp_path):

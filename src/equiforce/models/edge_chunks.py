@@ -231,8 +231,8 @@ def map_in_order(
 ) -> Iterator[_R]:
     """``fn(item)`` for every item, yielded in order, ``workers`` at a time.
 
-    With one worker a plain loop. Otherwise each call runs on a pool thread with
-    one torch thread and the caller's grad mode; the first call runs alone (it
+    With one worker a plain loop. Otherwise each call runs on a pool thread whose
+    start-up gave it one torch thread and the caller's grad mode; the first call runs alone (it
     may compile, and compiling is serial anyway). For the whole run the process
     uses one torch thread and Inductor's own row ops, set here once rather than
     by each call (both are process-wide), and the caller's thread count is
@@ -245,26 +245,27 @@ def map_in_order(
         return
     grad = torch.is_grad_enabled()
 
-    def task(item: _T) -> _R:
+    def start_worker() -> None:  # both are per-thread settings
         torch.set_num_threads(1)
-        with torch.set_grad_enabled(grad):
-            return fn(item)
+        torch.set_grad_enabled(grad)
 
     threads = torch.get_num_threads()
     with contextlib.ExitStack() as stack:
         torch.set_num_threads(1)
         stack.callback(torch.set_num_threads, threads)
         stack.enter_context(inductor_row_ops())
-        pool = stack.enter_context(ThreadPoolExecutor(workers))
+        pool = stack.enter_context(
+            ThreadPoolExecutor(workers, initializer=start_worker)
+        )
         # waits for running calls if the consumer stops early
         stack.callback(pool.shutdown, wait=True, cancel_futures=True)
         first = next(items, _END)
         if first is _END:
             return
-        yield pool.submit(task, first).result()
+        yield pool.submit(fn, first).result()
         pending: collections.deque = collections.deque()
         for item in items:
-            pending.append(pool.submit(task, item))
+            pending.append(pool.submit(fn, item))
             if len(pending) >= 2 * workers:
                 yield pending.popleft().result()
         while pending:
@@ -399,10 +400,17 @@ class ChunkedMessages(torch.autograd.Function):
         ]
         kernels = ctx.kernels
 
-        def compiled_vjp(plan: ChunkPlan):
+        def chunk_inputs(plan: ChunkPlan) -> tuple:
+            """The chunk function's arguments and the output gradients' rows."""
             args = local_args(tensors, plan, n_dir)
-            g_f_c = g_f.index_select(0, plan.atoms)
-            g_ev_c = g_ev.index_select(0, plan.atoms)
+            return (
+                args,
+                g_f.index_select(0, plan.atoms),
+                g_ev.index_select(0, plan.atoms),
+            )
+
+        def compiled_vjp(plan: ChunkPlan):
+            args, g_f_c, g_ev_c = chunk_inputs(plan)
             return kernels.vjp(*args, g_f_c, g_ev_c)
 
         results = None
@@ -415,14 +423,12 @@ class ChunkedMessages(torch.autograd.Function):
                 except Exception as err:  # noqa: BLE001 - compiler failure -> eager
                     warn_compile_failure(err)
                     kernels.on_failure()
-                    ctx.kernels, results = None, None
+                    results = None  # this chunk and the rest eagerly
                 else:
                     _add_chunk_grads(grads, chunk_grads, plan, n_dir, n_pairs)
                     del chunk_grads
                     continue
-            args = local_args(tensors, plan, n_dir)
-            g_f_c = g_f.index_select(0, plan.atoms)
-            g_ev_c = g_ev.index_select(0, plan.atoms)
+            args, g_f_c, g_ev_c = chunk_inputs(plan)
             with torch.enable_grad():
                 leaves = [t.detach().requires_grad_() for t in args[:6]]
                 part_f, part_ev = fn(*leaves, *args[6:])
