@@ -53,7 +53,14 @@ def test_memory_above_the_trim_threshold_stays_in_the_heap():
     in again at every call (10k-atom MD: 860,000 faults per step); by default the
     heap is never trimmed."""
     _, faults_default = page_faults("1", mib=1100)
-    _, faults_trimmed = page_faults("1", mib=1100, trim=2**30)
-    # 1,100 MiB = 281,600 pages: trimmed above 1 GiB, every allocation faults them in
+    # 1,100 MiB = 281,600 pages: trimmed above 1 GiB, every allocation faults them in.
+    # Only in some processes: about half here, varying from one start to the next
+    # (presumably with where the heap lands), so the control takes the first
+    # process that trims, of up to 12
+    faults_trimmed = 0
+    for _ in range(12):
+        _, faults_trimmed = page_faults("1", mib=1100, trim=2**30)
+        if faults_trimmed >= 250_000:
+            break
     assert faults_trimmed >= 250_000
     assert faults_default < 1_000
