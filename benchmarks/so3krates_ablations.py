@@ -23,7 +23,10 @@
 7. ``table``: radial filters read from the inference table (``filter_table``
    "on") vs computed ("off"), eager and compiled, alternating in one process, with
    the largest force and energy differences between the two.
-8. ``profile``: torch.profiler of warmed-up calls (``--modes eager`` or
+8. ``backends``: the compiled path with the AOTInductor library (the CPU default)
+   and with ``torch.compile`` only, alternating ``--rounds`` times in one process
+   (a model with a non-zero readout, so that their forces can be compared).
+9. ``profile``: torch.profiler of warmed-up calls (``--modes eager`` or
    ``compiled``), the largest ops by self CPU time.
 
     python benchmarks/so3krates_ablations.py paired --systems ethanol,water96,box1029
@@ -44,6 +47,8 @@
         --systems ethanol,aspirin,water96,box1029,box3000
     EQUIFORCE_MALLOC_TUNING=0 python benchmarks/so3krates_ablations.py calls \
         --systems box100k --calls 1 --threads 1
+    python benchmarks/so3krates_ablations.py backends --rounds 8 --threads 2 \
+        --systems ethanol,benzene,aspirin,water96,box1029
 """
 
 from __future__ import annotations
@@ -366,6 +371,51 @@ def table(systems: list[str], model, rounds: int, modes: list[str]) -> list[dict
     return rows
 
 
+def backends(systems: list[str], model, rounds: int) -> list[dict]:
+    """AOTInductor library vs torch.compile, alternating round by round."""
+    pots = {b: CompiledPotential(model, backend=b) for b in ("aoti", "inductor")}
+    rows = []
+    for name in systems:
+        g = AtomicGraph.from_atoms(_named_system(name), model.cutoff, torch.float32)
+        out = {}
+        for b, pot in pots.items():
+            t = time.perf_counter()
+            out[b] = pot(g)
+            first = time.perf_counter() - t
+            print(f"{name} {b}: first call {first:.1f} s", flush=True)
+            for _ in range(5):
+                pot(g)
+        n = _calls(g.num_nodes)
+        times = {b: [] for b in pots}
+        for _ in range(rounds):
+            for b, pot in pots.items():
+                times[b].append(_median_ms(lambda pot=pot, g=g: pot(g), n))
+        forces = {b: o["forces"] for b, o in out.items()}
+        ratios = [i / a for a, i in zip(times["aoti"], times["inductor"], strict=True)]
+        rows.append(
+            {
+                "system": name,
+                "atoms": g.num_nodes,
+                "edges": g.n_edges,
+                "calls_per_round": n,
+                "aoti_ms": times["aoti"],
+                "inductor_ms": times["inductor"],
+                "median_ratio_inductor_over_aoti": statistics.median(ratios),
+                "max_abs_dF": float((forces["aoti"] - forces["inductor"]).abs().max()),
+                "max_abs_F": float(forces["inductor"].abs().max()),
+                "backends": {b: pot.backend for b, pot in pots.items()},
+            }
+        )
+        print(
+            f"{name}: aoti {statistics.median(times['aoti']):.3f} ms, inductor "
+            f"{statistics.median(times['inductor']):.3f} ms, median ratio "
+            f"{rows[-1]['median_ratio_inductor_over_aoti']:.2f}, max |dF| "
+            f"{rows[-1]['max_abs_dF']:.2e} of {rows[-1]['max_abs_F']:.1f}",
+            flush=True,
+        )
+    return rows
+
+
 def profile(systems: list[str], model, mode: str) -> list[dict]:
     """Where one call's time goes: torch.profiler, ops by self CPU time.
 
@@ -420,6 +470,7 @@ def main(argv=None) -> int:
             "calls",
             "threads",
             "table",
+            "backends",
             "profile",
         ],
     )
@@ -484,7 +535,9 @@ def main(argv=None) -> int:
 
         model = load_model(args.model).float().eval()
     else:  # table: a readout that is not zero, so that forces can be compared
-        nonzero = {"zero_init_readout": False} if args.what == "table" else {}
+        nonzero = (
+            {"zero_init_readout": False} if args.what in ("table", "backends") else {}
+        )
         model = build_model("so3krates", "default", dtype=torch.float32, **nonzero)
         model.eval()
     model.filter_table = args.filter_table
@@ -509,6 +562,8 @@ def main(argv=None) -> int:
         rows = threads(systems, model, args.rounds)
     elif args.what == "table":
         rows = table(systems, model, args.rounds, args.modes.split(","))
+    elif args.what == "backends":
+        rows = backends(systems, model, args.rounds)
     elif args.what == "profile":
         rows = profile(systems, model, args.modes.split(",")[0])
     else:

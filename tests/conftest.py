@@ -1,9 +1,17 @@
-"""Shared fixtures: repository data paths and small structures."""
+"""Shared fixtures: repository data paths and small structures.
 
+The suite compiles with ``torch.compile`` (``EQUIFORCE_COMPILE_BACKEND=inductor``)
+unless the variable is set: the CPU default, AOTInductor, takes about a minute
+per library, and ``tests/models/test_aoti.py`` tests it by name.
+"""
+
+import os
 from pathlib import Path
 
 import pytest
 import torch
+
+os.environ.setdefault("EQUIFORCE_COMPILE_BACKEND", "inductor")
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT / "data" / "rmd17"

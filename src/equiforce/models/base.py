@@ -77,6 +77,9 @@ class PotentialModel(nn.Module):
         self.register_buffer("e0", torch.as_tensor(e0, dtype=torch.float64).clone())
         self.config = None
         self.outputs_differentiable = True
+        #: bumped by :meth:`clear_inference_caches`; compiled wrappers that keep
+        #: weights as constants (:mod:`equiforce.models.aoti`) rebuild on a change
+        self.inference_generation = 0
 
     # ----------------------------------------------------------- to override
     def atomic_energies(
@@ -145,7 +148,13 @@ class PotentialModel(nn.Module):
         yield
 
     def clear_inference_caches(self) -> None:
-        """Drop whatever :meth:`inference_tables` keeps between calls (none here)."""
+        """Drop what forces-only calls keep between calls.
+
+        Subclasses drop their :meth:`inference_tables` caches and call this, which
+        bumps ``inference_generation`` (compiled libraries with the weights inside
+        rebuild at their next call).
+        """
+        self.inference_generation += 1
 
     def atom_order(
         self, graph: AtomicGraph

@@ -24,6 +24,7 @@ graph on CUDA.)
 
 from __future__ import annotations
 
+import contextlib
 import os
 import time
 import warnings
@@ -34,9 +35,13 @@ import torch
 from equiforce import keys, runtime
 from equiforce.data.graph import AtomicGraph
 from equiforce.data.padding import pad_to_buckets
+from equiforce.models.aoti import AOTIFunction
 from equiforce.models.base import PotentialModel, restore_atom_order
 from equiforce.nn.scatter import scatter_sum
 from equiforce.runtime import one_thread_below
+
+#: Compile backends of :class:`CompiledPotential` (``EQUIFORCE_COMPILE_BACKEND``).
+BACKENDS = ("aoti", "inductor")
 
 #: Dynamo recompile limit set for static-shape wrappers (buckets × dtypes × models).
 STATIC_RECOMPILE_LIMIT = 64
@@ -57,10 +62,17 @@ class CompiledPotential:
             ``mode`` is given.
         pad: pad atom and edge counts to buckets (:func:`pad_to_buckets`) so that
             static shapes recompile rarely. None: when ``dynamic`` is False.
+        backend: ``"aoti"`` (CPU: the function compiled ahead of time with the
+            weights inside, :mod:`equiforce.models.aoti`; ``torch.compile`` for
+            graphs it does not take and if it fails) or ``"inductor"``
+            (``torch.compile`` only). None: ``EQUIFORCE_COMPILE_BACKEND``, else
+            ``"aoti"`` for CPU models with dynamic shapes and no ``mode``.
 
     Attributes:
         compile_seconds: wall time of the first (compiling) call.
         n_compiles: how many graphs Dynamo compiled so far (1 expected).
+        aoti: one :class:`~equiforce.models.aoti.AOTIFunction` per edge layout
+            (paired or not) when the AOTInductor backend is on, else None.
     """
 
     def __init__(
@@ -71,6 +83,7 @@ class CompiledPotential:
         mode: str | None = None,
         cpp_wrapper: bool | None = None,
         pad: bool | None = None,
+        backend: str | None = None,
     ) -> None:
         from equiforce.runtime import tune_allocator
 
@@ -102,6 +115,9 @@ class CompiledPotential:
                 self._energy_and_forces, dynamic=dynamic, mode=mode, options=options
             )
             self.compiled = True
+        self.aoti: dict[bool, AOTIFunction] | None = None
+        if compile and _wants_aoti(backend, on_cpu, dynamic, mode, self.pad):
+            self.aoti = {}
         self._frame_count_at_start = dynamo_frame_count()
 
     @classmethod
@@ -115,6 +131,52 @@ class CompiledPotential:
         if on_cuda:
             return cls(model, dynamic=False, mode="reduce-overhead", pad=True)
         return cls(model)
+
+    @property
+    def backend(self) -> str:
+        """What the next call of an accepted size runs: aoti, inductor or eager."""
+        if self.aoti is not None:
+            return "aoti"
+        return "inductor" if self.compiled else "eager"
+
+    def _aoti_function(self, paired: bool) -> AOTIFunction:
+        fn = self.aoti.get(paired)
+        if fn is None:
+            model = self.model
+
+            def energy_and_forces(*args: torch.Tensor) -> tuple[torch.Tensor, ...]:
+                return self._energy_and_forces(*args, paired)
+
+            fn = AOTIFunction(
+                energy_and_forces,
+                [*model.parameters(), *model.buffers()],
+                lambda: model.inference_generation,
+                dims=(0, 0, 0, 1, 0, 0, 0, 0),
+                trace_context=model.inference_tables,
+            )
+            self.aoti[paired] = fn
+        return fn
+
+    def _run_aoti(self, graph: AtomicGraph, args: tuple) -> tuple | None:
+        """The AOTInductor library's outputs, or None when it cannot take ``graph``."""
+        if not AOTIFunction.accepts(graph.num_nodes, graph.n_edges):
+            return None
+
+        def example() -> tuple[torch.Tensor, ...]:
+            # two structures, so that the structure count stays symbolic
+            g = graph if graph.n_graphs > 1 else AtomicGraph.collate([graph, graph])
+            return _arguments(g)
+
+        try:
+            return self._aoti_function(graph.edges_paired)(example, args)
+        except Exception as err:  # noqa: BLE001 - any build/load failure -> torch.compile
+            warnings.warn(
+                f"AOTInductor failed ({type(err).__name__}: {err}); using torch.compile",
+                RuntimeWarning,
+                stacklevel=3,
+            )
+            self.aoti = None
+            return None
 
     @property
     def n_compiles(self) -> int:
@@ -188,30 +250,30 @@ class CompiledPotential:
             out = self.model(graph, compute_forces=True)
             return {k: out[k] for k in (keys.ENERGY, keys.ATOMIC_ENERGIES, keys.FORCES)}
         padded = self._padded(graph) if self.pad else graph
-        args = (
-            padded.positions,
-            padded.atomic_numbers,
-            padded.graph_index,
-            padded.edge_index,
-            padded.edge_shifts,
-            padded.cell,
-            padded.pbc,
-            padded.n_atoms,
-            padded.edges_paired,
-        )
+        args = _arguments(padded)
         start = time.perf_counter() if self.compile_seconds is None else 0.0
-        try:
-            if self.cudagraphs:
-                torch.compiler.cudagraph_mark_step_begin()
-            # small graphs on one thread; the generated loops are single-threaded
-            # anyway (runtime.INDUCTOR_CPU_OPTIONS, COMPILED_ONE_THREAD_MAX_EDGES)
-            small = one_thread_below(
+
+        # small graphs on one thread; the generated loops are single-threaded
+        # anyway (runtime.INDUCTOR_CPU_OPTIONS, COMPILED_ONE_THREAD_MAX_EDGES)
+        def small() -> contextlib.AbstractContextManager:
+            return one_thread_below(
                 padded.n_edges,
                 runtime.COMPILED_ONE_THREAD_MAX_EDGES,
                 padded.positions.device,
             )
-            with torch.no_grad(), small, self.model.inference_tables():
-                e_atom, forces = self._fn(*args)
+
+        outputs = None
+        if self.aoti is not None:
+            with torch.no_grad(), small():
+                outputs = self._run_aoti(padded, args)
+        try:
+            if self.cudagraphs:
+                torch.compiler.cudagraph_mark_step_begin()
+            if outputs is not None:
+                e_atom, forces = outputs
+            else:
+                with torch.no_grad(), small(), self.model.inference_tables():
+                    e_atom, forces = self._fn(*args, padded.edges_paired)
         except Exception as err:  # noqa: BLE001 - any compiler failure -> eager fallback
             if not self.compiled:
                 raise
@@ -230,6 +292,42 @@ class CompiledPotential:
             e_atom, forces = e_atom.clone(), forces.clone()
         energy = scatter_sum(e_atom, graph.graph_index, graph.n_graphs)
         return {keys.ENERGY: energy, keys.ATOMIC_ENERGIES: e_atom, keys.FORCES: forces}
+
+
+def _arguments(graph: AtomicGraph) -> tuple[torch.Tensor, ...]:
+    """The tensor arguments of :meth:`CompiledPotential._energy_and_forces`."""
+    return (
+        graph.positions,
+        graph.atomic_numbers,
+        graph.graph_index,
+        graph.edge_index,
+        graph.edge_shifts,
+        graph.cell,
+        graph.pbc,
+        graph.n_atoms,
+    )
+
+
+def _wants_aoti(
+    backend: str | None, on_cpu: bool, dynamic: bool, mode: str | None, pad: bool
+) -> bool:
+    """Whether a new wrapper uses the AOTInductor backend.
+
+    An explicit ``backend="aoti"`` that the setting cannot serve is an error; the
+    environment's choice only applies where it can.
+    """
+    possible = on_cpu and dynamic and mode is None and not pad
+    explicit = backend is not None
+    if backend is None:
+        backend = os.environ.get("EQUIFORCE_COMPILE_BACKEND") or "aoti"
+    if backend not in BACKENDS:
+        source = "backend" if explicit else "EQUIFORCE_COMPILE_BACKEND"
+        raise ValueError(f"{source} must be one of {BACKENDS}, got {backend!r}")
+    if explicit and backend == "aoti" and not possible:
+        raise ValueError(
+            "the aoti backend needs a CPU model, dynamic shapes, no mode and no padding"
+        )
+    return backend == "aoti" and possible
 
 
 class LazyCompile:

@@ -592,6 +592,7 @@ class So3krates(PotentialModel):
         """
         self._tables_cache = None
         self._projections_cache = None
+        super().clear_inference_caches()
 
     @contextlib.contextmanager
     def inference_tables(self) -> Iterator[None]:
