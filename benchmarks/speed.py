@@ -62,7 +62,7 @@ def label(row: dict) -> str:
     """Series name of a row: ``equiforce eager``, ``mace``, ``mace+compile``."""
     return (
         f"equiforce {row['mode']}"
-        if row["mode"] in ("eager", "compiled")
+        if row["mode"] in ("eager", "compiled", "inductor")
         else row["mode"]
     )
 
@@ -352,7 +352,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     p.add_argument("--warmup", type=int, default=2, help="untimed calls per row")
     p.add_argument("--dtypes", default="float32,float64")
-    p.add_argument("--modes", default="eager,compiled", help="equiforce modes")
+    p.add_argument(
+        "--modes",
+        default="eager,compiled",
+        help="equiforce modes: eager, compiled (the default backend: AOTInductor "
+        "on the CPU), inductor (torch.compile only)",
+    )
     p.add_argument("--preset", default="default", help="equiforce So3krates preset")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--out-dir", type=Path, default=ROOT / "docs" / "bench")
