@@ -1,6 +1,8 @@
 """The AOTInductor backend: one library for every size, equal to eager, rebuilt on
 weight changes, kept on disk, and torch.compile when it cannot serve a call."""
 
+import os
+
 import pytest
 import torch
 from ase import Atoms
@@ -96,6 +98,7 @@ def check_weight_changes_rebuild(model, fast, g):
     assert fast.aoti[True].n_builds == 3
     fast(g)
     assert fast.aoti[True].n_builds == 3, "rebuilt without a change"
+    return fast
 
 
 def test_a_weight_change_retraces_with_the_new_constants(cache, traced_only):
@@ -103,8 +106,27 @@ def test_a_weight_change_retraces_with_the_new_constants(cache, traced_only):
     write followed by ``clear_inference_caches()``, give the new model's forces."""
     model = model64()
     fast = CompiledPotential(model, backend="aoti")
-    check_weight_changes_rebuild(model, fast, graphs()[0])
+    g = graphs()[0]
+    check_weight_changes_rebuild(model, fast, g)
     assert len(traced_only) == 3
+    # weights that keep changing: torch.compile (here its eager original)
+    fast._fn = fast._energy_and_forces
+    with torch.no_grad():
+        model.get_parameter("layers.1.q1.weight").mul_(0.9)
+    with pytest.warns(RuntimeWarning, match="changed after 3 builds"):
+        out = fast(g)
+    assert fast.backend == "inductor"
+    assert_matches_eager(out, model, g)
+
+
+def test_prune_keeps_the_most_recently_used(tmp_path):
+    for i in range(5):
+        lib = tmp_path / f"{i}.pt2"
+        lib.write_bytes(b"x")
+        os.utime(lib, (1000 + i, 1000 + i))
+    os.utime(tmp_path / "0.pt2", (2000, 2000))  # used again
+    aoti.prune(tmp_path, keep=3)
+    assert sorted(p.name for p in tmp_path.glob("*.pt2")) == ["0.pt2", "3.pt2", "4.pt2"]
 
 
 @pytest.mark.slow

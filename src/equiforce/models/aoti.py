@@ -48,6 +48,15 @@ FORMAT_VERSION = 1
 #: the ``torch.compile`` path: :data:`equiforce.runtime.INDUCTOR_CPU_OPTIONS`).
 AOTI_OPTIONS: dict[str, object] = {"cpp.threads": 1}
 
+#: Libraries a wrapper builds before it gives up on them: weights that keep changing
+#: (a calculator called between optimizer steps) are better served by
+#: ``torch.compile``, whose weights are inputs.
+MAX_BUILDS = 3
+
+#: Libraries kept in :func:`cache_dir` (~11 MB each for the default So3krates); the
+#: least recently used beyond this are deleted after a build.
+CACHE_KEEP = 20
+
 #: Fewest atoms and edges the library accepts: export specialises sizes 0 and 1,
 #: and paired edges give n_edges / 2 pairs.
 MIN_ATOMS = 2
@@ -153,6 +162,17 @@ def load(path: Path) -> Callable[..., Sequence[torch.Tensor]]:
     return torch._inductor.aoti_load_package(str(path))
 
 
+class TooManyBuildsError(RuntimeError):
+    """The weights changed more often than :data:`MAX_BUILDS` allows."""
+
+
+def prune(folder: Path, keep: int = CACHE_KEEP) -> None:
+    """Delete all but the ``keep`` most recently used libraries in ``folder``."""
+    libs = sorted(folder.glob("*.pt2"), key=lambda p: p.stat().st_mtime, reverse=True)
+    for old in libs[keep:]:
+        old.unlink(missing_ok=True)
+
+
 class AOTIFunction:
     """A traced energy+forces function, compiled ahead of time and reloaded as needed.
 
@@ -220,6 +240,10 @@ class AOTIFunction:
         return self._runner(*args)
 
     def _load(self, example: Sequence[torch.Tensor]) -> None:
+        if self.n_builds >= MAX_BUILDS:
+            raise TooManyBuildsError(
+                f"the weights changed after {self.n_builds} builds of the library"
+            )
         start = time.perf_counter()
         with self.trace_context():
             gm = trace(self.fn, example)
@@ -232,7 +256,10 @@ class AOTIFunction:
             folder = Path(self._workdir.name)
         path = folder / f"{digest}.pt2"
         self.loaded_from_cache = path.exists()
-        if not self.loaded_from_cache:
+        if self.loaded_from_cache:
+            path.touch()  # recently used: kept by prune()
+        else:
             build(gm, example, self.dims, path)
+            prune(folder)
         self._runner = load(path)
         self.build_seconds = time.perf_counter() - start
