@@ -7,7 +7,7 @@ weights passed as graph inputs. Here the same function (forces from
 atom, edge and structure counts (``make_fx``), exported, and compiled by
 AOTInductor into a shared library with the weights, filter tables and node
 projections inside as constants. A call is then one C++ function call. Ethanol,
-default So3krates, one thread, alternating in one process: 1.8x faster than the
+default So3krates, 2 threads, alternating in one process: 1.48x faster than the
 ``torch.compile`` path (``benchmarks/so3krates_ablations.py backends``).
 
 Costs and rules:
@@ -15,8 +15,8 @@ Costs and rules:
 * Building takes ~1 minute (C++ compilation of the kernels and the wrapper)
   against ~10-20 s for ``torch.compile``. Built libraries are kept on disk
   (:func:`cache_dir`) under a hash of the traced graph, its constants and the
-  software versions, so a second process with the same model loads in well under
-  a second. ``EQUIFORCE_AOTI_CACHE=0`` keeps nothing on disk.
+  software versions, so a second process with the same model loads it in seconds
+  (4.3 s with tracing in the session 9 speed run, docs/benchmarks.md). ``EQUIFORCE_AOTI_CACHE=0`` keeps nothing on disk.
 * The weights are constants: when any parameter or buffer changes (version
   counter, storage, dtype or device) or :meth:`clear_inference_caches` runs, the
   next call rebuilds. For MD and evaluation they do not change.
@@ -40,6 +40,9 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import torch
+
+from equiforce.atomic import atomic_path
+from equiforce.models.base import weight_state_key
 
 #: Bump when the traced function changes in a way the graph hash cannot see.
 FORMAT_VERSION = 1
@@ -145,16 +148,10 @@ def build(
         gm, tuple(example), dynamic_shapes=shapes, strict=False
     )
     path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".part-", suffix=".pt2")
-    os.close(fd)
-    try:
+    with atomic_path(path) as tmp:
         torch._inductor.aoti_compile_and_package(
-            program, package_path=tmp, inductor_configs=dict(AOTI_OPTIONS)
+            program, package_path=str(tmp), inductor_configs=dict(AOTI_OPTIONS)
         )
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
 
 
 def load(path: Path) -> Callable[..., Sequence[torch.Tensor]]:
@@ -216,11 +213,7 @@ class AOTIFunction:
         self._workdir: tempfile.TemporaryDirectory | None = None
 
     def _state_key(self) -> tuple:
-        return (
-            self.generation(),
-            *[t._version for t in self.state],
-            *[t.data_ptr() for t in self.state],
-        )
+        return (self.generation(), *weight_state_key(self.state))
 
     @staticmethod
     def accepts(n_atoms: int, n_edges: int) -> bool:

@@ -249,3 +249,11 @@ class PotentialModel(nn.Module):
         from equiforce.models.checkpoint import save_model
 
         save_model(self, path, statistics=statistics, train_config=train_config)
+
+
+def weight_state_key(tensors: list[torch.Tensor]) -> tuple:
+    """Changes when any of ``tensors`` is updated in place or moved (cache keys).
+
+    Writes through ``.data`` are not seen (see ``clear_inference_caches``).
+    """
+    return (*[t._version for t in tensors], *[t.data_ptr() for t in tensors])

@@ -33,7 +33,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from torch import nn
 
 from equiforce.data.graph import AtomicGraph
-from equiforce.models.base import NUM_ELEMENTS, PotentialModel
+from equiforce.models.base import NUM_ELEMENTS, PotentialModel, weight_state_key
 from equiforce.models.edge_chunks import (
     ChunkedMessages,
     checkpointed_messages,
@@ -531,7 +531,7 @@ class So3krates(PotentialModel):
         weight = self.embedding.weight
         dtype, device = weight.dtype, weight.device
         tensors = self._table_inputs()
-        key = (dtype, device, self.filter_table_intervals, *_state_key(tensors))
+        key = (dtype, device, self.filter_table_intervals, *weight_state_key(tensors))
         if self._tables_cache is not None and self._tables_cache[0] == key:
             return self._tables_cache[1]
         basis = copy.deepcopy(self.rbf).double()
@@ -572,7 +572,7 @@ class So3krates(PotentialModel):
             self._projection_weights = [self.embedding.weight] + [
                 p for layer in self.layers for p in layer.projection_weights()
             ]
-        key = _state_key(self._projection_weights)
+        key = weight_state_key(self._projection_weights)
         if self._projections_cache is not None and self._projections_cache[0] == key:
             return self._projections_cache[1]
         with torch.no_grad():
@@ -784,8 +784,3 @@ class So3krates(PotentialModel):
         if self.scale is not None:
             e = self.scale[z] * e + self.shift[z]
         return e
-
-
-def _state_key(tensors: list[torch.Tensor]) -> tuple:
-    """Changes when any of ``tensors`` is updated in place or moved (cache keys)."""
-    return (*[t._version for t in tensors], *[t.data_ptr() for t in tensors])
