@@ -77,7 +77,14 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument(
         "--minutes", type=float, default=60.0, help="training budget per model"
     )
-    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--threads", type=int, default=2, help="torch threads in all")
+    p.add_argument(
+        "--processes",
+        type=int,
+        default=1,
+        help="So3krates training processes (training.processes); the threads are "
+        "split between them and each takes its share of every batch",
+    )
     p.add_argument("--device", default="cpu", help="torch device (cpu, cuda)")
     p.add_argument("--preset", default="default", help="So3krates preset")
     p.add_argument("--schedule", choices=["cosine", "exponential"], default="cosine")
@@ -127,7 +134,7 @@ def seconds_per_step(
     recompilation for dynamic shapes at the second batch); the run's own
     compilation then mostly hits Inductor's cache.
     """
-    from equiforce.train.compiled_step import CompiledTrainStep
+    from equiforce.train.compiled_step import CompiledTrainStep, assign_gradients
     from equiforce.train.loss import WeightedLoss
     from equiforce.train.progress import Reporter
     from equiforce.train.setup import read_source
@@ -151,8 +158,7 @@ def seconds_per_step(
         opt.zero_grad()
         if step_fn is not None:
             _, grads = step_fn(batch)
-            for name, p in model.named_parameters():
-                p.grad = grads.get(name)
+            assign_gradients(model, grads)
         else:
             out = model(batch, compute_forces=True, create_graph=True)
             loss_fn(out, batch)[0].backward()
@@ -165,7 +171,8 @@ def so3krates_config(args):
     base = ROOT / "examples" / f"rmd17_{args.molecule}.yaml"
     sets = [
         f"model.preset={args.preset}",
-        f"training.threads={args.threads}",
+        f"training.threads={max(1, args.threads // args.processes)}",
+        f"training.processes={args.processes}",
         f"training.device={args.device}",
         f"training.lr={args.lr}",
         f"training.batch_size={args.batch_size}",
@@ -228,7 +235,9 @@ def run_so3krates(args, out: Path) -> dict:
     return {
         "model": "So3krates",
         "preset": config.model.preset or args.preset,
-        "threads": t.threads,
+        "threads": t.threads * t.processes,
+        "processes": t.processes,
+        "batch_size": t.batch_size,
         "minutes": t.max_minutes,
         "train_seconds": _last_elapsed(run_dir / "metrics.csv"),
         "probe_ms_per_step": 1000 * sps,

@@ -25,7 +25,7 @@ from pathlib import Path
 import torch
 
 from equiforce.config import load_config
-from equiforce.train.compiled_step import CompiledTrainStep
+from equiforce.train.compiled_step import CompiledTrainStep, assign_gradients
 from equiforce.train.loss import WeightedLoss
 from equiforce.train.progress import Reporter
 from equiforce.train.setup import prepare_data
@@ -78,8 +78,7 @@ def main() -> None:
     def compiled_step(batch) -> None:
         optimizer.zero_grad(set_to_none=True)
         _, grads = compiled(batch)
-        for name, p in model.named_parameters():
-            p.grad = grads.get(name)
+        assign_gradients(model, grads)
         optimizer.step()
 
     compiled_step(batches[0])  # compile

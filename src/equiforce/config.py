@@ -203,6 +203,12 @@ class TrainingConfig(BaseModel):
         None, gt=0, description="torch CPU threads; None: default"
     )
     device: str = Field("cpu", description="torch device, e.g. 'cpu' or 'cuda'")
+    processes: int = Field(
+        1,
+        ge=1,
+        description="training processes (torch.distributed); each step's batch is "
+        "split over them (batch_size stays the whole batch); on 'cuda' one GPU each",
+    )
     compile: bool = Field(
         False,
         description="compile the training step (loss and weight gradients in one "
@@ -213,6 +219,16 @@ class TrainingConfig(BaseModel):
     def _check(self) -> TrainingConfig:
         if self.compile and self.stress_weight > 0:
             raise ValueError("compile: the compiled step does not train on stress")
+        if self.batch_size < self.processes:
+            raise ValueError(
+                f"batch_size={self.batch_size} is split over processes="
+                f"{self.processes}: it must be at least that"
+            )
+        if self.processes > 1 and self.device not in ("cpu", "cuda"):
+            raise ValueError(
+                f"processes={self.processes} needs device 'cpu' or 'cuda' "
+                f"(process r takes cuda:r), not {self.device!r}"
+            )
         if self.energy_weight == self.forces_weight == self.stress_weight == 0:
             raise ValueError(
                 "energy_weight, forces_weight and stress_weight are all zero"

@@ -144,10 +144,10 @@ KILL_SCRIPT = textwrap.dedent(
     from equiforce.train import trainer as T
 
     original = T.Trainer.train_step
-    def step_then_die(self):
+    def step_then_die(self, *args):
         if self.step == int(sys.argv[3]):  # mid-run, between two checkpoints
             os.kill(os.getpid(), signal.SIGKILL)
-        return original(self)
+        return original(self, *args)
     T.Trainer.train_step = step_then_die
     T.train(load_config(sys.argv[1]), sys.argv[2], progress=False)
     """
@@ -339,3 +339,33 @@ def test_time_clock_cosine_decays_over_the_budget(tmp_path):
     expected = 1e-5 + (3e-3 - 1e-5) * 0.5 * (1 + np.cos(np.pi * elapsed / 6.0))
     # each row's lr is that of its last step, taken a few ms before the row's time
     np.testing.assert_allclose(lr, expected, rtol=0.1, atol=1.5e-4)
+
+
+def test_optimizer_steps_equal_plain_adam_for_transposed_gradients():
+    """The fused Adam of make_optimizer reads gradients in the parameter's layout.
+
+    torch.func gives transposed weight gradients; torch 2.13's fused CPU Adam
+    misreads those unless assign_gradients copies them into place.
+    """
+    from types import SimpleNamespace
+
+    from equiforce.train.compiled_step import assign_gradients
+    from equiforce.train.trainer import make_optimizer
+
+    torch.manual_seed(0)
+    fused, plain = torch.nn.Linear(4, 3).double(), torch.nn.Linear(4, 3).double()
+    plain.load_state_dict(fused.state_dict())
+    cfg = SimpleNamespace(optimizer="adam", lr=0.1, weight_decay=0.0)
+    opt_a, opt_b = make_optimizer(fused, cfg), torch.optim.Adam(plain.parameters(), 0.1)
+    for _ in range(3):
+        grads = {
+            "weight": torch.randn(4, 3, dtype=torch.float64).t(),  # strides (1, 3)
+            "bias": torch.randn(3, dtype=torch.float64),
+        }
+        assign_gradients(fused, grads)
+        for name, p in plain.named_parameters():
+            p.grad = grads[name].contiguous()
+        opt_a.step()
+        opt_b.step()
+    for a, b in zip(fused.parameters(), plain.parameters(), strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-14)

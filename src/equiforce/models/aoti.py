@@ -252,6 +252,13 @@ class AOTIFunction:
         if self.loaded_from_cache:
             path.touch()  # recently used: kept by prune()
         else:
+            if sys.stderr.isatty():  # a user waiting at a terminal sees why
+                print(
+                    "equiforce: compiling the model into a library (AOTInductor, "
+                    f"about a minute on a CPU; kept in {folder})",
+                    file=sys.stderr,
+                    flush=True,
+                )
             build(gm, example, self.dims, path)
             prune(folder)
         self._runner = load(path)

@@ -161,3 +161,18 @@ class CompiledTrainStep:
             self.compile_seconds = time.perf_counter() - start
         grads = {k.removeprefix("model."): g for k, g in grads.items()}
         return {k: float(v) for k, v in parts.items()}, grads
+
+
+def assign_gradients(model: nn.Module, grads: dict[str, torch.Tensor]) -> None:
+    """Set ``p.grad`` from a :class:`CompiledTrainStep` result (None where missing).
+
+    ``torch.func`` returns some gradients with other strides than their
+    parameters (transposed weight gradients), and the fused CPU Adam of torch 2.13
+    reads a gradient as if it had its parameter's strides, which gives wrong
+    updates; such gradients are copied into their parameter's layout.
+    """
+    for name, p in model.named_parameters():
+        g = grads.get(name)
+        if g is not None and g.stride() != p.stride():
+            g = torch.empty_like(p).copy_(g)
+        p.grad = g
