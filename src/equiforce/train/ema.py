@@ -38,7 +38,7 @@ class EMA:
                 current.append(v)
             else:
                 self.shadow[k].copy_(v)
-        # multi-tensor kernels: 0.2 instead of 0.7 ms per step for So3krates
+        # multi-tensor kernels instead of a Python loop over ~60 tensors per step
         torch._foreach_mul_(averaged, d)
         torch._foreach_add_(averaged, current, alpha=1 - d)
 

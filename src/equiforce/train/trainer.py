@@ -50,9 +50,10 @@ def make_optimizer(model: torch.nn.Module, cfg) -> torch.optim.Optimizer:
     """Adam, AdamW or AMSGrad from the training section.
 
     The fused implementation (one kernel over all parameters) where torch has one
-    for the device, else the multi-tensor one: the per-parameter loop cost 1.3 ms
-    per step for the 208k-parameter So3krates (51 tensors) on one CPU thread, the
-    fused one 0.33 ms (2026-12-02, /tmp probe; the step itself is 10-20 ms).
+    for the device, else the multi-tensor one; torch's default on a CPU is a loop
+    over the parameters, several times slower for So3krates' 51 weight tensors.
+    Gradients must have their parameter's strides (see
+    :func:`equiforce.train.compiled_step.assign_gradients`).
     """
     params = [p for p in model.parameters() if p.requires_grad]
     cls = torch.optim.AdamW if cfg.optimizer == "adamw" else torch.optim.Adam
