@@ -169,3 +169,36 @@ def test_two_processes_killed_and_resumed_equal_one_process(tmp_path, write_conf
                 assert float(rb[key]) == pytest.approx(float(ra[key]), rel=1e-8), key
     config = load_config(run_dir / "config.resolved.yaml")
     assert config.training.processes == 2
+
+
+def test_torchrun_processes_train_like_one_process(tmp_path, write_config):
+    """Under ``torchrun`` the launched processes are the training processes."""
+    raw = make_tiny_config(max_steps=30, batch_size=5, valid_interval=10)
+    raw["training"]["dtype"] = "float64"
+    path = write_config(raw)
+    train(validate_config(raw, tmp_path), tmp_path / "one", progress=False)
+    torchrun = Path(sys.executable).parent / "torchrun"
+    cmd = [str(torchrun), "--standalone", "--nproc_per_node", "2", str(EQUIFORCE)]
+    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE")}
+    proc = subprocess.run(
+        [*cmd, "train", str(path), "--run-dir", str(tmp_path / "two"), "--quiet"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=env,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    a, b = (
+        _weights(tmp_path / "one" / "last.pt"),
+        _weights(tmp_path / "two" / "last.pt"),
+    )
+    for k in a:
+        torch.testing.assert_close(b[k], a[k], rtol=1e-9, atol=1e-11, msg=k)
+    assert (tmp_path / "two" / "final_metrics.json").exists()
+
+
+def test_launcher_world_must_match_processes(monkeypatch):
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "0")
+    with pytest.raises(ValueError, match="launcher started 2"):
+        distributed.join_launched("cpu", processes=3)

@@ -15,6 +15,10 @@ training clock and the learning rate, so the others follow its clock (time-based
 schedules), its schedule (reduce-on-plateau) and its stop (budget, early stopping,
 Ctrl-C).
 
+Under ``torchrun`` (or any launcher that sets ``RANK`` and ``WORLD_SIZE``) the
+launched processes are the training processes (:func:`join_launched`), on one
+node or several; otherwise ``equiforce train`` spawns them itself.
+
 On a CPU the P processes are spawned by :func:`spawn` on this machine and talk
 over gloo (each with ``training.threads`` torch threads; default: the cores split
 evenly); on GPUs each takes ``cuda:r`` and NCCL. Why on a CPU: small batches of
@@ -171,12 +175,7 @@ def join(rank: int, world: int, port: int, device_type: str) -> Group:
         device_type: ``"cpu"`` (gloo) or ``"cuda"`` (NCCL, device ``cuda:rank``).
     """
     die_with_parent()
-    if device_type == "cuda":
-        device = torch.device("cuda", rank)
-        torch.cuda.set_device(device)
-        backend = "nccl"
-    else:
-        device, backend = torch.device("cpu"), "gloo"
+    device, backend = _device_and_backend(device_type, rank)
     dist.init_process_group(
         backend,
         init_method=f"tcp://127.0.0.1:{port}",
@@ -186,6 +185,56 @@ def join(rank: int, world: int, port: int, device_type: str) -> Group:
     return Group(rank, world, device)
 
 
+def _device_and_backend(device_type: str, local_rank: int) -> tuple[torch.device, str]:
+    if device_type == "cuda":
+        device = torch.device("cuda", local_rank)
+        torch.cuda.set_device(device)
+        return device, "nccl"
+    return torch.device("cpu"), "gloo"
+
+
+def launched_world() -> int:
+    """Processes of the launcher that started this one (``torchrun``); 1 if none."""
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def join_launched(device_type: str, processes: int) -> Group:
+    """Join the process group of a launcher such as ``torchrun`` (``env://``).
+
+    Every process the launcher started runs ``equiforce train``; rank, world size
+    and rendezvous come from its environment (``RANK``, ``WORLD_SIZE``,
+    ``LOCAL_RANK``, ``MASTER_ADDR``, ``MASTER_PORT``). On GPUs process r of a
+    node takes ``cuda:LOCAL_RANK``. Several nodes work the same way.
+
+    Args:
+        device_type: ``"cpu"`` (gloo) or ``"cuda"`` (NCCL).
+        processes: ``training.processes`` of the config: 1 or the launcher's
+            world size.
+
+    Raises:
+        ValueError: ``processes`` is neither.
+    """
+    world = launched_world()
+    if processes not in (1, world):
+        raise ValueError(
+            f"training.processes={processes}, but the launcher started {world} "
+            "processes: leave it at 1 (or set it to the same number) under torchrun"
+        )
+    rank = int(os.environ["RANK"])
+    local_rank = int(os.environ.get("LOCAL_RANK", rank))
+    device, backend = _device_and_backend(device_type, local_rank)
+    if not dist.is_initialized():
+        dist.init_process_group(backend, init_method="env://")
+    return Group(rank, world, device)
+
+
+def agree(ok: bool, group: Group) -> bool:
+    """Whether process 0 succeeded (its ``ok``, broadcast to every process)."""
+    flag = torch.tensor([float(ok)], device=group._comm_device)
+    dist.broadcast(flag, src=0)
+    return bool(flag.item())
+
+
 def leave() -> None:
     """Leave the process group (end of a worker)."""
     if dist.is_initialized():
@@ -193,10 +242,15 @@ def leave() -> None:
 
 
 def threads_per_process(threads: int | None, world: int) -> int:
-    """``threads`` when set, else this machine's cores split evenly (at least 1)."""
+    """``threads`` when set, else this machine's cores split evenly (at least 1).
+
+    Under a launcher the split is over the processes on this node
+    (``LOCAL_WORLD_SIZE``), not over all of them.
+    """
     if threads:
         return threads
-    return max(1, (os.cpu_count() or 1) // world)
+    local = int(os.environ.get("LOCAL_WORLD_SIZE", world))
+    return max(1, (os.cpu_count() or 1) // local)
 
 
 def spawn(world: int, target: Callable, args: tuple, device_type: str) -> None:

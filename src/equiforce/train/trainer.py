@@ -456,13 +456,27 @@ def train(config: EquiforceConfig, run_dir: str | Path, progress: bool = True) -
 
     tune_allocator()
     run = RunDir(run_dir)
+    if distributed.launched_world() > 1:
+        return _train_launched(config, run, progress)
+    report = Reporter(progress)
+    _set_threads(config, group=None)
+    config, data, model = _new_run(config, run, report)
+    if config.training.processes > 1:
+        return _spawn(run, config, (), fresh=True, progress=progress)
+    return _execute(Trainer(config, run, data, model, report), start=None)
+
+
+def _new_run(config: EquiforceConfig, run: RunDir, report: Reporter):
+    """Prepare data and model; write config, splits and statistics into ``run``.
+
+    Returns:
+        (the config with the model's resolved overrides, data, model).
+    """
     if run.last.exists() or run.config.exists():
         raise RunDirError(
             f"{run.path}: holds a run already; resume it with --resume or "
             "choose another --run-dir"
         )
-    report = Reporter(progress)
-    _set_threads(config, group=None)
     data = prepare_data(config, _cutoff(config), report)
     model, overrides = _build(config, data.statistics)
     config = config.model_copy(
@@ -472,9 +486,37 @@ def train(config: EquiforceConfig, run_dir: str | Path, progress: bool = True) -
     atomic_write_text(run.config, config.to_yaml())
     run.write_json(run.splits, data.splits)
     run.write_json(run.statistics, data.statistics)
-    if config.training.processes > 1:
-        return _spawn(run, config, (), fresh=True, progress=progress)
-    return _execute(Trainer(config, run, data, model, report), start=None)
+    return config, data, model
+
+
+def _train_launched(config: EquiforceConfig, run: RunDir, progress: bool) -> Path:
+    """:func:`train` in one of the processes a launcher (``torchrun``) started."""
+    t = config.training
+    group = distributed.join_launched(torch.device(t.device).type, t.processes)
+    try:
+        error = None
+        if group.main:  # process 0 writes the run directory, the others wait
+            try:
+                _new_run(config, run, Reporter(progress))
+            except Exception as err:  # noqa: BLE001 - re-raised below, after telling
+                error = err
+        if not distributed.agree(error is None, group):
+            if error is not None:
+                raise error
+            raise RunDirError(f"{run.path}: process 0 could not set up the run")
+        return _launched_run(run, (), None, progress, group)
+    finally:
+        distributed.leave()
+
+
+def _launched_run(
+    run: RunDir, overrides, start: dict | None, progress: bool, group: Group
+) -> Path:
+    config = _run_config(run, overrides)
+    report = Reporter(progress and group.main)
+    best = _execute(_trainer_from_run(run, config, report, group), start=start)
+    torch.distributed.barrier()  # every command returns once process 0 has written
+    return best
 
 
 def resume(
@@ -495,6 +537,14 @@ def resume(
             f"{run.path}: not a resumable run (needs config.resolved.yaml and last.pt)"
         )
     config = _run_config(run, overrides)
+    if distributed.launched_world() > 1:
+        t = config.training
+        group = distributed.join_launched(torch.device(t.device).type, t.processes)
+        try:
+            state = run.load_training_state()
+            return _launched_run(run, overrides, state, progress, group)
+        finally:
+            distributed.leave()
     if config.training.processes > 1:
         return _spawn(run, config, tuple(overrides), fresh=False, progress=progress)
     trainer = _trainer_from_run(run, config, Reporter(progress), group=None)
