@@ -91,6 +91,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--batch-size", type=int, default=5)
     p.add_argument(
+        "--seed",
+        type=int,
+        default=0,
+        help="So3krates initialisation and shuffling seed (the split stays split 01)",
+    )
+    p.add_argument(
         "--compile",
         action="store_true",
         help="compiled So3krates training step (training.compile)",
@@ -176,6 +182,7 @@ def so3krates_config(args):
         f"training.device={args.device}",
         f"training.lr={args.lr}",
         f"training.batch_size={args.batch_size}",
+        f"training.seed={args.seed}",
         f"training.max_minutes={args.minutes}",
         "training.max_epochs=null",
         f"training.compile={str(args.compile).lower()}",
