@@ -31,6 +31,8 @@ from pathlib import Path
 
 import torch
 
+from equiforce.atomic import atomic_write_json
+
 ROOT = Path(__file__).resolve().parents[1]
 EQUIFORCE = Path(sys.executable).parent / "equiforce"
 
@@ -97,20 +99,19 @@ def main() -> None:
     """Time every setting in alternating rounds; print and save the medians."""
     args = parse_args()
     settings = [parse_setting(s, args.batch_size) for s in args.settings.split(",")]
-    times: dict[str, list[float]] = {}
+    times: dict[tuple[int, int, int], list[float]] = {}
     with tempfile.TemporaryDirectory(prefix="equiforce-train-processes-") as tmp:
         for r in range(args.rounds):
             for p, t, b in settings:
-                key = f"{p}x{t}:{b}"
                 ms = run_once(args, p, t, b, Path(tmp))
-                times.setdefault(key, []).append(ms)
+                times.setdefault((p, t, b), []).append(ms)
                 print(
                     f"round {r + 1}/{args.rounds}: {p} process(es) x {t} thread(s), "
                     f"batch {b}: {ms:.2f} ms/step, {b / ms * 1e3:.0f} structures/s",
                     flush=True,
                 )
     rows = []
-    for (p, t, b), v in zip(settings, times.values(), strict=True):
+    for (p, t, b), v in times.items():
         ms = statistics.median(v)
         rows.append(
             {
@@ -136,7 +137,7 @@ def main() -> None:
     print(json.dumps(result, indent=2))
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(result, indent=2) + "\n")
+        atomic_write_json(args.json, result)
 
 
 if __name__ == "__main__":

@@ -73,6 +73,9 @@ def test_weighted_loss_combines_terms():
     # per atom: (2/1)², (-1/3)² -> mean = (4 + 1/9) / 2
     assert loss_pa.item() == pytest.approx((4 + 1 / 9) / 2)
     assert "loss_forces" not in parts_pa
+    # part_names lists what terms() reports for a fully labelled batch
+    assert set(WeightedLoss(0.01, 0.99).part_names) == set(parts)
+    assert set(WeightedLoss(1.0, 0.0).part_names) == set(parts_pa)
 
 
 def test_loss_is_differentiable():

@@ -75,6 +75,7 @@ def _train(args: argparse.Namespace) -> int:
     from equiforce.config import ConfigError, load_config
     from equiforce.data.io import DataError
     from equiforce.models.checkpoint import CheckpointError
+    from equiforce.train.distributed import INTERRUPTED
     from equiforce.train.trainer import RunDirError, resume, train
 
     try:
@@ -91,7 +92,7 @@ def _train(args: argparse.Namespace) -> int:
     except (DataError, RunDirError, CheckpointError, ValueError) as err:
         return _fail(f"error: {err}")
     final = json.loads((Path(best).parent / "final_metrics.json").read_text())
-    if final.get("stop") == "interrupted":
+    if final.get("stop") == INTERRUPTED:
         print(
             f"interrupted: continue with equiforce train --resume {Path(best).parent}",
             file=sys.stderr,

@@ -42,14 +42,13 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
+#: Why training stops (``Trainer.should_stop``, ``final_metrics.json``'s ``stop``).
+INTERRUPTED = "interrupted"
+MAX_STEPS = "max_steps/max_epochs reached"
+MAX_MINUTES = "max_minutes reached"
+EARLY_STOPPING = "early stopping"
 #: Stop reasons by code (0: go on); process 0 broadcasts the code each step.
-STOP_REASONS = (
-    None,
-    "interrupted",
-    "max_steps/max_epochs reached",
-    "max_minutes reached",
-    "early stopping",
-)
+STOP_REASONS = (None, INTERRUPTED, MAX_STEPS, MAX_MINUTES, EARLY_STOPPING)
 
 
 @dataclass(frozen=True)
@@ -129,7 +128,7 @@ class Group:
         tail = flat[sum(sizes) :].tolist()
         for p, g, had in zip(params, grads, tail[len(names) :], strict=True):
             p.grad = g.view_as(p) if had > 0 else None
-        return dict(zip(names, tail[: len(names)], strict=False))
+        return dict(zip(names, tail[: len(names)], strict=True))
 
     def broadcast_module(self, module: torch.nn.Module) -> None:
         """Overwrite every parameter and buffer with process 0's."""

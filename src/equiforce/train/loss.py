@@ -102,6 +102,20 @@ class WeightedLoss:
     energy_per_atom: bool = False
 
     @property
+    def part_names(self) -> tuple[str, ...]:
+        """Names :meth:`terms` can report, for terms with a weight (and ``loss``).
+
+        A batch without a label leaves its term out of :meth:`terms`; processes
+        that sum parts need the full list.
+        """
+        named = (
+            ("loss_energy", self.energy_weight),
+            ("loss_forces", self.forces_weight),
+            ("loss_stress", self.stress_weight),
+        )
+        return ("loss", *(name for name, w in named if w > 0))
+
+    @property
     def needs_stress(self) -> bool:
         """Whether the model must compute stress."""
         return self.stress_weight > 0

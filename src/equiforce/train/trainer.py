@@ -197,7 +197,7 @@ class Trainer:
             mine = self.group.shard(indices)  # may be empty in a short last batch
             got = self._gradients(mine) if len(mine) else {}
             # the same names on every process (one all-reduce carries them)
-            parts = {k: got.get(k, 0.0) for k in self._part_names()}
+            parts = {k: got.get(k, 0.0) for k in self.loss_fn.part_names}
             params = list(self.model.parameters())
             parts = self.group.sum_gradients(params, len(mine) / len(indices), parts)
         if self.cfg.clip_grad_norm is not None:
@@ -214,18 +214,6 @@ class Trainer:
         self.step += 1
         parts["lr"] = lr
         return parts, len(indices)
-
-    def _part_names(self) -> list[str]:
-        """Names of the loss parts a step reports (for a process with no structures)."""
-        names = ["loss"]
-        for name, weight in (
-            ("loss_energy", self.loss_fn.energy_weight),
-            ("loss_forces", self.loss_fn.forces_weight),
-            ("loss_stress", self.loss_fn.stress_weight),
-        ):
-            if weight > 0:
-                names.append(name)
-        return names
 
     def evaluate_valid(self, weights: dict | None = None) -> dict:
         """Validation metrics (meV, meV/Å) and loss, with ``weights`` (default: EMA)."""
@@ -280,16 +268,16 @@ class Trainer:
         """Why training stops now, or None."""
         c = self.cfg
         if self._stop_requested:
-            return "interrupted"
+            return distributed.INTERRUPTED
         if self.total_steps is not None and self.step >= self.total_steps:
-            return "max_steps/max_epochs reached"
+            return distributed.MAX_STEPS
         if c.max_minutes is not None and self.elapsed >= 60 * c.max_minutes:
-            return "max_minutes reached"
+            return distributed.MAX_MINUTES
         if (
             c.early_stopping_patience
             and self.bad_validations >= c.early_stopping_patience
         ):
-            return "early stopping"
+            return distributed.EARLY_STOPPING
         return None
 
     def eta(self, seconds_per_step: float) -> float | None:
@@ -512,6 +500,7 @@ def _train_launched(config: EquiforceConfig, run: RunDir, progress: bool) -> Pat
 def _launched_run(
     run: RunDir, overrides, start: dict | None, progress: bool, group: Group
 ) -> Path:
+    """Train from ``run`` (fresh when ``start`` is None) as one of ``group``."""
     config = _run_config(run, overrides)
     report = Reporter(progress and group.main)
     best = _execute(_trainer_from_run(run, config, report, group), start=start)
@@ -612,10 +601,8 @@ def _worker(
     group = distributed.join(rank, world, port, device_type)
     try:
         run = RunDir(run_dir)
-        config = _run_config(run, overrides)
-        report = Reporter(progress and group.main)
-        trainer = _trainer_from_run(run, config, report, group)
-        _execute(trainer, start=None if fresh else run.load_training_state())
+        start = None if fresh else run.load_training_state()
+        _launched_run(run, overrides, start, progress, group)
     finally:
         distributed.leave()
 
