@@ -18,8 +18,10 @@ PEERS = ROOT / "benchmarks" / "peers_speed.py"
 PEERS_PYTHON = ROOT / ".venv-peers" / "bin" / "python"
 
 
-def _load_speed():
-    spec = importlib.util.spec_from_file_location("bench_speed", SPEED)
+def _load_script(name: str):
+    """A benchmarks/ script as a module (benchmarks/ is not a package)."""
+    path = ROOT / "benchmarks" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(f"bench_{name}", path)
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
     return mod
@@ -40,7 +42,7 @@ def _row(mode: str, n: int, ms: float, dtype: str = "float32") -> dict:
 
 
 def test_fit_exponents_recovers_power_law_above_1000_atoms():
-    speed = _load_speed()
+    speed = _load_script("speed")
     sizes = [9, 96, 1029, 3000, 10_002]
     # below 1,000 atoms the time is flat (overhead); above it grows as N^1.3
     rows = [_row("eager", n, 5.0 if n < 1000 else 1e-3 * n**1.3) for n in sizes]
@@ -54,7 +56,7 @@ def test_fit_exponents_recovers_power_law_above_1000_atoms():
 
 
 def test_memory_summary_uses_largest_system():
-    speed = _load_speed()
+    speed = _load_script("speed")
     rows = [_row("compiled", n, 1.0) for n in (9, 96, 1029)]
     rows.append(_row("compiled", 5000, 1.0, dtype="float64"))  # float32 preferred
     mem = speed.memory_summary(rows)["equiforce compiled"]
@@ -163,6 +165,57 @@ def test_rmd17_cpu_so3krates_budget_run(tmp_path):
     assert metrics["n_structures"] == 1000  # the whole test file
     md = (tmp_path / "results.md").read_text()
     assert f"| {row['forces_mae']:.2f} |" in md and "MACE NeurIPS 2022 Table 1" in md
+
+
+def test_budget_scaling_fit_and_inversion():
+    """The log-log fit recovers a known power law and inverts it for a target."""
+    bs = _load_script("budget_scaling")
+    steps = np.array([1e4, 3e4, 1e5, 3e5])
+    c, alpha, r2 = bs.fit_power_law(steps, 800.0 * steps**-0.4)
+    assert (c, alpha, r2) == pytest.approx((800.0, 0.4, 1.0), rel=1e-9)
+    need = bs.steps_for(5.0, c, alpha)
+    assert 800.0 * need**-0.4 == pytest.approx(5.0, rel=1e-9)
+    assert bs.steps_for(5.0, 800.0, 0.0) == math.inf  # a flat curve never gets there
+    with pytest.raises(ValueError, match="two lengths"):
+        bs.fit_power_law([1e4, 1e4], [10.0, 9.0])
+
+
+def _results_json(path: Path, molecule: str, steps: int, f_mae: float) -> Path:
+    row = {"model": "So3krates", "minutes": 10.0, "threads": 1, "steps": steps}
+    row |= {"train_seconds": 600.0, "energy_mae": 1.0, "forces_mae": f_mae}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({"molecule": molecule, "date": "x", "rows": [row]}))
+    return path
+
+
+def test_budget_scaling_collects_earlier_runs(tmp_path):
+    """budget_scaling.py --minutes '' fits the --also runs: json, table and plot."""
+    runs = [
+        _results_json(tmp_path / f"r{k}" / "results.json", "ethanol", n, 500 * n**-0.3)
+        for k, n in enumerate((2_000, 20_000, 200_000))
+    ]
+    cmd = [sys.executable, str(ROOT / "benchmarks" / "budget_scaling.py")]
+    cmd += ["--molecule", "ethanol", "--minutes", "", "--out", str(tmp_path / "o")]
+    subprocess.run([*cmd, "--also", *map(str, runs)], cwd=ROOT, check=True)
+    info = json.loads((tmp_path / "o" / "scaling.json").read_text())
+    assert [p["steps"] for p in info["points"]] == [2_000, 20_000, 200_000]
+    assert info["fit"]["alpha"] == pytest.approx(0.3, rel=1e-9)
+    assert info["steps_for_target"] == pytest.approx((500 / 5.0) ** (1 / 0.3), rel=1e-6)
+    # the rate is the longest run's: 600 s / 200,000 steps
+    assert info["ms_per_step"] == pytest.approx(3.0)
+    # the two longest runs lie on the same law: the same slope
+    assert info["tail_fit"]["steps"] == [20_000, 200_000]
+    assert info["tail_fit"]["alpha"] == pytest.approx(0.3, rel=1e-9)
+    assert (tmp_path / "o" / "scaling.png").stat().st_size > 0
+    assert "steps^−0.300" in (tmp_path / "o" / "scaling.md").read_text()
+    wrong = _results_json(tmp_path / "w" / "results.json", "aspirin", 10, 1.0)
+    bad = subprocess.run(
+        [*cmd, "--also", str(runs[0]), str(wrong)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+    )
+    assert bad.returncode != 0 and "not 'ethanol'" in bad.stderr
 
 
 def test_flops_script_counts_per_pair(tmp_path):
