@@ -195,6 +195,8 @@ def test_torchrun_processes_train_like_one_process(tmp_path, write_config):
     for k in a:
         torch.testing.assert_close(b[k], a[k], rtol=1e-9, atol=1e-11, msg=k)
     assert (tmp_path / "two" / "final_metrics.json").exists()
+    # process 0 alone prints the result: one line, best.pt's path
+    assert proc.stdout.split() == [str(tmp_path / "two" / "best.pt")]
 
 
 def test_launcher_world_must_match_processes(monkeypatch):

@@ -75,7 +75,7 @@ def _train(args: argparse.Namespace) -> int:
     from equiforce.config import ConfigError, load_config
     from equiforce.data.io import DataError
     from equiforce.models.checkpoint import CheckpointError
-    from equiforce.train.distributed import INTERRUPTED
+    from equiforce.train.distributed import INTERRUPTED, launched_rank
     from equiforce.train.trainer import RunDirError, resume, train
 
     try:
@@ -92,14 +92,17 @@ def _train(args: argparse.Namespace) -> int:
     except (DataError, RunDirError, CheckpointError, ValueError) as err:
         return _fail(f"error: {err}")
     final = json.loads((Path(best).parent / "final_metrics.json").read_text())
-    if final.get("stop") == INTERRUPTED:
-        print(
-            f"interrupted: continue with equiforce train --resume {Path(best).parent}",
-            file=sys.stderr,
-        )
-        return 130
-    print(best)
-    return 0
+    interrupted = final.get("stop") == INTERRUPTED
+    if launched_rank() == 0:  # under torchrun process 0 alone reports the result
+        if interrupted:
+            print(
+                f"interrupted: continue with equiforce train --resume "
+                f"{Path(best).parent}",
+                file=sys.stderr,
+            )
+        else:
+            print(best)
+    return 130 if interrupted else 0
 
 
 def _eval(args: argparse.Namespace) -> int:

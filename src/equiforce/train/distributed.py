@@ -197,6 +197,11 @@ def launched_world() -> int:
     return int(os.environ.get("WORLD_SIZE", "1"))
 
 
+def launched_rank() -> int:
+    """This process's rank under a launcher (``torchrun``); 0 if none."""
+    return int(os.environ.get("RANK", "0"))
+
+
 def join_launched(device_type: str, processes: int) -> Group:
     """Join the process group of a launcher such as ``torchrun`` (``env://``).
 
