@@ -67,6 +67,13 @@ def parse_args(argv=None) -> argparse.Namespace:
         help="results.json files of earlier rmd17_cpu.py runs (same molecule) "
         "to fit together with these",
     )
+    p.add_argument(
+        "--rate-from",
+        type=Path,
+        default=None,
+        help="results.json whose seconds per step turn steps into hours (default: "
+        "this invocation's longest run, else the longest point)",
+    )
     p.add_argument("--target", type=float, default=None, help="F MAE, meV/Å")
     p.add_argument("--out", type=Path, default=None)
     args = p.parse_args(argv)
@@ -170,7 +177,9 @@ def scaling_markdown(info: dict) -> str:
         f"Slope between the two longest runs ({t['steps'][0]:,} and "
         f"{t['steps'][1]:,} steps): α = {t['alpha']:.3f}; at that slope the target "
         f"needs ≥ {info['steps_for_target_tail']:,.0f} steps, "
-        f"≥ {info['hours_for_target_tail']:.1f} h at {info['ms_per_step']:.1f} ms/step.",
+        f"≥ {info['hours_for_target_tail']:.1f} h at {info['ms_per_step']:.1f} ms/step "
+        f"(≥ {info['hours_for_target_tail_fastest']:.1f} h at the fastest point's "
+        f"{info['fastest_ms_per_step']:.1f} ms/step).",
     ]
     return "\n".join(lines) + "\n"
 
@@ -223,8 +232,11 @@ def main(argv=None) -> int:
         [p["steps"] for p in tail], [p["forces_mae"] for p in tail]
     )
     need_tail = steps_for(args.target, tc, ta)
-    # the rate of this invocation's longest run (this host), else of the longest
-    ms = max(own or points, key=lambda p: p["steps"])["ms_per_step"]
+    if args.rate_from is not None:
+        ms = read_point(args.rate_from.resolve(), args.molecule)["ms_per_step"]
+    else:  # this invocation's longest run (this host), else the longest point
+        ms = max(own or points, key=lambda p: p["steps"])["ms_per_step"]
+    fastest = min(p["ms_per_step"] for p in points)
     info = {
         "molecule": args.molecule,
         "date": date.today().isoformat(),
@@ -237,6 +249,8 @@ def main(argv=None) -> int:
         "tail_fit": {"c": tc, "alpha": ta, "steps": [p["steps"] for p in tail]},
         "steps_for_target_tail": need_tail,
         "hours_for_target_tail": need_tail * ms / 1000 / 3600,
+        "fastest_ms_per_step": fastest,
+        "hours_for_target_tail_fastest": need_tail * fastest / 1000 / 3600,
     }
     atomic_write_json(out / "scaling.json", info)
     text = scaling_markdown(info)

@@ -206,6 +206,13 @@ def test_budget_scaling_collects_earlier_runs(tmp_path):
     # the two longest runs lie on the same law: the same slope
     assert info["tail_fit"]["steps"] == [20_000, 200_000]
     assert info["tail_fit"]["alpha"] == pytest.approx(0.3, rel=1e-9)
+    # --rate-from: hours at another run's seconds per step (600 s / 2,000 steps)
+    subprocess.run([*cmd, "--also", *map(str, runs), "--rate-from", str(runs[0])],
+                   cwd=ROOT, check=True)  # fmt: skip
+    again = json.loads((tmp_path / "o" / "scaling.json").read_text())
+    assert again["ms_per_step"] == pytest.approx(300.0)
+    assert again["hours_for_target"] == pytest.approx(100 * info["hours_for_target"])
+    assert again["fastest_ms_per_step"] == pytest.approx(3.0)
     assert (tmp_path / "o" / "scaling.png").stat().st_size > 0
     assert "steps^−0.300" in (tmp_path / "o" / "scaling.md").read_text()
     wrong = _results_json(tmp_path / "w" / "results.json", "aspirin", 10, 1.0)
