@@ -44,6 +44,14 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--rounds", type=int, default=5, help="alternating rounds")
     p.add_argument("--steps", type=int, default=40, help="steps per round and mode")
     p.add_argument("--json", type=Path, default=None)
+    p.add_argument(
+        "--profile",
+        type=Path,
+        default=None,
+        help="after the rounds, profile one pass of compiled steps (Inductor kernels "
+        "named, torch.profiler) and write the table of self CPU time to this file; "
+        "the named kernels add a little overhead to every compiled step",
+    )
     return p.parse_args()
 
 
@@ -51,6 +59,10 @@ def main() -> None:
     """Run the comparison and print (and optionally save) the medians."""
     args = parse_args()
     torch.set_num_threads(args.threads)
+    if args.profile is not None:
+        import torch._inductor.config as inductor_config
+
+        inductor_config.cpp.enable_kernel_profile = True  # one row per fused kernel
     config = load_config(
         ROOT / "examples" / f"rmd17_{args.molecule}.yaml",
         [f"training.batch_size={args.batch_size}", f"training.dtype={args.dtype}"],
@@ -113,9 +125,24 @@ def main() -> None:
         result[f"{mode}_structures_per_s"] = args.batch_size / ms * 1e3
     result["speedup"] = result["eager_ms_per_step"] / result["compiled_ms_per_step"]
     print(json.dumps(result, indent=2))
+    if args.profile is not None:
+        profile_compiled(compiled_step, batches, args.profile)
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(result, indent=2) + "\n")
+
+
+def profile_compiled(step, batches, path: Path) -> None:
+    """Profile one pass of ``step`` over ``batches``; write the self-CPU-time table."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        for b in batches:
+            step(b)
+    table = prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=40)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(f"{len(batches)} compiled steps\n{table}\n")
+    print(table)
 
 
 if __name__ == "__main__":
