@@ -479,7 +479,7 @@ def run_stability(s: dict, out: Path, threads: int) -> None:
     from equiforce.analysis.stability import run_stability_study
     from equiforce.data.io import read
     from equiforce.md.config import MDConfig
-    from equiforce.models.checkpoint import load_model
+    from equiforce.models.registry import load_model
 
     path = out / "stability.json"
     result = load_json(path, {})

@@ -26,9 +26,9 @@ from pathlib import Path
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
+from equiforce.accel.compiled import CompiledPotential
 from equiforce.bench import machine_info, make_system
 from equiforce.data.graph import AtomicGraph
-from equiforce.models.compiled import CompiledPotential
 from equiforce.models.registry import build_model
 from equiforce.runtime import tune_allocator
 
@@ -97,7 +97,7 @@ def main(argv: list[str] | None = None) -> int:
         }
         model(g)  # warm-up
         modes = {"eager": lambda g=g: model(g)}
-        if not args.no_compiled and not model.chunks_edges(g.n_edges):
+        if not args.no_compiled and not model.chunks_edges(g.n_edges, True):
             pot = CompiledPotential(model)
             pot(g)
             modes["compiled"] = lambda g=g, pot=pot: pot(g)

@@ -1,7 +1,7 @@
 """GPU timings of So3krates energy+forces: eager vs the path MD and the calculator take.
 
 ``graphs``: :meth:`CompiledPotential.for_device` on CUDA, i.e. static shapes padded
-to buckets (:mod:`equiforce.data.padding`) and CUDA graphs; it is timed on a
+to buckets (:mod:`equiforce.accel.padding`) and CUDA graphs; it is timed on a
 sequence of slightly moved copies of each system (new neighbour lists, as in MD),
 so recompilation shows in ``n_compiles``. Systems above the edge-chunk threshold
 take the model's autograd path either way. ``--dynamic`` also times the
@@ -19,10 +19,10 @@ import numpy as np
 import torch
 
 import equiforce
+from equiforce.accel.compiled import CompiledPotential
 from equiforce.atomic import atomic_write_text
 from equiforce.bench import machine_info, make_system
 from equiforce.data.graph import AtomicGraph
-from equiforce.models.compiled import CompiledPotential
 
 
 def timed(fn, n):

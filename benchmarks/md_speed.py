@@ -59,7 +59,7 @@ def _model_paths(spec: str | None, names: list[str]) -> dict[str, str | None]:
 
 def _model(path: str | None, dtype: torch.dtype):
     if path:
-        from equiforce.models.checkpoint import load_model
+        from equiforce.models.registry import load_model
 
         return load_model(path, dtype=dtype)
     from equiforce.models.registry import build_model

@@ -62,9 +62,9 @@ from pathlib import Path
 
 import torch
 
+from equiforce.accel.compiled import CompiledPotential
 from equiforce.bench import machine_info, make_system
 from equiforce.data.graph import AtomicGraph
-from equiforce.models.compiled import CompiledPotential
 from equiforce.models.registry import build_model
 from equiforce.nn import scatter
 from equiforce.runtime import tune_allocator
@@ -531,7 +531,7 @@ def main(argv=None) -> int:
     tune_allocator()
     torch.set_num_threads(args.threads)
     if args.model:
-        from equiforce.models.checkpoint import load_model
+        from equiforce.models.registry import load_model
 
         model = load_model(args.model).float().eval()
     else:  # table: a readout that is not zero, so that forces can be compared

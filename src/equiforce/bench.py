@@ -116,8 +116,8 @@ def bench_system(
     warmup: int = 2,
 ) -> BenchResult:
     """Time energy+forces of ``model`` on system ``name``."""
+    from equiforce.accel.compiled import CompiledPotential
     from equiforce.data.graph import AtomicGraph
-    from equiforce.models.compiled import CompiledPotential
 
     atoms = make_system(name)
     nl_times = _median_time(

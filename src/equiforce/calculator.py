@@ -1,9 +1,8 @@
-"""ASE calculator for any equiforce model.
+"""ASE calculator for any equiforce model: a thin adapter over :class:`Potential`.
 
-The neighbour list is built with ``cutoff + skin`` and reused while no atom has
-moved more than ``skin/2`` and the cell, pbc and species are unchanged; pairs
-beyond the cutoff contribute exactly zero (every model's cutoff function
-vanishes there), so reuse changes nothing but the cost.
+The neighbour list with its skin, the device and dtype and the switch to the
+compiled backend belong to :class:`equiforce.potential.Potential`; this class
+turns ``ase.Atoms`` into its arguments and its outputs into ASE's results.
 """
 
 from __future__ import annotations
@@ -16,33 +15,34 @@ from ase.calculators.calculator import Calculator, all_changes
 from ase.stress import full_3x3_to_voigt_6_stress
 
 from equiforce import keys
-from equiforce.data.graph import AtomicGraph
 from equiforce.models.base import PotentialModel
-from equiforce.models.checkpoint import load_model
-from equiforce.models.compiled import LazyCompile
-from equiforce.runtime import tune_allocator
+from equiforce.potential import Potential
 
 
 class EquiforceCalculator(Calculator):
     """ASE calculator: energy, free_energy, forces, stress, per-atom energies.
 
     Args:
-        model_or_path: a :class:`PotentialModel` or a checkpoint path.
+        model_or_path: a :class:`PotentialModel`, a model file or a
+            :class:`Potential` (then the other arguments are ignored).
         device: torch device for the model.
         dtype: compute dtype; default: the model's parameter dtype.
         skin: neighbour-list skin, Å (0 rebuilds the list at every call).
-        compile: use the compiled energy+forces path (:mod:`equiforce.models.compiled`).
-            ``None`` (default) compiles lazily once ``compile_after`` calls have been
-            made, so single-point work stays eager and MD loops get the fast path;
-            stress requests always use the eager path.
+        compile: use the compiled energy+forces path
+            (:mod:`equiforce.accel.compiled`). ``None`` (default) compiles lazily
+            once ``compile_after`` calls have been made, so single-point work stays
+            eager and MD loops get the fast path.
         compile_after: number of eager calls before compiling when ``compile=None``.
+
+    Attributes:
+        potential: the :class:`Potential` doing the work.
     """
 
     implemented_properties = ["energy", "free_energy", "forces", "stress", "energies"]
 
     def __init__(
         self,
-        model_or_path: PotentialModel | str | Path,
+        model_or_path: PotentialModel | Potential | str | Path,
         device: str | torch.device = "cpu",
         dtype: torch.dtype | None = None,
         skin: float = 0.5,
@@ -51,63 +51,47 @@ class EquiforceCalculator(Calculator):
         **kwargs,
     ) -> None:
         super().__init__(**kwargs)
-        tune_allocator()
-        if isinstance(model_or_path, (str, Path)):
-            model = load_model(model_or_path, device=device, dtype=dtype)
+        if isinstance(model_or_path, Potential):
+            self.potential = model_or_path
         else:
-            model = model_or_path
-        self.dtype = dtype or next(iter(model.parameters())).dtype
-        self.device = torch.device(device)
-        self.model = model.to(device=self.device, dtype=self.dtype).eval()
-        self.skin = float(skin)
-        self._graph: AtomicGraph | None = None
-        self._ref_positions: np.ndarray | None = None
-        self._ref_key: tuple | None = None
-        self.n_rebuilds = 0
-        self.n_calls = 0
-        self._compiled = LazyCompile(self.model, compile, compile_after)
-
-    def _get_graph(self, atoms) -> AtomicGraph:
-        key = (
-            atoms.numbers.tobytes(),
-            np.asarray(atoms.cell).tobytes(),
-            atoms.pbc.tobytes(),
-        )
-        pos = atoms.get_positions()
-        if (
-            self._graph is not None
-            and key == self._ref_key
-            and np.max(np.linalg.norm(pos - self._ref_positions, axis=1))
-            < 0.5 * self.skin
-        ):
-            return self._graph.with_positions(
-                torch.as_tensor(pos, dtype=self.dtype, device=self.device)
+            self.potential = Potential(
+                model_or_path,
+                device=device,
+                dtype=dtype,
+                skin=skin,
+                compile=compile,
+                compile_after=compile_after,
             )
-        graph = AtomicGraph.from_arrays(
-            pos,
-            atoms.numbers,
-            self.model.cutoff + self.skin,
-            cell=np.asarray(atoms.cell),
-            pbc=atoms.pbc,
-            dtype=self.dtype,
-        ).to(self.device)
-        self._graph, self._ref_positions, self._ref_key = graph, pos.copy(), key
-        self.n_rebuilds += 1
-        return graph
+
+    @property
+    def model(self) -> PotentialModel:
+        """The model the potential evaluates."""
+        return self.potential.model
+
+    @property
+    def n_rebuilds(self) -> int:
+        """Neighbour-list builds so far."""
+        return self.potential.n_builds
+
+    @property
+    def n_calls(self) -> int:
+        """Model evaluations so far."""
+        return self.potential.n_calls
 
     def calculate(
         self, atoms=None, properties=("energy",), system_changes=all_changes
     ) -> None:
         """Compute the requested properties for ``atoms``."""
         super().calculate(atoms, properties, system_changes)
-        graph = self._get_graph(self.atoms)
-        want_stress = "stress" in properties and bool(self.atoms.pbc.any())
-        self.n_calls += 1
-        compiled = None if want_stress else self._compiled(self.n_calls)
-        if compiled is not None:
-            out = compiled(graph)
-        else:
-            out = self.model(graph, compute_forces=True, compute_stress=want_stress)
+        atoms = self.atoms
+        want_stress = "stress" in properties and bool(atoms.pbc.any())
+        out = self.potential.compute(
+            atoms.positions,
+            atoms.numbers,
+            np.asarray(atoms.cell),
+            atoms.pbc,
+            stress=want_stress,
+        )
         energy = float(out[keys.ENERGY][0])
         self.results = {
             "energy": energy,

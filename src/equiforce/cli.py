@@ -11,7 +11,7 @@ import argparse
 import importlib
 import sys
 
-from equiforce import __version__
+from equiforce.version import __version__
 
 #: Modules whose ``register`` adds subcommands, in the order shown by --help.
 SUBCOMMAND_MODULES: tuple[str, ...] = (

@@ -16,3 +16,22 @@ ATOMIC_ENERGIES: Final[str] = "atomic_energies"  # (n_atoms,) eV, incl. E0 shift
 GRAPH_TARGETS: Final[tuple[str, ...]] = (ENERGY, STRESS)
 NODE_TARGETS: Final[tuple[str, ...]] = (FORCES,)
 ALL_TARGETS: Final[tuple[str, ...]] = (ENERGY, FORCES, STRESS)
+
+#: Separator of a term's name in its output keys (``energy:local``).
+TERM_SEPARATOR: Final[str] = ":"
+
+
+def term_energy(name: str) -> str:
+    """Key of energy term ``name``'s total: (n_graphs,) eV."""
+    return f"{ENERGY}{TERM_SEPARATOR}{name}"
+
+
+def term_atomic_energies(name: str) -> str:
+    """Key of energy term ``name``'s per-atom values: (n_atoms,) eV."""
+    return f"{ATOMIC_ENERGIES}{TERM_SEPARATOR}{name}"
+
+
+def term_name(key: str) -> str | None:
+    """The term of a per-atom term key (``atomic_energies:<name>``), else None."""
+    prefix = ATOMIC_ENERGIES + TERM_SEPARATOR
+    return key[len(prefix) :] if key.startswith(prefix) else None

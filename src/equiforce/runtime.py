@@ -23,7 +23,7 @@ without edge chunks). That was the whole of the "time per edge doubles above
 3,000 atoms" in ``docs/benchmarks.md``.
 
 Very large graphs (10⁵ atoms, edges in chunks) keep the same setting: their
-in-place chunked backward (:mod:`equiforce.models.edge_chunks`) allocates blocks of
+in-place chunked backward (:mod:`equiforce.accel.edge_chunks`) allocates blocks of
 the same sizes at every chunk, which the heap reuses.
 """
 

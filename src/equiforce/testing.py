@@ -217,7 +217,7 @@ class ModelContractTests:
 
     def test_padding_to_buckets_changes_nothing(self, dtype):
         """Static-shape (CUDA-graph) calls pad with a ghost structure; real outputs stay."""
-        from equiforce.data.padding import pad_to_buckets
+        from equiforce.accel.padding import pad_to_buckets
 
         model = self.make_model(dtype)
         batch = self.molecule_and_crystal(
@@ -350,7 +350,7 @@ class ModelContractTests:
             assert abs(e[0] - e0) < 1e-9 and np.abs(f).max() == 0.0
 
     def test_checkpoint_round_trip(self, dtype, tmp_path):
-        from equiforce.models.checkpoint import load_model
+        from equiforce.models.registry import load_model
 
         model = self.make_model(dtype)
         pos, z = random_molecule(np.random.default_rng(9))

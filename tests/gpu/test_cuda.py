@@ -5,9 +5,9 @@ import pytest
 import torch
 
 import equiforce
+from equiforce.accel.compiled import CompiledPotential
 from equiforce.bench import make_system
 from equiforce.data.graph import AtomicGraph
-from equiforce.models.compiled import CompiledPotential
 
 pytestmark = [
     pytest.mark.gpu,

@@ -9,9 +9,9 @@ from ase import Atoms
 from ase.build import molecule
 
 import equiforce
+from equiforce.accel import aoti
+from equiforce.accel.compiled import CompiledPotential
 from equiforce.data.graph import AtomicGraph
-from equiforce.models import aoti
-from equiforce.models.compiled import CompiledPotential
 from equiforce.testing import TINY_SO3KRATES
 
 

@@ -6,8 +6,8 @@ import torch
 from ase.build import molecule
 
 import equiforce
+from equiforce.accel.compiled import CompiledPotential
 from equiforce.data.graph import AtomicGraph
-from equiforce.models.compiled import CompiledPotential
 from equiforce.nn import scatter
 from equiforce.testing import TINY_SO3KRATES, random_crystal, record_threads
 
@@ -55,14 +55,16 @@ def test_chunked_graphs_take_the_autograd_path():
     g = graphs(torch.float64)[1]  # benzene
     ref = model(g)
     model.edge_chunk_size = 50
-    assert model.chunks_edges(g.n_edges)
+    assert model.chunks_edges(g.n_edges, differentiable=True)
     out = CompiledPotential(model, compile=False)(g)
     torch.testing.assert_close(out["forces"], ref["forces"], rtol=1e-10, atol=1e-12)
 
 
 def test_lazy_compile_policy(monkeypatch):
-    """True: at once; None: after ``after`` eager calls, then the same wrapper; False: never."""
-    from equiforce.models import compiled
+    """True: at once; None: after ``compile_after`` eager calls, then the same
+    wrapper; False: never (the policy of :class:`equiforce.Potential`)."""
+    from equiforce.accel import compiled
+    from equiforce.potential import Potential
 
     made = []
     monkeypatch.setattr(
@@ -71,11 +73,18 @@ def test_lazy_compile_policy(monkeypatch):
         classmethod(lambda cls, m: made.append(m) or m),
     )
     model = equiforce.build_model("so3krates", **SMALL)
-    assert compiled.LazyCompile(model, True, 20)(0) is model
-    never = compiled.LazyCompile(model, False, 0)
-    assert all(never(n) is None for n in (0, 5, 1000))
-    lazy = compiled.LazyCompile(model, None, 3)
-    assert [lazy(n) is None for n in range(5)] == [True, True, True, False, False]
+
+    def backends(potential: Potential, calls: int) -> list[bool]:
+        seen = []
+        for _ in range(calls):
+            seen.append(potential._backend() is None)
+            potential.n_calls += 1
+        return seen
+
+    assert Potential(model, compile=True)._backend() is model
+    assert backends(Potential(model, compile=False, compile_after=0), 5) == [True] * 5
+    lazy = Potential(model, compile=None, compile_after=3)
+    assert backends(lazy, 5) == [True, True, True, False, False]
     assert len(made) == 2  # one wrapper per policy that compiled, made once
 
 

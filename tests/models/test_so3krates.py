@@ -159,7 +159,7 @@ def test_edge_chunking_gives_identical_energies_and_forces(
 
     ref, ref_grads = run()
     model.edge_chunk_size = 17  # several uneven chunks
-    assert model.chunks_edges(g.n_edges)
+    assert model.chunks_edges(g.n_edges, differentiable=True)
     out, grads = run()
     for key in ("energy", "forces", "stress"):
         torch.testing.assert_close(out[key], ref[key], rtol=1e-10, atol=1e-12)
@@ -175,8 +175,8 @@ def test_compiled_chunk_failure_falls_back_to_eager_chunks(
 ):
     """A compiler error in either chunk kernel warns and gives the eager result,
     also when it comes from a chunk on a pool thread after others succeeded."""
-    from equiforce.models import so3krates
-    from equiforce.models.edge_chunks import ChunkKernels
+    from equiforce.accel.edge_chunks import ChunkKernels
+    from equiforce.models.so3krates import fast as so3krates
 
     calls = []
 
@@ -218,12 +218,12 @@ def test_compiled_chunk_failure_falls_back_to_eager_chunks(
 @pytest.mark.parametrize("create_graph", [True, False])
 def test_in_place_chunks_only_for_detached_outputs(create_graph, monkeypatch):
     """Weight gradients or a second derivative need the checkpointed path."""
-    from equiforce.models import so3krates
+    from equiforce.accel.edge_chunks import ChunkedMessages
 
     calls = []
-    real = so3krates.ChunkedMessages.apply
+    real = ChunkedMessages.apply
     monkeypatch.setattr(
-        so3krates.ChunkedMessages,
+        ChunkedMessages,
         "apply",
         lambda *a: calls.append(1) or real(*a),
     )
@@ -232,7 +232,6 @@ def test_in_place_chunks_only_for_detached_outputs(create_graph, monkeypatch):
     model.edge_chunk_size = 17
     model(AtomicGraph.from_arrays(pos, z, model.cutoff), create_graph=create_graph)
     assert len(calls) == (0 if create_graph else model.config.num_layers)
-    assert model.outputs_differentiable  # reset after the call
 
 
 def test_automatic_chunking_starts_earlier_for_detached_outputs(monkeypatch):
@@ -244,7 +243,7 @@ def test_automatic_chunking_starts_earlier_for_detached_outputs(monkeypatch):
     sizes = []
     real = so3krates.So3krates._edge_chunk
 
-    def spy(self, n_edges, differentiable=None):
+    def spy(self, n_edges, differentiable):
         sizes.append(real(self, n_edges, differentiable))
         return sizes[-1]
 
@@ -260,7 +259,7 @@ def test_automatic_chunking_starts_earlier_for_detached_outputs(monkeypatch):
     assert sizes[-1] == 19
     model(g, create_graph=True)
     assert sizes[-1] is None
-    assert not model.chunks_edges(g.n_edges)
+    assert not model.chunks_edges(g.n_edges, differentiable=True)
     assert model.chunks_edges(g.n_edges, differentiable=False)
     model.auto_chunk_edges = g.n_edges - 1
     model(g, create_graph=True)
@@ -296,7 +295,7 @@ def test_pairwise_filters_equal_per_edge_filters(overrides):
 
 # ---------------------------------------------------------------- filter tables
 def _count_table_calls(monkeypatch) -> list[int]:
-    from equiforce.nn.spline import CubicHermiteTable
+    from equiforce.accel.spline import CubicHermiteTable
 
     calls: list[int] = []
     real = CubicHermiteTable.forward

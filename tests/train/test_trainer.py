@@ -13,8 +13,8 @@ from _train_helpers import ETHANOL, make_tiny_config
 
 from equiforce.config import DataSource, load_config, validate_config
 from equiforce.data.dataset import e0_table
-from equiforce.models.checkpoint import load_checkpoint, load_model
-from equiforce.models.registry import build_model
+from equiforce.models.checkpoint import load_checkpoint
+from equiforce.models.registry import build_model, load_model
 from equiforce.train.evaluate import evaluate
 from equiforce.train.trainer import RunDirError, resume, train
 

@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 import torch
 
+from equiforce.accel.edge_chunks import directions, plan_chunks
 from equiforce.data.graph import AtomicGraph
-from equiforce.models.edge_chunks import directions, plan_chunks
 from equiforce.testing import random_molecule
 
 
@@ -45,7 +45,7 @@ def test_map_in_order_keeps_order_thread_settings_and_grad_mode():
     the caller's grad mode; the caller's thread count comes back afterwards."""
     import threading
 
-    from equiforce.models.edge_chunks import map_in_order
+    from equiforce.accel.edge_chunks import map_in_order
     from equiforce.nn import scatter
 
     before = torch.get_num_threads()
@@ -74,7 +74,7 @@ def test_map_in_order_keeps_order_thread_settings_and_grad_mode():
 
 
 def test_map_in_order_passes_errors_and_restores_settings():
-    from equiforce.models.edge_chunks import map_in_order
+    from equiforce.accel.edge_chunks import map_in_order
 
     before = torch.get_num_threads()
 
@@ -96,7 +96,7 @@ def test_threaded_compiled_chunks_equal_one_chunk_at_a_time(workers):
     (sums in chunk order on the caller's thread) and run on pool threads."""
     import threading
 
-    from equiforce.models import edge_chunks
+    from equiforce.accel import edge_chunks
     from equiforce.models.registry import build_model
     from equiforce.testing import TINY_SO3KRATES
 

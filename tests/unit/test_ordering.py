@@ -8,13 +8,13 @@ import torch
 
 import equiforce
 from equiforce import keys
+from equiforce.accel.compiled import CompiledPotential
 from equiforce.data.graph import AtomicGraph
 from equiforce.data.ordering import (
     inverse_permutation,
     morton_codes,
     spatial_order,
 )
-from equiforce.models.compiled import CompiledPotential
 from equiforce.testing import TINY_SO3KRATES
 
 

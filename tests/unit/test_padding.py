@@ -8,9 +8,9 @@ import torch
 from ase.build import molecule
 
 import equiforce
+from equiforce.accel.compiled import CompiledPotential
+from equiforce.accel.padding import MIN_GHOSTS, bucket, pad_to_buckets
 from equiforce.data.graph import AtomicGraph
-from equiforce.data.padding import MIN_GHOSTS, bucket, pad_to_buckets
-from equiforce.models.compiled import CompiledPotential
 from equiforce.testing import TINY_SO3KRATES, random_crystal
 
 

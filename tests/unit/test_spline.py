@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from equiforce.nn.spline import CubicHermiteTable
+from equiforce.accel.spline import CubicHermiteTable
 
 
 def _value_and_derivative(fn, s):

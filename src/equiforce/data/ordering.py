@@ -22,6 +22,8 @@ from __future__ import annotations
 
 import torch
 
+from equiforce import keys
+
 #: Systems with at least this many atoms in one call are reordered. At 1,029 atoms
 #: the order made no measurable difference (``so3krates_ablations.py order``): the
 #: atom rows of such systems stay in cache whatever their order.
@@ -87,3 +89,22 @@ def inverse_permutation(perm: torch.Tensor) -> torch.Tensor:
     inv = torch.empty_like(perm)
     inv[perm] = torch.arange(perm.numel(), device=perm.device, dtype=perm.dtype)
     return inv
+
+
+def restore_atom_order(
+    out: dict[str, torch.Tensor], inv: torch.Tensor
+) -> dict[str, torch.Tensor]:
+    """Per-atom outputs of a reordered call, back in the caller's atom order.
+
+    Args:
+        out: model outputs computed on ``graph.permuted(perm, inv)``; per-atom
+            entries are those whose first dimension is the atom count of
+            ``inv`` and whose key is a per-atom output (forces, atomic energies,
+            per-term atomic energies).
+        inv: (n_atoms,) inverse permutation.
+    """
+    return {k: v.index_select(0, inv) if _per_atom(k) else v for k, v in out.items()}
+
+
+def _per_atom(key: str) -> bool:
+    return key in (keys.FORCES, keys.ATOMIC_ENERGIES) or keys.term_name(key) is not None

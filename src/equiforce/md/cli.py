@@ -97,7 +97,7 @@ def _config(args):
 def _load(args):
     """(config, model, structures) or raise a ValueError with a clear message."""
     from equiforce.data.io import read
-    from equiforce.models.checkpoint import load_model
+    from equiforce.models.registry import load_model
 
     config = _config(args)
     dtype = None

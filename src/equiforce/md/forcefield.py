@@ -2,110 +2,94 @@
 
 Analytic potentials (harmonic, Lennard-Jones) serve the physics tests.
 
-:class:`ModelForceField` builds one :class:`AtomicGraph` for all systems of a state
-(``AtomicGraph.collate``) with the cutoff ``model.cutoff + skin`` and reuses its
-edges until some atom has moved more than ``skin/2`` since the last build (then no
-pair can have entered the cutoff sphere unseen). Pairs in the skin shell contribute
-exactly zero because every model's cutoff function vanishes beyond ``model.cutoff``,
-so reuse changes the cost, not the forces.
+:class:`ModelForceField` adapts :class:`equiforce.potential.Potential` (one
+neighbour graph for all systems of a state, reused with a skin; the compiled
+backend) to the engine's ``force_fn(state) -> (energy, forces)``.
 """
 
 from __future__ import annotations
 
-import numpy as np
 import torch
 
 from equiforce import keys
 from equiforce.data.graph import AtomicGraph
 from equiforce.md.state import MDState
 from equiforce.models.base import PotentialModel
-from equiforce.models.compiled import LazyCompile
 from equiforce.nn.scatter import scatter_sum
+from equiforce.potential import Potential
 
 
 class ModelForceField:
     """``force_fn`` for a potential model; works for batches of systems.
 
+    A thin adapter over :class:`equiforce.potential.Potential`, which owns the
+    neighbour list (one graph for all systems of a state, reused with a skin),
+    the dtype and the compiled backend.
+
     Args:
-        model: any :class:`PotentialModel` (put in eval mode).
+        model: any :class:`PotentialModel` (put in eval mode), or a
+            :class:`Potential` (then the other arguments are ignored).
         skin: neighbour-list skin, Å (0 rebuilds at every call).
         dtype: model compute dtype (default: the model's parameter dtype).
         compile: use the compiled energy+forces path
-            (:class:`equiforce.models.compiled.CompiledPotential`); ``None`` compiles
+            (:class:`equiforce.accel.compiled.CompiledPotential`); ``None`` compiles
             once ``compile_after`` eager calls have run (short runs stay eager).
         compile_after: eager calls before compiling when ``compile`` is None.
 
     Attributes:
-        n_builds: number of neighbour-list builds so far.
-        n_calls: number of force evaluations so far.
+        potential: the :class:`Potential` doing the work.
     """
 
     def __init__(
         self,
-        model: PotentialModel,
+        model: PotentialModel | Potential,
         skin: float = 0.5,
         dtype: torch.dtype | None = None,
         compile: bool | None = None,
         compile_after: int = 20,
     ) -> None:
-        self.model = model.eval()
-        self.dtype = dtype or next(iter(model.parameters())).dtype
-        self.model.to(self.dtype)
-        self.skin = float(skin)
-        self.graph: AtomicGraph | None = None
-        self._ref_positions: torch.Tensor | None = None
-        self.n_builds = 0
-        self.n_calls = 0
-        self._compiled = LazyCompile(self.model, compile, compile_after)
-
-    def _needs_rebuild(self, positions: torch.Tensor) -> bool:
-        if self.graph is None or self._ref_positions.shape != positions.shape:
-            return True
-        if self.skin <= 0:
-            return True
-        moved2 = ((positions - self._ref_positions) ** 2).sum(-1).max()
-        return bool(moved2 > (0.5 * self.skin) ** 2)  # one host sync per step
-
-    def build(self, state: MDState) -> AtomicGraph:
-        """Build the neighbour graph of all systems at the current positions."""
-        pos = state.positions.detach().cpu().double().numpy()
-        if not np.isfinite(pos).all():
-            raise FloatingPointError("non-finite positions")
-        cell = state.cell.detach().cpu().double().numpy()
-        pbc = state.pbc.cpu().numpy()
-        idx = state.system_idx.cpu().numpy()
-        z = state.atomic_numbers.cpu().numpy()
-        graphs = []
-        for s in range(state.n_systems):
-            sel = idx == s
-            graphs.append(
-                AtomicGraph.from_arrays(
-                    pos[sel],
-                    z[sel],
-                    self.model.cutoff + self.skin,
-                    cell=cell[s],
-                    pbc=pbc[s],
-                    dtype=self.dtype,
-                )
+        if isinstance(model, Potential):
+            self.potential = model
+        else:
+            device = next(iter(model.parameters())).device
+            self.potential = Potential(
+                model,
+                device=device,
+                dtype=dtype,
+                skin=skin,
+                compile=compile,
+                compile_after=compile_after,
             )
-        graph = AtomicGraph.collate(graphs).to(state.device)
-        self.graph = graph
-        self._ref_positions = state.positions.detach().clone()
-        self.n_builds += 1
-        return graph
+
+    @property
+    def model(self) -> PotentialModel:
+        """The model the potential evaluates."""
+        return self.potential.model
+
+    @property
+    def graph(self) -> AtomicGraph | None:
+        """The neighbour graph of the last call."""
+        return self.potential.graph
+
+    @property
+    def n_builds(self) -> int:
+        """Neighbour-list builds so far."""
+        return self.potential.n_builds
+
+    @property
+    def n_calls(self) -> int:
+        """Force evaluations so far."""
+        return self.potential.n_calls
 
     def __call__(self, state: MDState) -> tuple[torch.Tensor, torch.Tensor]:
         """Energy (n_systems,) eV and forces (n_atoms, 3) eV/Å at the state."""
-        if self._needs_rebuild(state.positions):
-            self.build(state)
-        graph = self.graph
-        graph.positions = state.positions.to(self.dtype)  # reuse the topology
-        self.n_calls += 1
-        compiled = self._compiled(self.n_calls)
-        if compiled is not None:
-            out = compiled(graph)
-        else:
-            out = self.model(graph, compute_forces=True)
+        out = self.potential.compute(
+            state.positions,
+            state.atomic_numbers,
+            state.cell,
+            state.pbc,
+            state.system_idx if state.n_systems > 1 else None,
+        )
         return out[keys.ENERGY], out[keys.FORCES]
 
 

@@ -6,19 +6,23 @@ A checkpoint is a plain dict of tensors and Python builtins::
      state_dict, statistics, train_config}
 
 Modules are never pickled, so loading a file cannot execute code. Writes are
-atomic (temporary file in the same folder + ``os.replace``).
+atomic (temporary file in the same folder + ``os.replace``). This module is the
+file format only; :func:`equiforce.models.registry.load_model` rebuilds a model
+from a file through the registry.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
-from equiforce import __version__
 from equiforce.atomic import atomic_torch_save
-from equiforce.models.base import PotentialModel
+from equiforce.version import __version__
+
+if TYPE_CHECKING:
+    from equiforce.models.base import PotentialModel
 
 FORMAT_VERSION = 1
 _REQUIRED = ("format_version", "model_name", "model_config", "state_dict")
@@ -87,46 +91,3 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
             f"equiforce ({FORMAT_VERSION}); upgrade equiforce"
         )
     return payload
-
-
-def model_from_payload(
-    payload: dict[str, Any],
-    device: str | torch.device = "cpu",
-    dtype: torch.dtype | None = None,
-) -> PotentialModel:
-    """Rebuild a model through the registry from a checkpoint dict."""
-    from equiforce.models.registry import MODELS, make_config
-
-    name = payload["model_name"]
-    if name not in MODELS:
-        raise CheckpointError(
-            f"checkpoint model {name!r} is not in this equiforce ({sorted(MODELS)})"
-        )
-    config = make_config(name, **payload["model_config"])
-    state = payload["state_dict"]
-    model = MODELS[name][1](config, e0=state.get("e0"))
-    model.model_name = name
-    stored = getattr(torch, payload.get("dtype", "float32"))
-    model = model.to(stored)
-    try:
-        model.load_state_dict(state)
-    except RuntimeError as err:
-        raise CheckpointError(
-            f"state_dict does not fit the {name} config: {err}"
-        ) from None
-    return model.to(device=device, dtype=dtype or stored).eval()
-
-
-def load_model(
-    path: str | Path,
-    device: str | torch.device = "cpu",
-    dtype: torch.dtype | None = None,
-) -> PotentialModel:
-    """Load a model saved by :func:`save_model` (or a training run's best/last.pt)."""
-    try:
-        return model_from_payload(load_checkpoint(path), device=device, dtype=dtype)
-    except CheckpointError as err:
-        msg = str(err)
-        raise CheckpointError(
-            msg if msg.startswith(str(path)) else f"{path}: {msg}"
-        ) from None

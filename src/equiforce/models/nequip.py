@@ -256,7 +256,10 @@ class NequIP(PotentialModel):
                 self.readout_out.weight.zero_()
 
     def atomic_energies(
-        self, graph: AtomicGraph, edge_vectors: torch.Tensor
+        self,
+        graph: AtomicGraph,
+        edge_vectors: torch.Tensor,
+        differentiable: bool = True,
     ) -> torch.Tensor:
         """Network atomic energies (n_atoms,) from the final 0e scalars."""
         idx_i, idx_j = graph.edge_index[0], graph.edge_index[1]

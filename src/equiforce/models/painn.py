@@ -169,7 +169,10 @@ class PaiNN(PotentialModel):
         self.readout = MLP([F, hidden, 1], zero_init_last=cfg.zero_init_readout)
 
     def atomic_energies(
-        self, graph: AtomicGraph, edge_vectors: torch.Tensor
+        self,
+        graph: AtomicGraph,
+        edge_vectors: torch.Tensor,
+        differentiable: bool = True,
     ) -> torch.Tensor:
         """Network atomic energies (n_atoms,) from the final scalar features."""
         idx_i, idx_j = graph.edge_index[0], graph.edge_index[1]

@@ -1,13 +1,20 @@
-"""The model registry: one literal dict name -> (config class, model class)."""
+"""The model registry: one literal dict name -> (config class, model class).
+
+Building a model (:func:`build_model`) and rebuilding one from a checkpoint file
+(:func:`load_model`) both go through it.
+"""
 
 from __future__ import annotations
 
 import difflib
+from pathlib import Path
+from typing import Any
 
 import torch
 from pydantic import BaseModel
 
 from equiforce.models.base import PotentialModel
+from equiforce.models.checkpoint import CheckpointError, load_checkpoint
 from equiforce.models.nequip import PRESETS as NEQUIP_PRESETS
 from equiforce.models.nequip import NequIP, NequIPConfig
 from equiforce.models.painn import PRESETS as PAINN_PRESETS
@@ -85,3 +92,44 @@ def build_model(
         model = model_cls(config, e0=e0)
     model.model_name = name
     return model.to(dtype)
+
+
+def model_from_payload(
+    payload: dict[str, Any],
+    device: str | torch.device = "cpu",
+    dtype: torch.dtype | None = None,
+) -> PotentialModel:
+    """Rebuild a model through the registry from a checkpoint dict."""
+    name = payload["model_name"]
+    if name not in MODELS:
+        raise CheckpointError(
+            f"checkpoint model {name!r} is not in this equiforce ({sorted(MODELS)})"
+        )
+    config = make_config(name, **payload["model_config"])
+    state = payload["state_dict"]
+    model = MODELS[name][1](config, e0=state.get("e0"))
+    model.model_name = name
+    stored = getattr(torch, payload.get("dtype", "float32"))
+    model = model.to(stored)
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as err:
+        raise CheckpointError(
+            f"state_dict does not fit the {name} config: {err}"
+        ) from None
+    return model.to(device=device, dtype=dtype or stored).eval()
+
+
+def load_model(
+    path: str | Path,
+    device: str | torch.device = "cpu",
+    dtype: torch.dtype | None = None,
+) -> PotentialModel:
+    """Load a model saved by :func:`save_model` (or a training run's best/last.pt)."""
+    try:
+        return model_from_payload(load_checkpoint(path), device=device, dtype=dtype)
+    except CheckpointError as err:
+        msg = str(err)
+        raise CheckpointError(
+            msg if msg.startswith(str(path)) else f"{path}: {msg}"
+        ) from None

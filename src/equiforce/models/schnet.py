@@ -243,7 +243,10 @@ class SchNet(PotentialModel):
         )
 
     def atomic_energies(
-        self, graph: AtomicGraph, edge_vectors: torch.Tensor
+        self,
+        graph: AtomicGraph,
+        edge_vectors: torch.Tensor,
+        differentiable: bool = True,
     ) -> torch.Tensor:
         """Network atomic energies (n_atoms,) from the final SchNet features."""
         idx_i, idx_j = graph.edge_index[0], graph.edge_index[1]

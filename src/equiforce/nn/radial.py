@@ -4,7 +4,7 @@ All functions take distances ``d`` of shape (n_edges,) in Å and are smooth in d
 
 Each basis also names the coordinate s(d) in which it is smoothest
 (``to_table``/``from_table``): functions of the basis are tabulated uniformly in
-s for inference (:mod:`equiforce.nn.spline`). The PhysNet basis is a set of
+s for inference (:mod:`equiforce.accel.spline`). The PhysNet basis is a set of
 Gaussians in e^{−d}, narrow in d near d = 0 and wide at the cutoff: 500 knots
 uniform in e^{−d} interpolate a trained filter 20× more accurately than 1,000
 knots uniform in d.

@@ -4,8 +4,9 @@ Training on forces needs the gradient (with respect to the weights) of a loss th
 contains a gradient (forces = −∂E/∂positions). ``torch.compile`` cannot compile a
 ``backward(create_graph=True)`` followed by a second backward, so here both
 derivatives are ``torch.func`` transforms of a pure function of the weights,
-``grad_and_value(loss)(weights)`` where ``loss`` itself calls
-``grad_and_value(energy)(positions)``, and the whole thing is compiled once with
+``grad_and_value(loss)(weights)`` where ``loss`` itself calls the one energy
+path (:func:`equiforce.energy.evaluate` with ``method="func"``, i.e.
+``grad_and_value(energy)(positions)``), and the whole thing is compiled once with
 dynamic atom and edge counts (and Inductor's own gathers at every size, see
 :func:`equiforce.nn.scatter.inductor_row_ops`). Eager ``torch.func`` runs the same function (the
 fallback when compilation fails, and the reference in the tests).
@@ -21,11 +22,11 @@ import warnings
 import torch
 from torch import nn
 
-from equiforce import keys
+from equiforce.accel.compiled import dynamo_frame_count
 from equiforce.data.graph import AtomicGraph
+from equiforce.energy import evaluate
 from equiforce.models.base import PotentialModel
-from equiforce.models.compiled import dynamo_frame_count
-from equiforce.nn.scatter import inductor_row_ops, scatter_sum
+from equiforce.nn.scatter import inductor_row_ops
 from equiforce.runtime import INDUCTOR_CPU_OPTIONS, one_thread_below
 from equiforce.train.loss import WeightedLoss
 
@@ -40,15 +41,17 @@ from equiforce.train.loss import WeightedLoss
 ONE_THREAD_MAX_EDGES = 1024
 
 
-class _AtomicEnergies(nn.Module):
-    """``forward`` = the wrapped model's network atomic energies (n_atoms,)."""
+class _EnergyTerms(nn.Module):
+    """``forward`` = the wrapped model's :meth:`~PotentialModel.energy_terms`."""
 
     def __init__(self, model: PotentialModel) -> None:
         super().__init__()
         self.model = model
 
-    def forward(self, graph: AtomicGraph, vectors: torch.Tensor) -> torch.Tensor:
-        return self.model.atomic_energies(graph, vectors)
+    def forward(
+        self, graph: AtomicGraph, differentiable: bool
+    ) -> dict[str, torch.Tensor]:
+        return self.model.energy_terms(graph, differentiable)
 
 
 class CompiledTrainStep:
@@ -71,7 +74,7 @@ class CompiledTrainStep:
         if loss_fn.needs_stress:
             raise ValueError("the compiled training step does not train on stress")
         self.model, self.loss_fn = model, loss_fn
-        self._wrapper = _AtomicEnergies(model)
+        self._wrapper = _EnergyTerms(model)
         self.compile_seconds: float | None = None
         self.compiled = compile
         self._fn = self._loss_and_grads
@@ -97,32 +100,12 @@ class CompiledTrainStep:
         e0 = self.model.e0
 
         def loss_of(weights: dict[str, torch.Tensor]):
-            def energy(pos: torch.Tensor):
-                graph = AtomicGraph(
-                    positions=pos,
-                    atomic_numbers=batch.atomic_numbers,
-                    graph_index=batch.graph_index,
-                    edge_index=batch.edge_index,
-                    edge_shifts=batch.edge_shifts,
-                    cell=batch.cell,
-                    pbc=batch.pbc,
-                    n_atoms=batch.n_atoms,
-                    edges_paired=batch.edges_paired,
+            def terms(graph: AtomicGraph, differentiable: bool):
+                return torch.func.functional_call(
+                    self._wrapper, {**weights, **buffers}, (graph, differentiable)
                 )
-                vectors = graph.edge_vectors(pos)  # (n_edges, 3)
-                e = torch.func.functional_call(
-                    self._wrapper, {**weights, **buffers}, (graph, vectors)
-                )  # (n_atoms,)
-                return e.sum(), e
 
-            grad, (_, e_net) = torch.func.grad_and_value(energy, has_aux=True)(
-                batch.positions
-            )
-            e_atom = e_net.to(torch.float64) + e0[batch.atomic_numbers]
-            out = {
-                keys.ENERGY: scatter_sum(e_atom, batch.graph_index, batch.n_graphs),
-                keys.FORCES: -grad,
-            }
+            out = evaluate(terms, e0, batch, differentiable=True, method="func")
             total, parts = self.loss_fn.terms(out, batch)
             return total, {k: v.detach() for k, v in parts.items()}
 

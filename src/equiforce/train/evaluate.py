@@ -49,7 +49,7 @@ def evaluate(
     Returns:
         The metrics dict written to ``metrics.json`` (meV, meV/Å).
     """
-    from equiforce.models.checkpoint import load_model
+    from equiforce.models.registry import load_model
 
     source = _as_source(data)
     out = Path(out_dir)

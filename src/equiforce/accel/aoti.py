@@ -1,6 +1,6 @@
 """Energy+forces compiled ahead of time (AOTInductor) for CPU inference.
 
-The ``torch.compile`` path (:class:`~equiforce.models.compiled.CompiledPotential`)
+The ``torch.compile`` path (:class:`~equiforce.accel.compiled.CompiledPotential`)
 pays at every call for Dynamo's guards, the AOTAutograd runtime wrappers and
 weights passed as graph inputs. Here the same function (forces from
 ``torch.func.grad_and_value``) is traced once into an ATen graph with symbolic
@@ -41,8 +41,8 @@ from pathlib import Path
 
 import torch
 
+from equiforce.accel.weights import weight_state_key
 from equiforce.atomic import atomic_path
-from equiforce.models.base import weight_state_key
 
 #: Bump when the traced function changes in a way the graph hash cannot see.
 FORMAT_VERSION = 1

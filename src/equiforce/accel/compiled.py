@@ -13,7 +13,7 @@ first compilation takes ~20 s instead of ~5 s; ``EQUIFORCE_CPP_WRAPPER=0`` turns
 it off). If compilation fails the model's own autograd path is used, with a warning.
 
 On the CPU the default backend goes one step further: the same function is compiled
-ahead of time by AOTInductor with the weights inside (:mod:`equiforce.models.aoti`),
+ahead of time by AOTInductor with the weights inside (:mod:`equiforce.accel.aoti`),
 1.4-1.5x faster than ``torch.compile`` for small molecules; ``torch.compile`` serves
 the graphs it does not take and its build failures.
 
@@ -21,7 +21,7 @@ On a GPU, per-call overhead is kernel launches (an eager call of the default
 So3krates is ~11 ms on an H100 whatever the size up to 3,000 atoms). There
 :meth:`CompiledPotential.for_device` compiles with static shapes and CUDA graphs
 (``mode="reduce-overhead"``); atom and edge counts are padded to buckets
-(:mod:`equiforce.data.padding`) so that an MD run replays one or two graphs
+(:mod:`equiforce.accel.padding`) so that an MD run replays one or two graphs
 instead of recompiling at every neighbour-list rebuild. (Static shapes are also
 what works on torch 2.11: its Dynamo fails on the dynamic-shape ``torch.func``
 graph on CUDA.)
@@ -34,16 +34,20 @@ import os
 import time
 import warnings
 from dataclasses import replace
+from typing import TYPE_CHECKING
 
 import torch
 
 from equiforce import keys, runtime
+from equiforce.accel.aoti import AOTIFunction
+from equiforce.accel.padding import pad_to_buckets
 from equiforce.data.graph import AtomicGraph
-from equiforce.data.padding import pad_to_buckets
-from equiforce.models.aoti import AOTIFunction
-from equiforce.models.base import PotentialModel, restore_atom_order
-from equiforce.nn.scatter import scatter_sum
+from equiforce.data.ordering import restore_atom_order
+from equiforce.energy import VIRIAL, atomic_outputs, finish
 from equiforce.runtime import one_thread_below
+
+if TYPE_CHECKING:
+    from equiforce.models.base import PotentialModel
 
 #: Compile backends of :class:`CompiledPotential` (``EQUIFORCE_COMPILE_BACKEND``).
 BACKENDS = ("aoti", "inductor")
@@ -68,7 +72,7 @@ class CompiledPotential:
         pad: pad atom and edge counts to buckets (:func:`pad_to_buckets`) so that
             static shapes recompile rarely. None: when ``dynamic`` is False.
         backend: ``"aoti"`` (CPU: the function compiled ahead of time with the
-            weights inside, :mod:`equiforce.models.aoti`; ``torch.compile`` for
+            weights inside, :mod:`equiforce.accel.aoti`; ``torch.compile`` for
             graphs it does not take and if it fails) or ``"inductor"``
             (``torch.compile`` only). None: ``EQUIFORCE_COMPILE_BACKEND``, else
             ``"aoti"`` for CPU models with dynamic shapes and no ``mode``.
@@ -76,7 +80,7 @@ class CompiledPotential:
     Attributes:
         compile_seconds: wall time of the first (compiling) call.
         n_compiles: how many graphs Dynamo compiled so far (1 expected).
-        aoti: one :class:`~equiforce.models.aoti.AOTIFunction` per edge layout
+        aoti: one :class:`~equiforce.accel.aoti.AOTIFunction` per edge layout
             (paired or not) when the AOTInductor backend is on, else None.
     """
 
@@ -199,41 +203,50 @@ class CompiledPotential:
         pbc: torch.Tensor,  # (n_graphs, 3)
         n_atoms: torch.Tensor,  # (n_graphs,)
         edges_paired: bool,
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Atomic energies (n_atoms,) float64 with E0, and forces (n_atoms, 3)."""
+        stress: bool = False,
+    ) -> tuple[torch.Tensor, ...]:
+        """Atomic energies (n_atoms,) float64 with E0, forces (n_atoms, 3)[, virial].
 
-        def energy(pos: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-            graph = AtomicGraph(
-                positions=pos,
-                atomic_numbers=atomic_numbers,
-                graph_index=graph_index,
-                edge_index=edge_index,
-                edge_shifts=edge_shifts,
-                cell=cell,
-                pbc=pbc,
-                n_atoms=n_atoms,
-                edges_paired=edges_paired,
-            )
-            e = self.model.atomic_energies(graph, graph.edge_vectors(pos))  # (n_atoms,)
-            return e.sum(), e
+        :func:`equiforce.energy.atomic_outputs` with ``torch.func`` derivatives;
+        E0 is added inside the graph too (eager ops cost ~5 µs each, a few % of a
+        small molecule's call), the per-structure sums stay outside.
+        """
+        graph = AtomicGraph(
+            positions=positions,
+            atomic_numbers=atomic_numbers,
+            graph_index=graph_index,
+            edge_index=edge_index,
+            edge_shifts=edge_shifts,
+            cell=cell,
+            pbc=pbc,
+            n_atoms=n_atoms,
+            edges_paired=edges_paired,
+        )
+        model = self.model
+        out = atomic_outputs(
+            model.energy_terms, model.e0, graph, stress=stress, method="func"
+        )
+        e_atom, forces = out[keys.ATOMIC_ENERGIES], out[keys.FORCES]
+        return (e_atom, forces, out[VIRIAL]) if stress else (e_atom, forces)
 
-        grad, (_, e_net) = torch.func.grad_and_value(energy, has_aux=True)(positions)
-        # E0 inside the graph too (eager ops cost ~5 µs each, a few % of a small
-        # molecule's call); the per-structure sum stays outside: Inductor's
-        # float64 scatter into one row failed to generate code at 2 threads
-        e_atom = e_net.to(torch.float64) + self.model.e0[atomic_numbers]
-        return e_atom, -grad
-
-    def __call__(self, graph: AtomicGraph) -> dict[str, torch.Tensor]:
+    def __call__(
+        self, graph: AtomicGraph, stress: bool = False
+    ) -> dict[str, torch.Tensor]:
         """Energies (float64, E0 included) and forces of every structure in ``graph``.
+
+        Args:
+            graph: the structures.
+            stress: also return ``stress`` (n_graphs, 3, 3) eV/Å³ (a graph of its
+                own, on torch.compile: the AOTInductor library has forces only).
 
         Large systems run in Morton atom order (:meth:`PotentialModel.atom_order`);
         the outputs are in ``graph``'s order either way.
         """
         order = self.model.atom_order(graph)
         if order is None:
-            return self._call(graph)
-        return restore_atom_order(self._call(graph.permuted(*order)), order[1])
+            return self._call(graph, stress)
+        out = self._call(graph.permuted(*order), stress)
+        return restore_atom_order(out, order[1])
 
     def _padded(self, graph: AtomicGraph) -> AtomicGraph:
         """``graph`` padded to buckets; MD reuses one topology, so it is cached."""
@@ -246,14 +259,15 @@ class CompiledPotential:
         self._pad_cache = (graph.edge_index, padded)
         return padded
 
-    def _call(self, graph: AtomicGraph) -> dict[str, torch.Tensor]:
-        if self.model.chunks_edges(graph.n_edges) or self._autograd_fallback:
+    def _call(self, graph: AtomicGraph, stress: bool) -> dict[str, torch.Tensor]:
+        # the training limit (differentiable=True): graphs the model would chunk
+        # only for forces-only calls still run here, all edges at once
+        if self.model.chunks_edges(graph.n_edges, True) or self._autograd_fallback:
             # checkpointed edge chunks use saved-tensor hooks, which torch.func
             # transforms reject: very large graphs take the autograd path
             # (the model finds the atoms already in Morton order: its sort is
             # a no-op permutation, milliseconds against seconds for such graphs)
-            out = self.model(graph, compute_forces=True)
-            return {k: out[k] for k in (keys.ENERGY, keys.ATOMIC_ENERGIES, keys.FORCES)}
+            return self.model(graph, compute_forces=True, compute_stress=stress)
         padded = self._padded(graph) if self.pad else graph
         args = _arguments(padded)
         start = time.perf_counter() if self.compile_seconds is None else 0.0
@@ -268,17 +282,15 @@ class CompiledPotential:
             )
 
         outputs = None
-        if self.aoti is not None:
+        if self.aoti is not None and not stress:
             with torch.no_grad(), small():
                 outputs = self._run_aoti(padded, args)
         try:
             if self.cudagraphs:
                 torch.compiler.cudagraph_mark_step_begin()
-            if outputs is not None:
-                e_atom, forces = outputs
-            else:
+            if outputs is None:
                 with torch.no_grad(), small(), self.model.inference_tables():
-                    e_atom, forces = self._fn(*args, padded.edges_paired)
+                    outputs = self._fn(*args, padded.edges_paired, stress)
         except Exception as err:  # noqa: BLE001 - any compiler failure -> eager fallback
             if not self.compiled:
                 raise
@@ -288,15 +300,19 @@ class CompiledPotential:
                 stacklevel=2,
             )
             self.compiled, self._autograd_fallback = False, True
-            return self._call(graph)
+            return self._call(graph, stress)
         if self.compile_seconds is None:
             self.compile_seconds = time.perf_counter() - start
-        if self.pad:
-            e_atom, forces = e_atom[: graph.num_nodes], forces[: graph.num_nodes]
+        names = (keys.ATOMIC_ENERGIES, keys.FORCES, VIRIAL)
+        atomic = dict(zip(names, outputs, strict=False))
+        if self.pad:  # drop the ghost atoms and the ghost structure
+            atomic = {
+                k: v[: graph.n_graphs if k == VIRIAL else graph.num_nodes]
+                for k, v in atomic.items()
+            }
         if self.cudagraphs:  # the next replay overwrites a CUDA graph's outputs
-            e_atom, forces = e_atom.clone(), forces.clone()
-        energy = scatter_sum(e_atom, graph.graph_index, graph.n_graphs)
-        return {keys.ENERGY: energy, keys.ATOMIC_ENERGIES: e_atom, keys.FORCES: forces}
+            atomic = {k: v.clone() for k, v in atomic.items()}
+        return finish(graph, atomic)
 
 
 def _arguments(graph: AtomicGraph) -> tuple[torch.Tensor, ...]:
@@ -333,32 +349,6 @@ def _wants_aoti(
             "the aoti backend needs a CPU model, dynamic shapes, no mode and no padding"
         )
     return backend == "aoti" and possible
-
-
-class LazyCompile:
-    """When to switch a force provider from eager calls to :class:`CompiledPotential`.
-
-    Shared by the ASE calculator and the MD force field. ``compile=True`` compiles
-    at the first call, ``False`` never, ``None`` once ``after`` eager calls have
-    run (single points stay eager, MD loops get the fast path).
-
-    Args:
-        model: the potential.
-        compile: the policy above.
-        after: eager calls before compiling when ``compile`` is None.
-    """
-
-    def __init__(self, model: PotentialModel, compile: bool | None, after: int) -> None:
-        self.model, self.compile, self.after = model, compile, after
-        self.potential: CompiledPotential | None = None
-
-    def __call__(self, n_calls: int) -> CompiledPotential | None:
-        """The compiled wrapper if the policy wants it after ``n_calls`` calls."""
-        if self.potential is None:
-            wanted = self.compile if self.compile is not None else n_calls >= self.after
-            if wanted:
-                self.potential = CompiledPotential.for_device(self.model)
-        return self.potential
 
 
 def dynamo_frame_count() -> int:

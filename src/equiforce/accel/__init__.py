@@ -1,0 +1,1 @@
+"""Speed machinery only: compiled backends, padding, edge chunks, runtime settings."""

@@ -1,0 +1,121 @@
+"""The So3krates model: embedding, attention layers, readout (see the package doc)."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from equiforce.data.graph import AtomicGraph
+from equiforce.models.base import NUM_ELEMENTS, PotentialModel
+from equiforce.models.so3krates.config import So3kratesConfig
+from equiforce.models.so3krates.fast import So3kratesFastPaths
+from equiforce.models.so3krates.layer import DegreeContraction, So3kratesLayer
+from equiforce.nn.layers import MLP
+from equiforce.nn.radial import Cutoff, make_basis
+from equiforce.nn.spherical import SphericalHarmonics, safe_norm
+
+
+class So3krates(So3kratesFastPaths, PotentialModel):
+    """So3krates potential (see the package docstring for the symbol table)."""
+
+    def __init__(self, config: So3kratesConfig, e0: torch.Tensor | None = None) -> None:
+        super().__init__(cutoff=config.cutoff, e0=e0)
+        self.config = config
+        cfg = config
+        F = cfg.num_features
+        self.embedding = nn.Embedding(NUM_ELEMENTS, F)
+        nn.init.normal_(self.embedding.weight, 0.0, 1.0)
+        self.rbf = make_basis(cfg.radial_basis, cfg.num_radial, cfg.cutoff)
+        self.cutoff_fn = Cutoff(cfg.cutoff_fn, cfg.cutoff)
+        degrees = cfg.degrees if cfg.use_euclidean_variables else ()
+        self.degrees = degrees
+        self.m_tot = sum(2 * l + 1 for l in degrees)
+        self.sph = SphericalHarmonics(degrees) if degrees else None
+        self.contract = DegreeContraction(degrees) if degrees else None
+        self.layers = nn.ModuleList(
+            So3kratesLayer(cfg, self.contract) for _ in range(cfg.num_layers)
+        )
+        act = "silu" if cfg.readout_activation == "silu" else "identity"
+        self.readout = MLP(
+            [F, cfg.readout_hidden, 1],
+            activation=act,
+            zero_init_last=cfg.zero_init_readout,
+        )
+        self._init_fast_paths()
+        if cfg.per_element_scale_shift:
+            self.scale = nn.Parameter(torch.ones(NUM_ELEMENTS))
+            self.shift = nn.Parameter(torch.zeros(NUM_ELEMENTS))
+        else:
+            self.scale = self.shift = None
+
+    def _harmonics(self, vectors: torch.Tensor) -> torch.Tensor:
+        """Y(r) of edge vectors (n, 3) -> (n, m_tot); (n, 0) without Euclidean variables."""
+        if self.sph is None:
+            return vectors.new_zeros((vectors.shape[0], 0))
+        return self.sph(vectors)
+
+    def atomic_energies(
+        self,
+        graph: AtomicGraph,
+        edge_vectors: torch.Tensor,
+        differentiable: bool = True,
+    ) -> torch.Tensor:
+        """Network atomic energies (n_atoms,) from So3krates features."""
+        idx_i, idx_j = graph.edge_index[0], graph.edge_index[1]
+        # symmetric per-edge quantities once per unordered pair when edges are paired
+        n_dir = 2 if graph.edges_paired else 1
+        n_pairs = idx_i.shape[0] // n_dir
+        d = safe_norm(edge_vectors[:n_pairs])  # (n_pairs,)
+        chunk = self._edge_chunk(idx_i.shape[0], differentiable)
+        chunked = chunk is not None
+        tables = self._active_tables
+        # per layer: radial hidden features (exact) or radial filter parts (tables)
+        if tables is not None:
+            s = self.rbf.to_table(d)  # (n_pairs,)
+            radial = None if chunked else [table(s) for table in tables]
+        elif not chunked:
+            rbf = self.rbf(d).to(edge_vectors.dtype)  # (n_pairs, K)
+            # first radial Dense of every filter of every layer in one product
+            firsts = [m for layer in self.layers for m in layer.radial_firsts()]
+            w_first = torch.cat([m.weight for m in firsts], 0)  # (T·nF, K)
+            b_first = torch.cat([m.bias for m in firsts])
+            hidden = torch.nn.functional.silu(torch.addmm(b_first, rbf, w_first.t()))
+            radial = hidden.chunk(len(self.layers), dim=1)  # T × (n_pairs, nF)
+        phi = self.cutoff_fn(d)  # (n_pairs,)
+        z = graph.atomic_numbers
+        features = self.embedding(z)  # (n_atoms, F)
+        n_atoms = features.shape[0]
+        sph = None if chunked else self._harmonics(edge_vectors)  # (n_edges, m_tot)
+        ev = features.new_zeros((n_atoms, self.m_tot))
+        maps = self._active_projections
+        for t, layer in enumerate(self.layers):
+            if maps is None:
+                q, kv = layer.node_maps(features)
+            else:  # the first layer's maps depend on the element alone
+                proj = maps.first_layer[z] if t == 0 else None
+                q, kv = layer.node_maps(features, maps.projections[t], proj)
+            if chunked:
+                table = None if tables is None else tables[t]
+                features, ev = self._chunked_layer(
+                    layer, features, ev, q, kv, d, edge_vectors, phi, idx_i, idx_j,
+                    chunk, n_dir, table, differentiable,
+                )  # fmt: skip
+                continue
+            d_f, d_ev = layer.edge_messages(
+                q,
+                kv,
+                ev,
+                radial[t],
+                sph,
+                phi,
+                idx_i,
+                idx_j,
+                n_dir,
+                tables is not None,
+                ev_zero=t == 0 and maps is not None,  # as in chunk_messages
+            )
+            features, ev = layer.update(features, ev, d_f, d_ev)
+        e = self.readout(features).squeeze(-1)  # (n_atoms,)
+        if self.scale is not None:
+            e = self.scale[z] * e + self.shift[z]
+        return e

@@ -1,0 +1,236 @@
+"""The inference potential: what every front end (ASE, native MD, engines) wraps.
+
+:class:`Potential` owns, for one model:
+
+- the device and float dtype of the calls;
+- the neighbour list, built by vesin with ``cutoff + skin`` and reused while no
+  atom has moved more than ``skin/2`` and the species, cell and periodic flags are
+  unchanged (then no pair can have entered the cutoff sphere unseen; pairs in the
+  skin shell contribute exactly zero because every model's cutoff function
+  vanishes at ``model.cutoff``, so reuse changes the cost, not the results);
+- the switch from eager calls to the compiled backend
+  (:class:`~equiforce.accel.compiled.CompiledPotential`), kept once made.
+
+Both backends evaluate the one energy path (:mod:`equiforce.energy`). Adapters
+(:class:`equiforce.calculator.EquiforceCalculator`,
+:class:`equiforce.md.forcefield.ModelForceField`) only translate their engine's
+state into :meth:`Potential.compute` arguments and its outputs back.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from equiforce.accel.compiled import CompiledPotential
+from equiforce.data.graph import AtomicGraph
+from equiforce.models.base import PotentialModel
+
+#: Array-likes accepted by :meth:`Potential.compute` (converted without copying
+#: where device and dtype already fit).
+ArrayLike = np.ndarray | torch.Tensor
+
+
+class Potential:
+    """A model ready for inference: device, dtype, neighbour list, compiled backend.
+
+    Args:
+        model_or_path: a :class:`~equiforce.models.base.PotentialModel` or a model
+            file (:func:`equiforce.load_model`).
+        device: torch device of the calls (default: the model's).
+        dtype: compute dtype (default: the model's parameter dtype).
+        skin: neighbour-list skin, Å (0 rebuilds the list at every call).
+        compile: ``True`` uses the compiled backend from the first call,
+            ``False`` never, ``None`` (default) once ``compile_after`` calls have
+            run: single points stay eager, MD loops get the fast path.
+        compile_after: eager calls before compiling when ``compile`` is None.
+
+    Attributes:
+        model: the model, in eval mode on ``device`` in ``dtype``.
+        graph: the neighbour graph of the last call (None before the first).
+        n_builds: neighbour-list builds so far.
+        n_calls: evaluations so far.
+    """
+
+    def __init__(
+        self,
+        model_or_path: PotentialModel | str | Path,
+        device: str | torch.device | None = None,
+        dtype: torch.dtype | None = None,
+        skin: float = 0.5,
+        compile: bool | None = None,
+        compile_after: int = 20,
+    ) -> None:
+        from equiforce.runtime import tune_allocator
+
+        tune_allocator()
+        if isinstance(model_or_path, (str, Path)):
+            from equiforce.models.registry import load_model
+
+            model = load_model(model_or_path, device=device or "cpu", dtype=dtype)
+        else:
+            model = model_or_path
+        first = next(iter(model.parameters()))
+        self.dtype = dtype or first.dtype
+        self.device = torch.device(device) if device is not None else first.device
+        self.model = model.to(device=self.device, dtype=self.dtype).eval()
+        self.skin = float(skin)
+        self.compile, self.compile_after = compile, int(compile_after)
+        self.graph: AtomicGraph | None = None
+        self._reference: tuple[torch.Tensor, ...] | None = None
+        self._compiled: CompiledPotential | None = None
+        self.n_builds = 0
+        self.n_calls = 0
+
+    # --------------------------------------------------------- the backend
+    @property
+    def compiled(self) -> CompiledPotential | None:
+        """The compiled backend once the policy has switched to it, else None."""
+        return self._compiled
+
+    def _backend(self) -> CompiledPotential | None:
+        if self._compiled is None:
+            wanted = (
+                self.compile
+                if self.compile is not None
+                else self.n_calls >= self.compile_after
+            )
+            if wanted:
+                self._compiled = CompiledPotential.for_device(self.model)
+        return self._compiled
+
+    def __call__(
+        self, graph: AtomicGraph, stress: bool = False
+    ) -> dict[str, torch.Tensor]:
+        """Energy, per-atom energies, forces (and stress) of ``graph``'s structures.
+
+        Args:
+            graph: structures on this potential's device and dtype.
+            stress: also return ``stress`` (n_graphs, 3, 3) eV/Å³.
+
+        Returns:
+            ``energy`` (n_graphs,) float64 eV, ``atomic_energies`` (n_atoms,)
+            float64 eV, ``forces`` (n_atoms, 3) eV/Å[, ``stress``].
+        """
+        self.n_calls += 1
+        backend = self._backend()
+        if backend is not None:
+            return backend(graph, stress=stress)
+        return self.model(graph, compute_forces=True, compute_stress=stress)
+
+    # ------------------------------------------------------ neighbour list
+    def compute(
+        self,
+        positions: ArrayLike,
+        atomic_numbers: ArrayLike,
+        cell: ArrayLike | None = None,
+        pbc: ArrayLike | None = None,
+        system_idx: ArrayLike | None = None,
+        stress: bool = False,
+    ) -> dict[str, torch.Tensor]:
+        """Outputs of :meth:`__call__` for structures given as arrays.
+
+        Args:
+            positions: (n_atoms, 3) Å.
+            atomic_numbers: (n_atoms,).
+            cell: (n_systems, 3, 3) or (3, 3) lattice rows, Å (None: open).
+            pbc: (n_systems, 3) or (3,) periodic flags (None: open).
+            system_idx: (n_atoms,) structure of each atom, sorted (None: one).
+            stress: also return ``stress``.
+        """
+        return self(
+            self.graph_for(positions, atomic_numbers, cell, pbc, system_idx), stress
+        )
+
+    def graph_for(
+        self,
+        positions: ArrayLike,
+        atomic_numbers: ArrayLike,
+        cell: ArrayLike | None = None,
+        pbc: ArrayLike | None = None,
+        system_idx: ArrayLike | None = None,
+    ) -> AtomicGraph:
+        """The neighbour graph at ``positions``: the last one reused, or a new one.
+
+        Arguments as in :meth:`compute`. The reused graph is updated in place
+        (new positions, same edges).
+        """
+        pos = torch.as_tensor(positions, device=self.device, dtype=self.dtype)
+        numbers = torch.as_tensor(atomic_numbers, device=self.device)
+        n_systems = 1 if system_idx is None else None
+        if cell is None:
+            cell = torch.zeros((n_systems or _count(system_idx), 3, 3))
+        if pbc is None:
+            pbc = torch.zeros((n_systems or _count(system_idx), 3), dtype=torch.bool)
+        cell = torch.as_tensor(cell, device=self.device, dtype=self.dtype).reshape(
+            -1, 3, 3
+        )
+        pbc = torch.as_tensor(pbc, device=self.device, dtype=torch.bool).reshape(-1, 3)
+        if self._needs_rebuild(pos, numbers, cell, pbc):
+            self._build(pos, numbers, cell, pbc, system_idx)
+        else:
+            self.graph.positions = pos  # the same topology: no re-validation
+        return self.graph
+
+    def _needs_rebuild(
+        self,
+        positions: torch.Tensor,
+        numbers: torch.Tensor,
+        cell: torch.Tensor,
+        pbc: torch.Tensor,
+    ) -> bool:
+        if self.graph is None or self.skin <= 0:
+            return True
+        ref_pos, ref_numbers, ref_cell, ref_pbc = self._reference
+        if positions.shape != ref_pos.shape:
+            return True
+        for new, old in ((numbers, ref_numbers), (cell, ref_cell), (pbc, ref_pbc)):
+            if new is not old and not torch.equal(new, old):
+                return True
+        moved2 = (positions - ref_pos).square().sum(-1).max()
+        return bool(moved2 > (0.5 * self.skin) ** 2)  # one host sync per call
+
+    def _build(
+        self,
+        positions: torch.Tensor,
+        numbers: torch.Tensor,
+        cell: torch.Tensor,
+        pbc: torch.Tensor,
+        system_idx: ArrayLike | None,
+    ) -> None:
+        pos = positions.detach().cpu().double().numpy()
+        if not np.isfinite(pos).all():
+            bad = int(np.flatnonzero(~np.isfinite(pos).all(-1))[0])
+            raise FloatingPointError(f"non-finite position of atom {bad}")
+        z = numbers.cpu().numpy()
+        cells = cell.detach().cpu().double().numpy()
+        flags = pbc.cpu().numpy()
+        cutoff = self.model.cutoff + self.skin
+        if system_idx is None:
+            parts = [slice(None)]
+        else:
+            idx = torch.as_tensor(system_idx).cpu().numpy()
+            parts = [idx == s for s in range(len(cells))]
+        graphs = [
+            AtomicGraph.from_arrays(
+                pos[sel],
+                z[sel],
+                cutoff,
+                cell=cells[s],
+                pbc=flags[s],
+                dtype=self.dtype,
+            )
+            for s, sel in enumerate(parts)
+        ]
+        self.graph = AtomicGraph.collate(graphs).to(self.device)
+        self.graph.positions = positions
+        self._reference = (positions.detach().clone(), numbers, cell, pbc)
+        self.n_builds += 1
+
+
+def _count(system_idx: ArrayLike) -> int:
+    """Number of structures of a sorted structure index."""
+    idx = torch.as_tensor(system_idx)
+    return int(idx.max()) + 1 if idx.numel() else 0
