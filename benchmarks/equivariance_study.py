@@ -17,7 +17,7 @@ Three parts (issue 5), each resumable and written into ``--out`` (default
   same validation force error (the invariant model sets the target; the EV model
   trains in chunks until it reaches it), then NVT MD (Nosé–Hoover chain) at 300 K
   and 500 K over several seeds via
-  :func:`equiforce.analysis.stability.run_stability_study`.
+  :func:`equiforce.workflows.stability.run_stability_study`.
 
 Examples::
 
@@ -476,10 +476,10 @@ def train_to_target(
 
 
 def run_stability(s: dict, out: Path, threads: int) -> None:
-    from equiforce.analysis.stability import run_stability_study
     from equiforce.data.io import read
     from equiforce.md.config import MDConfig
     from equiforce.models.registry import load_model
+    from equiforce.workflows.stability import run_stability_study
 
     path = out / "stability.json"
     result = load_json(path, {})

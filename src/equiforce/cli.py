@@ -16,7 +16,8 @@ from equiforce.version import __version__
 #: Modules whose ``register`` adds subcommands, in the order shown by --help.
 SUBCOMMAND_MODULES: tuple[str, ...] = (
     "equiforce.train.cli",  # train, eval, learning-curve
-    "equiforce.md.cli",  # md, stability
+    "equiforce.md.cli",  # md
+    "equiforce.workflows.cli",  # stability
     "equiforce.analysis.cli",  # analyze
     "equiforce.bench",  # bench
 )

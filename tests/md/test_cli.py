@@ -1,4 +1,4 @@
-"""``equiforce md`` and ``equiforce stability`` end to end with a saved tiny model."""
+"""``equiforce md`` end to end with a saved tiny model."""
 
 import argparse
 
@@ -6,8 +6,8 @@ from ase.build import molecule
 from ase.io import write
 from helpers import tiny_so3krates
 
+from equiforce.data.trajectory import read_trajectory
 from equiforce.md import cli
-from equiforce.md.trajectory import read_trajectory
 
 
 def _parser():
@@ -51,36 +51,3 @@ def test_md_cli_runs_and_resumes(tmp_path):
         [*common[:-3], "--steps", "-3", "--out", str(tmp_path / "x")]
     )
     assert bad.func(bad) == 2
-
-
-def test_stability_cli_writes_table(tmp_path, capsys):
-    tiny_so3krates().save(tmp_path / "model.pt")
-    write(tmp_path / "ethanol.xyz", [molecule("CH3CH2OH")] * 2)
-    args = _parser().parse_args(
-        [
-            "stability",
-            "--model",
-            str(tmp_path / "model.pt"),
-            "--structure",
-            str(tmp_path / "ethanol.xyz"),
-            "--ensemble",
-            "nhc",
-            "--timestep",
-            "0.25",
-            "--steps",
-            "10",
-            "--output-interval",
-            "5",
-            "--temperatures",
-            "100,200",
-            "--seeds",
-            "2",
-            "--out",
-            str(tmp_path / "st"),
-            "--no-progress",
-        ]
-    )
-    assert args.func(args) == 0
-    rows = (tmp_path / "st" / "summary.csv").read_text().splitlines()
-    assert rows[0].startswith("temperature_K,n_runs,stable_fraction") and len(rows) == 3
-    assert "stable" in capsys.readouterr().out

@@ -13,12 +13,12 @@ import torch
 from ase import Atoms
 from helpers import lj_cluster
 
+from equiforce.data.trajectory import read_trajectory
 from equiforce.md.config import ConfigError, MDConfig, load_md_config
 from equiforce.md.forcefield import LennardJones
 from equiforce.md.observers import StabilityMonitor
 from equiforce.md.runner import Simulation, run_md, thermo_table
 from equiforce.md.state import maxwell_boltzmann, state_from_atoms
-from equiforce.md.trajectory import read_trajectory
 
 
 def _cfg(**kw):

@@ -1,1 +1,1 @@
-"""Trajectory analysis: VACF, vibrational spectra, RDF/h(r), stability studies."""
+"""Trajectory analysis: VACF, spectra, RDF/h(r), stability tables (never runs MD)."""

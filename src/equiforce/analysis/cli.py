@@ -1,7 +1,7 @@
 """``equiforce analyze vacf|spectrum|rdf TRAJ``: CSV + PNG next to the trajectory.
 
 Each subcommand reads an equiforce trajectory (extxyz or HDF5, see
-:mod:`equiforce.md.trajectory`), calls one library function and writes
+:mod:`equiforce.data.trajectory`), calls one library function and writes
 ``<stem>_<kind>.csv`` and ``<stem>_<kind>.png`` (or under ``--out``).
 """
 
@@ -47,7 +47,7 @@ def register(subparsers) -> None:
 
 def _analyze(args) -> int:
     from equiforce.analysis import report
-    from equiforce.md.trajectory import read_trajectory
+    from equiforce.data.trajectory import read_trajectory
 
     try:
         traj = read_trajectory(args.trajectory)

@@ -9,7 +9,7 @@ import numpy as np
 from equiforce.analysis.rdf import h_of_r, rdf
 from equiforce.analysis.spectrum import find_peaks_cm, power_spectrum
 from equiforce.analysis.vacf import vacf
-from equiforce.md.trajectory import Trajectory
+from equiforce.data.trajectory import Trajectory
 
 
 def _plot(path: Path, x, ys: dict, xlabel: str, ylabel: str, title: str) -> None:

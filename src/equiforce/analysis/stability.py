@@ -1,28 +1,28 @@
-"""Stability studies: N seeds × temperatures of MD, summarised in a table.
+"""Stability tables: judge finished MD runs and summarise them per temperature.
 
-Per md-protocol.md §3.1 a seed fixes (a) the initial frame, drawn from the given
-structures (e.g. the test split), (b) the Maxwell–Boltzmann velocities and (c) the
-thermostat noise. Each run stops at the first unstable frame
-(:class:`equiforce.md.observers.StabilityMonitor`); its time to failure is the
-simulated time then (the full length if none). Finished runs are skipped when the
-study is restarted, so an interrupted study resumes where it stopped.
+This module only reads what a run left on disk (``result.json`` and its
+trajectory); running the MD is the job of
+:mod:`equiforce.workflows.stability`. A run's time to failure is the simulated
+time of its first stability event (the full length if none), its h(r) error is
+the MAE of the stable part against a reference trajectory when one is given.
 
-Outputs in ``out_dir``: ``runs.csv`` (one row per run) and ``summary.csv`` (per
-temperature: runs, stable fraction, mean / median / min time to failure, mean
-h(r) MAE against the reference trajectory when one is given).
+Tables: ``runs.csv`` (one row per run, :data:`RUN_COLUMNS`) and ``summary.csv``
+(per temperature: runs, stable fraction, mean / median / min time to failure,
+mean h(r) MAE; :data:`SUMMARY_COLUMNS`).
 """
 
 from __future__ import annotations
 
 import csv
 import json
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 
 from equiforce.analysis.rdf import h_of_r, hr_mae
 from equiforce.atomic import atomic_path
-from equiforce.md.config import MDConfig
+from equiforce.data.trajectory import H5_SUFFIXES, read_trajectory
 
 RUN_COLUMNS = (
     "temperature_K",
@@ -48,8 +48,6 @@ def reference_h_of_r(
     path: str | Path, r_max: float = 10.0, n_bins: int = 500
 ) -> np.ndarray:
     """h(r) of a reference trajectory (equiforce trajectory or any readable file)."""
-    from equiforce.md.trajectory import H5_SUFFIXES, read_trajectory
-
     path = Path(path)
     if path.suffix in H5_SUFFIXES:
         traj = read_trajectory(path)
@@ -63,29 +61,41 @@ def reference_h_of_r(
     return h_of_r(pos, cell, pbc, r_max, n_bins)[1]
 
 
-def _one_run(
-    model, structures, config: MDConfig, run_dir: Path, h_ref, progress
-) -> dict:
-    from equiforce.md.runner import run_md
-    from equiforce.md.trajectory import read_trajectory
+def run_finished(run_dir: str | Path) -> bool:
+    """Whether ``run_dir`` holds a run that ended (``result.json``, not interrupted)."""
+    done = Path(run_dir) / "result.json"
+    return done.exists() and not json.loads(done.read_text())["interrupted"]
 
-    done = run_dir / "result.json"
-    if not (done.exists() and not json.loads(done.read_text())["interrupted"]):
-        run_md(
-            model,
-            [structures[config.frame]],
-            config,
-            run_dir,
-            resume=True,
-            progress=progress,
-        )
-    result = json.loads(done.read_text())
+
+def judge_run(
+    run_dir: str | Path,
+    *,
+    temperature: float,
+    seed: int,
+    frame: int,
+    total_ps: float,
+    h_ref: np.ndarray | None = None,
+) -> dict:
+    """One ``runs.csv`` row from a finished run folder.
+
+    Args:
+        run_dir: folder with ``result.json`` and ``trajectory.*`` of one run.
+        temperature: K, copied into the row.
+        seed: copied into the row.
+        frame: initial frame index, copied into the row.
+        total_ps: simulated length of the run, the time to failure of a stable run.
+        h_ref: reference h(r) (:func:`reference_h_of_r`); ``hr_mae`` is NaN without.
+
+    Returns:
+        A dict with the keys of :data:`RUN_COLUMNS`.
+    """
+    run_dir = Path(run_dir)
+    result = json.loads((run_dir / "result.json").read_text())
     events = result["events"]
-    total_ps = config.n_steps * config.timestep / 1000.0
     row = {
-        "temperature_K": config.temperature,
-        "seed": config.seed,
-        "frame": config.frame,
+        "temperature_K": temperature,
+        "seed": seed,
+        "frame": frame,
         "stable": not events and not result["interrupted"],
         "time_to_failure_ps": events[0]["time_fs"] / 1000.0 if events else total_ps,
         "reason": events[0]["reason"] if events else "",
@@ -97,49 +107,6 @@ def _one_run(
         h = h_of_r(traj.positions[: max(n_ok, 1)], traj.cell, traj.pbc)[1]
         row["hr_mae"] = hr_mae(h, h_ref)
     return row
-
-
-def run_stability_study(
-    model,
-    structures: list,
-    base: MDConfig,
-    temperatures: list[float],
-    seeds: list[int],
-    out_dir: str | Path,
-    reference: str | Path | None = None,
-    progress: bool = True,
-) -> list[dict]:
-    """Run every (temperature, seed) and write ``runs.csv`` and ``summary.csv``.
-
-    Args:
-        model: potential model or force provider.
-        structures: candidate initial frames; a seed picks one.
-        base: MD settings shared by all runs (ensemble, dt, length, stability).
-        temperatures: K.
-        seeds: integers; the same seeds should be used for every model compared.
-        out_dir: study folder (one sub-folder per run).
-        reference: reference trajectory for the h(r) error (optional).
-        progress: progress bars.
-
-    Returns:
-        The summary rows.
-    """
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    h_ref = None if reference is None else reference_h_of_r(reference)
-    rows = []
-    for temp in temperatures:
-        for seed in seeds:
-            frame = int(np.random.default_rng(seed).integers(len(structures)))
-            cfg = base.model_copy(
-                update={"temperature": temp, "seed": seed, "frame": frame}
-            )
-            run_dir = out_dir / f"T{temp:g}_seed{seed}"
-            rows.append(_one_run(model, structures, cfg, run_dir, h_ref, progress))
-    _write_csv(out_dir / "runs.csv", RUN_COLUMNS, rows)
-    summary = summarize(rows)
-    _write_csv(out_dir / "summary.csv", SUMMARY_COLUMNS, summary)
-    return summary
 
 
 def summarize(rows: list[dict]) -> list[dict]:
@@ -165,7 +132,16 @@ def summarize(rows: list[dict]) -> list[dict]:
     return out
 
 
-def _write_csv(path: Path, columns, rows: list[dict]) -> None:
+def write_tables(out_dir: str | Path, rows: list[dict]) -> list[dict]:
+    """Write ``runs.csv`` and ``summary.csv`` into ``out_dir``; return the summary."""
+    out_dir = Path(out_dir)
+    _write_csv(out_dir / "runs.csv", RUN_COLUMNS, rows)
+    summary = summarize(rows)
+    _write_csv(out_dir / "summary.csv", SUMMARY_COLUMNS, summary)
+    return summary
+
+
+def _write_csv(path: Path, columns: Sequence[str], rows: list[dict]) -> None:
     with atomic_path(path) as tmp, open(tmp, "w", newline="") as fh:
         writer = csv.DictWriter(fh, fieldnames=list(columns))
         writer.writeheader()

@@ -1,1 +1,1 @@
-"""Data structures, readers, neighbour lists and datasets."""
+"""Data structures, readers and writers (incl. MD trajectories), neighbours, datasets."""

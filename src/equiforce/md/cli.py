@@ -1,4 +1,8 @@
-"""``equiforce md`` and ``equiforce stability`` subcommands (thin wrappers)."""
+"""``equiforce md`` subcommand (thin wrapper) and the MD flags it shares.
+
+:func:`add_md_flags` and :func:`load_inputs` are reused by the stability study's
+command (:mod:`equiforce.workflows.cli`).
+"""
 
 from __future__ import annotations
 
@@ -7,7 +11,8 @@ import sys
 from pathlib import Path
 
 
-def _add_md_flags(p: argparse.ArgumentParser) -> None:
+def add_md_flags(p: argparse.ArgumentParser) -> None:
+    """Add the flags of one MD run (model, structure, md.yaml and its overrides)."""
     p.add_argument("--model", required=True, type=Path, help="model checkpoint (.pt)")
     p.add_argument(
         "--structure",
@@ -48,34 +53,17 @@ def _add_md_flags(p: argparse.ArgumentParser) -> None:
 
 
 def register(subparsers) -> None:
-    """Add ``md`` and ``stability``."""
+    """Add ``md``."""
     p = subparsers.add_parser("md", help="molecular dynamics with a trained model")
-    _add_md_flags(p)
+    add_md_flags(p)
     p.add_argument("--out", type=Path, default=Path("md_run"), help="output folder")
     p.add_argument(
         "--resume", action="store_true", help="continue from OUT/md_state.pt"
     )
     p.set_defaults(func=_md)
 
-    s = subparsers.add_parser(
-        "stability", help="N seeds x temperatures stability table"
-    )
-    _add_md_flags(s)
-    s.add_argument(
-        "--temperatures", type=str, default="300,500", help="comma-separated K"
-    )
-    s.add_argument("--seeds", type=int, default=5, help="number of seeds (0..N-1)")
-    s.add_argument(
-        "--reference",
-        type=Path,
-        default=None,
-        help="reference trajectory for h(r) error",
-    )
-    s.add_argument("--out", type=Path, default=Path("stability"), help="output folder")
-    s.set_defaults(func=_stability)
 
-
-def _config(args):
+def _config(args: argparse.Namespace):
     from equiforce.md.config import load_md_config
 
     return load_md_config(
@@ -94,7 +82,7 @@ def _config(args):
     )
 
 
-def _load(args):
+def load_inputs(args: argparse.Namespace):
     """(config, model, structures) or raise a ValueError with a clear message."""
     from equiforce.data.io import read
     from equiforce.models.registry import load_model
@@ -119,7 +107,7 @@ def _md(args) -> int:
     from equiforce.md.runner import run_md
 
     try:
-        config, model, structures = _load(args)
+        config, model, structures = load_inputs(args)
     except ValueError as err:  # ConfigError, DataError, CheckpointError
         print(f"error: {err}", file=sys.stderr)
         return 2
@@ -147,40 +135,3 @@ def _md(args) -> int:
         print(f"interrupted at step {result.steps_done}; continue with --resume")
         return 130
     return 0 if result.stable else 1
-
-
-def _stability(args) -> int:
-    from equiforce.analysis.stability import run_stability_study
-
-    if args.temperature is not None:
-        print("error: use --temperatures for the stability study", file=sys.stderr)
-        return 2
-    try:
-        config, model, structures = _load(args)
-        temps = [float(t) for t in args.temperatures.split(",") if t.strip()]
-    except ValueError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    for a in structures:
-        a.calc = None
-    summary = run_stability_study(
-        model,
-        structures,
-        config,
-        temps,
-        list(range(args.seeds)),
-        args.out,
-        reference=args.reference,
-        progress=not args.no_progress,
-    )
-    print(
-        f"{'T (K)':>7} {'runs':>5} {'stable':>7} {'mean ttf (ps)':>14} "
-        f"{'min ttf (ps)':>13} {'h(r) MAE':>9}"
-    )
-    for r in summary:
-        print(
-            f"{r['temperature_K']:7.0f} {r['n_runs']:5d} {r['stable_fraction']:7.2f} "
-            f"{r['mean_ttf_ps']:14.3f} {r['min_ttf_ps']:13.3f} {r['mean_hr_mae']:9.5f}"
-        )
-    print(f"tables in {args.out}/summary.csv and runs.csv")
-    return 0

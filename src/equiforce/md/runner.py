@@ -28,6 +28,7 @@ import numpy as np
 import torch
 
 from equiforce.atomic import atomic_torch_save, atomic_write_json
+from equiforce.data.trajectory import open_writer, truncate_trajectory
 from equiforce.md.config import MDConfig
 from equiforce.md.integrators import conserved_energy, make_integrator
 from equiforce.md.observers import (
@@ -43,7 +44,6 @@ from equiforce.md.state import (
     state_from_atoms,
     state_to_atoms,
 )
-from equiforce.md.trajectory import open_writer, truncate_trajectory
 
 CHECKPOINT = "md_state.pt"
 

@@ -1,5 +1,8 @@
 """Trajectory files appended frame by frame, and a tolerant reader.
 
+The MD runner (:mod:`equiforce.md.runner`) writes them; :mod:`equiforce.analysis`
+reads them.
+
 Two formats, one file per system (replica):
 
 - extended XYZ (``.xyz``/``.extxyz``, short runs): each frame is formatted in

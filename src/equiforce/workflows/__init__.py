@@ -1,0 +1,1 @@
+"""Studies that combine layers: run MD (md/), then analyse it (analysis/)."""
