@@ -148,7 +148,8 @@ def seconds_per_step(
     src = config.data.train.model_copy(update={"index": "0:60"})
     store = read_source(src, Reporter(False))
     device = config.training.device
-    model = build_model(config.model.name, None, **config.model.overrides).to(device)
+    model = build_model(config.model.name, **config.model.resolved.model_dump())
+    model = model.to(device)
     ds = GraphDataset(store, model.cutoff, torch.float32)
     opt = make_optimizer(model, config.training)
     loss_fn, bs = WeightedLoss(), config.training.batch_size

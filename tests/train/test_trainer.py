@@ -53,7 +53,7 @@ def test_short_fit_lowers_the_loss(trained):
         None,
         seed=config.training.seed,
         e0=e0,
-        **config.model.overrides,
+        **config.model.resolved.model_dump(),
     )
     loss0 = _valid_loss_of(initial, run_dir)
     loss1 = _valid_loss_of(load_model(best), run_dir)

@@ -27,9 +27,7 @@ import yaml
 
 from equiforce.atomic import atomic_write_text
 from equiforce.config import EquiforceConfig, apply_override, validate_config
-from equiforce.data.dataset import e0_table
 from equiforce.models.checkpoint import load_checkpoint
-from equiforce.models.registry import build_model
 from equiforce.train import distributed
 from equiforce.train.compiled_step import CompiledTrainStep, assign_gradients
 from equiforce.train.distributed import Group
@@ -39,7 +37,12 @@ from equiforce.train.metrics import predict
 from equiforce.train.progress import Reporter, metrics_table
 from equiforce.train.rundir import RunDir, rng_state, set_rng_state
 from equiforce.train.schedules import Schedule
-from equiforce.train.setup import DTYPES, PreparedData, eval_batches, prepare_data
+from equiforce.train.setup import (
+    PreparedData,
+    build_training_model,
+    eval_batches,
+    prepare_data,
+)
 
 
 class RunDirError(ValueError):
@@ -402,26 +405,6 @@ def _sigint_flag(trainer: Trainer):
 
 
 # ------------------------------------------------------------------ entry
-def _build(config: EquiforceConfig, stats: dict | None):
-    t = config.training
-    overrides = dict(config.model.overrides)
-    if (
-        stats is not None
-        and overrides.get("message_normalization") == "avg_num_neighbors"
-    ):
-        overrides.setdefault("avg_num_neighbors", None)
-        if overrides["avg_num_neighbors"] is None:
-            overrides["avg_num_neighbors"] = stats["avg_num_neighbors"]
-    e0 = e0_table({int(z): v for z, v in stats["e0"].items()}) if stats else None
-    return build_model(
-        config.model.name, None, dtype=DTYPES[t.dtype], seed=t.seed, e0=e0, **overrides
-    ), overrides
-
-
-def _cutoff(config: EquiforceConfig) -> float:
-    return float(config.model.overrides["cutoff"])
-
-
 def train(config: EquiforceConfig, run_dir: str | Path, progress: bool = True) -> Path:
     """Train a model from a validated config into a new run directory.
 
@@ -458,18 +441,15 @@ def _new_run(config: EquiforceConfig, run: RunDir, report: Reporter):
     """Prepare data and model; write config, splits and statistics into ``run``.
 
     Returns:
-        (the config with the model's resolved overrides, data, model).
+        (the config with the model fields the data filled in, data, model).
     """
     if run.last.exists() or run.config.exists():
         raise RunDirError(
             f"{run.path}: holds a run already; resume it with --resume or "
             "choose another --run-dir"
         )
-    data = prepare_data(config, _cutoff(config), report)
-    model, overrides = _build(config, data.statistics)
-    config = config.model_copy(
-        update={"model": config.model.model_copy(update={"overrides": overrides})}
-    )
+    data = prepare_data(config, config.model.resolved.cutoff, report)
+    model, config = build_training_model(config, data.statistics)
     run.path.mkdir(parents=True, exist_ok=True)
     atomic_write_text(run.config, config.to_yaml())
     run.write_json(run.splits, data.splits)
@@ -562,10 +542,9 @@ def _trainer_from_run(
     """A trainer over the data, splits and statistics recorded in ``run``."""
     _set_threads(config, group)
     stats = run.read_json(run.statistics)
-    data = prepare_data(
-        config, _cutoff(config), report, run.read_json(run.splits), stats
-    )
-    model, _ = _build(config, stats)
+    splits = run.read_json(run.splits)
+    data = prepare_data(config, config.model.resolved.cutoff, report, splits, stats)
+    model, config = build_training_model(config, stats)
     return Trainer(config, run, data, model, report, group)
 
 
