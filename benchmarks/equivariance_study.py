@@ -455,7 +455,7 @@ def train_to_target(
     cfg, run_dir: Path, target: float | None, chunk: int, max_steps: int
 ) -> dict:
     """Train (resumably); with a target, continue in chunks until F MAE ≤ target."""
-    from equiforce.train.trainer import resume, train
+    from equiforce.train.launch import resume, train
 
     final = run_dir / "final_metrics.json"
     if not (run_dir / "last.pt").exists():

@@ -55,7 +55,8 @@ from equiforce.config import load_config
 from equiforce.data.dataset import GraphDataset
 from equiforce.models.registry import build_model
 from equiforce.train.evaluate import evaluate
-from equiforce.train.trainer import make_optimizer, train
+from equiforce.train.launch import train
+from equiforce.train.trainer import make_optimizer
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT / "data" / "rmd17"
@@ -224,7 +225,7 @@ def _last_elapsed(metrics_csv: Path) -> float | None:
 
 def run_so3krates(args, out: Path) -> dict:
     """Train (or resume, or reuse) the So3krates run; evaluate on the test file."""
-    from equiforce.train.trainer import resume
+    from equiforce.train.launch import resume
 
     run_dir = out / "so3krates"
     sps = float("nan")
