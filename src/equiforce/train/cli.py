@@ -138,7 +138,7 @@ def _learning_curve(args: argparse.Namespace) -> int:
     from equiforce.config import ConfigError, load_config
     from equiforce.data.io import DataError
     from equiforce.train.launch import RunDirError
-    from equiforce.train.learning_curve import learning_curve
+    from equiforce.workflows.learning_curve import learning_curve
 
     try:
         sizes = [int(s) for s in args.sizes.split(",") if s.strip()]

@@ -1,0 +1,1 @@
+"""Studies that combine layers (training, MD, analysis)."""
