@@ -12,7 +12,7 @@ Three parts (issue 5), each resumable and written into ``--out`` (default
   ∝ (L+1)² per edge, full Clebsch–Gordan tensor products grow faster (the number
   of (l1, l2, l3) paths times their (2l+1)-sized blocks, up to ∝ (L+1)⁶ naively).
 * **data**: learning curves (rMD17 ethanol and aspirin, n_train 50 … 950) per
-  model through :func:`equiforce.train.learning_curve.learning_curve`.
+  model through :func:`equiforce.workflows.learning_curve.learning_curve`.
 * **stability**: So3krates with and without Euclidean variables trained to the
   same validation force error (the invariant model sets the target; the EV model
   trains in chunks until it reaches it), then NVT MD (Nosé–Hoover chain) at 300 K
@@ -394,10 +394,10 @@ def training_config(
 
 def run_data(s: dict, out: Path, threads: int) -> None:
     try:
-        from equiforce.train.learning_curve import learning_curve
+        from equiforce.workflows.learning_curve import learning_curve
     except ImportError as err:
         print(
-            f"data efficiency skipped: equiforce.train.learning_curve is missing "
+            f"data efficiency skipped: equiforce.workflows.learning_curve is missing "
             f"({err}); it comes with the training issue",
             file=sys.stderr,
         )
@@ -455,7 +455,7 @@ def train_to_target(
     cfg, run_dir: Path, target: float | None, chunk: int, max_steps: int
 ) -> dict:
     """Train (resumably); with a target, continue in chunks until F MAE ≤ target."""
-    from equiforce.train.trainer import resume, train
+    from equiforce.train.launch import resume, train
 
     final = run_dir / "final_metrics.json"
     if not (run_dir / "last.pt").exists():

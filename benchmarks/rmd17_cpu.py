@@ -55,7 +55,8 @@ from equiforce.config import load_config
 from equiforce.data.dataset import GraphDataset
 from equiforce.models.registry import build_model
 from equiforce.train.evaluate import evaluate
-from equiforce.train.trainer import make_optimizer, train
+from equiforce.train.launch import train
+from equiforce.train.trainer import make_optimizer
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT / "data" / "rmd17"
@@ -148,7 +149,8 @@ def seconds_per_step(
     src = config.data.train.model_copy(update={"index": "0:60"})
     store = read_source(src, Reporter(False))
     device = config.training.device
-    model = build_model(config.model.name, None, **config.model.overrides).to(device)
+    model = build_model(config.model.name, **config.model.resolved.model_dump())
+    model = model.to(device)
     ds = GraphDataset(store, model.cutoff, torch.float32)
     opt = make_optimizer(model, config.training)
     loss_fn, bs = WeightedLoss(), config.training.batch_size
@@ -223,7 +225,7 @@ def _last_elapsed(metrics_csv: Path) -> float | None:
 
 def run_so3krates(args, out: Path) -> dict:
     """Train (or resume, or reuse) the So3krates run; evaluate on the test file."""
-    from equiforce.train.trainer import resume
+    from equiforce.train.launch import resume
 
     run_dir = out / "so3krates"
     sps = float("nan")

@@ -28,8 +28,7 @@ from equiforce.config import load_config
 from equiforce.train.compiled_step import CompiledTrainStep, assign_gradients
 from equiforce.train.loss import WeightedLoss
 from equiforce.train.progress import Reporter
-from equiforce.train.setup import prepare_data
-from equiforce.train.trainer import _build, _cutoff
+from equiforce.train.setup import build_training_model, prepare_data
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -68,8 +67,8 @@ def main() -> None:
         [f"training.batch_size={args.batch_size}", f"training.dtype={args.dtype}"],
     )
     t = config.training
-    data = prepare_data(config, _cutoff(config), Reporter(enabled=False))
-    model = _build(config, data.statistics)[0].train()
+    data = prepare_data(config, config.model.resolved.cutoff, Reporter(enabled=False))
+    model = build_training_model(config, data.statistics)[0].train()
     loss_fn = WeightedLoss(t.energy_weight, t.forces_weight)
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-4)
     gen = torch.Generator().manual_seed(0)

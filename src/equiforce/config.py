@@ -1,6 +1,9 @@
 """Training configuration: pydantic v2 models and :func:`load_config`.
 
-Sections ``data``, ``model`` and ``training`` of a YAML file.
+Sections ``data``, ``model`` and ``training`` of a YAML file. The ``model``
+section is one class per model family of :data:`equiforce.models.registry.MODELS`,
+chosen by its ``name``; its preset and overrides are validated into that family's
+config class when the file is loaded (:attr:`So3kratesSection.resolved` etc.).
 
 Every section forbids unknown keys and is frozen. Errors are reported one per
 line as ``file: key.path: message (did you mean ...)`` by
@@ -15,12 +18,30 @@ from __future__ import annotations
 
 import difflib
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal, Self, get_args
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+from pydantic_core import PydanticCustomError
+
+from equiforce.models.nequip import NequIPConfig
+from equiforce.models.painn import PaiNNConfig
+from equiforce.models.registry import MODELS, PRESETS
+from equiforce.models.schnet import SchNetConfig
+from equiforce.models.so3krates import So3kratesConfig
 
 _FROZEN = ConfigDict(extra="forbid", frozen=True)
+_OVERRIDES_HELP = (
+    "fields of the model config that replace the preset's; read back as the "
+    "complete, validated model config"
+)
 
 
 class ConfigError(ValueError):
@@ -108,22 +129,99 @@ class DataConfig(BaseModel):
         return self
 
 
-class ModelSection(BaseModel):
-    """Architecture: registry name, preset and field overrides."""
+class _ModelSectionBase(BaseModel):
+    """Fields and checks every model family's section shares.
 
-    model_config = _FROZEN
+    The YAML a user writes is ``{name, preset, overrides}``; on validation the
+    preset's values and the overrides become :attr:`resolved`, the family's own
+    config class (so its validators run at load time), which is written back
+    under the key ``overrides`` (every field, so a saved config rebuilds the
+    same model whatever the presets become).
+    """
 
-    name: str = Field("so3krates", description="model registry key")
-    preset: str | None = Field("default", description="named hyperparameter preset")
-    overrides: dict[str, Any] = Field(
-        default_factory=dict,
-        description="fields of the model config that replace the preset",
+    model_config = ConfigDict(
+        extra="forbid", frozen=True, validate_by_name=True, serialize_by_alias=True
     )
 
-    def __hash__(self) -> int:  # dict field: hash by value
-        return hash(
-            (self.name, self.preset, tuple(sorted(map(str, self.overrides.items()))))
+    name: str
+    preset: str | None = Field("default", description="named hyperparameter preset")
+    resolved: BaseModel
+
+    @classmethod
+    def family(cls) -> str:
+        """The registry name this section is for."""
+        return cls.model_fields["name"].default
+
+    @field_validator("preset")
+    @classmethod
+    def _known_preset(cls, preset: str | None) -> str | None:
+        presets = PRESETS.get(cls.family(), {})
+        if preset is not None and preset not in presets:
+            raise PydanticCustomError("unknown_choice", _choice_msg(preset, presets))
+        return preset
+
+    @model_validator(mode="before")
+    @classmethod
+    def _apply_preset(cls, data: Any) -> Any:
+        """Merge the preset under the overrides (before the family validates them)."""
+        if not isinstance(data, dict):
+            return data
+        given = data.get("overrides", data.get("resolved", {}))
+        if isinstance(given, BaseModel) or not isinstance(given, dict):
+            return data  # a built config, or a type error the field reports
+        preset = data.get("preset", cls.model_fields["preset"].default)
+        params = dict(PRESETS.get(cls.family(), {}).get(preset, {}))
+        params.update(given)
+        data = {k: v for k, v in data.items() if k not in ("overrides", "resolved")}
+        return data | {"overrides": params}
+
+    def with_model(self, **changes: Any) -> Self:
+        """This section with fields of the model config replaced (validated again).
+
+        Args:
+            **changes: fields of :attr:`resolved`, e.g. ``avg_num_neighbors=12.3``.
+        """
+        resolved = type(self.resolved).model_validate(
+            self.resolved.model_dump() | changes
         )
+        return self.model_copy(update={"resolved": resolved})
+
+
+class So3kratesSection(_ModelSectionBase):
+    """``model:`` of a So3krates model."""
+
+    name: Literal["so3krates"] = "so3krates"
+    resolved: So3kratesConfig = Field(alias="overrides", description=_OVERRIDES_HELP)
+
+
+class SchNetSection(_ModelSectionBase):
+    """``model:`` of a SchNet model."""
+
+    name: Literal["schnet"] = "schnet"
+    resolved: SchNetConfig = Field(alias="overrides", description=_OVERRIDES_HELP)
+
+
+class PaiNNSection(_ModelSectionBase):
+    """``model:`` of a PaiNN model."""
+
+    name: Literal["painn"] = "painn"
+    resolved: PaiNNConfig = Field(alias="overrides", description=_OVERRIDES_HELP)
+
+
+class NequIPSection(_ModelSectionBase):
+    """``model:`` of a NequIP model."""
+
+    name: Literal["nequip"] = "nequip"
+    resolved: NequIPConfig = Field(alias="overrides", description=_OVERRIDES_HELP)
+
+
+ModelSection = Annotated[
+    So3kratesSection | SchNetSection | PaiNNSection | NequIPSection,
+    Field(discriminator="name"),
+]
+"""Architecture: one section per registry family, chosen by ``name``."""
+
+DEFAULT_MODEL = "so3krates"
 
 
 class TrainingConfig(BaseModel):
@@ -264,16 +362,19 @@ class EquiforceConfig(BaseModel):
     model_config = _FROZEN
 
     data: DataConfig
-    model: ModelSection = Field(default_factory=ModelSection)
+    model: ModelSection = Field(default_factory=So3kratesSection)
     training: TrainingConfig = Field(default_factory=TrainingConfig)
+
+    @field_validator("model", mode="before")
+    @classmethod
+    def _default_name(cls, section: Any) -> Any:
+        if isinstance(section, dict) and "name" not in section:
+            return {"name": DEFAULT_MODEL} | section
+        return section
 
     def model_kwargs(self) -> dict[str, Any]:
         """Arguments for :func:`equiforce.models.registry.build_model` (without e0)."""
-        return {
-            "name": self.model.name,
-            "preset": self.model.preset,
-            **self.model.overrides,
-        }
+        return {"name": self.model.name, **self.model.resolved.model_dump()}
 
     def to_yaml(self) -> str:
         """The config as YAML (JSON-compatible values, defaults included)."""
@@ -321,18 +422,7 @@ def validate_config(
     try:
         config = EquiforceConfig.model_validate(raw)
     except ValidationError as err:
-        lines = format_errors(err, source, EquiforceConfig)
-        section = raw.get("model", {})
-        if isinstance(section, dict) and not any(".model." in f".{x}" for x in lines):
-            try:  # report model-config errors in the same pass
-                _resolve_model(
-                    EquiforceConfig.model_construct(model=ModelSection(**section)),
-                    source,
-                )
-            except (ConfigError, ValidationError) as model_err:
-                lines += getattr(model_err, "lines", [])
-        raise ConfigError(lines) from None
-    config = _resolve_model(config, source)
+        raise ConfigError(format_errors(err, source, EquiforceConfig)) from None
     return _resolve_paths(config, base_dir)
 
 
@@ -354,32 +444,6 @@ def apply_override(raw: dict, item: str) -> None:
             node[part] = {}
         node = node[part]
     node[parts[-1]] = value
-
-
-def _resolve_model(config: EquiforceConfig, source: str) -> EquiforceConfig:
-    from equiforce.models.registry import MODELS, PRESETS, make_config
-
-    section = config.model
-    if section.name not in MODELS:
-        raise ConfigError(
-            [f"{source}: model.name: {_choice_msg(section.name, MODELS)}"]
-        )
-    presets = PRESETS.get(section.name, {})
-    if section.preset is not None and section.preset not in presets:
-        raise ConfigError(
-            [f"{source}: model.preset: {_choice_msg(section.preset, presets)}"]
-        )
-    try:
-        model_cfg = make_config(section.name, section.preset, **section.overrides)
-    except ValidationError as err:
-        lines = format_errors(
-            err, source, MODELS[section.name][0], prefix=("model", "overrides")
-        )
-        raise ConfigError(lines) from None
-    full = model_cfg.model_dump(mode="json")
-    return config.model_copy(
-        update={"model": section.model_copy(update={"overrides": full})}
-    )
 
 
 def _resolve_paths(config: EquiforceConfig, base: Path) -> EquiforceConfig:
@@ -406,17 +470,51 @@ def _choice_msg(value: str, known) -> str:
     return f"unknown value {value!r}{hint}; allowed: {', '.join(sorted(known))}"
 
 
-def _model_at(cls: type[BaseModel] | None, loc: tuple) -> type[BaseModel] | None:
-    """The pydantic model class that owns the last key of ``loc``."""
-    for part in loc[:-1]:
-        if cls is None or not isinstance(part, str) or part not in cls.model_fields:
-            return None
-        ann = cls.model_fields[part].annotation
-        args = getattr(ann, "__args__", (ann,))
-        cls = next(
-            (a for a in args if isinstance(a, type) and issubclass(a, BaseModel)), None
-        )
-    return cls
+def _walk(root: type[BaseModel] | None, loc: tuple) -> tuple[tuple, list[str]]:
+    """``loc`` as the YAML spells it, and the keys allowed where it ends.
+
+    Drops the tags pydantic puts in the path of a discriminated union
+    (``model.so3krates.overrides`` -> ``model.overrides``) and names fields by
+    their alias.
+    """
+    cls, out = root, []
+    parts = list(loc)
+    while parts:
+        part = parts.pop(0)
+        field = None
+        if cls is not None and isinstance(part, str):
+            field = next(
+                (f for n, f in cls.model_fields.items() if (f.alias or n) == part),
+                None,
+            )
+        out.append(part)
+        if field is None:
+            cls = None
+            continue
+        members = _model_classes(field.annotation)
+        if len(members) > 1 and parts and parts[0] in members:
+            cls = members[parts.pop(0)]  # the union tag: not part of the YAML path
+        else:
+            cls = next(iter(members.values()), None)
+    known = (
+        [f.alias or n for n, f in cls.model_fields.items()] if cls is not None else []
+    )
+    return tuple(out), known
+
+
+def _model_classes(annotation: Any) -> dict[str, type[BaseModel]]:
+    """Model classes in ``annotation``, keyed by their ``name`` default (or name)."""
+    found: dict[str, type[BaseModel]] = {}
+    stack = [annotation]
+    while stack:
+        ann = stack.pop()
+        if isinstance(ann, type) and issubclass(ann, BaseModel):
+            tag = ann.model_fields.get("name")
+            key = tag.default if tag is not None and tag.default else ann.__name__
+            found[str(key)] = ann
+        else:
+            stack.extend(reversed(get_args(ann)))
+    return found
 
 
 def format_errors(
@@ -428,24 +526,28 @@ def format_errors(
     """One ``source: key.path: message`` line per pydantic error.
 
     Unknown keys get a ``did you mean`` suggestion from the owning model's fields;
-    literal choices list the allowed values; range errors show the given value.
+    literal choices list the allowed values; range errors show the given value;
+    an unknown model ``name`` lists the registry's names.
     """
     lines = []
     for e in err.errors():
-        loc = tuple(e["loc"])
+        loc, _ = _walk(root, tuple(e["loc"]))
+        if e["type"] == "union_tag_invalid":
+            loc = (*loc, e["ctx"]["discriminator"].strip("'"))
         where = ".".join(str(p) for p in prefix + loc) or "(top level)"
         if e["type"] == "extra_forbidden":
-            owner = _model_at(root, loc)
-            known = list(owner.model_fields) if owner else []
+            _, known = _walk(root, tuple(e["loc"])[:-1])
             close = difflib.get_close_matches(str(loc[-1]), known, n=1)
             hint = f" (did you mean {close[0]!r}?)" if close else ""
             allowed = f"; allowed: {', '.join(known)}" if known and not close else ""
             msg = f"unknown key{hint}{allowed}"
         elif e["type"] == "missing":
             msg = "required key is missing"
+        elif e["type"] == "union_tag_invalid":
+            msg = _choice_msg(str(e["ctx"]["tag"]), MODELS)
         else:
             msg = e["msg"].removeprefix("Value error, ")
-            if e["type"] != "literal_error" and not isinstance(
+            if e["type"] not in ("literal_error", "unknown_choice") and not isinstance(
                 e.get("input"), dict | list
             ):
                 msg += f" (got {e['input']!r})"

@@ -17,7 +17,7 @@ from _train_helpers import make_tiny_config
 from equiforce.config import ConfigError, load_config, validate_config
 from equiforce.models.checkpoint import load_checkpoint
 from equiforce.train import distributed
-from equiforce.train.trainer import resume, train
+from equiforce.train.launch import resume, train
 
 EQUIFORCE = Path(sys.executable).parent / "equiforce"
 

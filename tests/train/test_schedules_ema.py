@@ -8,8 +8,8 @@ from _train_helpers import ETHANOL, make_tiny_config
 from equiforce.config import TrainingConfig, load_config
 from equiforce.train import cli
 from equiforce.train.ema import EMA
-from equiforce.train.learning_curve import learning_curve
 from equiforce.train.schedules import Schedule
+from equiforce.workflows.learning_curve import learning_curve
 
 
 def test_exponential_decay_matches_spec():

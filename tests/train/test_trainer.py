@@ -16,7 +16,7 @@ from equiforce.data.dataset import e0_table
 from equiforce.models.checkpoint import load_checkpoint
 from equiforce.models.registry import build_model, load_model
 from equiforce.train.evaluate import evaluate
-from equiforce.train.trainer import RunDirError, resume, train
+from equiforce.train.launch import RunDirError, resume, train
 
 
 @pytest.fixture(scope="module")
@@ -53,7 +53,7 @@ def test_short_fit_lowers_the_loss(trained):
         None,
         seed=config.training.seed,
         e0=e0,
-        **config.model.overrides,
+        **config.model.resolved.model_dump(),
     )
     loss0 = _valid_loss_of(initial, run_dir)
     loss1 = _valid_loss_of(load_model(best), run_dir)
@@ -141,6 +141,7 @@ KILL_SCRIPT = textwrap.dedent(
     """
     import os, signal, sys
     from equiforce.config import load_config
+    from equiforce.train import launch
     from equiforce.train import trainer as T
 
     original = T.Trainer.train_step
@@ -149,7 +150,7 @@ KILL_SCRIPT = textwrap.dedent(
             os.kill(os.getpid(), signal.SIGKILL)
         return original(self, *args)
     T.Trainer.train_step = step_then_die
-    T.train(load_config(sys.argv[1]), sys.argv[2], progress=False)
+    launch.train(load_config(sys.argv[1]), sys.argv[2], progress=False)
     """
 )
 

@@ -76,7 +76,7 @@ def _train(args: argparse.Namespace) -> int:
     from equiforce.data.io import DataError
     from equiforce.models.checkpoint import CheckpointError
     from equiforce.train.distributed import INTERRUPTED, launched_rank
-    from equiforce.train.trainer import RunDirError, resume, train
+    from equiforce.train.launch import RunDirError, resume, train
 
     try:
         if args.resume:
@@ -137,8 +137,8 @@ def _eval(args: argparse.Namespace) -> int:
 def _learning_curve(args: argparse.Namespace) -> int:
     from equiforce.config import ConfigError, load_config
     from equiforce.data.io import DataError
-    from equiforce.train.learning_curve import learning_curve
-    from equiforce.train.trainer import RunDirError
+    from equiforce.train.launch import RunDirError
+    from equiforce.workflows.learning_curve import learning_curve
 
     try:
         sizes = [int(s) for s in args.sizes.split(",") if s.strip()]

@@ -1,4 +1,4 @@
-"""From a config to ready-to-train data: read, filter, split, statistics.
+"""From a config to ready-to-train data and model: read, filter, split, statistics.
 
 Split indices always refer to frames of the training file (after its ``index``
 slice), so ``splits.json`` in a run directory reproduces the split exactly.
@@ -18,11 +18,14 @@ from equiforce.data.dataset import (
     GraphDataset,
     e0_from_isolated_atoms,
     e0_least_squares,
+    e0_table,
     frame_filter_mask,
     random_split,
     read_split_file,
     statistics,
 )
+from equiforce.models.base import PotentialModel
+from equiforce.models.registry import build_model
 from equiforce.train.progress import Reporter
 
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
@@ -87,6 +90,50 @@ def compute_e0(data: DataConfig, train_store: FrameStore) -> dict[int, float]:
 
         return e0_from_isolated_atoms(read(data.isolated_atoms))
     return e0_least_squares(train_store)
+
+
+def with_data_statistics(config: EquiforceConfig, stats: dict) -> EquiforceConfig:
+    """``config`` with the model fields the training data fill in.
+
+    So3krates' ``message_normalization='avg_num_neighbors'`` without a value
+    takes the training split's mean neighbour count.
+    """
+    model = config.model.resolved
+    if (
+        getattr(model, "message_normalization", None) == "avg_num_neighbors"
+        and model.avg_num_neighbors is None
+    ):
+        section = config.model.with_model(avg_num_neighbors=stats["avg_num_neighbors"])
+        return config.model_copy(update={"model": section})
+    return config
+
+
+def build_training_model(
+    config: EquiforceConfig, stats: dict | None
+) -> tuple[PotentialModel, EquiforceConfig]:
+    """The freshly initialised model of a run (seeded, in the training dtype).
+
+    Args:
+        config: validated config.
+        stats: the run's data statistics (E0 and neighbour counts); None: no E0.
+
+    Returns:
+        (model, ``config`` with the model fields the statistics filled in).
+    """
+    t = config.training
+    e0 = None
+    if stats is not None:
+        config = with_data_statistics(config, stats)
+        e0 = e0_table({int(z): v for z, v in stats["e0"].items()})
+    model = build_model(
+        config.model.name,
+        None,
+        dtype=DTYPES[t.dtype],
+        seed=t.seed,
+        e0=e0,
+        **config.model.resolved.model_dump(),
+    )
+    return model, config
 
 
 def prepare_data(

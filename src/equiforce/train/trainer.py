@@ -1,9 +1,9 @@
 """The training loop: a plain PyTorch loop with exact resume.
 
-Public entry points::
-
-    train(config, run_dir) -> Path            # best.pt of a fresh run
-    resume(run_dir, overrides=()) -> Path     # continue a run exactly
+:class:`Trainer` owns the steps, validation, checkpoints and stop rules of one
+run; how a run is started (a new run directory, one process, several, under
+``torchrun``, resumed) is :mod:`equiforce.train.launch`, whose
+``train(config, run_dir)`` and ``resume(run_dir)`` are the entry points.
 
 Data order is a pure function of (seed, epoch): epoch e shuffles the training
 split with ``numpy.random.default_rng([seed, e])``, and step s takes batch
@@ -14,22 +14,15 @@ uninterrupted one step for step.
 
 from __future__ import annotations
 
-import contextlib
 import math
-import signal
-import threading
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
-import yaml
 
-from equiforce.atomic import atomic_write_text
-from equiforce.config import EquiforceConfig, apply_override, validate_config
-from equiforce.data.dataset import e0_table
+from equiforce.config import EquiforceConfig, TrainingConfig
 from equiforce.models.checkpoint import load_checkpoint
-from equiforce.models.registry import build_model
 from equiforce.train import distributed
 from equiforce.train.compiled_step import CompiledTrainStep, assign_gradients
 from equiforce.train.distributed import Group
@@ -39,14 +32,12 @@ from equiforce.train.metrics import predict
 from equiforce.train.progress import Reporter, metrics_table
 from equiforce.train.rundir import RunDir, rng_state, set_rng_state
 from equiforce.train.schedules import Schedule
-from equiforce.train.setup import DTYPES, PreparedData, eval_batches, prepare_data
+from equiforce.train.setup import PreparedData, eval_batches
 
 
-class RunDirError(ValueError):
-    """The run directory cannot be used (exists already, or is not a run)."""
-
-
-def make_optimizer(model: torch.nn.Module, cfg) -> torch.optim.Optimizer:
+def make_optimizer(
+    model: torch.nn.Module, cfg: TrainingConfig
+) -> torch.optim.Optimizer:
     """Adam, AdamW or AMSGrad from the training section.
 
     The fused implementation (one kernel over all parameters) where torch has one
@@ -84,7 +75,7 @@ class Trainer:
         config: EquiforceConfig,
         run: RunDir,
         data: PreparedData,
-        model,
+        model: torch.nn.Module,
         report: Reporter,
         group: Group | None = None,
     ) -> None:
@@ -303,10 +294,7 @@ class Trainer:
                 "training.compile: the first step compiles the training step "
                 "(about 1-2 minutes on a CPU); its time counts in the budget"
             )
-        with (
-            self.report.training(self.total_steps, self.step) as bar,
-            _sigint_flag(self),
-        ):
+        with self.report.training(self.total_steps, self.step) as bar:
             while (decision := self._next_step())[0] is None:
                 t0 = time.perf_counter()
                 parts, n_struct = self.train_step(decision[1])
@@ -341,6 +329,59 @@ class Trainer:
             )
         self.save_last()
         return reason
+
+    def request_stop(self) -> None:
+        """Stop after the current step (e.g. on Ctrl-C); the state stays consistent."""
+        self._stop_requested = True
+
+    @property
+    def stop_requested(self) -> bool:
+        """Whether :meth:`request_stop` was called."""
+        return self._stop_requested
+
+    def fit(self, start: dict | None = None) -> Path:
+        """Train to a stop rule, then report best.pt's validation errors.
+
+        Args:
+            start: a :meth:`state_dict` to continue from (resume); None: fresh.
+
+        Returns:
+            Path of best.pt (the same on every process of a group).
+        """
+        from torch.utils.tensorboard import SummaryWriter
+
+        run = self.run
+        if start is not None:
+            self.load_state_dict(start)
+        if self.group is not None:
+            self.group.broadcast_module(self.model)
+        if not self.main:
+            self.run_loop()
+            return run.best
+        if start is not None:
+            run.truncate_metrics(self.step)
+            self.report.print(f"resuming {run.path} at step {self.step}")
+        self.writer = SummaryWriter(str(run.tensorboard), purge_step=self.step or None)
+        try:
+            reason = self.run_loop()
+        finally:
+            self.writer.close()
+        best = load_checkpoint(run.best)
+        final = self.evaluate_valid(best["state_dict"])
+        final |= {
+            "best_step": int(best["best_step"]),
+            "final_step": self.step,
+            "stop": reason,
+        }
+        run.write_json(run.final_metrics, _plain(final) | {"stop": reason})
+        self.report.print(
+            f"stopped at step {self.step}: {reason}; best.pt from step "
+            f"{final['best_step']}"
+        )
+        self.report.print(
+            metrics_table(final, f"validation errors of best.pt ({run.best})")
+        )
+        return run.best
 
     @property
     def main(self) -> bool:
@@ -380,267 +421,3 @@ def _valid_row(m: dict) -> dict:
 
 def _plain(m: dict) -> dict:
     return {k: v for k, v in m.items() if isinstance(v, int | float | dict)}
-
-
-@contextlib.contextmanager
-def _sigint_flag(trainer: Trainer):
-    """Turn Ctrl-C into a stop request between steps (the state stays consistent)."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-
-    def handler(signum, frame):
-        if trainer._stop_requested:  # second Ctrl-C: stop hard
-            raise KeyboardInterrupt
-        trainer._stop_requested = True
-
-    previous = signal.signal(signal.SIGINT, handler)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGINT, previous)
-
-
-# ------------------------------------------------------------------ entry
-def _build(config: EquiforceConfig, stats: dict | None):
-    t = config.training
-    overrides = dict(config.model.overrides)
-    if (
-        stats is not None
-        and overrides.get("message_normalization") == "avg_num_neighbors"
-    ):
-        overrides.setdefault("avg_num_neighbors", None)
-        if overrides["avg_num_neighbors"] is None:
-            overrides["avg_num_neighbors"] = stats["avg_num_neighbors"]
-    e0 = e0_table({int(z): v for z, v in stats["e0"].items()}) if stats else None
-    return build_model(
-        config.model.name, None, dtype=DTYPES[t.dtype], seed=t.seed, e0=e0, **overrides
-    ), overrides
-
-
-def _cutoff(config: EquiforceConfig) -> float:
-    return float(config.model.overrides["cutoff"])
-
-
-def train(config: EquiforceConfig, run_dir: str | Path, progress: bool = True) -> Path:
-    """Train a model from a validated config into a new run directory.
-
-    With ``training.processes > 1`` this process writes the run directory (config,
-    splits, statistics) and then spawns the training processes
-    (:mod:`equiforce.train.distributed`), which read it back as :func:`resume` does.
-
-    Args:
-        config: from :func:`equiforce.config.load_config`.
-        run_dir: output folder; must not hold a previous run (use :func:`resume`).
-        progress: show progress bars and the final table.
-
-    Returns:
-        Path of ``best.pt`` (EMA weights with the lowest validation loss).
-
-    Raises:
-        RunDirError: ``run_dir`` already holds a run.
-    """
-    from equiforce.runtime import tune_allocator
-
-    tune_allocator()
-    run = RunDir(run_dir)
-    if distributed.launched_world() > 1:
-        return _train_launched(config, run, progress)
-    report = Reporter(progress)
-    _set_threads(config, group=None)
-    config, data, model = _new_run(config, run, report)
-    if config.training.processes > 1:
-        return _spawn(run, config, (), fresh=True, progress=progress)
-    return _execute(Trainer(config, run, data, model, report), start=None)
-
-
-def _new_run(config: EquiforceConfig, run: RunDir, report: Reporter):
-    """Prepare data and model; write config, splits and statistics into ``run``.
-
-    Returns:
-        (the config with the model's resolved overrides, data, model).
-    """
-    if run.last.exists() or run.config.exists():
-        raise RunDirError(
-            f"{run.path}: holds a run already; resume it with --resume or "
-            "choose another --run-dir"
-        )
-    data = prepare_data(config, _cutoff(config), report)
-    model, overrides = _build(config, data.statistics)
-    config = config.model_copy(
-        update={"model": config.model.model_copy(update={"overrides": overrides})}
-    )
-    run.path.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(run.config, config.to_yaml())
-    run.write_json(run.splits, data.splits)
-    run.write_json(run.statistics, data.statistics)
-    return config, data, model
-
-
-def _train_launched(config: EquiforceConfig, run: RunDir, progress: bool) -> Path:
-    """:func:`train` in one of the processes a launcher (``torchrun``) started."""
-    t = config.training
-    group = distributed.join_launched(torch.device(t.device).type, t.processes)
-    try:
-        error = None
-        if group.main:  # process 0 writes the run directory, the others wait
-            try:
-                _new_run(config, run, Reporter(progress))
-            except Exception as err:  # noqa: BLE001 - re-raised below, after telling
-                error = err
-        if not distributed.agree(error is None, group):
-            if error is not None:
-                raise error
-            raise RunDirError(f"{run.path}: process 0 could not set up the run")
-        return _launched_run(run, (), None, progress, group)
-    finally:
-        distributed.leave()
-
-
-def _launched_run(
-    run: RunDir, overrides, start: dict | None, progress: bool, group: Group
-) -> Path:
-    """Train from ``run`` (fresh when ``start`` is None) as one of ``group``."""
-    config = _run_config(run, overrides)
-    report = Reporter(progress and group.main)
-    best = _execute(_trainer_from_run(run, config, report, group), start=start)
-    torch.distributed.barrier()  # every command returns once process 0 has written
-    return best
-
-
-def resume(
-    run_dir: str | Path,
-    overrides: list[str] | tuple[str, ...] = (),
-    progress: bool = True,
-) -> Path:
-    """Continue the run in ``run_dir`` exactly where its last.pt stopped.
-
-    Args:
-        run_dir: a run directory written by :func:`train`.
-        overrides: ``section.key=value`` changes (e.g. a larger ``training.max_steps``).
-        progress: show progress.
-    """
-    run = RunDir(run_dir)
-    if not run.config.exists() or not run.last.exists():
-        raise RunDirError(
-            f"{run.path}: not a resumable run (needs config.resolved.yaml and last.pt)"
-        )
-    config = _run_config(run, overrides)
-    if distributed.launched_world() > 1:
-        t = config.training
-        group = distributed.join_launched(torch.device(t.device).type, t.processes)
-        try:
-            state = run.load_training_state()
-            return _launched_run(run, overrides, state, progress, group)
-        finally:
-            distributed.leave()
-    if config.training.processes > 1:
-        return _spawn(run, config, tuple(overrides), fresh=False, progress=progress)
-    trainer = _trainer_from_run(run, config, Reporter(progress), group=None)
-    return _execute(trainer, start=run.load_training_state())
-
-
-def _run_config(run: RunDir, overrides) -> EquiforceConfig:
-    """The run's resolved config with ``overrides`` applied (validated)."""
-    raw = yaml.safe_load(run.config.read_text())
-    for item in overrides:
-        apply_override(raw, item)
-    return validate_config(raw, run.path, source=str(run.config))
-
-
-def _set_threads(config: EquiforceConfig, group: Group | None) -> None:
-    threads = config.training.threads
-    if group is not None:
-        threads = distributed.threads_per_process(threads, group.world)
-    if threads:
-        torch.set_num_threads(threads)
-
-
-def _trainer_from_run(
-    run: RunDir, config: EquiforceConfig, report: Reporter, group: Group | None
-) -> Trainer:
-    """A trainer over the data, splits and statistics recorded in ``run``."""
-    _set_threads(config, group)
-    stats = run.read_json(run.statistics)
-    data = prepare_data(
-        config, _cutoff(config), report, run.read_json(run.splits), stats
-    )
-    model, _ = _build(config, stats)
-    return Trainer(config, run, data, model, report, group)
-
-
-def _spawn(
-    run: RunDir, config: EquiforceConfig, overrides: tuple, fresh: bool, progress: bool
-) -> Path:
-    """Train in ``training.processes`` spawned processes; best.pt's path."""
-    t = config.training
-    device_type = torch.device(t.device).type
-    distributed.spawn(
-        t.processes,
-        _worker,
-        (str(run.path), overrides, fresh, progress, device_type),
-        device_type,
-    )
-    return run.best
-
-
-def _worker(
-    rank: int,
-    world: int,
-    port: int,
-    run_dir: str,
-    overrides: tuple,
-    fresh: bool,
-    progress: bool,
-    device_type: str,
-) -> None:
-    """One spawned training process (see :func:`_spawn`)."""
-    from equiforce.runtime import tune_allocator
-
-    tune_allocator()
-    group = distributed.join(rank, world, port, device_type)
-    try:
-        run = RunDir(run_dir)
-        start = None if fresh else run.load_training_state()
-        _launched_run(run, overrides, start, progress, group)
-    finally:
-        distributed.leave()
-
-
-def _execute(trainer: Trainer, start: dict | None) -> Path:
-    from torch.utils.tensorboard import SummaryWriter
-
-    run = trainer.run
-    if start is not None:
-        trainer.load_state_dict(start)
-    if trainer.group is not None:
-        trainer.group.broadcast_module(trainer.model)
-    if not trainer.main:
-        trainer.run_loop()
-        return run.best
-    if start is not None:
-        run.truncate_metrics(trainer.step)
-        trainer.report.print(f"resuming {run.path} at step {trainer.step}")
-    trainer.writer = SummaryWriter(
-        str(run.tensorboard), purge_step=trainer.step or None
-    )
-    try:
-        reason = trainer.run_loop()
-    finally:
-        trainer.writer.close()
-    best = load_checkpoint(run.best)
-    final = trainer.evaluate_valid(best["state_dict"])
-    final |= {
-        "best_step": int(best["best_step"]),
-        "final_step": trainer.step,
-        "stop": reason,
-    }
-    run.write_json(run.final_metrics, _plain(final) | {"stop": reason})
-    trainer.report.print(
-        f"stopped at step {trainer.step}: {reason}; best.pt from step "
-        f"{final['best_step']}"
-    )
-    trainer.report.print(
-        metrics_table(final, f"validation errors of best.pt ({run.best})")
-    )
-    return run.best

@@ -1,1 +1,1 @@
-"""Studies that combine layers: run MD (md/), then analyse it (analysis/)."""
+"""Studies that combine layers: training, MD and analysis (stability study, learning curve)."""

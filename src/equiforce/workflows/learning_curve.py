@@ -51,7 +51,7 @@ def learning_curve(
         One row per size (``COLUMNS``; meV, meV/Å), also written to
         ``learning_curve.csv``/``.json`` with ``learning_curve.png``.
     """
-    from equiforce.train.trainer import resume, train
+    from equiforce.train.launch import resume, train
 
     test = test or config.data.test
     if test is None:
