@@ -27,10 +27,10 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from equiforce.accel.compiled import CompiledPotential
+from equiforce.accel.runtime import tune_allocator
 from equiforce.bench import machine_info, make_system
 from equiforce.data.graph import AtomicGraph
 from equiforce.models.registry import build_model
-from equiforce.runtime import tune_allocator
 
 
 def _median_s(fn, n: int) -> float:

@@ -6,7 +6,7 @@ sequence of slightly moved copies of each system (new neighbour lists, as in MD)
 so recompilation shows in ``n_compiles``. Systems above the edge-chunk threshold
 take the model's autograd path either way. ``--dynamic`` also times the
 dynamic-shape compile (the CPU default; on torch 2.11 + CUDA it falls back to
-eager, see docs/benchmarks.md section 2).
+eager, see docs/benchmarks.md section 7).
 
 Usage (on a CUDA machine): python benchmarks/gpu_speed.py --out gpu_speed.json
 """

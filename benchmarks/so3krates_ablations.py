@@ -63,11 +63,11 @@ from pathlib import Path
 import torch
 
 from equiforce.accel.compiled import CompiledPotential
+from equiforce.accel.runtime import tune_allocator
 from equiforce.bench import machine_info, make_system
 from equiforce.data.graph import AtomicGraph
 from equiforce.models.registry import build_model
 from equiforce.nn import scatter
-from equiforce.runtime import tune_allocator
 
 
 def _median_ms(fn, n: int) -> float:
@@ -299,7 +299,7 @@ def threads(systems: list[str], model, rounds: int) -> list[dict]:
     library default (one thread below ``COMPILED_ONE_THREAD_MAX_EDGES`` edges) is
     off while timing the forced settings.
     """
-    from equiforce import runtime
+    from equiforce.accel import runtime
 
     pot = CompiledPotential(model)
     n_threads = torch.get_num_threads()

@@ -189,16 +189,16 @@ def run_bench(
     """Run the benchmark grid; returns {"machine": ..., "results": [...]}."""
     from rich.console import Console
 
-    import equiforce
-    from equiforce.runtime import tune_allocator
+    from equiforce.accel.runtime import tune_allocator
+    from equiforce.models.registry import build_model, load_model
 
     torch.set_num_threads(threads)
     tune_allocator()
     console = Console(stderr=True)
     model = (
-        equiforce.load_model(model_path)
+        load_model(model_path)
         if model_path
-        else equiforce.build_model("so3krates", preset, zero_init_readout=False)
+        else build_model("so3krates", preset, zero_init_readout=False)
     ).to(device)
     results = []
     for name in systems:

@@ -40,7 +40,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``equiforce`` console script."""
-    from equiforce.runtime import tune_allocator
+    from equiforce.accel.runtime import tune_allocator
 
     tune_allocator()
     parser = build_parser()

@@ -63,7 +63,7 @@ class Potential:
         compile: bool | None = None,
         compile_after: int = 20,
     ) -> None:
-        from equiforce.runtime import tune_allocator
+        from equiforce.accel.runtime import tune_allocator
 
         tune_allocator()
         if isinstance(model_or_path, (str, Path)):

@@ -117,7 +117,7 @@ def test_compile_failure_falls_back_to_the_autograd_path(monkeypatch):
 def test_small_graphs_run_on_one_thread(monkeypatch):
     """Below COMPILED_ONE_THREAD_MAX_EDGES edges the call runs single-threaded,
     then restores the caller's setting."""
-    from equiforce import runtime
+    from equiforce.accel import runtime
 
     model = equiforce.build_model("so3krates", dtype=torch.float32, **SMALL).eval()
     fast = CompiledPotential(model, compile=False)
@@ -171,7 +171,7 @@ def test_compiled_path_follows_a_weight_change_through_its_caches(weight):
 def test_large_graphs_compile_at_two_threads(extern_rows, monkeypatch):
     """A graph above 1,024 edges compiles (no eager fallback) and matches eager
     when the kernels run on two threads."""
-    from equiforce import runtime
+    from equiforce.accel import runtime
     from equiforce.bench import make_system
 
     if extern_rows is not None:

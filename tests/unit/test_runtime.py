@@ -5,7 +5,7 @@ import pytest
 
 SCRIPT = """
 import resource, sys, torch
-from equiforce.runtime import tune_allocator
+from equiforce.accel.runtime import tune_allocator
 print(tune_allocator())
 n = int(sys.argv[1]) * 2**20 // 4  # MiB of float32
 for _ in range(2):

@@ -16,7 +16,7 @@ Costs and rules:
   against ~10-20 s for ``torch.compile``. Built libraries are kept on disk
   (:func:`cache_dir`) under a hash of the traced graph, its constants and the
   software versions, so a second process with the same model loads it in seconds
-  (4.3 s with tracing in the session 9 speed run, docs/benchmarks.md). ``EQUIFORCE_AOTI_CACHE=0`` keeps nothing on disk.
+  (4.3 s with tracing, docs/benchmarks.md section 8, "AOTInductor instead of torch.compile"). ``EQUIFORCE_AOTI_CACHE=0`` keeps nothing on disk.
 * The weights are constants: when any parameter or buffer changes (version
   counter, storage, dtype or device) or :meth:`clear_inference_caches` runs, the
   next call rebuilds. For MD and evaluation they do not change.
@@ -48,7 +48,7 @@ from equiforce.atomic import atomic_path
 FORMAT_VERSION = 1
 
 #: Inductor options of the AOTInductor build (its loops on one thread, as for
-#: the ``torch.compile`` path: :data:`equiforce.runtime.INDUCTOR_CPU_OPTIONS`).
+#: the ``torch.compile`` path: :data:`equiforce.accel.runtime.INDUCTOR_CPU_OPTIONS`).
 AOTI_OPTIONS: dict[str, object] = {"cpp.threads": 1}
 
 #: Libraries a wrapper builds before it gives up on them: weights that keep changing

@@ -38,13 +38,14 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from equiforce import keys, runtime
+from equiforce import keys
+from equiforce.accel import runtime
 from equiforce.accel.aoti import AOTIFunction
 from equiforce.accel.padding import pad_to_buckets
+from equiforce.accel.runtime import one_thread_below
 from equiforce.data.graph import AtomicGraph
 from equiforce.data.ordering import restore_atom_order
 from equiforce.energy import VIRIAL, atomic_outputs, finish
-from equiforce.runtime import one_thread_below
 
 if TYPE_CHECKING:
     from equiforce.models.base import PotentialModel
@@ -94,7 +95,7 @@ class CompiledPotential:
         pad: bool | None = None,
         backend: str | None = None,
     ) -> None:
-        from equiforce.runtime import tune_allocator
+        from equiforce.accel.runtime import tune_allocator
 
         tune_allocator()
         self.model = model.eval()
@@ -134,7 +135,7 @@ class CompiledPotential:
         """The fastest measured setting for the device that holds ``model``.
 
         CPU: one dynamic-shape graph with the C++ wrapper. CUDA: static bucketed
-        shapes with CUDA graphs (``docs/benchmarks.md`` section 2).
+        shapes with CUDA graphs (``docs/benchmarks.md`` section 7, GPU).
         """
         on_cuda = any(p.device.type == "cuda" for p in model.parameters())
         if on_cuda:

@@ -57,9 +57,9 @@ import torch
 from torch.autograd.function import once_differentiable
 from torch.utils.checkpoint import checkpoint
 
-from equiforce import runtime
+from equiforce.accel import runtime
+from equiforce.accel.runtime import one_thread_below
 from equiforce.nn.scatter import inductor_row_ops
-from equiforce.runtime import one_thread_below
 
 #: (q, kv, ev, d_c, sph_c, phi_c, i_c, j_c) -> (Δf, Δx or None) of one chunk
 ChunkFn = Callable[..., tuple[torch.Tensor, torch.Tensor | None]]

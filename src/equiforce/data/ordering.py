@@ -9,7 +9,7 @@ a Morton (Z-order) curve before the call and putting per-atom outputs back in th
 caller's order afterwards made a 10,000-atom water box with its atoms listed in
 random order about 1.27x faster on the 2-core CPU (medians of separate processes,
 ``benchmarks/so3krates_ablations.py calls --shuffle``); for input already listed
-along a grid the gain was within the noise (docs/benchmarks.md §1, session 4). The
+along a grid the gain was within the noise (docs/benchmarks.md section 8, "Morton atom order"). The
 sort and relabelling cost milliseconds per 10,000 atoms.
 
 Only the order in memory changes: energies, forces and stress are the same numbers

@@ -411,7 +411,7 @@ def run_md(
         resume: continue from ``out_dir/md_state.pt`` when it exists.
         progress: show a progress bar.
     """
-    from equiforce.runtime import tune_allocator
+    from equiforce.accel.runtime import tune_allocator
 
     tune_allocator()
     from equiforce.md.forcefield import ModelForceField

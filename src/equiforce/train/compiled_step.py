@@ -23,11 +23,11 @@ import torch
 from torch import nn
 
 from equiforce.accel.compiled import dynamo_frame_count
+from equiforce.accel.runtime import INDUCTOR_CPU_OPTIONS, one_thread_below
 from equiforce.data.graph import AtomicGraph
 from equiforce.energy import evaluate
 from equiforce.models.base import PotentialModel
 from equiforce.nn.scatter import inductor_row_ops
-from equiforce.runtime import INDUCTOR_CPU_OPTIONS, one_thread_below
 from equiforce.train.loss import WeightedLoss
 
 #: Batches below this many edges take the compiled step on one thread. Its

@@ -56,7 +56,7 @@ def train(config: EquiforceConfig, run_dir: str | Path, progress: bool = True) -
     Raises:
         RunDirError: ``run_dir`` already holds a run.
     """
-    from equiforce.runtime import tune_allocator
+    from equiforce.accel.runtime import tune_allocator
 
     tune_allocator()
     run = RunDir(run_dir)
@@ -251,7 +251,7 @@ def _worker(
     device_type: str,
 ) -> None:
     """One spawned training process (see :func:`_spawn`)."""
-    from equiforce.runtime import tune_allocator
+    from equiforce.accel.runtime import tune_allocator
 
     tune_allocator()
     group = distributed.join(rank, world, port, device_type)

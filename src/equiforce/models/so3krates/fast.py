@@ -54,7 +54,7 @@ class So3kratesFastPaths:
         #: ``auto_chunk_size`` edges above (``auto_chunk_size_detached`` for the
         #: in-place chunks, which run several at a time: 101k-atom box at 2
         #: threads, 250k-edge chunks one at a time 40 s, 60k-edge chunks two at a
-        #: time 30 s, ``docs/benchmarks.md`` section 1, session 8). Runtime
+        #: time 30 s, ``docs/benchmarks.md`` section 8, "Edge chunks"). Runtime
         #: settings for very large systems, not part of the config.
         self.edge_chunk_size: int | None = None
         self.auto_chunk_edges: int = 1_000_000

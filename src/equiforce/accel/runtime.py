@@ -20,7 +20,7 @@ a 1 GiB threshold (sessions 4-6) a 10,125-atom periodic water box took 860,000
 minor faults and 1.4 s of system time per compiled energy+forces call: 2.3 s per
 call against 1.10 s with no trimming (2 threads, 2026-11-25, both with and
 without edge chunks). That was the whole of the "time per edge doubles above
-3,000 atoms" in ``docs/benchmarks.md``.
+3,000 atoms" once measured (``docs/benchmarks.md`` section 8, "No heap trimming").
 
 Very large graphs (10⁵ atoms, edges in chunks) keep the same setting: their
 in-place chunked backward (:mod:`equiforce.accel.edge_chunks`) allocates blocks of
