@@ -24,6 +24,7 @@ UPPER = (
     "equiforce.workflows",
     "equiforce.cli",
     "equiforce.config",
+    "equiforce.config_errors",
 )
 
 #: package -> modules it must never import
@@ -37,7 +38,7 @@ FORBIDDEN = {
 }
 
 #: the longest module allowed, lines
-MAX_LINES = 560
+MAX_LINES = 500
 
 
 def _module_name(path: Path) -> str:
