@@ -11,6 +11,7 @@ from equiforce.models.registry import MODELS
 
 
 def choice_msg(value: str, known) -> str:
+    """The message for a value not among ``known``, with the closest one."""
     close = difflib.get_close_matches(value, list(known), n=1)
     hint = f" (did you mean {close[0]!r}?)" if close else ""
     return f"unknown value {value!r}{hint}; allowed: {', '.join(sorted(known))}"
