@@ -236,6 +236,44 @@ class ModelContractTests:
             out[keys.ATOMIC_ENERGIES][:n], ref[keys.ATOMIC_ENERGIES], tol, "padded E_i"
         )
 
+    @pytest.mark.parametrize(
+        ("compile", "dtype"),
+        [
+            pytest.param(False, torch.float32, id="func-float32"),
+            pytest.param(False, torch.float64, id="func-float64"),
+            pytest.param(True, torch.float64, id="compiled-float64"),
+            # one Inductor build per family in the default suite (~10 s each)
+            pytest.param(
+                True, torch.float32, id="compiled-float32", marks=pytest.mark.slow
+            ),
+        ],
+    )
+    def test_compiled_backend_equals_eager(self, compile, dtype):
+        """torch.func (eager, or compiled by Inductor) equals autograd.
+
+        Every backend takes the one energy path: energies, per-atom energies,
+        forces and stress agree, with and without a stress request.
+        """
+        from equiforce.accel.compiled import CompiledPotential
+
+        model = self.make_model(dtype)
+        batch = self.molecule_and_crystal(
+            np.random.default_rng(11), model, dtype, 7, 5, box=3.0
+        )
+        ref = model(batch, compute_stress=True)
+        fast = CompiledPotential(
+            model, compile=compile, backend="inductor", cpp_wrapper=False
+        )
+        tol = TOLERANCES[dtype] * 10
+        for stress in (False, True):
+            out = fast(batch, stress=stress)
+            names = (keys.ENERGY, keys.ATOMIC_ENERGIES, keys.FORCES)
+            assert set(out) == {*names, *((keys.STRESS,) if stress else ())}
+            for key in out:
+                assert_close(out[key], ref[key], tol, f"{key}, stress={stress}")
+        if compile:
+            assert fast.backend == "inductor" and fast.compiled, "fell back to eager"
+
     def test_forces_match_finite_differences(self):
         dtype = torch.float64
         rng = np.random.default_rng(4)
