@@ -187,7 +187,7 @@ class Potential:
         if positions.shape != ref_pos.shape:
             return True
         for new, old in ((numbers, ref_numbers), (cell, ref_cell), (pbc, ref_pbc)):
-            if new is not old and not torch.equal(new, old):
+            if not torch.equal(new, old):
                 return True
         moved2 = (positions - ref_pos).square().sum(-1).max()
         return bool(moved2 > (0.5 * self.skin) ** 2)  # one host sync per call
@@ -226,7 +226,11 @@ class Potential:
         ]
         self.graph = AtomicGraph.collate(graphs).to(self.device)
         self.graph.positions = positions
-        self._reference = (positions.detach().clone(), numbers, cell, pbc)
+        # copies: an array the caller changes in place (ASE's cell, numbers) must
+        # not change the reference it is compared with
+        self._reference = tuple(
+            t.detach().clone() for t in (positions, numbers, cell, pbc)
+        )
         self.n_builds += 1
 
 

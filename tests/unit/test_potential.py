@@ -1,0 +1,139 @@
+"""The inference Potential (neighbour list reuse, adapters) and energy terms."""
+
+import numpy as np
+import pytest
+import torch
+from ase import Atoms
+
+from equiforce import keys
+from equiforce.accel.compiled import CompiledPotential
+from equiforce.calculator import EquiforceCalculator
+from equiforce.data.graph import AtomicGraph
+from equiforce.models.registry import build_model
+from equiforce.nn.scatter import scatter_sum
+from equiforce.potential import Potential
+from equiforce.testing import TINY_SO3KRATES, random_crystal, random_molecule
+
+
+def tiny(dtype=torch.float64):
+    model = build_model(
+        "so3krates",
+        dtype=dtype,
+        seed=1,
+        e0={1: -13.6, 6: -1000.0, 8: -2000.0},
+        **TINY_SO3KRATES,
+    )
+    return model.eval()
+
+
+def test_compute_equals_model_for_several_systems_with_stress():
+    model = tiny()
+    rng = np.random.default_rng(0)
+    pos, z = random_molecule(rng, 6)
+    cpos, cz, cell = random_crystal(rng, 4)
+    potential = Potential(model, compile=False)
+    cells = np.stack([np.zeros((3, 3)), cell])
+    pbc = np.array([[False] * 3, [True] * 3])
+    out = potential.compute(
+        np.concatenate([pos, cpos]), np.concatenate([z, cz]), cells, pbc,
+        system_idx=np.repeat([0, 1], [6, 4]), stress=True,
+    )  # fmt: skip
+    ref = model(
+        AtomicGraph.collate(
+            [
+                AtomicGraph.from_arrays(pos, z, model.cutoff),
+                AtomicGraph.from_arrays(
+                    cpos, cz, model.cutoff, cell=cell, pbc=[True] * 3
+                ),
+            ]
+        ),
+        compute_stress=True,
+    )
+    for key in (keys.ENERGY, keys.FORCES, keys.STRESS, keys.ATOMIC_ENERGIES):
+        torch.testing.assert_close(out[key], ref[key], rtol=1e-10, atol=1e-10)
+
+
+def test_neighbour_list_reused_inside_the_skin_and_rebuilt_outside():
+    potential = Potential(tiny(), skin=0.4, compile=False)
+    pos, z = random_molecule(np.random.default_rng(1), 6)
+    potential.compute(pos, z)
+    moved = pos.copy()
+    moved[0, 0] += 0.19  # < skin/2
+    potential.compute(moved, z)
+    assert potential.n_builds == 1
+    moved[0, 0] += 0.02  # now 0.21 > skin/2 from the reference
+    potential.compute(moved, z)
+    assert potential.n_builds == 2
+
+
+def test_in_place_changes_of_ase_arrays_are_seen():
+    """ASE changes numbers and cell in place: the reference must be a copy."""
+    rng = np.random.default_rng(2)
+    cpos, cz, cell = random_crystal(rng, 4)
+    atoms = Atoms(numbers=cz, positions=cpos, cell=cell, pbc=True)
+    calc = EquiforceCalculator(tiny(), compile=False)
+    atoms.calc = calc
+    atoms.get_potential_energy()
+    atoms.numbers[0] = 1 if atoms.numbers[0] != 1 else 6
+    atoms.cell[0, 0] += 0.3
+    e = atoms.get_potential_energy()
+    fresh = atoms.copy()
+    fresh.calc = EquiforceCalculator(tiny(), compile=False)
+    assert calc.n_rebuilds == 2
+    assert e == pytest.approx(fresh.get_potential_energy(), rel=1e-12)
+
+
+def test_non_finite_positions_name_the_atom():
+    pos, z = random_molecule(np.random.default_rng(3), 5)
+    pos[3, 1] = np.nan
+    with pytest.raises(FloatingPointError, match="atom 3"):
+        Potential(tiny(), compile=False).compute(pos, z)
+
+
+class PairTerm(torch.nn.Module):
+    """E_i = ½ k Σ_j |r_ij|² over i's edges (a smooth term for the tests)."""
+
+    def forward(self, graph, vectors):
+        e_edge = 0.05 * vectors.square().sum(-1)  # (n_edges,)
+        return scatter_sum(e_edge, graph.edge_index[0], graph.num_nodes)
+
+
+def test_an_added_term_enters_energy_forces_stress_and_its_own_outputs():
+    model = tiny()
+    rng = np.random.default_rng(4)
+    pos, z = random_molecule(rng, 5)
+    g = AtomicGraph.from_arrays(pos, z, model.cutoff)
+    base = model(g)
+    model.terms["pair"] = PairTerm()
+    out = model(g)
+    pair = PairTerm()(g, g.edge_vectors())
+    torch.testing.assert_close(out[keys.ENERGY], base[keys.ENERGY] + pair.sum())
+    torch.testing.assert_close(out[keys.term_energy("pair")], pair.sum()[None])
+    torch.testing.assert_close(
+        out[keys.term_energy("local")] + out[keys.term_energy("e0")], base[keys.ENERGY]
+    )
+    # forces: central finite differences of the total energy (float64)
+    h, fd = 1e-5, np.zeros_like(pos)
+    for a in range(len(pos)):
+        for c in range(3):
+            e = []
+            for s in (1, -1):
+                p = pos.copy()
+                p[a, c] += s * h
+                e.append(
+                    float(
+                        model(
+                            AtomicGraph.from_arrays(p, z, model.cutoff),
+                            compute_forces=False,
+                        )[keys.ENERGY][0]
+                    )
+                )
+            fd[a, c] = -(e[0] - e[1]) / (2 * h)
+    np.testing.assert_allclose(out[keys.FORCES].numpy(), fd, atol=1e-6)
+    # the compiled backend's path (torch.func) agrees, stress included
+    cpos, cz, cell = random_crystal(rng, 4)
+    cg = AtomicGraph.from_arrays(cpos, cz, model.cutoff, cell=cell, pbc=[True] * 3)
+    ref = model(cg, compute_stress=True)
+    fast = CompiledPotential(model, compile=False)(cg, stress=True)
+    for key in (keys.ENERGY, keys.FORCES, keys.STRESS):
+        torch.testing.assert_close(fast[key], ref[key], rtol=1e-10, atol=1e-10)
