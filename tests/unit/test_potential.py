@@ -66,21 +66,31 @@ def test_neighbour_list_reused_inside_the_skin_and_rebuilt_outside():
     assert potential.n_builds == 2
 
 
-def test_in_place_changes_of_ase_arrays_are_seen():
-    """ASE changes numbers and cell in place: the reference must be a copy."""
+def test_arrays_changed_in_place_are_seen():
+    """Callers change numbers and cell in place: the reference must be a copy."""
     rng = np.random.default_rng(2)
     cpos, cz, cell = random_crystal(rng, 4)
-    atoms = Atoms(numbers=cz, positions=cpos, cell=cell, pbc=True)
-    calc = EquiforceCalculator(tiny(), compile=False)
-    atoms.calc = calc
-    atoms.get_potential_energy()
-    atoms.numbers[0] = 1 if atoms.numbers[0] != 1 else 6
-    atoms.cell[0, 0] += 0.3
+    z = np.array(cz)
+    potential = Potential(tiny(), compile=False)
+    potential.compute(cpos, z, cell, [True] * 3)
+    z[0] = 1 if z[0] != 1 else 6
+    potential.compute(cpos, z, cell, [True] * 3)
+    assert potential.n_builds == 2
+    cell[0, 0] += 0.3
+    e = potential.compute(cpos, z, cell, [True] * 3)[keys.ENERGY]
+    assert potential.n_builds == 3
+    fresh = Potential(tiny(), compile=False).compute(cpos, z, cell, [True] * 3)
+    torch.testing.assert_close(e, fresh[keys.ENERGY], rtol=1e-12, atol=0)
+
+
+def test_calculator_wraps_a_given_potential():
+    potential = Potential(tiny(), compile=False)
+    pos, z = random_molecule(np.random.default_rng(5), 5)
+    atoms = Atoms(numbers=z, positions=pos)
+    atoms.calc = EquiforceCalculator(potential)
     e = atoms.get_potential_energy()
-    fresh = atoms.copy()
-    fresh.calc = EquiforceCalculator(tiny(), compile=False)
-    assert calc.n_rebuilds == 2
-    assert e == pytest.approx(fresh.get_potential_energy(), rel=1e-12)
+    assert atoms.calc.potential is potential and potential.n_calls == 1
+    assert e == pytest.approx(float(potential.compute(pos, z)[keys.ENERGY][0]))
 
 
 def test_non_finite_positions_name_the_atom():
