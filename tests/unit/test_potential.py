@@ -147,3 +147,33 @@ def test_an_added_term_enters_energy_forces_stress_and_its_own_outputs():
     fast = CompiledPotential(model, compile=False)(cg, stress=True)
     for key in (keys.ENERGY, keys.FORCES, keys.STRESS):
         torch.testing.assert_close(fast[key], ref[key], rtol=1e-10, atol=1e-10)
+
+
+def test_calculator_check_state_sees_every_change():
+    """The exact comparison that replaces ASE's allclose misses no change."""
+    cpos, cz, cell = random_crystal(np.random.default_rng(6), 4)
+    atoms = Atoms(numbers=cz, positions=cpos, cell=cell, pbc=True)
+    atoms.calc = EquiforceCalculator(tiny(), compile=False)
+    atoms.get_potential_energy()
+    calc = atoms.calc
+    assert calc.check_state(atoms) == []
+
+    def moved(pos=None, numbers=None, cell=None, pbc=None, charges=None):
+        a = atoms.copy()
+        if pos is not None:
+            a.positions[0, 0] += 1e-12
+        if numbers is not None:
+            a.numbers[1] = 1 if a.numbers[1] != 1 else 6
+        if cell is not None:
+            a.cell[1, 1] += 1e-9
+        if pbc is not None:
+            a.pbc = [True, False, True]
+        if charges is not None:
+            a.set_initial_charges([0.1] * len(a))
+        return calc.check_state(a)
+
+    assert moved(pos=1) == ["positions"]
+    assert moved(numbers=1) == ["numbers"]
+    assert moved(cell=1) == ["cell"]
+    assert moved(pbc=1) == ["pbc"]
+    assert moved(charges=1) == ["initial_charges"]
