@@ -52,6 +52,9 @@ VIRIAL: str = "virial"
 
 Method = Literal["autograd", "func"]
 
+#: present in :func:`atomic_outputs` exactly when there are per-term outputs
+_LOCAL_KEY = keys.term_atomic_energies(LOCAL)
+
 
 def deformed(
     graph: AtomicGraph, positions: torch.Tensor, strain: torch.Tensor | None
@@ -178,12 +181,13 @@ def finish(
     out[keys.ENERGY] = scatter_sum(
         atomic[keys.ATOMIC_ENERGIES], graph.graph_index, n_graphs
     )
-    for key in list(atomic):
-        name = keys.term_name(key)
-        if name is not None:
-            out[keys.term_energy(name)] = scatter_sum(
-                atomic[key].to(torch.float64), graph.graph_index, n_graphs
-            )
+    if _LOCAL_KEY in atomic:  # per-term outputs (more than one term)
+        for key in list(atomic):
+            name = keys.term_name(key)
+            if name is not None:
+                out[keys.term_energy(name)] = scatter_sum(
+                    atomic[key].to(torch.float64), graph.graph_index, n_graphs
+                )
     virial = out.pop(VIRIAL, None)
     if virial is not None:
         out[keys.STRESS] = stress_from_virial(virial, graph.cell)
