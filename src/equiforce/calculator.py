@@ -51,17 +51,14 @@ class EquiforceCalculator(Calculator):
         **kwargs,
     ) -> None:
         super().__init__(**kwargs)
-        if isinstance(model_or_path, Potential):
-            self.potential = model_or_path
-        else:
-            self.potential = Potential(
-                model_or_path,
-                device=device,
-                dtype=dtype,
-                skin=skin,
-                compile=compile,
-                compile_after=compile_after,
-            )
+        self.potential = Potential.wrap(
+            model_or_path,
+            device=device,
+            dtype=dtype,
+            skin=skin,
+            compile=compile,
+            compile_after=compile_after,
+        )
 
     @property
     def model(self) -> PotentialModel:

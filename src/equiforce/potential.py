@@ -84,6 +84,20 @@ class Potential:
         self.n_builds = 0
         self.n_calls = 0
 
+    @classmethod
+    def wrap(
+        cls, model_or_potential: Potential | PotentialModel | str | Path, **kwargs
+    ) -> Potential:
+        """``model_or_potential`` itself if it is a Potential, else a new one.
+
+        Args:
+            model_or_potential: a :class:`Potential`, a model or a model file.
+            **kwargs: :class:`Potential` arguments, used only for a new one.
+        """
+        if isinstance(model_or_potential, Potential):
+            return model_or_potential
+        return cls(model_or_potential, **kwargs)
+
     # --------------------------------------------------------- the backend
     @property
     def compiled(self) -> CompiledPotential | None:
@@ -190,7 +204,8 @@ class Potential:
             if not torch.equal(new, old):
                 return True
         moved2 = (positions - ref_pos).square().sum(-1).max()
-        return bool(moved2 > (0.5 * self.skin) ** 2)  # one host sync per call
+        # "not <=": a NaN displacement rebuilds, and the build names the atom
+        return not bool(moved2 <= (0.5 * self.skin) ** 2)  # one host sync per call
 
     def _build(
         self,

@@ -94,8 +94,13 @@ def test_calculator_wraps_a_given_potential():
 
 
 def test_non_finite_positions_name_the_atom():
+    """Also when the list would be reused: a NaN displacement is no small move."""
     pos, z = random_molecule(np.random.default_rng(3), 5)
+    potential = Potential(tiny(), compile=False)
+    potential.compute(pos, z)
     pos[3, 1] = np.nan
+    with pytest.raises(FloatingPointError, match="atom 3"):
+        potential.compute(pos, z)
     with pytest.raises(FloatingPointError, match="atom 3"):
         Potential(tiny(), compile=False).compute(pos, z)
 

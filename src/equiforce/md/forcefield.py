@@ -48,18 +48,10 @@ class ModelForceField:
         compile: bool | None = None,
         compile_after: int = 20,
     ) -> None:
-        if isinstance(model, Potential):
-            self.potential = model
-        else:
-            device = next(iter(model.parameters())).device
-            self.potential = Potential(
-                model,
-                device=device,
-                dtype=dtype,
-                skin=skin,
-                compile=compile,
-                compile_after=compile_after,
-            )
+        # device=None: the model's own device
+        self.potential = Potential.wrap(
+            model, dtype=dtype, skin=skin, compile=compile, compile_after=compile_after
+        )
 
     @property
     def model(self) -> PotentialModel:
