@@ -7,6 +7,7 @@ through here.
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import tempfile
@@ -14,6 +15,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
+
+from equiforce.errors import is_write_error, output_error
 
 
 def _umask() -> int:
@@ -44,6 +47,10 @@ def atomic_path(path: str | Path, suffix: str | None = None) -> Iterator[Path]:
             os.fsync(fh.fileno())
         os.chmod(tmp, 0o666 & ~_umask())  # mkstemp creates 0600 files
         os.replace(tmp, path)
+    except OSError as err:
+        if is_write_error(err):
+            raise output_error(err, str(path)) from None
+        raise
     finally:
         tmp.unlink(missing_ok=True)
 
@@ -63,5 +70,7 @@ def atomic_torch_save(obj: Any, path: str | Path) -> None:
     """``torch.save`` to ``path`` atomically."""
     import torch
 
+    buffer = io.BytesIO()  # serialised in memory: a failed file write is an OSError
+    torch.save(obj, buffer)
     with atomic_path(path) as tmp:
-        torch.save(obj, tmp)
+        tmp.write_bytes(buffer.getbuffer())

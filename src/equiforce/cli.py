@@ -11,6 +11,12 @@ import argparse
 import importlib
 import sys
 
+from equiforce.errors import (
+    EXIT_USER_ERROR,
+    EquiforceError,
+    is_write_error,
+    output_error,
+)
 from equiforce.version import __version__
 
 #: Modules whose ``register`` adds subcommands, in the order shown by --help.
@@ -53,6 +59,14 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted: finished work was saved", file=sys.stderr)
         return 130
+    except EquiforceError as err:  # the fault policy: message, exit 2
+        print(f"error: {err}", file=sys.stderr)
+        return EXIT_USER_ERROR
+    except OSError as err:
+        if not is_write_error(err):
+            raise
+        print(f"error: {output_error(err)}", file=sys.stderr)
+        return EXIT_USER_ERROR
 
 
 if __name__ == "__main__":

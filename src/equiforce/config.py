@@ -30,7 +30,8 @@ from pydantic import (
 )
 from pydantic_core import PydanticCustomError
 
-from equiforce.config_errors import choice_msg, format_errors
+from equiforce.config_errors import choice_msg, format_errors, load_yaml
+from equiforce.errors import EquiforceError
 from equiforce.models.nequip import NequIPConfig
 from equiforce.models.painn import PaiNNConfig
 from equiforce.models.registry import PRESETS
@@ -44,7 +45,7 @@ _OVERRIDES_HELP = (
 )
 
 
-class ConfigError(ValueError):
+class ConfigError(EquiforceError):
     """An invalid configuration; ``lines`` holds one message per problem."""
 
     def __init__(self, lines: list[str]) -> None:
@@ -110,6 +111,11 @@ class DataConfig(BaseModel):
     )
     isolated_atoms: str | None = Field(
         None, description="file of single-atom energies (eV) when e0='isolated_atoms'"
+    )
+    optional_labels: tuple[Literal["energy", "forces", "stress"], ...] = Field(
+        (),
+        description="labels the loss may miss in some or all frames (trained where "
+        "present); any other weighted label missing from a frame is an error",
     )
     min_distance: float | None = Field(
         0.75, ge=0, description="drop frames with an interatomic distance below this, Å"
@@ -293,6 +299,12 @@ class TrainingConfig(BaseModel):
     early_stopping_patience: int | None = Field(
         None, gt=0, description="stop after this many validations without improvement"
     )
+    nonfinite_patience: int = Field(
+        20,
+        gt=0,
+        description="stop after this many consecutive steps with a non-finite loss "
+        "(such steps leave the weights unchanged)",
+    )
     dtype: Literal["float32", "float64"] = Field(
         "float32", description="parameter dtype"
     )
@@ -401,11 +413,9 @@ def load_config(
     """
     path = Path(path)
     try:
-        raw = yaml.safe_load(path.read_text())
-    except OSError as err:
-        raise ConfigError([f"{path}: cannot read config ({err.strerror})"]) from None
-    except yaml.YAMLError as err:
-        raise ConfigError([f"{path}: invalid YAML: {err}"]) from None
+        raw = load_yaml(path)
+    except ValueError as err:
+        raise ConfigError([str(err)]) from None
     if raw is None:
         raw = {}
     if not isinstance(raw, dict):

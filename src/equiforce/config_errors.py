@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import difflib
+from pathlib import Path
 from typing import Any, get_args
 
+import yaml
 from pydantic import BaseModel, ValidationError
 
 from equiforce.models.registry import MODELS
@@ -100,3 +102,24 @@ def format_errors(
                 msg += f" (got {e['input']!r})"
         lines.append(f"{source}: {where}: {msg}")
     return lines
+
+
+def load_yaml(path: str | Path) -> Any:
+    """The YAML document in ``path``.
+
+    Raises:
+        ValueError: ``path: reason`` for a missing, unreadable, binary or invalid file.
+    """
+    path = Path(path)
+    try:
+        text = path.read_bytes().decode("utf-8")
+    except OSError as err:
+        raise ValueError(f"{path}: cannot read config ({err.strerror})") from None
+    except UnicodeDecodeError as err:
+        raise ValueError(
+            f"{path}: not a YAML text file (byte {err.start} is not UTF-8 text)"
+        ) from None
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as err:
+        raise ValueError(f"{path}: invalid YAML: {err}") from None

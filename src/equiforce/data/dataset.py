@@ -62,6 +62,27 @@ class FrameStore:
         """(n_frames,) atoms per frame."""
         return np.diff(self.offsets)
 
+    def labelled(self) -> dict[str, int]:
+        """Number of frames carrying each label."""
+        has_f = (
+            np.zeros(len(self), bool)
+            if self.forces is None
+            else np.bincount(
+                self.frame_index[np.isfinite(self.forces).all(1)], minlength=len(self)
+            )
+            == self.n_atoms
+        )
+        has_s = (
+            np.zeros(len(self), bool)
+            if self.stress is None
+            else np.isfinite(self.stress).all((1, 2))
+        )
+        return {
+            "energy": int(np.isfinite(self.energy).sum()),
+            "forces": int(has_f.sum()),
+            "stress": int(has_s.sum()),
+        }
+
     @property
     def frame_index(self) -> np.ndarray:
         """(n_total,) frame of each atom."""

@@ -8,7 +8,7 @@ the frame and the field.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 import ase.io
@@ -19,6 +19,7 @@ from ase.stress import full_3x3_to_voigt_6_stress
 
 from equiforce import units
 from equiforce.data.neighbors import neighbor_list
+from equiforce.errors import EquiforceError, describe
 
 #: Minimum allowed interatomic distance, Å (closer atoms are almost surely an error).
 MIN_DISTANCE = 0.1
@@ -47,14 +48,13 @@ NPZ_LAYOUTS: dict[str, dict[str, str]] = {
 }
 
 
-class DataError(ValueError):
-    """Invalid input data; the message names file, frame and field."""
+class DataError(EquiforceError):
+    """Invalid input data; the message names file, frame (as in the file), field."""
 
     def __init__(
         self, path: str | Path, frame: int | None, field: str, message: str
     ) -> None:
-        where = f"{path}" + (f": frame {frame}" if frame is not None else "")
-        super().__init__(f"{where}: {field}: {message}")
+        super().__init__(describe(path, frame, field, message))
         self.path, self.frame, self.field = str(path), frame, field
 
 
@@ -105,7 +105,7 @@ def read(
     reader = _read_npz if is_npz else _read_ase
     frames = reader(path, index, energy_key, forces_key, stress_key, format)
     out = []
-    for k, (atoms, labels) in enumerate(frames):
+    for k, atoms, labels in frames:  # k: the frame as numbered in the file
         atoms.positions *= l_fac
         if atoms.cell.rank:
             atoms.cell = np.asarray(atoms.cell) * l_fac
@@ -122,8 +122,39 @@ def read(
         validate_atoms(atoms, results, path, k, require)
         if results:
             atoms.calc = SinglePointCalculator(atoms, **results)
+        atoms.info[SOURCE_FRAME] = k
         out.append(atoms)
     return out
+
+
+#: ``atoms.info`` key of the frame's number in the file it was read from
+SOURCE_FRAME = "source_frame"
+
+#: the labels a frame can carry
+LABELS = ("energy", "forces", "stress")
+
+
+def label_counts(frames: Sequence[Atoms]) -> dict[str, list[int]]:
+    """For each label, the file frame numbers of the frames that lack it."""
+    missing: dict[str, list[int]] = {name: [] for name in LABELS}
+    for k, atoms in enumerate(frames):
+        results = atoms.calc.results if atoms.calc is not None else {}
+        for name in LABELS:
+            if results.get(name) is None:
+                missing[name].append(int(atoms.info.get(SOURCE_FRAME, k)))
+    return missing
+
+
+def label_summary(path: str | Path, frames: Sequence[Atoms]) -> str:
+    """One line: frames read and how many carry each label (first frame lacking it)."""
+    n = len(frames)
+    parts = []
+    for name, lacking in label_counts(frames).items():
+        text = f"{name} {n - len(lacking)}/{n}"
+        if lacking and len(lacking) < n:
+            text += f" (first missing: frame {lacking[0]})"
+        parts.append(text)
+    return f"{path}: {n} frames; labels: " + ", ".join(parts)
 
 
 def _force_factor(force_unit: str | None, energy_unit: str, length_unit: str) -> float:
@@ -132,17 +163,39 @@ def _force_factor(force_unit: str | None, energy_unit: str, length_unit: str) ->
     return units.energy_factor(energy_unit) / units.length_factor(length_unit)
 
 
-def _index_list(index: str | int | slice, n: int) -> list[int]:
+def _index_list(index: str | int | slice, n: int, path: str | Path) -> list[int]:
+    """File frame numbers selected by ``index`` (ASE syntax) from ``n`` frames."""
+    try:
+        if isinstance(index, str):
+            text = index.strip()
+            if ":" not in text:
+                index = int(text)
+            else:
+                parts = [int(p) if p.strip() else None for p in text.split(":")]
+                if len(parts) > 3:
+                    raise ValueError(text)
+                index = slice(*parts)
+    except ValueError:
+        raise DataError(
+            path,
+            None,
+            "index",
+            f"{index!r} is not an integer or a start:stop:step slice",
+        ) from None
     if isinstance(index, int):
+        if not -n <= index < n:
+            raise DataError(
+                path, None, "index", f"frame {index} is out of range: the file has {n}"
+            )
         return [range(n)[index]]
-    if isinstance(index, str):
-        if index.strip() == ":":
-            return list(range(n))
-        if ":" not in index:
-            return [range(n)[int(index)]]
-        parts = [int(p) if p.strip() else None for p in index.split(":")]
-        index = slice(*parts)
-    return list(range(n))[index]
+    if index.step == 0:
+        raise DataError(path, None, "index", "slice step cannot be zero")
+    selected = list(range(n))[index]
+    if not selected:
+        raise DataError(
+            path, None, "index", f"{index} selects no frame: the file has {n}"
+        )
+    return selected
 
 
 def _detect_layout(keys: set[str]) -> dict[str, str] | None:
@@ -152,14 +205,42 @@ def _detect_layout(keys: set[str]) -> dict[str, str] | None:
     return None
 
 
+def _npz_array(data, key: str, path: Path) -> np.ndarray:
+    """``data[key]`` as a numeric array; a corrupt member is a :class:`DataError`."""
+    try:
+        arr = data[key]
+    except Exception as err:  # noqa: BLE001 - zipfile/numpy raise many kinds
+        raise DataError(
+            path,
+            None,
+            key,
+            f"cannot be read (corrupt file? {type(err).__name__}: {err})",
+        ) from None
+    if arr.dtype.kind not in "biuf":
+        raise DataError(path, None, key, f"expected numbers, got dtype {arr.dtype}")
+    return arr
+
+
+def _expect_shape(arr, shapes: list[tuple], key: str, path: Path, what: str) -> None:
+    if arr is not None and arr.shape not in shapes:
+        raise DataError(
+            path,
+            None,
+            key,
+            f"shape {arr.shape} does not fit {what} (expected "
+            + " or ".join(str(s) for s in shapes)
+            + ")",
+        )
+
+
 def _read_npz(path, index, energy_key, forces_key, stress_key, _format):
     try:
         data = np.load(path, allow_pickle=False)
+        keys = set(data.files)
     except Exception as err:  # noqa: BLE001 - any reader error becomes a DataError
         raise DataError(
             path, None, "file", f"not a readable npz file ({err})"
         ) from None
-    keys = set(data.files)
     layout = _detect_layout(keys)
     if layout is None:
         raise DataError(
@@ -182,11 +263,14 @@ def _read_npz(path, index, energy_key, forces_key, stress_key, _format):
             raise DataError(
                 path, None, name, f"key {key!r} not in file (found {sorted(keys)})"
             )
-    pos = data[layout["positions"]]
-    numbers = data[layout["numbers"]]
+
+    def get(key: str | None) -> np.ndarray | None:
+        return _npz_array(data, key, path) if key and key in keys else None
+
+    pos = get(layout["positions"])
+    numbers = get(layout["numbers"])
     if pos.ndim == 2:
         pos = pos[None]
-    n_frames = pos.shape[0]
     if pos.ndim != 3 or pos.shape[-1] != 3:
         raise DataError(
             path,
@@ -194,62 +278,57 @@ def _read_npz(path, index, energy_key, forces_key, stress_key, _format):
             layout["positions"],
             f"expected (frames, atoms, 3), got {pos.shape}",
         )
-    energies = data[e_key].reshape(n_frames, -1)[:, 0] if e_key in keys else None
-    forces = data[f_key] if f_key in keys else None
-    stress = data[stress_key] if stress_key and stress_key in keys else None
-    cell = data["cell"] if "cell" in keys else None
-    pbc = data["pbc"] if "pbc" in keys else None
-    for name, arr in (("energy", energies), ("forces", forces)):
-        if arr is not None and arr.shape[0] != n_frames:
-            raise DataError(
-                path, None, name, f"{arr.shape[0]} entries for {n_frames} frames"
-            )
-    for k in _index_list(index, n_frames):
+    n_frames, n_atoms = pos.shape[:2]
+    energies, forces, stress = get(e_key), get(f_key), get(stress_key)
+    cell, pbc = get("cell"), get("pbc")
+    # every count must match the frames exactly: a reshape would silently read
+    # every other value of an array with twice as many entries
+    for name, key, arr, shapes, what in (
+        ("atomic_numbers", layout["numbers"], numbers,
+         [(n_atoms,), (n_frames, n_atoms)], "the atoms"),
+        ("energy", e_key, energies, [(n_frames,), (n_frames, 1)], "one per frame"),
+        ("forces", f_key, forces, [pos.shape], "the positions"),
+        ("stress", stress_key, stress, [(n_frames, 3, 3), (n_frames, 6)], "frames"),
+        ("cell", "cell", cell, [(3, 3), (n_frames, 3, 3)], "frames"),
+        ("pbc", "pbc", pbc, [(3,), (n_frames, 3)], "frames"),
+    ):  # fmt: skip
+        _expect_shape(arr, shapes, f"{name} (key {key!r})", path, what)
+    if energies is not None:
+        energies = energies.reshape(n_frames)
+    for k in _index_list(index, n_frames, path):
         z = numbers if numbers.ndim == 1 else numbers[k]
-        if forces is not None and forces[k].shape != pos[k].shape:
-            raise DataError(
-                path,
-                k,
-                "forces",
-                f"shape {forces[k].shape} != positions {pos[k].shape}",
-            )
-        if z.shape[0] != pos[k].shape[0]:
-            raise DataError(
-                path,
-                k,
-                "atomic_numbers",
-                f"{z.shape[0]} numbers for {pos[k].shape[0]} positions",
-            )
         keep = z > 0  # zero-padded formats (QM7-X subsets) mark padding with Z = 0
         if numbers.ndim == 1:
             keep = np.ones_like(keep)
         atoms = Atoms(numbers=z[keep].astype(int), positions=pos[k][keep])
         if cell is not None:
-            c = cell if cell.ndim == 2 else cell[k]
-            atoms.cell = c
-            atoms.pbc = (
-                (pbc if pbc is None or pbc.ndim == 1 else pbc[k])
-                if pbc is not None
-                else True
-            )
+            atoms.cell = cell if cell.ndim == 2 else cell[k]
+            atoms.pbc = True if pbc is None else (pbc if pbc.ndim == 1 else pbc[k])
         labels = {
             "energy": None if energies is None else energies[k],
             "forces": None if forces is None else forces[k][keep],
             "stress": None if stress is None else stress[k],
         }
-        yield atoms, labels
+        yield k, atoms, labels
 
 
 def _read_ase(path, index, energy_key, forces_key, stress_key, format):
-    try:
-        frames = ase.io.read(path, index=index, format=format)
+    frames = []
+    try:  # frame by frame, so that an unreadable frame is named
+        for atoms in ase.io.iread(path, index=":", format=format):
+            frames.append(atoms)
     except Exception as err:  # noqa: BLE001
+        first = (str(err).splitlines() or [""])[0][:200]
         raise DataError(
-            path, None, "file", f"cannot be read by ASE ({type(err).__name__}: {err})"
+            path,
+            len(frames),
+            "file",
+            f"cannot be read by ASE ({type(err).__name__}: {first})",
         ) from None
-    if isinstance(frames, Atoms):
-        frames = [frames]
-    for atoms in frames:
+    if not frames:
+        raise DataError(path, None, "file", "no structure in the file")
+    for k in _index_list(index, len(frames), path):
+        atoms = frames[k]
         results = dict(atoms.calc.results) if atoms.calc is not None else {}
         labels = {
             "energy": atoms.info.get(energy_key)
@@ -263,7 +342,7 @@ def _read_ase(path, index, energy_key, forces_key, stress_key, format):
             else results.get("stress"),
         }
         atoms.calc = None
-        yield atoms, labels
+        yield k, atoms, labels
 
 
 def validate_atoms(

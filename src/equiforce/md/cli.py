@@ -60,6 +60,11 @@ def register(subparsers) -> None:
     p.add_argument(
         "--resume", action="store_true", help="continue from OUT/md_state.pt"
     )
+    p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace an earlier run's outputs in OUT (default: refuse)",
+    )
     p.set_defaults(func=_md)
 
 
@@ -120,6 +125,7 @@ def _md(args) -> int:
         args.out,
         resume=args.resume,
         progress=not args.no_progress,
+        overwrite=args.overwrite,
     )
     print(
         f"{result.steps_done} steps in {result.wall_s:.1f} s: "

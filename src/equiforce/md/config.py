@@ -11,8 +11,10 @@ import difflib
 from pathlib import Path
 from typing import Literal
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from equiforce.config_errors import load_yaml
+from equiforce.errors import EquiforceError
 
 
 class StabilityConfig(BaseModel):
@@ -100,7 +102,7 @@ class MDConfig(BaseModel):
         return ".h5" if fmt == "hdf5" else ".xyz"
 
 
-class ConfigError(ValueError):
+class ConfigError(EquiforceError):
     """Invalid MD configuration; the message has one line per problem."""
 
 
@@ -129,9 +131,9 @@ def load_md_config(path: str | Path | None = None, **overrides) -> MDConfig:
     if path is not None:
         source = str(path)
         try:
-            loaded = yaml.safe_load(Path(path).read_text()) or {}
-        except (OSError, yaml.YAMLError) as err:
-            raise ConfigError(f"{path}: cannot read YAML ({err})") from None
+            loaded = load_yaml(path) or {}
+        except ValueError as err:
+            raise ConfigError(str(err)) from None
         if not isinstance(loaded, dict):
             raise ConfigError(f"{path}: expected a mapping of MD settings")
         data = dict(loaded.get("md", loaded))

@@ -37,6 +37,7 @@ from equiforce.md.observers import (
     ThermoWriter,
     truncate_thermo,
 )
+from equiforce.md.outdir import CHECKPOINT, OutDirError, claim_out_dir
 from equiforce.md.state import (
     ForceFn,
     MDState,
@@ -44,8 +45,6 @@ from equiforce.md.state import (
     state_from_atoms,
     state_to_atoms,
 )
-
-CHECKPOINT = "md_state.pt"
 
 
 @dataclass
@@ -168,10 +167,19 @@ class Simulation:
         path = self.out_dir / CHECKPOINT
         if not path.exists():
             return False
-        payload = torch.load(path, map_location="cpu", weights_only=True)
-        self.state = MDState.from_state_dict(payload["state"], self.config.device)
-        self.integrator.set_rng_state(payload["rng"])
-        self.events = [StabilityEvent(**e) for e in payload.get("events", [])]
+        try:
+            payload = torch.load(path, map_location="cpu", weights_only=True)
+            self.state = MDState.from_state_dict(payload["state"], self.config.device)
+            self.integrator.set_rng_state(payload["rng"])
+            self.events = [StabilityEvent(**e) for e in payload.get("events", [])]
+        except Exception as err:  # noqa: BLE001 - torch.load raises many kinds
+            first = (str(err).splitlines() or [""])[0][:160]
+            raise OutDirError(
+                f"{path}: cannot resume from it (corrupt, truncated or from another "
+                f"program: {type(err).__name__}: {first}); the outputs up to its "
+                "last write are untouched: restore the file, or start again with "
+                "--overwrite or a new --out"
+            ) from None
         for p in self._trajectory_paths():
             if p.exists():
                 truncate_trajectory(p, self.state.step)
@@ -399,6 +407,7 @@ def run_md(
     out_dir: str | Path | None = None,
     resume: bool = False,
     progress: bool = True,
+    overwrite: bool = False,
 ) -> MDResult:
     """Run MD of ``atoms_list`` (× ``n_replicas``) with a model or force function.
 
@@ -410,6 +419,9 @@ def run_md(
         out_dir: output folder (None: no files).
         resume: continue from ``out_dir/md_state.pt`` when it exists.
         progress: show a progress bar.
+        overwrite: replace an earlier run's outputs in ``out_dir``; without it or
+            ``resume``, a folder holding a run is refused
+            (:func:`~equiforce.md.outdir.claim_out_dir`).
     """
     from equiforce.accel.runtime import tune_allocator
 
@@ -427,6 +439,8 @@ def run_md(
         )
     else:
         force_fn = model
+    if out_dir is not None:
+        claim_out_dir(out_dir, resume, overwrite)
     systems = [a.copy() for a in atoms_list for _ in range(config.n_replicas)]
     sim = Simulation(force_fn, systems, config, out_dir)
     if resume and out_dir is not None:

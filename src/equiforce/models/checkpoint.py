@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from equiforce.atomic import atomic_torch_save
+from equiforce.errors import EquiforceError
 from equiforce.version import __version__
 
 if TYPE_CHECKING:
@@ -28,7 +29,7 @@ FORMAT_VERSION = 1
 _REQUIRED = ("format_version", "model_name", "model_config", "state_dict")
 
 
-class CheckpointError(ValueError):
+class CheckpointError(EquiforceError):
     """The file is not a valid equiforce checkpoint."""
 
 
@@ -77,17 +78,48 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # noqa: BLE001 - torch raises many kinds here
+        first = (str(err).splitlines() or [""])[0][:200]
+        size = path.stat().st_size
         raise CheckpointError(
-            f"{path}: not a readable equiforce checkpoint (truncated, corrupt or not a "
-            f"torch file; {type(err).__name__}: {str(err).splitlines()[0][:200]})"
+            f"{path}: not a readable equiforce checkpoint ("
+            + ("empty file" if size == 0 else "truncated, corrupt or not a torch file")
+            + f"; {type(err).__name__}: {first})"
         ) from None
     if not isinstance(payload, dict) or any(k not in payload for k in _REQUIRED):
         raise CheckpointError(
             f"{path}: not an equiforce checkpoint (expected a dict with keys {_REQUIRED})"
         )
-    if int(payload["format_version"]) > FORMAT_VERSION:
+    _check_header(path, payload)
+    return payload
+
+
+#: checkpoint dtypes a model can be stored in
+DTYPES = ("float32", "float64")
+
+
+def _check_header(path: Path, payload: dict[str, Any]) -> None:
+    """Raise :class:`CheckpointError` naming the first malformed header field."""
+
+    def bad(field: str, expected: str) -> CheckpointError:
+        value = repr(payload[field])[:80]
+        return CheckpointError(f"{path}: {field}: expected {expected}, got {value}")
+
+    version = payload["format_version"]
+    if isinstance(version, bool) or not isinstance(version, int) or version < 1:
+        raise bad("format_version", "a positive integer")
+    if version > FORMAT_VERSION:
         raise CheckpointError(
-            f"{path}: format_version {payload['format_version']} is newer than this "
+            f"{path}: format_version {version} is newer than this "
             f"equiforce ({FORMAT_VERSION}); upgrade equiforce"
         )
-    return payload
+    if not isinstance(payload["model_name"], str):
+        raise bad("model_name", "a model family name")
+    if not isinstance(payload["model_config"], dict):
+        raise bad("model_config", "a mapping of config fields")
+    state = payload["state_dict"]
+    if not isinstance(state, dict) or not all(
+        isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in state.items()
+    ):
+        raise bad("state_dict", "a mapping of names to tensors")
+    if payload.get("dtype", "float32") not in DTYPES:
+        raise bad("dtype", f"one of {DTYPES}")

@@ -105,7 +105,10 @@ def model_from_payload(
         raise CheckpointError(
             f"checkpoint model {name!r} is not in this equiforce ({sorted(MODELS)})"
         )
-    config = make_config(name, **payload["model_config"])
+    try:
+        config = make_config(name, **payload["model_config"])
+    except (ValueError, TypeError) as err:  # pydantic ValidationError, bad preset
+        raise CheckpointError(f"model_config: {err}") from None
     state = payload["state_dict"]
     model = MODELS[name][1](config, e0=state.get("e0"))
     model.model_name = name

@@ -47,8 +47,9 @@ INTERRUPTED = "interrupted"
 MAX_STEPS = "max_steps/max_epochs reached"
 MAX_MINUTES = "max_minutes reached"
 EARLY_STOPPING = "early stopping"
+DIVERGED = "diverged (non-finite loss)"
 #: Stop reasons by code (0: go on); process 0 broadcasts the code each step.
-STOP_REASONS = (None, INTERRUPTED, MAX_STEPS, MAX_MINUTES, EARLY_STOPPING)
+STOP_REASONS = (None, INTERRUPTED, MAX_STEPS, MAX_MINUTES, EARLY_STOPPING, DIVERGED)
 
 
 @dataclass(frozen=True)

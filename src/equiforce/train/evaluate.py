@@ -57,11 +57,17 @@ def evaluate(
     report = Reporter(progress)
     model = load_model(model_path, device=device)
     dtype = next(model.parameters()).dtype
-    dataset = GraphDataset(read_source(source, report), model.cutoff, dtype)
+    store = read_source(source, report)
+    dataset = GraphDataset(store, model.cutoff, dtype)
     with report.bar("evaluating", len(dataset)) as advance:
         acc = predict(model, eval_batches(dataset, batch_size)(), device, advance)
     metrics = acc.metrics()
-    metrics |= {"model": str(Path(model_path).resolve()), "data": source.path}
+    metrics |= {
+        "model": str(Path(model_path).resolve()),
+        "data": source.path,
+        "n_frames": len(store),
+        "n_labelled": store.labelled(),  # errors average over these frames only
+    }
     atomic_write_text(out / "metrics.json", json.dumps(metrics, indent=1) + "\n")
     arrays = acc.arrays()
     _save_npz(out / "predictions.npz", arrays)

@@ -26,6 +26,7 @@ import yaml
 
 from equiforce.atomic import atomic_write_text
 from equiforce.config import EquiforceConfig, apply_override, validate_config
+from equiforce.errors import EquiforceError
 from equiforce.train import distributed
 from equiforce.train.distributed import Group
 from equiforce.train.progress import Reporter
@@ -34,7 +35,7 @@ from equiforce.train.setup import build_training_model, prepare_data
 from equiforce.train.trainer import Trainer
 
 
-class RunDirError(ValueError):
+class RunDirError(EquiforceError):
     """The run directory cannot be used (exists already, or is not a run)."""
 
 

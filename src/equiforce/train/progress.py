@@ -141,8 +141,12 @@ def metrics_table(metrics: dict, title: str) -> Table:
         ("energy per atom", "energy_per_atom_mae", "energy_per_atom_rmse", "meV/atom"),
         ("force component", "forces_mae", "forces_rmse", "meV/Å"),
     )
+    counts, n = metrics.get("n_labelled", {}), metrics.get("n_frames")
     for name, mae, rmse, unit in rows:
         if mae in metrics:
+            label = name.split()[0].replace("force", "forces")
+            if n is not None and counts.get(label, n) < n:  # say what it averages
+                name += f" ({counts[label]} of {n} frames)"
             table.add_row(name, f"{metrics[mae]:.3f}", f"{metrics[rmse]:.3f}", unit)
     for el, m in metrics.get("forces_per_element", {}).items():
         table.add_row(f"force on {el}", f"{m['mae']:.3f}", f"{m['rmse']:.3f}", "meV/Å")

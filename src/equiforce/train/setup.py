@@ -6,7 +6,7 @@ slice), so ``splits.json`` in a run directory reproduces the split exactly.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -41,14 +41,56 @@ class PreparedData:
     statistics: dict
 
 
-def read_source(source: DataSource, report: Reporter) -> FrameStore:
-    """Read one data file into a :class:`FrameStore` (with progress)."""
-    from equiforce.data.io import read
+def read_source(
+    source: DataSource, report: Reporter, needed: Sequence[str] = ()
+) -> FrameStore:
+    """Read one data file into a :class:`FrameStore` (with progress).
+
+    Prints which labels the frames carry; a label in ``needed`` that some frame
+    lacks is a :class:`~equiforce.data.io.DataError` naming the first such frame.
+    """
+    from equiforce.data.io import label_summary, read
 
     with report.status(f"reading {source.path}"):
         frames = read(source.path, **source.read_kwargs())
+    report.print(label_summary(source.path, frames))
+    check_labels(source.path, frames, needed)
     with report.bar(f"packing {len(frames)} frames", len(frames)) as advance:
         return FrameStore.from_atoms(frames, progress=advance)
+
+
+def needed_labels(config: EquiforceConfig) -> tuple[str, ...]:
+    """Labels the loss weights and the config does not declare optional."""
+    t = config.training
+    weights = {
+        "energy": t.energy_weight,
+        "forces": t.forces_weight,
+        "stress": t.stress_weight,
+    }
+    return tuple(
+        name
+        for name, w in weights.items()
+        if w > 0 and name not in config.data.optional_labels
+    )
+
+
+def check_labels(path: str, frames: Sequence, needed: Sequence[str]) -> None:
+    """Raise a DataError if a frame lacks a label in ``needed`` (the fault policy)."""
+    from equiforce.data.io import DataError, label_counts
+
+    lacking = label_counts(frames)
+    for name in needed:
+        if lacking[name]:
+            n, bad = len(frames), lacking[name]
+            raise DataError(
+                path,
+                bad[0],
+                name,
+                f"missing in {len(bad)} of {n} frames, but the loss weights it "
+                f"(training.{name}_weight > 0): add the label, select frames with "
+                f"the file's index, set training.{name}_weight: 0, or list "
+                f"{name} in data.optional_labels to train on the frames that have it",
+            )
 
 
 def filtered_indices(
@@ -154,14 +196,15 @@ def prepare_data(
     """
     data = config.data
     dtype = DTYPES[config.training.dtype]
-    store = read_source(data.train, report)
+    needed = needed_labels(config)
+    store = read_source(data.train, report, needed)
     if splits is None:
         splits = make_splits(
             data, store, filtered_indices(store, data, "train", report)
         )
     train_store = store.subset(splits["train"])
     if data.valid is not None:
-        vstore = read_source(data.valid, report)
+        vstore = read_source(data.valid, report, needed)
         valid_store = vstore.subset(filtered_indices(vstore, data, "valid", report))
     else:
         valid_store = store.subset(splits["valid"])

@@ -22,6 +22,7 @@ import numpy as np
 import torch
 
 from equiforce.config import EquiforceConfig, TrainingConfig
+from equiforce.errors import EquiforceError
 from equiforce.models.checkpoint import load_checkpoint
 from equiforce.train import distributed
 from equiforce.train.compiled_step import CompiledTrainStep, assign_gradients
@@ -55,6 +56,10 @@ def make_optimizer(
         return cls(params, fused=True, **kwargs)
     except (RuntimeError, ValueError):  # no fused kernel for this device/dtype
         return cls(params, foreach=True, **kwargs)
+
+
+class DivergedError(EquiforceError):
+    """The loss stayed non-finite for ``training.nonfinite_patience`` steps."""
 
 
 class Trainer:
@@ -98,6 +103,7 @@ class Trainer:
         self.ema = EMA(self.model, t.ema_decay) if t.ema_decay is not None else None
         self.step, self.elapsed = 0, 0.0
         self.best_loss, self.best_step, self.bad_validations = math.inf, -1, 0
+        self.nonfinite_steps, self.first_nonfinite = 0, None
         self.last_valid_step = -1
         self._stop_requested = False
         self._perm: tuple[int, np.ndarray] | None = None  # (epoch, its permutation)
@@ -191,17 +197,25 @@ class Trainer:
             parts = {k: got.get(k, 0.0) for k in self.loss_fn.part_names}
             params = list(self.model.parameters())
             parts = self.group.sum_gradients(params, len(mine) / len(indices), parts)
-        if self.cfg.clip_grad_norm is not None:
-            torch.nn.utils.clip_grad_norm_(
-                self.model.parameters(), self.cfg.clip_grad_norm
-            )
         if lr is None:
             lr = self.schedule.lr(self.step, self.elapsed)
-        for group in self.optimizer.param_groups:
-            group["lr"] = lr
-        self.optimizer.step()
-        if self.ema:
-            self.ema.update(self.model)
+        # a non-finite loss (the same on every process: parts are summed) leaves
+        # the weights, the optimiser moments and the EMA as they were
+        finite = math.isfinite(parts.get("loss", 0.0))
+        self.nonfinite_steps = 0 if finite else self.nonfinite_steps + 1
+        if not finite and self.first_nonfinite is None:
+            self.first_nonfinite = self.step
+        if finite:
+            self.first_nonfinite = None
+            if self.cfg.clip_grad_norm is not None:
+                torch.nn.utils.clip_grad_norm_(
+                    self.model.parameters(), self.cfg.clip_grad_norm
+                )
+            for group in self.optimizer.param_groups:
+                group["lr"] = lr
+            self.optimizer.step()
+            if self.ema:
+                self.ema.update(self.model)
         self.step += 1
         parts["lr"] = lr
         return parts, len(indices)
@@ -269,6 +283,8 @@ class Trainer:
             and self.bad_validations >= c.early_stopping_patience
         ):
             return distributed.EARLY_STOPPING
+        if self.nonfinite_steps >= c.nonfinite_patience:
+            return distributed.DIVERGED
         return None
 
     def eta(self, seconds_per_step: float) -> float | None:
@@ -320,8 +336,8 @@ class Trainer:
                 sps = self.elapsed / max(self.step, 1)
                 bar.update(self.step, parts["loss"], n_struct, self.eta(sps), val_mae)
         reason = decision[0]
-        if not self.main:
-            return reason
+        if not self.main or reason == distributed.DIVERGED:
+            return reason  # last.pt and best.pt keep their last good weights
         if self.last_valid_step != self.step:
             self.log(
                 {"lr": self.schedule.lr(max(self.step - 1, 0), self.elapsed)}
@@ -366,6 +382,9 @@ class Trainer:
             reason = self.run_loop()
         finally:
             self.writer.close()
+        if reason == distributed.DIVERGED:
+            run.write_json(run.final_metrics, {"stop": reason, "final_step": self.step})
+            raise DivergedError(self.diverged_message())
         best = load_checkpoint(run.best)
         final = self.evaluate_valid(best["state_dict"])
         final |= {
@@ -382,6 +401,29 @@ class Trainer:
             metrics_table(final, f"validation errors of best.pt ({run.best})")
         )
         return run.best
+
+    def diverged_message(self) -> str:
+        """What happened, what was kept and what to change."""
+        c, run = self.cfg, self.run
+        kept = (
+            f"best.pt (step {self.best_step}) and last.pt keep the last good weights"
+            if run.best.exists()
+            else "no checkpoint had been written yet"
+        )
+        lr = self.schedule.lr(max(self.step - 1, 0), self.elapsed)
+        return (
+            f"{run.path}: training.lr: the loss was non-finite for "
+            f"{self.nonfinite_steps} consecutive steps from step "
+            f"{self.first_nonfinite} (learning rate {lr:.3g}); {kept}. Lower "
+            f"training.lr (now {c.lr:g}), add training.warmup_steps or "
+            "training.clip_grad_norm, then "
+            + (
+                f"continue with equiforce train --resume {run.path} "
+                "--set training.lr=..."
+                if run.last.exists()
+                else f"start again in a new --run-dir (or delete {run.path})"
+            )
+        )
 
     @property
     def main(self) -> bool:
