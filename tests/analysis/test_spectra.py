@@ -101,3 +101,37 @@ def test_spectrum_of_harmonic_triatomic_matches_normal_modes():
         spec.wavenumber + 100.0, spec.intensity, spec.dt_fs, spec.max_lag_fs
     )
     assert 85.0 < wasserstein_1(spec, shifted, hi=8000.0) < 110.0
+
+
+def _cosine_spectrum(nu0: float, dt: float, n_lags: int, **kw):
+    tau = np.arange(n_lags) * dt
+    return power_spectrum(np.cos(2 * np.pi * C_CM_PER_FS * nu0 * tau), dt, **kw)
+
+
+def test_pure_cosine_has_one_line_without_side_lobes():
+    # zero padding placed after the mirrored negative lags made the halves interfere:
+    # side lobes of 74-97 % of the peak and a peak list full of artefacts
+    spec = _cosine_spectrum(1000.0, 1.0, 1001)
+    y, nu = spec.intensity / spec.intensity.max(), spec.wavenumber
+    main = abs(nu - 1000.0) < 2 * spec.resolution_cm  # the Hann main lobe
+    assert abs(nu[np.argmax(y)] - 1000.0) < 0.25 * spec.resolution_cm
+    assert y[~main & (nu < 8000)].max() < 0.06  # Hann side lobes: ~3 %
+    assert [round(p) for p, _ in find_peaks_cm(spec)] == [round(nu[np.argmax(y)])]
+
+
+def test_damped_oscillation_gives_a_lorentzian_of_the_right_width():
+    # C = exp(-τ/T) cos(ωτ) has a Lorentzian line of FWHM 1/(π T) (frequency)
+    nu0, t_decay, dt = 2000.0, 200.0, 0.5  # cm⁻¹, fs, fs
+    tau = np.arange(40001) * dt  # 20 ps ≫ T: no window needed
+    c = np.exp(-tau / t_decay) * np.cos(2 * np.pi * C_CM_PER_FS * nu0 * tau)
+    spec = power_spectrum(c, dt, window="none", pad=2)
+    y, nu = spec.intensity, spec.wavenumber
+    k = np.argmax(y)
+    above = np.nonzero(y >= y[k] / 2)[0]
+    fwhm = nu[above[-1]] - nu[above[0]]
+    expected = 1.0 / (np.pi * t_decay) / C_CM_PER_FS  # 1/fs -> cm⁻¹
+    assert abs(nu[k] - nu0) < 1.0
+    assert abs(fwhm - expected) < 0.05 * expected, (fwhm, expected)
+    # Lorentzian tails: at 3 half-widths from the centre, 1/(1+9) of the peak
+    off = np.argmin(abs(nu - (nu0 + 3 * expected / 2)))
+    assert abs(y[off] / y[k] - 0.1) < 0.01
