@@ -15,9 +15,10 @@ if [ -f "$OUT/train/last.pt" ] && [ ! -f "$OUT/train/final_metrics.json" ]; then
   equiforce train --resume "$OUT/train"          # an interrupted demo continues
 elif [ ! -f "$OUT/train/final_metrics.json" ]; then
   rm -rf "$OUT/train"
+  # cosine on the clock: the learning rate reaches its floor when the budget ends
   equiforce train examples/rmd17_ethanol.yaml --run-dir "$OUT/train" \
-    --set training.max_minutes="$MINUTES" --set training.max_steps=12000 \
-    --set training.valid_interval=200 --set training.schedule=cosine \
+    --set training.max_minutes="$MINUTES" --set training.schedule=cosine \
+    --set training.schedule_clock=time --set training.valid_interval=200 \
     --set training.warmup_steps=50 --set training.lr=2.0e-3
 fi
 
@@ -26,9 +27,8 @@ equiforce eval --model "$OUT/train/best.pt" --data "$DATA/rmd17_ethanol_test_01.
   --energy-unit kcal/mol --out "$OUT/eval"
 
 echo "== 3/4 NVE molecular dynamics, 300 K initial velocities, 0.5 fs, 4 ps"
-rm -rf "$OUT/md"
 equiforce md --model "$OUT/train/best.pt" --structure "$DATA/rmd17_ethanol_test_01.npz" \
-  --frame 0 --ensemble nve --temperature 300 --timestep 0.5 --steps 8000 \
+  --overwrite --frame 0 --ensemble nve --temperature 300 --timestep 0.5 --steps 8000 \
   --output-interval 4 --format hdf5 --out "$OUT/md"
 
 echo "== 4/4 vibrational spectrum and h(r) from the trajectory"

@@ -310,7 +310,9 @@ class TrainingConfig(BaseModel):
     )
     seed: int = Field(0, description="model initialisation and shuffling seed")
     threads: int | None = Field(
-        None, gt=0, description="torch CPU threads; None: default"
+        None,
+        gt=0,
+        description="torch CPU threads; None: the cores not busy with other work",
     )
     device: str = Field("cpu", description="torch device, e.g. 'cpu' or 'cuda'")
     processes: int = Field(

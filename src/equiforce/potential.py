@@ -19,6 +19,7 @@ state into :meth:`Potential.compute` arguments and its outputs back.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -31,6 +32,13 @@ from equiforce.models.base import PotentialModel
 #: Array-likes accepted by :meth:`Potential.compute` (converted without copying
 #: where device and dtype already fit).
 ArrayLike = np.ndarray | torch.Tensor
+
+
+#: what a front end shows before the compiled backend's first (slow) call
+COMPILE_NOTICE = (
+    "compiling the model for fast inference: the next call takes up to a minute or "
+    "two on a CPU (AOTInductor); the library is cached for later runs of this model"
+)
 
 
 class Potential:
@@ -52,6 +60,8 @@ class Potential:
         graph: the neighbour graph of the last call (None before the first).
         n_builds: neighbour-list builds so far.
         n_calls: evaluations so far.
+        notify: called with a message before a long step (building the compiled
+            backend); None: silent. Command-line front ends set it.
     """
 
     def __init__(
@@ -83,6 +93,7 @@ class Potential:
         self._compiled: CompiledPotential | None = None
         self.n_builds = 0
         self.n_calls = 0
+        self.notify: Callable[[str], None] | None = None
 
     @classmethod
     def wrap(
@@ -113,6 +124,8 @@ class Potential:
             )
             if wanted:
                 self._compiled = CompiledPotential.for_device(self.model)
+                if self.notify is not None:
+                    self.notify(COMPILE_NOTICE)
         return self._compiled
 
     def __call__(

@@ -124,3 +124,21 @@ def one_thread_below(n_edges: int, limit: int, device: torch.device) -> Iterator
         yield
     finally:
         torch.set_num_threads(threads)
+
+
+def free_cores() -> int:
+    """Cores this process may use that other work is not busy on (at least 1).
+
+    The cores in this process's affinity mask minus the 1-minute load average,
+    rounded: on a shared 2-core machine that is already busy, one thread (two
+    threads contending with another job ran a training step 7x slower than one).
+    """
+    try:
+        n = len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        n = os.cpu_count() or 1
+    try:
+        load = os.getloadavg()[0]
+    except (OSError, AttributeError):
+        load = 0.0
+    return max(1, min(n, round(n - load)))

@@ -118,6 +118,11 @@ def _md(args) -> int:
         return 2
     atoms = structures[config.frame]
     atoms.calc = None
+    import torch
+
+    from equiforce.accel.runtime import free_cores
+
+    torch.set_num_threads(config.threads or free_cores())
     result = run_md(
         model,
         [atoms],

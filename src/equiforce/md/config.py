@@ -68,6 +68,11 @@ class MDConfig(BaseModel):
         None, description="model compute dtype (default: the checkpoint's)"
     )
     device: str = Field("cpu", description="torch device")
+    threads: int | None = Field(
+        None,
+        gt=0,
+        description="torch CPU threads; None: the cores not busy with other work",
+    )
     skin: float = Field(0.5, ge=0, description="neighbour-list skin, Å")
     compile: bool | None = Field(
         None, description="compiled model path (None: after 20 eager steps)"

@@ -28,6 +28,7 @@ import numpy as np
 import torch
 
 from equiforce.atomic import atomic_torch_save, atomic_write_json
+from equiforce.console import LineTicker, hms, is_terminal
 from equiforce.data.trajectory import open_writer, truncate_trajectory
 from equiforce.md.config import MDConfig
 from equiforce.md.integrators import conserved_energy, make_integrator
@@ -360,7 +361,10 @@ class _Progress:
         self._t0 = 0.0
 
     def __enter__(self) -> _Progress:
-        if self.enabled:
+        self._ticker = None
+        if self.enabled and not is_terminal():
+            self._ticker = LineTicker("md")  # plain lines: a log shows progress
+        elif self.enabled:
             from rich.progress import (
                 BarColumn,
                 MofNCompleteColumn,
@@ -393,11 +397,25 @@ class _Progress:
             return
         rate = (step - self.start) / max(time.perf_counter() - self._t0, 1e-9)
         nsday = rate * self.dt * 86400.0 * 1e-6
+        if self._ticker is not None:
+            if self._ticker.due():
+                left = (self.total - step) / rate if rate > 0 else float("nan")
+                self._ticker.line(
+                    f"step {step}/{self.total}, {rate:.1f} steps/s, {nsday:.3f} "
+                    f"ns/day, ETA {hms(left) if left == left else '-'}"
+                )
+            return
         self._bar.update(self._task, completed=step, rate=rate, nsday=nsday)
 
     def __exit__(self, *exc) -> None:
-        if self.enabled:
+        if self.enabled and self._ticker is None:
             self._bar.__exit__(*exc)
+
+
+def _notice(message: str) -> None:
+    import sys
+
+    print(message, file=sys.stderr, flush=True)
 
 
 def run_md(
@@ -437,6 +455,8 @@ def run_md(
         force_fn = ModelForceField(
             model, skin=config.skin, dtype=dtype, compile=config.compile
         )
+        if progress:  # a notice before the compiled backend's slow first call
+            force_fn.potential.notify = _notice
     else:
         force_fn = model
     if out_dir is not None:

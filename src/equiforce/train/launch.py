@@ -154,11 +154,13 @@ def _trainer_from_run(
 
 
 def _set_threads(config: EquiforceConfig, group: Group | None) -> None:
+    """``training.threads``; default: the free cores (split over the processes)."""
+    from equiforce.accel.runtime import free_cores
+
     threads = config.training.threads
     if group is not None:
         threads = distributed.threads_per_process(threads, group.world)
-    if threads:
-        torch.set_num_threads(threads)
+    torch.set_num_threads(threads or free_cores())
 
 
 def _fit(trainer: Trainer, start: dict | None) -> Path:

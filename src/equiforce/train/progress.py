@@ -21,6 +21,8 @@ from rich.progress import (
 )
 from rich.table import Table
 
+from equiforce.console import LineTicker, hms
+
 
 class Reporter:
     """Progress output for long operations.
@@ -33,6 +35,8 @@ class Reporter:
     def __init__(self, enabled: bool = True, console: Console | None = None) -> None:
         self.enabled = enabled
         self.console = console or Console(stderr=True)
+        #: plain progress lines instead of a live bar (output is not a terminal)
+        self.lines = enabled and not self.console.is_terminal
 
     def print(self, *args) -> None:
         """Print a message (if enabled)."""
@@ -71,7 +75,7 @@ class Reporter:
     ) -> Iterator[TrainingBar]:
         """The live training bar (see :class:`TrainingBar`)."""
         bar = TrainingBar(self, total_steps, start_step)
-        if not self.enabled:
+        if not self.enabled or self.lines:
             yield bar
             return
         with bar.progress:
@@ -93,8 +97,9 @@ class TrainingBar:
             TextColumn("{task.fields[rate]} struct/s"),
             TextColumn("ETA {task.fields[eta]}"),
             console=reporter.console,
-            disable=not reporter.enabled,
+            disable=not reporter.enabled or reporter.lines,
         )
+        self.ticker = LineTicker("train") if reporter.lines else None
         self.task = self.progress.add_task(
             "train",
             total=total_steps,
@@ -120,15 +125,17 @@ class TrainingBar:
         self._n_structures += n_structures
         rate = self._n_structures / max(time.perf_counter() - self._t0, 1e-9)
         fields = {"loss": f"{loss:.4g}", "rate": f"{rate:.0f}"}
-        fields["eta"] = "-" if eta_s is None else _hms(eta_s)
+        fields["eta"] = "-" if eta_s is None else hms(eta_s)
         if val_forces_mae is not None:
             fields["val"] = f"{val_forces_mae:.1f}"
         self.progress.update(self.task, completed=step, **fields)
-
-
-def _hms(seconds: float) -> str:
-    seconds = int(max(seconds, 0))
-    return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
+        if self.ticker is not None and self.ticker.due():
+            task = self.progress.tasks[0]
+            self.ticker.line(
+                f"step {step}/{task.fields['total_text']}, loss {fields['loss']}, "
+                f"val F MAE {task.fields['val']} meV/Å, {fields['rate']} struct/s, "
+                f"ETA {fields['eta']}"
+            )
 
 
 def metrics_table(metrics: dict, title: str) -> Table:
