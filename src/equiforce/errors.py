@@ -11,6 +11,8 @@ A write that fails (disk full, file too large, permissions) becomes an
 from __future__ import annotations
 
 import errno
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 #: exit status of every user-facing error
@@ -49,6 +51,17 @@ def output_error(err: OSError, what: str = "") -> OutputError:
         f"{name}: cannot write ({reason}); files written before are intact: {hint} "
         "and resume"
     )
+
+
+@contextmanager
+def writing(path: str | Path) -> Iterator[None]:
+    """Name ``path`` in an OS error raised inside the block (open files don't)."""
+    try:
+        yield
+    except OSError as err:
+        if err.filename is None:
+            raise OSError(err.errno, err.strerror, str(path)) from None
+        raise
 
 
 def is_write_error(err: BaseException) -> bool:

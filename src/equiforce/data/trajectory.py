@@ -20,12 +20,16 @@ Two formats, one file per system (replica):
 
 from __future__ import annotations
 
+import errno
 import io
 import os
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+
+from equiforce.errors import writing
 
 H5_SUFFIXES = (".h5", ".hdf5")
 _FRAME_FIELDS = ("positions", "velocities", "forces")
@@ -91,8 +95,9 @@ class ExtxyzWriter:
 
         buf = io.StringIO()
         write(buf, _frame_atoms(frame), format="extxyz")
-        self._fh.write(buf.getvalue())
-        self._fh.flush()
+        with writing(self.path):
+            self._fh.write(buf.getvalue())
+            self._fh.flush()
 
     def flush(self) -> None:
         """Frames are flushed as they are written."""
@@ -121,6 +126,10 @@ def _frame_atoms(frame: dict):
         atoms, energy=float(frame["energy"]), forces=frame["forces"]
     )
     return atoms
+
+
+#: free bytes kept beyond what an HDF5 append needs (metadata, the checkpoint)
+HDF5_SPARE_BYTES = 1 << 20
 
 
 class HDF5Writer:
@@ -180,6 +189,7 @@ class HDF5Writer:
         """Write the held-back frames and make them visible and durable (SWMR)."""
         if self._pending:
             f, frames = self._f, self._pending
+            self._check_space(frames)
             n = f["step"].shape[0]
             for key in frames[0]:
                 ds = f[key]
@@ -188,10 +198,34 @@ class HDF5Writer:
             self._pending = []
         self._f.flush()
 
+    def _check_space(self, frames: list[dict]) -> None:
+        """Refuse a write the disk may not hold: HDF5 cannot recover from a full disk.
+
+        A write that fails inside the HDF5 library leaves the file's metadata
+        inconsistent (and h5py may crash at exit); this check keeps the file valid,
+        at its last flushed frame, so that the run resumes after space is freed.
+        """
+        n_bytes = sum(np.asarray(v).nbytes for fr in frames for v in fr.values())
+        chunk = sum(
+            ds.chunks and int(np.prod(ds.chunks)) * ds.dtype.itemsize or 0
+            for ds in self._f.values()
+        )  # a new chunk of every dataset may be allocated at once
+        need = 2 * (n_bytes + chunk) + HDF5_SPARE_BYTES
+        free = shutil.disk_usage(self.path.parent).free
+        if free < need:
+            raise OSError(
+                errno.ENOSPC,
+                f"No space left on device: {free} bytes free, {need} needed to "
+                "append safely",
+                str(self.path),
+            )
+
     def close(self) -> None:
         """Write the held-back frames and close the file."""
-        self.flush()
-        self._f.close()
+        try:
+            self.flush()
+        finally:
+            self._f.close()
 
 
 def open_writer(path: str | Path, frame: dict) -> ExtxyzWriter | HDF5Writer:

@@ -20,6 +20,7 @@ import numpy as np
 import torch
 
 from equiforce.atomic import atomic_write_text
+from equiforce.errors import writing
 from equiforce.md.state import MDState
 
 THERMO_COLUMNS = (
@@ -53,11 +54,12 @@ class ThermoWriter:
     def write(self, step: int, time_fs: float, values: dict[str, np.ndarray]) -> None:
         """Write one row per system; ``values`` maps column names to (n_systems,)."""
         n = len(values["potential_eV"])
-        for s in range(n):
-            row = [step, f"{time_fs:.6g}", s]
-            row += [f"{float(values[c][s]):.10g}" for c in THERMO_COLUMNS[3:]]
-            self._csv.writerow(row)
-        self._fh.flush()
+        with writing(self.path):
+            for s in range(n):
+                row = [step, f"{time_fs:.6g}", s]
+                row += [f"{float(values[c][s]):.10g}" for c in THERMO_COLUMNS[3:]]
+                self._csv.writerow(row)
+            self._fh.flush()
 
     def close(self) -> None:
         """Close the file."""

@@ -27,6 +27,7 @@ from pathlib import Path
 import torch
 
 from equiforce.atomic import atomic_torch_save, atomic_write_text
+from equiforce.errors import writing
 from equiforce.models.checkpoint import load_checkpoint, model_payload
 
 METRIC_COLUMNS = (
@@ -84,7 +85,7 @@ class RunDir:
     def append_metrics(self, row: dict) -> None:
         """Append one row (creating the file with a header); flushed at once."""
         new = not self.metrics.exists()
-        with self.metrics.open("a", newline="") as fh:
+        with writing(self.metrics), self.metrics.open("a", newline="") as fh:
             writer = csv.DictWriter(fh, METRIC_COLUMNS, extrasaction="ignore")
             if new:
                 writer.writeheader()
