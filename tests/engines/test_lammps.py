@@ -130,7 +130,9 @@ def assert_close(a, b, rtol=1e-5):
 
 
 # ------------------------------------------------------------ (a) step 0
-def test_input_with_pair_style_equiforce_matches_calculator(model, model_file, tmp_path):
+def test_input_with_pair_style_equiforce_matches_calculator(
+    model, model_file, tmp_path
+):
     # catches: wrong type->element map, energy not reaching pe, force scale or
     # sign, virial sign/order/volume (pressure), per-atom energies not handed over
     atoms = water_box()
