@@ -316,7 +316,11 @@ def run_input(
     )
     options = dict(plan.options)
     options.update(
-        {k: v for k, v in (("device", device), ("dtype", dtype), ("skin", skin)) if v}
+        {
+            k: v
+            for k, v in (("device", device), ("dtype", dtype), ("skin", skin))
+            if v is not None
+        }
     )
     if isinstance(options.get("dtype"), str):
         name = options["dtype"]
