@@ -178,6 +178,22 @@ def test_cli_runs_input(model_file, tmp_path, monkeypatch):
     assert "Loop time" in (tmp_path / "log.lammps").read_text()
 
 
+def test_cli_reports_input_errors_with_exit_2(model_file, tmp_path, capsys):
+    # catches: a LAMMPS input error or a bad pair_coeff ending in a traceback
+    from equiforce.cli import main
+
+    script = tmp_path / "in.bad"
+    script.write_text(
+        "units metal\nread_data missing.data\npair_style equiforce\n"
+        f"pair_coeff * * {model_file} O H\n"
+    )
+    assert main(["lammps", str(script), "--log", "none", "--quiet"]) == 2
+    assert "missing.data" in capsys.readouterr().err
+    script.write_text("units metal\npair_style equiforce\npair_coeff * * m.pt Qq\n")
+    assert main(["lammps", str(script), "--log", "none", "--quiet"]) == 2
+    assert "Qq" in capsys.readouterr().err
+
+
 # --------------------------------------------------------- (b) NVE drift
 def _energy_spread(model, tmp_path: Path, dt_fs: float, t_total_fs: float) -> float:
     atoms = water_box()

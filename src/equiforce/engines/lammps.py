@@ -36,6 +36,7 @@ from ase.data import atomic_numbers as _symbol_to_z
 
 from equiforce import keys
 from equiforce.engines.lammps_input import parse_input
+from equiforce.errors import EquiforceError
 from equiforce.models.base import PotentialModel
 from equiforce.potential import Potential
 from equiforce.units import energy_factor
@@ -47,7 +48,7 @@ ENERGY_PER_EV = {"metal": 1.0, "real": 1.0 / energy_factor("kcal/mol")}
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
 
 
-class LammpsSetupError(ValueError):
+class LammpsSetupError(EquiforceError):
     """The LAMMPS instance cannot run this model (ranks, units, types, elements)."""
 
 

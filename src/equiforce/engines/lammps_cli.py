@@ -38,15 +38,22 @@ def register(subparsers) -> None:
 
 def _cli(args: argparse.Namespace) -> int:
     from equiforce.engines.lammps import run_input
+    from equiforce.errors import EquiforceError
 
-    run_input(
-        args.input,
-        args.model,
-        variables=dict(args.var),
-        log=None if args.log == "none" else args.log,
-        screen=not args.quiet,
-        device=args.device,
-        dtype=args.dtype,
-        skin=args.skin,
-    )
+    try:
+        run_input(
+            args.input,
+            args.model,
+            variables=dict(args.var),
+            log=None if args.log == "none" else args.log,
+            screen=not args.quiet,
+            device=args.device,
+            dtype=args.dtype,
+            skin=args.skin,
+        )
+    except Exception as err:
+        # the lammps module raises a bare Exception("ERROR: ...") for input errors
+        if type(err) is Exception and str(err).startswith("ERROR"):
+            raise EquiforceError(f"{args.input}: LAMMPS {err}") from err
+        raise
     return 0

@@ -21,11 +21,13 @@ from pathlib import Path
 
 from ase.data import atomic_numbers as _symbol_to_z
 
+from equiforce.errors import EquiforceError
+
 #: ``pair_style equiforce`` keywords and their converters
 PAIR_STYLE_KEYWORDS = {"device": str, "dtype": str, "skin": float}
 
 
-class LammpsInputError(ValueError):
+class LammpsInputError(EquiforceError):
     """An input's ``pair_style equiforce`` / ``pair_coeff`` lines cannot be used."""
 
 
