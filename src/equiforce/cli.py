@@ -26,6 +26,7 @@ SUBCOMMAND_MODULES: tuple[str, ...] = (
     "equiforce.workflows.cli",  # stability
     "equiforce.analysis.cli",  # analyze
     "equiforce.bench",  # bench
+    "equiforce.engines.lammps_cli",  # lammps
 )
 
 
