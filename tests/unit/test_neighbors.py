@@ -38,3 +38,18 @@ def test_pairs_are_symmetric():
     edges, _ = neighbor_list(pos, 3.0)
     pairs = set(map(tuple, edges.T.tolist()))
     assert pairs == {(j, i) for i, j in pairs}
+
+
+def test_open_system_spread_far_beyond_the_cutoff_is_exact():
+    # an atom 2e8 Å away (a damaged file) made vesin's cell list crash the process
+    # (SIGFPE); such inputs take the k-d tree path and still give the exact pairs
+    rng = np.random.default_rng(3)
+    pos = rng.random((30, 3)) * 3.0
+    pos[5, 0] = -2.1e8
+    edges, shifts = neighbor_list(pos, 1.2)
+    ref, _ = brute_force_neighbors(pos, 1.2)
+    assert edges.shape[1] == ref.shape[1] and not shifts.any()
+    got = sorted(map(tuple, edges.T.tolist()))
+    assert got == sorted(map(tuple, ref.T.tolist()))
+    half = edges.shape[1] // 2  # paired: edge half + k reverses edge k
+    assert (edges[:, half:] == edges[::-1, :half]).all()

@@ -109,13 +109,13 @@ def read(
         atoms.positions *= l_fac
         if atoms.cell.rank:
             atoms.cell = np.asarray(atoms.cell) * l_fac
-        results = {}
-        if labels.get("energy") is not None:
-            results["energy"] = float(labels["energy"]) * e_fac
-        if labels.get("forces") is not None:
-            results["forces"] = np.asarray(labels["forces"], dtype=np.float64) * f_fac
-        if labels.get("stress") is not None:
-            s = np.asarray(labels["stress"], dtype=np.float64) * e_fac / l_fac**3
+        results = _numeric_labels(labels, path, k)
+        if "energy" in results:
+            results["energy"] = float(results["energy"]) * e_fac
+        if "forces" in results:
+            results["forces"] = results["forces"] * f_fac
+        if "stress" in results:
+            s = results["stress"] * e_fac / l_fac**3
             results["stress"] = (
                 full_3x3_to_voigt_6_stress(s) if s.shape == (3, 3) else s
             )
@@ -155,6 +155,25 @@ def label_summary(path: str | Path, frames: Sequence[Atoms]) -> str:
             text += f" (first missing: frame {lacking[0]})"
         parts.append(text)
     return f"{path}: {n} frames; labels: " + ", ".join(parts)
+
+
+def _numeric_labels(labels: dict, path: Path, frame: int) -> dict[str, np.ndarray]:
+    """The present labels as float64 arrays; text where a number belongs is an error."""
+    out = {}
+    for name, value in labels.items():
+        if value is None:
+            continue
+        try:
+            out[name] = np.asarray(value, dtype=np.float64)
+        except (TypeError, ValueError):
+            raise DataError(
+                path, frame, name, f"not a number: {str(value)[:60]!r}"
+            ) from None
+    if "energy" in out and out["energy"].size != 1:
+        raise DataError(
+            path, frame, "energy", f"expected one value, got {out['energy'].shape}"
+        )
+    return out
 
 
 def _force_factor(force_unit: str | None, energy_unit: str, length_unit: str) -> float:

@@ -48,6 +48,12 @@ def neighbor_list(
     if len(positions) == 0:
         return np.zeros((2, 0), np.int64), np.zeros((0, 3), np.int64)
     periodic = bool(pbc.any())
+    if not periodic and _spread(positions) / cutoff > MAX_OPEN_CELLS:
+        i, j = _kdtree_pairs(positions, cutoff)
+        s = np.zeros((len(i), 3), np.int64)
+        return np.stack([np.concatenate([i, j]), np.concatenate([j, i])]), s.repeat(
+            2, 0
+        )
     # a half list (each unordered pair once), then its reverses: half the work
     # for vesin and the pairing that symmetric edge filters rely on
     calc = NeighborList(cutoff=float(cutoff), full_list=False)
@@ -61,6 +67,27 @@ def neighbor_list(
     s = s.astype(np.int64).reshape(-1, 3)
     edge_index = np.stack([np.concatenate([i, j]), np.concatenate([j, i])])
     return edge_index, np.concatenate([s, -s])
+
+
+#: Largest extent / cutoff of an open system handed to vesin: its cell list
+#: divides the bounding box into cutoff-sized cells, and far beyond this (an atom
+#: 1e5 Å away with a 0.1 Å cutoff) it crashed the process with SIGFPE
+#: (vesin 0.6.2). Such spread-out inputs go to a k-d tree instead.
+MAX_OPEN_CELLS = 1e5
+
+
+def _spread(positions: np.ndarray) -> float:
+    finite = positions[np.isfinite(positions).all(1)]
+    return float(np.ptp(finite, axis=0).max()) if len(finite) else 0.0
+
+
+def _kdtree_pairs(positions: np.ndarray, cutoff: float) -> tuple[np.ndarray, ...]:
+    """Unordered pairs (i < j) within ``cutoff`` by scipy's k-d tree (open systems)."""
+    from scipy.spatial import cKDTree
+
+    pairs = cKDTree(positions).query_pairs(cutoff, output_type="ndarray")
+    pairs = pairs.astype(np.int64).reshape(-1, 2)
+    return pairs[:, 0], pairs[:, 1]
 
 
 def brute_force_neighbors(
