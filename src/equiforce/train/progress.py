@@ -40,8 +40,8 @@ class Reporter:
 
     def print(self, *args) -> None:
         """Print a message (if enabled)."""
-        if self.enabled:
-            self.console.print(*args)
+        if self.enabled:  # long lines stay whole in logs (no wrap at 80 columns)
+            self.console.print(*args, soft_wrap=True)
 
     @contextlib.contextmanager
     def status(self, message: str) -> Iterator[None]:
