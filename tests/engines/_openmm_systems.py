@@ -49,7 +49,7 @@ def water_box(n_mol: int = 27, seed: int = 0) -> tuple[Atoms, app.Topology]:
     atoms = Atoms(numbers=z, positions=pos, cell=np.eye(3) * edge, pbc=True)
     top = app.Topology()
     chain = top.addChain()
-    for m in range(n_mol):
+    for _ in range(n_mol):
         res = top.addResidue("HOH", chain)
         o = top.addAtom("O", app.element.oxygen, res)
         for name in ("H1", "H2"):
@@ -84,7 +84,11 @@ def _place(a, b, c, bond, angle, torsion):
     n = np.cross(b - a, bc)
     n /= np.linalg.norm(n)
     m = np.cross(n, bc)
-    d = [-np.cos(angle), np.sin(angle) * np.cos(torsion), np.sin(angle) * np.sin(torsion)]
+    d = [
+        -np.cos(angle),
+        np.sin(angle) * np.cos(torsion),
+        np.sin(angle) * np.sin(torsion),
+    ]
     return c + bond * (d[0] * bc + d[1] * m + d[2] * n)
 
 
@@ -145,6 +149,14 @@ def solvated_dipeptide(box_nm: float = 1.8):
     solute_pos = ctx.getState(getPositions=True).getPositions(asNumpy=True)
     solute_top = modeller.topology
     modeller = app.Modeller(solute_top, solute_pos)
-    modeller.addSolvent(ff, model="tip3p", boxSize=openmm.Vec3(box_nm, box_nm, box_nm) * NM)
+    modeller.addSolvent(
+        ff, model="tip3p", boxSize=openmm.Vec3(box_nm, box_nm, box_nm) * NM
+    )
     pos = np.asarray(modeller.positions.value_in_unit(NM))
-    return ff, solute_top, np.asarray(solute_pos.value_in_unit(NM)), modeller.topology, pos
+    return (
+        ff,
+        solute_top,
+        np.asarray(solute_pos.value_in_unit(NM)),
+        modeller.topology,
+        pos,
+    )

@@ -29,11 +29,10 @@ from equiforce.calculator import EquiforceCalculator
 from equiforce.engines.openmm import (
     EV_PER_A_TO_KJ_PER_MOL_NM,
     EV_TO_KJ_PER_MOL,
-    EquiforcePotentialImplFactory,
     create_force,
 )
+from equiforce.engines.openmm_entry import EquiforcePotentialImplFactory
 from equiforce.models.checkpoint import CheckpointError, save_model
-
 
 
 @pytest.fixture(autouse=True)
@@ -132,7 +131,7 @@ def _nve_energy_fluctuation(system, atoms, dt_fs, time_fs, seed=3):
             )
         )
     energies = np.array(energies)
-    return np.abs(energies - energies[0]).max(), energies
+    return energies.std(), energies
 
 
 def test_nve_energy_error_scales_with_dt_squared(model):
@@ -149,7 +148,7 @@ def test_nve_energy_error_scales_with_dt_squared(model):
     err_1, e1 = _nve_energy_fluctuation(system, atoms, 0.5, 60.0)
     err_2, e2 = _nve_energy_fluctuation(system, atoms, 0.25, 60.0)
     assert np.isfinite(e1).all() and np.isfinite(e2).all()
-    assert err_1 > 1e-6  # the dynamics moved
+    assert err_1 > 1e-3  # the dynamics moved (kJ/mol)
     assert 3.0 < err_1 / err_2 < 5.5, (err_1, err_2)
 
 
@@ -215,7 +214,9 @@ def test_mixed_system_forces_are_model_plus_remaining_classical(dipeptide, model
     np.testing.assert_allclose(f_mixed[ml], expected, rtol=1e-6, atol=1e-6 * scale)
     # water keeps exactly its classical forces minus the peptide-internal ones:
     # the ML Force adds nothing to non-ML atoms
-    np.testing.assert_allclose(f_mixed[len(ml) :], f_full[len(ml) :], rtol=1e-6, atol=1e-6 * scale)
+    np.testing.assert_allclose(
+        f_mixed[len(ml) :], f_full[len(ml) :], rtol=1e-6, atol=1e-6 * scale
+    )
 
 
 def test_mixed_periodic_pme_runs_and_model_sees_images(dipeptide, model):
@@ -237,14 +238,28 @@ def test_mixed_periodic_pme_runs_and_model_sees_images(dipeptide, model):
     shifted = pos - pos[ml].mean(0)  # peptide at a corner
     integrator = openmm.LangevinMiddleIntegrator(300, 1.0, 0.0005)
     integrator.setRandomNumberSeed(1)
-    ctx = openmm.Context(mixed, integrator, openmm.Platform.getPlatformByName("Reference"))
+    ctx = openmm.Context(
+        mixed, integrator, openmm.Platform.getPlatformByName("Reference")
+    )
     ctx.setPositions(shifted)
     openmm.LocalEnergyMinimizer.minimize(ctx, 50.0, 50)
     integrator.step(10)
-    state = ctx.getState(getPositions=True, getEnergy=True, getForces=True, groups={1}, enforcePeriodicBox=False)
-    assert np.isfinite(state.getPotentialEnergy().value_in_unit(unit.kilojoule_per_mole))
+    state = ctx.getState(
+        getPositions=True,
+        getEnergy=True,
+        getForces=True,
+        groups={1},
+        enforcePeriodicBox=False,
+    )
+    assert np.isfinite(
+        state.getPotentialEnergy().value_in_unit(unit.kilojoule_per_mole)
+    )
     now = np.asarray(state.getPositions(asNumpy=True).value_in_unit(unit.nanometer))
-    f = np.asarray(state.getForces(asNumpy=True).value_in_unit(unit.kilojoule_per_mole / unit.nanometer))
+    f = np.asarray(
+        state.getForces(asNumpy=True).value_in_unit(
+            unit.kilojoule_per_mole / unit.nanometer
+        )
+    )
     assert not np.any(f[len(ml) :])  # the ML Force touches only the ML atoms
     peptide = Atoms(
         numbers=[a.element.atomic_number for a in solute_top.atoms()],
@@ -256,9 +271,17 @@ def test_mixed_periodic_pme_runs_and_model_sees_images(dipeptide, model):
     assert (now[ml] < 0).any() and (now[ml] > 0).any()
     e_ref, f_ref = reference(model, peptide)
     np.testing.assert_allclose(
-        state.getPotentialEnergy().value_in_unit(unit.kilojoule_per_mole) / EV_TO_KJ_PER_MOL, e_ref, rtol=1e-5
+        state.getPotentialEnergy().value_in_unit(unit.kilojoule_per_mole)
+        / EV_TO_KJ_PER_MOL,
+        e_ref,
+        rtol=1e-5,
     )
-    np.testing.assert_allclose(f[ml] / EV_PER_A_TO_KJ_PER_MOL_NM, f_ref, rtol=1e-5, atol=1e-5 * np.abs(f_ref).max())
+    np.testing.assert_allclose(
+        f[ml] / EV_PER_A_TO_KJ_PER_MOL_NM,
+        f_ref,
+        rtol=1e-5,
+        atol=1e-5 * np.abs(f_ref).max(),
+    )
 
 
 # ------------------------------------------------------------------ (d)
@@ -275,7 +298,9 @@ def test_periodic_water_box_equals_calculator(model):
     assert system.usesPeriodicBoundaryConditions()
     ctx = context(system, atoms.positions)
     assert_matches_calculator(ctx, model, atoms)
-    open_e, _ = reference(model, Atoms(numbers=atoms.numbers, positions=atoms.positions))
+    open_e, _ = reference(
+        model, Atoms(numbers=atoms.numbers, positions=atoms.positions)
+    )
     e, _ = energy_forces(ctx)
     assert abs(e / EV_TO_KJ_PER_MOL - open_e) > 1e-3  # the box matters here
 
@@ -287,7 +312,9 @@ def test_element_the_model_lacks_names_the_atom(tmp_path):
     path = tmp_path / "hco.pt"
     save_model(trained, path)
     atoms = Atoms("CH3Cl", positions=np.random.default_rng(0).normal(0, 1.0, (5, 3)))
-    with pytest.raises(ValueError, match=r"atom 4 \(Cl4 of residue MOL.*Cl \(Z=17\).*H, C, O"):
+    with pytest.raises(
+        ValueError, match=r"atom 4 \(Cl4 of residue MOL.*Cl \(Z=17\).*H, C, O"
+    ):
         MLPotential("equiforce", modelPath=str(path)).createSystem(topology_of(atoms))
 
 

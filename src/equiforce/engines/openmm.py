@@ -8,10 +8,9 @@ itself passes only the chosen particles and scatters the returned forces back
 (``PythonForce.setParticles``).
 
 - :func:`create_force`: the Force for a topology (or a subset of its atoms).
-- :class:`EquiforcePotentialImplFactory`: the ``openmmml.potentials`` entry
-  point, so that ``openmmml.MLPotential("equiforce", modelPath=...)`` works for
-  ``createSystem`` and ``createMixedSystem``
-  (:class:`equiforce.engines.openmm_ml.EquiforcePotentialImpl`).
+- :mod:`equiforce.engines.openmm_ml`: ``openmmml.MLPotential("equiforce",
+  modelPath=...)`` for ``createSystem`` and ``createMixedSystem``, found through
+  the ``openmmml.potentials`` entry point (:mod:`equiforce.engines.openmm_entry`).
 
 Why not openmmtorch's ``TorchForce``: it needs a TorchScript model and a build
 linked against the same libtorch; the wheel here links CUDA torch libraries and
@@ -20,10 +19,7 @@ skin) runs outside the model. The cost of the Python route is one
 Python call per force evaluation (``benchmarks/engine_openmm.py`` measures it).
 
 openmm is imported inside the functions only, so ``import equiforce`` never
-needs it. This module must not import openmmml at import time: openmmml imports
-it (the entry point) while ``openmmml.mlpotential`` is still being executed, so
-the factory here is a plain class that reaches the implementation, a subclass of
-openmmml's ``MLPotentialImpl``, only when a potential is created.
+needs it.
 """
 
 from __future__ import annotations
@@ -245,34 +241,3 @@ def create_force(
     if atoms is not None:
         force.setParticles(atoms)
     return force
-
-
-
-
-# ------------------------------------------------------------------ openmmml
-class EquiforcePotentialImplFactory:
-    """openmmml's ``MLPotentialImplFactory`` for the name ``"equiforce"``.
-
-    openmmml calls only :meth:`createImpl`; the class does not subclass
-    ``openmmml.mlpotential.MLPotentialImplFactory`` because openmmml imports
-    this module from inside its own import (see the module docstring).
-    """
-
-    def createImpl(
-        self,
-        name: str,
-        modelPath: str | Path | None = None,
-        model: PotentialModel | Potential | None = None,
-        **args: Any,
-    ):
-        """An :class:`~equiforce.engines.openmm_ml.EquiforcePotentialImpl`.
-
-        Args:
-            name: the name given to ``MLPotential`` (``"equiforce"``).
-            modelPath: an equiforce model file.
-            model: a model or :class:`Potential` in memory, instead of a file.
-            **args: other ``MLPotential`` arguments (unused).
-        """
-        from equiforce.engines.openmm_ml import EquiforcePotentialImpl
-
-        return EquiforcePotentialImpl(name, modelPath, model)

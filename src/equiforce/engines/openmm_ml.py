@@ -1,6 +1,6 @@
 """An equiforce model as an openmmml potential (``MLPotential("equiforce", ...)``).
 
-openmmml finds :class:`equiforce.engines.openmm.EquiforcePotentialImplFactory`
+openmmml finds :class:`equiforce.engines.openmm_entry.EquiforcePotentialImplFactory`
 through the ``openmmml.potentials`` entry point; the factory creates the
 :class:`EquiforcePotentialImpl` here, which adds the Force of
 :func:`equiforce.engines.openmm.create_force` to openmmml's systems. openmmml's
@@ -102,7 +102,9 @@ class EquiforcePotentialImpl(MLPotentialImpl):
         import torch
 
         if precision not in PRECISIONS:
-            raise ValueError(f"precision={precision!r}; use one of {sorted(PRECISIONS)}")
+            raise ValueError(
+                f"precision={precision!r}; use one of {sorted(PRECISIONS)}"
+            )
         if periodic is None:
             periodic = (
                 system.usesPeriodicBoundaryConditions()
