@@ -12,9 +12,11 @@ side in alternating rounds on one :class:`Potential`:
 - ``md_step``: one ``VerletIntegrator`` step (one force evaluation a step).
 
 Positions move by 1e-4 Å between calls (inside the skin: no neighbour-list
-rebuild). Reports median ms of each and the overhead over ``compute``.
+rebuild). The adapter's own cost is timed on the same paths with a stand-in
+potential returning a stored result, and reported as ms and as a fraction of
+``compute``. Then ``md_steps_per_second`` times a fresh Verlet run.
 
-    .venv/bin/python benchmarks/engine_openmm.py --n-mol 343 --rounds 3 \
+    .venv/bin/python benchmarks/engine_openmm.py --n-mol 343 --repeats 15 \
         --threads 1 --out /tmp/engine_openmm.json
 """
 
@@ -52,19 +54,22 @@ def topology_of(atoms: Atoms) -> app.Topology:
 
 
 def simulation(
-    model: PotentialModel | Potential | str | Path,
+    model: PotentialModel | Potential | str | Path | None,
     atoms: Atoms,
     platform: str = "CPU",
     dt_fs: float = 0.5,
+    force: openmm.Force | None = None,
     **force_kwargs,
 ) -> openmm.Context:
-    """A Verlet context of ``atoms`` whose only force is the model."""
+    """A Verlet context of ``atoms`` whose only force is the model (or ``force``)."""
     system = openmm.System()
     for m in atoms.get_masses():
         system.addParticle(m)
     if atoms.pbc.all():
         system.setDefaultPeriodicBoxVectors(*(np.asarray(atoms.cell) / 10))
-    system.addForce(create_force(model, topology_of(atoms), **force_kwargs))
+    if force is None:
+        force = create_force(model, topology_of(atoms), **force_kwargs)
+    system.addForce(force)
     ctx = openmm.Context(
         system,
         openmm.VerletIntegrator(dt_fs * 1e-3),
@@ -105,25 +110,58 @@ def md_steps_per_second(
 def _time(fn, seconds: float) -> float:
     """Median ms of repeated ``fn()`` calls for about ``seconds``."""
     times, start = [], time.perf_counter()
-    while len(times) < 3 or time.perf_counter() - start < seconds:
+    while len(times) < 5 or time.perf_counter() - start < seconds:
         t = time.perf_counter()
         fn()
         times.append(time.perf_counter() - t)
     return 1e3 * statistics.median(times)
 
 
+class _CachedPotential:
+    """A stand-in Potential returning one stored result: the adapter's cost alone."""
+
+    def __init__(self, potential: Potential, outputs: dict[str, torch.Tensor]) -> None:
+        self.device, self.dtype = potential.device, potential.dtype
+        self.outputs = outputs
+
+    def compute(self, *args, **kwargs) -> dict[str, torch.Tensor]:
+        return self.outputs
+
+
+def _paths(ctx: openmm.Context, fn, jiggle) -> dict:
+    """The force_fn / openmm / md_step paths of one context and function."""
+    state = ctx.getState(getPositions=True)
+
+    def through_openmm() -> None:
+        ctx.setPositions(jiggle() / 10)
+        ctx.getState(getEnergy=True, getForces=True)
+
+    return {
+        "force_fn": lambda: fn(state),
+        "openmm": through_openmm,
+        "md_step": lambda: ctx.getIntegrator().step(1),
+    }
+
+
 def overhead(
     model: PotentialModel,
     atoms: Atoms,
-    rounds: int,
+    repeats: int,
     seconds: float,
     dtype: torch.dtype,
     compile: bool | None,
 ) -> dict:
-    """Median ms of the four ways of computing forces (module docstring)."""
+    """Median ms of the ways of computing forces (module docstring).
+
+    With the model, the four paths alternate call by call (``repeats`` calls
+    each), so machine load hits them alike. The adapter's own cost is then
+    timed alone, on the same paths with a stand-in potential that returns a
+    stored result (``seconds`` per path).
+    """
     potential = Potential(model, dtype=dtype, compile=compile)
+    periodic = bool(atoms.pbc.all())
     ctx = simulation(potential, atoms, "CPU")  # the same Potential inside
-    fn = EquiforceForceFunction(potential, atoms.numbers, bool(atoms.pbc.all()))
+    fn = EquiforceForceFunction(potential, atoms.numbers, periodic)
     rng = np.random.default_rng(0)
     base = atoms.positions.copy()
     cell, pbc = np.asarray(atoms.cell), atoms.pbc
@@ -131,41 +169,37 @@ def overhead(
     def jiggle() -> np.ndarray:
         return base + rng.normal(scale=1e-4, size=base.shape)  # Å
 
-    state = ctx.getState(getPositions=True)
-
-    def compute() -> None:
-        potential.compute(jiggle(), fn.numbers, cell, pbc)
-
-    def force_fn() -> None:
-        fn(state)
-
-    def through_openmm() -> None:
-        ctx.setPositions(jiggle() / 10)
-        ctx.getState(getEnergy=True, getForces=True)
-
-    def md_step() -> None:
-        ctx.getIntegrator().step(1)
-
+    paths = {"compute": lambda: potential.compute(jiggle(), fn.numbers, cell, pbc)}
+    paths |= _paths(ctx, fn, jiggle)
     for _ in range(potential.compile_after + 2):  # the switch to compiled, warm-up
-        compute()
-    order = [("compute", compute), ("force_fn", force_fn), ("openmm", through_openmm)]
-    order.append(("md_step", md_step))
-    for _, f in order:
-        f()
-    rows: dict[str, list[float]] = {k: [] for k, _ in order}
-    for r in range(rounds):
-        for tag, f in order if r % 2 == 0 else order[::-1]:
-            rows[tag].append(_time(f, seconds))
+        paths["compute"]()
+    rows: dict[str, list[float]] = {k: [] for k in paths}
+    for r in range(repeats + 1):
+        for tag, f in paths.items() if r % 2 else reversed(paths.items()):
+            t = time.perf_counter()
+            f()
+            if r:  # the first round warms every path
+                rows[tag].append(1e3 * (time.perf_counter() - t))
     med = {k: statistics.median(v) for k, v in rows.items()}
+
+    outputs = potential.compute(base, fn.numbers, cell, pbc)
+    stand_in = _CachedPotential(potential, outputs)
+    null_fn = EquiforceForceFunction(stand_in, atoms.numbers, periodic)
+    force = openmm.PythonForce(null_fn)
+    force.setUsesPeriodicBoundaryConditions(periodic)
+    null_ctx = simulation(None, atoms, "CPU", force=force)
+    adapter = {
+        k: _time(f, seconds) for k, f in _paths(null_ctx, null_fn, jiggle).items()
+    }
     return {
         "atoms": len(atoms),
         "ms": med,
-        "overhead_ms": {k: med[k] - med["compute"] for k in med},
-        "over_compute": {k: med[k] / med["compute"] for k in med},
+        "adapter_ms": adapter,
+        "adapter_over_compute": {k: v / med["compute"] for k, v in adapter.items()},
         "backend": potential.compiled.backend if potential.compiled else "eager",
         "dtype": str(potential.dtype).removeprefix("torch."),
         "neighbour_builds": potential.n_builds,
-        "rounds": rows,
+        "calls": rows,
     }
 
 
@@ -179,8 +213,8 @@ def main() -> None:
     ap.add_argument("--preset", default="default")
     ap.add_argument("--dtype", default="float32", choices=("float32", "float64"))
     ap.add_argument("--eager", action="store_true", help="never compile")
-    ap.add_argument("--rounds", type=int, default=3)
-    ap.add_argument("--seconds", type=float, default=2.0, help="per timing")
+    ap.add_argument("--repeats", type=int, default=15, help="model calls per path")
+    ap.add_argument("--seconds", type=float, default=3.0, help="per adapter timing")
     ap.add_argument("--md-steps", type=int, default=20, help="timed MD steps")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--out", type=Path, default=Path("/tmp/engine_openmm.json"))
@@ -207,7 +241,7 @@ def main() -> None:
         "command": " ".join(sys.argv),
         "threads": args.threads,
         "openmm": openmm.__version__,
-        "overhead": overhead(model, atoms, args.rounds, args.seconds, **kwargs),
+        "overhead": overhead(model, atoms, args.repeats, args.seconds, **kwargs),
         "md_steps": args.md_steps,
     }
     result["md_steps_per_second"] = md_steps_per_second(
@@ -215,13 +249,17 @@ def main() -> None:
     )
     r = result["overhead"]
     print(f"{r['atoms']} atoms, {r['dtype']}, backend {r['backend']}")
-    print("| path | ms | overhead ms | / compute |")
+    print("| path | ms with the model | adapter alone, ms | adapter / compute |")
     print("|---|---|---|---|")
     for k, ms in r["ms"].items():
-        print(
-            f"| {k} | {ms:.2f} | {r['overhead_ms'][k]:+.2f} | {r['over_compute'][k]:.3f} |"
+        own = r["adapter_ms"].get(k)
+        cols = (
+            "– | –"
+            if own is None
+            else f"{own:.3f} | {r['adapter_over_compute'][k]:.4f}"
         )
-    print(f"MD: {result['md_steps_per_second']:.2f} steps/s")
+        print(f"| {k} | {ms:.1f} | {cols} |")
+    print(f"MD: {result['md_steps_per_second']:.3f} steps/s")
     tmp = args.out.with_suffix(".tmp")
     tmp.write_text(json.dumps(result, indent=1))
     tmp.replace(args.out)
