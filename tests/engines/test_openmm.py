@@ -352,3 +352,19 @@ def test_entry_point_registered():
     ep = {e.name: e for e in eps}.get("equiforce")
     assert ep is not None, "reinstall equiforce: no openmmml.potentials entry point"
     assert ep.load() is EquiforcePotentialImplFactory
+
+
+# ------------------------------------------------------------ benchmark
+def test_benchmark_md_steps_per_second(model_file):
+    """benchmarks/engine_openmm.py's entry point runs on a model file."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[2] / "benchmarks" / "engine_openmm.py"
+    spec = importlib.util.spec_from_file_location("bench_engine_openmm", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    rate = bench.md_steps_per_second(
+        model_file, ethanol(), 5, platform="Reference", warmup=2, compile=False
+    )
+    assert np.isfinite(rate) and rate > 0
