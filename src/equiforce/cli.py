@@ -27,6 +27,7 @@ SUBCOMMAND_MODULES: tuple[str, ...] = (
     "equiforce.analysis.cli",  # analyze
     "equiforce.bench",  # bench
     "equiforce.engines.lammps_cli",  # lammps
+    "equiforce.engines.export_cli",  # export
 )
 
 

@@ -132,6 +132,7 @@ def build(
     example: Sequence[torch.Tensor],
     dims: Sequence[int],
     path: Path,
+    extra_options: dict[str, object] | None = None,
 ) -> None:
     """Export ``gm`` with dynamic sizes and compile it with AOTInductor to ``path``.
 
@@ -141,6 +142,8 @@ def build(
         dims: per input, the dimension whose size varies between calls.
         path: the package to write; it appears atomically (built under a
             temporary name, then renamed).
+        extra_options: Inductor options added to :data:`AOTI_OPTIONS` (e.g. the
+            package's ``aot_inductor.metadata``).
     """
     dynamic = torch.export.Dim.DYNAMIC
     shapes = tuple({d: dynamic} for d in dims)
@@ -150,7 +153,9 @@ def build(
     path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
     with atomic_path(path) as tmp:
         torch._inductor.aoti_compile_and_package(
-            program, package_path=str(tmp), inductor_configs=dict(AOTI_OPTIONS)
+            program,
+            package_path=str(tmp),
+            inductor_configs={**AOTI_OPTIONS, **(extra_options or {})},
         )
 
 
