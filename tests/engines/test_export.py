@@ -239,6 +239,9 @@ def test_aoti_export_runs_without_equiforce(
         runner(g.positions, numbers, g.edge_index, g.edge_shifts)
     with pytest.raises(RuntimeError, match="unmatched dtype"):
         runner(g.positions.float(), g.atomic_numbers, g.edge_index, g.edge_shifts)
+    with pytest.raises(RuntimeError, match="stride"):  # not contiguous
+        shifts_f = g.edge_shifts.t().contiguous().t()
+        runner(g.positions, g.atomic_numbers, g.edge_index, shifts_f)
     one = runner(
         g.positions[:1], g.atomic_numbers[:1], g.edge_index[:, :0], g.edge_shifts[:0]
     )

@@ -39,7 +39,12 @@ def neighbours(pos: np.ndarray, cell: np.ndarray, cutoff: float):
         i, j = np.nonzero(close)
         edges.append(np.stack([i, j]))
         shifts.append(np.broadcast_to(shift, (len(i), 3)))
-    return np.concatenate(edges, axis=1), np.concatenate(shifts)
+    # C order: an AOTInductor package reads its inputs as contiguous whatever
+    # their strides (np.concatenate of broadcast rows gives a Fortran-order array)
+    return (
+        np.ascontiguousarray(np.concatenate(edges, axis=1)),
+        np.ascontiguousarray(np.concatenate(shifts)),
+    )
 
 
 def load(path: str, fmt: str):
