@@ -150,6 +150,7 @@ def test_torchscript_float32_and_isolated_atom(model_file, tmp_path):
 
 
 FAMILIES = {
+    "so3krates": {"num_features": 16, "num_layers": 1, "degrees": (1, 2)},
     "schnet": {"num_features": 16, "num_interactions": 2},
     "painn": {"num_features": 16, "num_interactions": 1},
     "nequip": {"num_features": 8, "num_layers": 1, "l_max": 1},
@@ -157,21 +158,28 @@ FAMILIES = {
 
 
 @pytest.mark.parametrize("name", sorted(FAMILIES))
-def test_other_families_script(name, tmp_path):
-    """Every family goes through TorchScript (fails if an op is not scriptable)."""
+def test_every_family_scripts_and_ignores_pairs_beyond_the_cutoff(name, tmp_path):
+    """Every family goes through TorchScript; a list with a 1 Å skin changes nothing.
+
+    Fails if an operator of a family cannot be scripted, if the scripted graph
+    differs from the eager model, or if pairs beyond the cutoff (which LAMMPS-style
+    lists with a skin contain) contribute.
+    """
     model = build_model(name, dtype=torch.float64, **FAMILIES[name])
     with torch.no_grad():  # non-zero readouts, so that the forces are not all 0
         for p in model.parameters():
             p.add_(0.05 * torch.randn_like(p))
     out = tmp_path / f"{name}.pt"
-    export_model(model, "torchscript", out, elements=[1, 6, 8])
+    export_model(model, "torchscript", out, elements=[1, 8])
     module = torch.jit.load(str(out))
-    g = AtomicGraph.from_atoms(molecule("CH3CH2OH"), model.cutoff, with_targets=False)
-    ref = model(g)
+    pos, numbers, _ = water_positions(8)  # open cluster, 24 atoms, ~9 Å across
+    cluster = Atoms(numbers=numbers, positions=pos)
+    ref = model(AtomicGraph.from_atoms(cluster, model.cutoff, with_targets=False))
+    assert ref["forces"].abs().max() > 1e-3
+    g = AtomicGraph.from_atoms(cluster, model.cutoff + 1.0, with_targets=False)
     energy, forces, _, _ = module(
         g.positions, g.atomic_numbers, g.edge_index, g.edge_shifts
     )
-    assert ref["forces"].abs().max() > 1e-3
     torch.testing.assert_close(energy, ref["energy"][0], rtol=1e-10, atol=1e-10)
     torch.testing.assert_close(forces, ref["forces"], rtol=1e-9, atol=1e-10)
 

@@ -34,9 +34,10 @@ from equiforce.version import __version__
 Format = Literal["torchscript", "aoti"]
 FORMATS: tuple[str, ...] = ("torchscript", "aoti")
 
-#: AOTInductor build time, seconds: about ``a + b * graph nodes`` on a 2-core CPU
-#: (tiny So3krates ~30 s, default So3krates ~80 s), for the notice before a build.
-_AOTI_SECONDS = (15.0, 0.03)
+#: AOTInductor build time, seconds: about ``a + b * graph nodes`` on a shared
+#: 2-core EPYC (tiny So3krates, 452 nodes: 32 s; default So3krates, 739 nodes:
+#: 41-50 s), for the notice before a build.
+_AOTI_SECONDS = (9.0, 0.05)
 
 
 class ExportError(ValueError):
