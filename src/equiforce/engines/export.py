@@ -13,6 +13,7 @@ export from any other file) without loading the model. Interface and examples:
 
 from __future__ import annotations
 
+import copy
 import datetime
 import json
 import sys
@@ -132,10 +133,13 @@ def build_metadata(model: PotentialModel, elements: Sequence[int], fmt: Format) 
 def _load(
     model_or_path: PotentialModel | str | Path, dtype: torch.dtype | None
 ) -> tuple[PotentialModel, dict]:
-    """(model on the CPU in ``dtype``, its training statistics)."""
+    """(model on the CPU in ``dtype``, its training statistics).
+
+    A model object is copied: ``.to()`` and ``.eval()`` would change the caller's.
+    """
     if isinstance(model_or_path, PotentialModel):
-        model = model_or_path.to(device="cpu", dtype=dtype) if dtype else model_or_path
-        return model.cpu().eval(), {}
+        model = copy.deepcopy(model_or_path).cpu()
+        return (model.to(dtype=dtype) if dtype else model).eval(), {}
     payload = load_checkpoint(model_or_path)
     model = model_from_payload(payload, device="cpu", dtype=dtype)
     return model, dict(payload.get("statistics") or {})
