@@ -27,6 +27,7 @@ from typing import Literal
 import torch
 
 from equiforce.accel import export as core
+from equiforce.errors import EquiforceError
 from equiforce.models.base import PotentialModel
 from equiforce.models.checkpoint import load_checkpoint
 from equiforce.models.registry import model_from_payload
@@ -41,7 +42,7 @@ FORMATS: tuple[str, ...] = ("torchscript", "aoti")
 _AOTI_SECONDS = (9.0, 0.05)
 
 
-class ExportError(ValueError):
+class ExportError(EquiforceError):
     """A bad export request, or a file that is not an equiforce export."""
 
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import sys
 
 
 def register(subparsers) -> None:
@@ -35,18 +34,15 @@ def register(subparsers) -> None:
 def _cli(args: argparse.Namespace) -> int:
     import torch
 
-    from equiforce.engines.export import ExportError, export_model, parse_elements
-    from equiforce.models.checkpoint import CheckpointError
+    from equiforce.engines.export import export_model, parse_elements
 
-    try:
-        elements = parse_elements(args.elements) if args.elements else None
-        dtype = getattr(torch, args.dtype) if args.dtype else None
-        result = export_model(
-            args.model, args.fmt, args.out, dtype=dtype, elements=elements
-        )
-    except (ExportError, CheckpointError) as err:
-        print(f"equiforce export: error: {err}", file=sys.stderr)
-        return 2
+    # ExportError and CheckpointError are EquiforceErrors: equiforce.cli.main
+    # prints them and exits 2
+    elements = parse_elements(args.elements) if args.elements else None
+    dtype = getattr(torch, args.dtype) if args.dtype else None
+    result = export_model(
+        args.model, args.fmt, args.out, dtype=dtype, elements=elements
+    )
     meta = result.metadata
     print(
         f"wrote {result.path} ({args.fmt}, {meta['dtype']}, cutoff "
