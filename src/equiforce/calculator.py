@@ -22,6 +22,9 @@ from equiforce.potential import Potential
 class EquiforceCalculator(Calculator):
     """ASE calculator: energy, free_energy, forces, stress, per-atom energies.
 
+    The total charge and spin of a structure, for models that take them
+    (SO3LR), come from ``atoms.info['charge']`` and ``atoms.info['spin']``.
+
     Args:
         model_or_path: a :class:`PotentialModel`, a model file or a
             :class:`Potential` (then the other arguments are ignored).
@@ -93,6 +96,9 @@ class EquiforceCalculator(Calculator):
             changes.append("cell")
         if not _same(old.pbc, atoms.pbc):
             changes.append("pbc")
+        for name in ("charge", "spin"):  # total charge and spin (SO3LR)
+            if old.info.get(name) != atoms.info.get(name):
+                changes.append(name)
         for name in ("initial_charges", "initial_magmoms"):
             a, b = old.arrays.get(name), atoms.arrays.get(name)
             if (a is None) != (b is None) or (a is not None and not _same(a, b)):
@@ -112,6 +118,8 @@ class EquiforceCalculator(Calculator):
             np.asarray(atoms.cell),
             atoms.pbc,
             stress=want_stress,
+            charge=atoms.info.get("charge"),
+            spin=atoms.info.get("spin"),
         )
         energy = float(out[keys.ENERGY][0])
         self.results = {

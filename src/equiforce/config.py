@@ -37,6 +37,7 @@ from equiforce.models.painn import PaiNNConfig
 from equiforce.models.registry import PRESETS
 from equiforce.models.schnet import SchNetConfig
 from equiforce.models.so3krates import So3kratesConfig
+from equiforce.models.so3lr import SO3LRConfig
 
 _FROZEN = ConfigDict(extra="forbid", frozen=True)
 _OVERRIDES_HELP = (
@@ -221,8 +222,15 @@ class NequIPSection(_ModelSectionBase):
     resolved: NequIPConfig = Field(alias="overrides", description=_OVERRIDES_HELP)
 
 
+class SO3LRSection(_ModelSectionBase):
+    """``model:`` of an SO3LR model (So3krates + long-range terms)."""
+
+    name: Literal["so3lr"] = "so3lr"
+    resolved: SO3LRConfig = Field(alias="overrides", description=_OVERRIDES_HELP)
+
+
 ModelSection = Annotated[
-    So3kratesSection | SchNetSection | PaiNNSection | NequIPSection,
+    So3kratesSection | SchNetSection | PaiNNSection | NequIPSection | SO3LRSection,
     Field(discriminator="name"),
 ]
 """Architecture: one section per registry family, chosen by ``name``."""

@@ -122,7 +122,10 @@ class Potential:
                 if self.compile is not None
                 else self.n_calls >= self.compile_after
             )
-            if wanted:
+            # models with inputs beyond the short-range graph (SO3LR's long-range
+            # pairs, charge, spin) set ``compilable = False``: the compiled
+            # backends rebuild the graph from its short-range tensors only
+            if wanted and getattr(self.model, "compilable", True):
                 self._compiled = CompiledPotential.for_device(self.model)
                 if self.notify is not None:
                     self.notify(COMPILE_NOTICE)
@@ -156,6 +159,8 @@ class Potential:
         pbc: ArrayLike | None = None,
         system_idx: ArrayLike | None = None,
         stress: bool = False,
+        charge: ArrayLike | float | None = None,
+        spin: ArrayLike | float | None = None,
     ) -> dict[str, torch.Tensor]:
         """Outputs of :meth:`__call__` for structures given as arrays.
 
@@ -166,10 +171,29 @@ class Potential:
             pbc: (n_systems, 3) or (3,) periodic flags (None: open).
             system_idx: (n_atoms,) structure of each atom, sorted (None: one).
             stress: also return ``stress``.
+            charge: total charge per structure, (n_systems,) or a number, e
+                (None: neutral); used by models with charge inputs (SO3LR).
+            spin: total spin S per structure (None: 0); as ``charge``.
         """
-        return self(
-            self.graph_for(positions, atomic_numbers, cell, pbc, system_idx), stress
-        )
+        graph = self.graph_for(positions, atomic_numbers, cell, pbc, system_idx)
+        graph.charge = self._per_system(charge, graph.n_graphs)
+        graph.spin = self._per_system(spin, graph.n_graphs)
+        return self(graph, stress)
+
+    def _per_system(
+        self, value: ArrayLike | float | None, n_systems: int
+    ) -> torch.Tensor | None:
+        """(n_systems,) tensor of a per-structure input (None stays None)."""
+        if value is None:
+            return None
+        t = torch.as_tensor(value, device=self.device, dtype=self.dtype).reshape(-1)
+        if t.numel() == 1:
+            return t.expand(n_systems).clone()
+        if t.numel() != n_systems:
+            raise ValueError(
+                f"expected {n_systems} values (one per structure), got {t.numel()}"
+            )
+        return t
 
     def graph_for(
         self,
@@ -236,6 +260,9 @@ class Potential:
         cells = cell.detach().cpu().double().numpy()
         flags = pbc.cpu().numpy()
         cutoff = self.model.cutoff + self.skin
+        lr_cutoff = getattr(self.model, "lr_cutoff", None)  # long-range pairs (SO3LR)
+        if lr_cutoff is not None:
+            lr_cutoff += self.skin
         if system_idx is None:
             parts = [slice(None)]
         else:
@@ -249,6 +276,7 @@ class Potential:
                 cell=cells[s],
                 pbc=flags[s],
                 dtype=self.dtype,
+                lr_cutoff=lr_cutoff,
             )
             for s, sel in enumerate(parts)
         ]

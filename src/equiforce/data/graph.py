@@ -15,7 +15,17 @@ pbc                 (n_graphs, 3) bool        periodic flags
 n_atoms             (n_graphs,) int64         atoms per structure
 targets             dict[str, Tensor]         energy (n_graphs,), forces (n_atoms, 3), ...
 edges_paired        bool                      edge P+k reverses edge k (P = n_edges/2)
+charge              (n_graphs,) float | None  total charge Q, e (None: neutral)
+spin                (n_graphs,) float | None  total spin S (2S unpaired electrons; None: 0)
+lr_edge_index       (2, n_lr) int64 | None    long-range pairs (same layout as edge_index)
+lr_edge_shifts      (n_lr, 3) float | None    image multiples of the long-range pairs
 ==================  ========================  =========================================
+
+Long-range pairs (optional, for models with long-range terms such as SO3LR:
+``model.lr_cutoff``): a second neighbour list with a larger cutoff, built by the
+same :func:`~equiforce.data.neighbors.neighbor_list`; None for models without one.
+Total charge and spin are per-structure inputs read from ``atoms.info['charge']``
+and ``atoms.info['spin']``; models that do not use them ignore them.
 
 Paired edges: graphs built here (:func:`~equiforce.data.neighbors.neighbor_list`)
 store every unordered pair twice, the first half in one direction and the second
@@ -37,6 +47,7 @@ import numpy as np
 import torch
 
 from equiforce import keys
+from equiforce.data.longrange_fields import collate_lr, graph_values, lr_pairs
 from equiforce.data.neighbors import neighbor_list
 
 
@@ -54,6 +65,10 @@ class AtomicGraph:
     n_atoms: torch.Tensor  # (n_graphs,)
     targets: dict[str, torch.Tensor] = field(default_factory=dict)
     edges_paired: bool = False
+    charge: torch.Tensor | None = None  # (n_graphs,)
+    spin: torch.Tensor | None = None  # (n_graphs,)
+    lr_edge_index: torch.Tensor | None = None  # (2, n_lr)
+    lr_edge_shifts: torch.Tensor | None = None  # (n_lr, 3)
 
     NODE_FIELDS: ClassVar[tuple[str, ...]] = ("positions", "atomic_numbers")
     EDGE_FIELDS: ClassVar[tuple[str, ...]] = ("edge_shifts",)
@@ -78,6 +93,22 @@ class AtomicGraph:
         g = self.n_atoms.shape[0]
         if self.cell.shape != (g, 3, 3) or self.pbc.shape != (g, 3):
             raise ValueError("cell must be (n_graphs, 3, 3) and pbc (n_graphs, 3)")
+        for name in ("charge", "spin"):
+            value = getattr(self, name)
+            if value is not None and value.shape != (g,):
+                raise ValueError(
+                    f"{name} must be (n_graphs,), got {tuple(value.shape)}"
+                )
+        if (self.lr_edge_index is None) != (self.lr_edge_shifts is None):
+            raise ValueError("lr_edge_index and lr_edge_shifts come together")
+        if self.lr_edge_index is not None and (
+            self.lr_edge_index.ndim != 2
+            or self.lr_edge_index.shape[0] != 2
+            or self.lr_edge_shifts.shape != (self.lr_edge_index.shape[1], 3)
+        ):
+            raise ValueError(
+                "lr_edge_index must be (2, n_lr) and lr_edge_shifts (n_lr, 3)"
+            )
 
     # ------------------------------------------------------------------ sizes
     @property
@@ -106,6 +137,9 @@ class AtomicGraph:
         pbc: np.ndarray | None = None,
         targets: dict[str, np.ndarray] | None = None,
         dtype: torch.dtype = torch.float64,
+        lr_cutoff: float | None = None,
+        charge: float | None = None,
+        spin: float | None = None,
     ) -> AtomicGraph:
         """Build a one-structure graph, computing the neighbour list.
 
@@ -118,6 +152,9 @@ class AtomicGraph:
             targets: optional labels keyed by :mod:`equiforce.keys` names, already in
                 eV / Å units: energy (scalar), forces (n_atoms, 3), stress (3, 3).
             dtype: float dtype of positions/cell/targets.
+            lr_cutoff: also build the long-range pairs within this cutoff, Å.
+            charge: total charge, e (None: not given).
+            spin: total spin S (None: not given).
         """
         positions = np.asarray(positions, dtype=np.float64)
         cell = np.zeros((3, 3)) if cell is None else np.asarray(cell, dtype=np.float64)
@@ -146,6 +183,11 @@ class AtomicGraph:
             n_atoms=torch.tensor([n], dtype=torch.long),
             targets=tgt,
             edges_paired=True,
+            charge=None
+            if charge is None
+            else torch.tensor([float(charge)], dtype=dtype),
+            spin=None if spin is None else torch.tensor([float(spin)], dtype=dtype),
+            **lr_pairs(positions, lr_cutoff, cell, pbc, dtype),
         )
 
     @classmethod
@@ -155,8 +197,12 @@ class AtomicGraph:
         cutoff: float,
         dtype: torch.dtype = torch.float64,
         with_targets: bool = True,
+        lr_cutoff: float | None = None,
     ) -> AtomicGraph:
-        """Build a graph from an ``ase.Atoms``; labels come from its single-point results."""
+        """Build a graph from an ``ase.Atoms``; labels come from its single-point results.
+
+        Total charge and spin come from ``atoms.info['charge']`` and ``['spin']``.
+        """
         targets: dict[str, np.ndarray] = {}
         calc = atoms.calc
         if with_targets and calc is not None:
@@ -180,6 +226,9 @@ class AtomicGraph:
             pbc=atoms.get_pbc(),
             targets=targets,
             dtype=dtype,
+            lr_cutoff=lr_cutoff,
+            charge=atoms.info.get("charge"),
+            spin=atoms.info.get("spin"),
         )
 
     # ------------------------------------------------------------ transforms
@@ -194,7 +243,9 @@ class AtomicGraph:
             return t.to(device=device)
 
         kwargs = {
-            f.name: conv(getattr(self, f.name))
+            f.name: None
+            if getattr(self, f.name) is None
+            else conv(getattr(self, f.name))
             for f in fields(self)
             if f.name not in ("targets", "edges_paired")
         }
@@ -233,8 +284,17 @@ class AtomicGraph:
             order = torch.cat([order, order + half])
         else:
             order = torch.argsort(edge_index[0], stable=True)  # (n_edges,)
+        lr = {}
+        if self.lr_edge_index is not None:
+            lr_index = inv[self.lr_edge_index]  # (2, n_lr)
+            lr_order = torch.argsort(lr_index[0], stable=True)
+            lr = {
+                "lr_edge_index": lr_index.index_select(1, lr_order),
+                "lr_edge_shifts": self.lr_edge_shifts.index_select(0, lr_order),
+            }
         return replace(
             self,
+            **lr,
             positions=self.positions.index_select(0, perm),
             atomic_numbers=self.atomic_numbers.index_select(0, perm),
             graph_index=self.graph_index.index_select(0, perm),
@@ -286,6 +346,9 @@ class AtomicGraph:
                 k: cat([g.targets[k] for g in graphs]) for k in sorted(target_keys)
             },
             edges_paired=paired,
+            charge=graph_values(graphs, "charge"),
+            spin=graph_values(graphs, "spin"),
+            **collate_lr(graphs, atom_offsets),
         )
 
     def split(self) -> list[AtomicGraph]:
@@ -305,6 +368,13 @@ class AtomicGraph:
             tg = {}
             for k, v in self.targets.items():
                 tg[k] = v[sl] if k in keys.NODE_TARGETS else v[g : g + 1]
+            lr = {}
+            if self.lr_edge_index is not None:
+                lr_mask = self.graph_index[self.lr_edge_index[0]] == g
+                lr = {
+                    "lr_edge_index": self.lr_edge_index[:, lr_mask] - atom_start,
+                    "lr_edge_shifts": self.lr_edge_shifts[lr_mask],
+                }
             out.append(
                 AtomicGraph(
                     positions=self.positions[sl],
@@ -319,6 +389,9 @@ class AtomicGraph:
                     n_atoms=self.n_atoms[g : g + 1],
                     targets=tg,
                     edges_paired=self.edges_paired,
+                    charge=None if self.charge is None else self.charge[g : g + 1],
+                    spin=None if self.spin is None else self.spin[g : g + 1],
+                    **lr,
                 )
             )
             atom_start += n
@@ -336,15 +409,43 @@ class AtomicGraph:
         """
         pos = self.positions if positions is None else positions
         cell = self.cell if cell is None else cell
-        i, j = self.edge_index[0], self.edge_index[1]
-        vec = pos.index_select(0, j) - pos.index_select(0, i)
-        # No branch on pbc (a data-dependent branch breaks compiled graphs); for open
-        # structures the shifts are zero and the term adds exactly nothing.
-        edge_cell = cell.index_select(
-            0, self.graph_index.index_select(0, i)
-        )  # (n_edges, 3, 3)
-        shift = torch.bmm(self.edge_shifts.to(vec.dtype)[:, None, :], edge_cell)[:, 0]
-        return vec + shift
+        return _pair_vectors(
+            self.edge_index, self.edge_shifts, self.graph_index, pos, cell
+        )
+
+    def lr_edge_vectors(self) -> torch.Tensor:
+        """r_ij of the long-range pairs (n_lr, 3), as :meth:`edge_vectors`.
+
+        Raises:
+            ValueError: the graph has no long-range pairs (built without
+                ``lr_cutoff``).
+        """
+        if self.lr_edge_index is None:
+            raise ValueError(
+                "this graph has no long-range pairs: build it with lr_cutoff "
+                "(Potential and the datasets do so for models with model.lr_cutoff)"
+            )
+        return _pair_vectors(
+            self.lr_edge_index, self.lr_edge_shifts, self.graph_index,
+            self.positions, self.cell,
+        )  # fmt: skip
+
+
+def _pair_vectors(
+    edge_index: torch.Tensor,  # (2, n)
+    shifts: torch.Tensor,  # (n, 3)
+    graph_index: torch.Tensor,  # (n_atoms,)
+    pos: torch.Tensor,  # (n_atoms, 3)
+    cell: torch.Tensor,  # (n_graphs, 3, 3)
+) -> torch.Tensor:
+    """r_ij = r_j - r_i + S_ij · cell (n, 3)."""
+    i, j = edge_index[0], edge_index[1]
+    vec = pos.index_select(0, j) - pos.index_select(0, i)
+    # No branch on pbc (a data-dependent branch breaks compiled graphs); for open
+    # structures the shifts are zero and the term adds exactly nothing.
+    edge_cell = cell.index_select(0, graph_index.index_select(0, i))  # (n, 3, 3)
+    shift = torch.bmm(shifts.to(vec.dtype)[:, None, :], edge_cell)[:, 0]
+    return vec + shift
 
 
 def _halves(

@@ -23,12 +23,15 @@ from equiforce.models.schnet import PRESETS as SCHNET_PRESETS
 from equiforce.models.schnet import SchNet, SchNetConfig
 from equiforce.models.so3krates import PRESETS as SO3KRATES_PRESETS
 from equiforce.models.so3krates import So3krates, So3kratesConfig
+from equiforce.models.so3lr import PRESETS as SO3LR_PRESETS
+from equiforce.models.so3lr import SO3LR, SO3LRConfig
 
 MODELS: dict[str, tuple[type[BaseModel], type[PotentialModel]]] = {
     "so3krates": (So3kratesConfig, So3krates),
     "schnet": (SchNetConfig, SchNet),
     "painn": (PaiNNConfig, PaiNN),
     "nequip": (NequIPConfig, NequIP),
+    "so3lr": (SO3LRConfig, SO3LR),
 }
 
 PRESETS: dict[str, dict[str, dict]] = {
@@ -36,7 +39,19 @@ PRESETS: dict[str, dict[str, dict]] = {
     "schnet": SCHNET_PRESETS,
     "painn": PAINN_PRESETS,
     "nequip": NEQUIP_PRESETS,
+    "so3lr": SO3LR_PRESETS,
 }
+
+#: Pretrained model files shipped with equiforce: ``load_model(name)`` takes the
+#: name instead of a path (licences beside them in ``equiforce/pretrained/``).
+PRETRAINED: dict[str, str] = {"so3lr": "so3lr.pt"}
+
+
+def pretrained_path(name: str) -> Path:
+    """Path of the shipped pretrained model ``name`` (see :data:`PRETRAINED`)."""
+    from importlib.resources import files
+
+    return Path(str(files("equiforce") / "pretrained" / PRETRAINED[name]))
 
 
 def _unknown(kind: str, name: str, known) -> ValueError:
@@ -128,7 +143,13 @@ def load_model(
     device: str | torch.device = "cpu",
     dtype: torch.dtype | None = None,
 ) -> PotentialModel:
-    """Load a model saved by :func:`save_model` (or a training run's best/last.pt)."""
+    """Load a model saved by :func:`save_model` (or a training run's best/last.pt).
+
+    ``path`` may also name a shipped pretrained model (:data:`PRETRAINED`, e.g.
+    ``"so3lr"``) when no such file exists.
+    """
+    if isinstance(path, str) and path in PRETRAINED and not Path(path).exists():
+        path = pretrained_path(path)
     try:
         return model_from_payload(load_checkpoint(path), device=device, dtype=dtype)
     except CheckpointError as err:

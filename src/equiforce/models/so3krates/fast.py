@@ -36,7 +36,9 @@ class NodeProjections(NamedTuple):
     """Weight-only inputs of the per-head maps, kept between inference calls."""
 
     projections: list[torch.Tensor]  # per layer (F, (2·n_q+1)·F)
-    first_layer: torch.Tensor  # (n_elements, (2·n_q+1)·F) embedding @ projection
+    #: (n_elements, (2·n_q+1)·F) embedding @ projection; None when the first
+    #: features depend on more than the element (SO3LR's charge and spin)
+    first_layer: torch.Tensor | None
 
 
 class So3kratesFastPaths:

@@ -61,6 +61,27 @@ class So3krates(So3kratesFastPaths, PotentialModel):
         differentiable: bool = True,
     ) -> torch.Tensor:
         """Network atomic energies (n_atoms,) from So3krates features."""
+        features = self.node_features(graph, edge_vectors, differentiable)
+        return self.readout_energies(graph.atomic_numbers, features)
+
+    def embed(self, graph: AtomicGraph) -> torch.Tensor:
+        """Initial invariant features f⁰ (n_atoms, F) (SO3LR adds charge and spin)."""
+        return self.embedding(graph.atomic_numbers)
+
+    def readout_energies(self, z: torch.Tensor, features: torch.Tensor) -> torch.Tensor:
+        """Atomic energies (n_atoms,) from the final features (n_atoms, F)."""
+        e = self.readout(features).squeeze(-1)  # (n_atoms,)
+        if self.scale is not None:
+            e = self.scale[z] * e + self.shift[z]
+        return e
+
+    def node_features(
+        self,
+        graph: AtomicGraph,
+        edge_vectors: torch.Tensor,
+        differentiable: bool = True,
+    ) -> torch.Tensor:
+        """Final invariant features f^T (n_atoms, F) of every atom."""
         idx_i, idx_j = graph.edge_index[0], graph.edge_index[1]
         # symmetric per-edge quantities once per unordered pair when edges are paired
         n_dir = 2 if graph.edges_paired else 1
@@ -83,7 +104,7 @@ class So3krates(So3kratesFastPaths, PotentialModel):
             radial = hidden.chunk(len(self.layers), dim=1)  # T × (n_pairs, nF)
         phi = self.cutoff_fn(d)  # (n_pairs,)
         z = graph.atomic_numbers
-        features = self.embedding(z)  # (n_atoms, F)
+        features = self.embed(graph)  # (n_atoms, F)
         n_atoms = features.shape[0]
         sph = None if chunked else self._harmonics(edge_vectors)  # (n_edges, m_tot)
         ev = features.new_zeros((n_atoms, self.m_tot))
@@ -92,7 +113,8 @@ class So3krates(So3kratesFastPaths, PotentialModel):
             if maps is None:
                 q, kv = layer.node_maps(features)
             else:  # the first layer's maps depend on the element alone
-                proj = maps.first_layer[z] if t == 0 else None
+                by_element = t == 0 and maps.first_layer is not None
+                proj = maps.first_layer[z] if by_element else None
                 q, kv = layer.node_maps(features, maps.projections[t], proj)
             if chunked:
                 table = None if tables is None else tables[t]
@@ -115,7 +137,4 @@ class So3krates(So3kratesFastPaths, PotentialModel):
                 ev_zero=t == 0 and maps is not None,  # as in chunk_messages
             )
             features, ev = layer.update(features, ev, d_f, d_ev)
-        e = self.readout(features).squeeze(-1)  # (n_atoms,)
-        if self.scale is not None:
-            e = self.scale[z] * e + self.shift[z]
-        return e
+        return features

@@ -1,0 +1,97 @@
+"""Electrostatics of learned partial charges (SO3LR; global-interactions.md §3.1-3.2).
+
+Charges: raw per-atom charges q̃_i are shifted equally within each structure so
+that they sum exactly to its total charge Q: q_i = q̃_i + (Q − Σ_j q̃_j)/N
+(:func:`conserve_charge`).
+
+Energy: E = ½ Σ_{i≠j} k_e q_i q_j g(d_ij) over the long-range pairs, with the
+erf-damped kernel g(d) = erf(d/σ)/d (finite at d = 0, where the local model is in
+charge). With a long-range cutoff r_lr the kernel is shifted so that it vanishes
+at r_lr: below 0.45 r_lr it is g(d) − g(r_lr); towards r_lr it blends smoothly
+(:func:`~equiforce.models.longrange.switch.smooth_step`) into the shifted-force
+form g(d) − g(r_lr) − (d − r_lr) g′(r_lr), whose value and slope vanish at r_lr;
+zero beyond. This is so3krates-torch's ``CoulombErfShiftedForceSmooth`` (and
+mlff's ``coulomb_erf_shifted_force_smooth``), the form the released SO3LR uses
+for molecules.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+from equiforce.data.graph import AtomicGraph
+from equiforce.models.longrange.switch import KE, smooth_step
+from equiforce.nn.scatter import scatter_sum
+
+#: The smooth blend of the two kernels starts at this fraction of r_lr.
+CUTON_FRACTION: float = 0.45
+
+
+def conserve_charge(
+    raw: torch.Tensor,  # (n_atoms,)
+    graph_index: torch.Tensor,  # (n_atoms,)
+    n_atoms: torch.Tensor,  # (n_graphs,)
+    total_charge: torch.Tensor | None,  # (n_graphs,)
+) -> torch.Tensor:
+    """Charges (n_atoms,) e summing exactly to each structure's total charge.
+
+    ``total_charge`` None means neutral structures.
+    """
+    n_graphs = n_atoms.shape[0]
+    excess = -scatter_sum(raw, graph_index, n_graphs)  # (n_graphs,)
+    if total_charge is not None:
+        excess = excess + total_charge.to(raw.dtype)
+    return raw + (excess / n_atoms.to(raw.dtype))[graph_index]
+
+
+def _erf_kernel(d: torch.Tensor | float, sigma: float) -> torch.Tensor | float:
+    """g(d) = erf(d/σ)/d."""
+    if isinstance(d, float):
+        return math.erf(d / sigma) / d
+    return torch.erf(d / sigma) / d
+
+
+def _erf_kernel_slope(d: float, sigma: float) -> float:
+    """g′(d) of :func:`_erf_kernel`."""
+    x = d / sigma
+    return (2.0 * d * math.exp(-x * x) / (math.sqrt(math.pi) * sigma) - math.erf(x)) / (
+        d * d
+    )
+
+
+class Electrostatics(nn.Module):
+    """Damped, shifted Coulomb energy of given charges on the long-range pairs.
+
+    Args:
+        sigma: erf damping length σ, Å (4.0 in SO3LR).
+        lr_cutoff: long-range cutoff r_lr, Å.
+    """
+
+    def __init__(self, sigma: float = 4.0, lr_cutoff: float = 12.0) -> None:
+        super().__init__()
+        self.sigma, self.lr_cutoff = float(sigma), float(lr_cutoff)
+        self.shift = _erf_kernel(self.lr_cutoff, self.sigma)
+        self.slope = _erf_kernel_slope(self.lr_cutoff, self.sigma)
+
+    def pair_kernel(self, d: torch.Tensor) -> torch.Tensor:
+        """The cut-off kernel (n_pairs,) in Å⁻¹ at distances ``d`` (n_pairs,)."""
+        r_c = self.lr_cutoff
+        g = _erf_kernel(d.clamp_min(1e-12), self.sigma) - self.shift
+        blend = smooth_step(d, CUTON_FRACTION * r_c, r_c)
+        kernel = g - (1.0 - blend) * self.slope * (d - r_c)
+        return torch.where(d < r_c, kernel, torch.zeros_like(kernel))
+
+    def forward(
+        self,
+        graph: AtomicGraph,
+        lr_vectors: torch.Tensor,  # (n_lr, 3)
+        charges: torch.Tensor,  # (n_atoms,)
+    ) -> torch.Tensor:
+        """Per-atom electrostatic energies (n_atoms,) eV, half of each pair to i."""
+        i, j = graph.lr_edge_index[0], graph.lr_edge_index[1]
+        d = torch.linalg.vector_norm(lr_vectors, dim=-1)  # (n_lr,)
+        e = 0.5 * KE * charges[i] * charges[j] * self.pair_kernel(d)
+        return scatter_sum(e, i, graph.num_nodes)

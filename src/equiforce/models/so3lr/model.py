@@ -1,0 +1,169 @@
+"""SO3LR: So3krates with charge/spin inputs and physical long-range terms.
+
+E = Σ_i [E0 + e_i^local + e_i^zbl + e_i^electrostatics + e_i^dispersion]; each term
+is a named output (``energy:<term>``, ``atomic_energies:<term>``) through
+:mod:`equiforce.energy`. The backbone is :class:`So3krates` (short-range pairs,
+r_c = 4.5 Å); its final features f^T also feed the charge and Hirshfeld heads,
+whose outputs drive the long-range terms on the long-range pairs
+(``graph.lr_edge_index``, r_lr = 12 Å by default).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+from equiforce.data.graph import AtomicGraph
+from equiforce.energy import LOCAL
+from equiforce.models.longrange import (
+    Dispersion,
+    Electrostatics,
+    ZBLRepulsion,
+    conserve_charge,
+)
+from equiforce.models.longrange.free_atoms import MAX_Z
+from equiforce.models.so3krates.fast import NodeProjections
+from equiforce.models.so3krates.layer import DegreeContraction
+from equiforce.models.so3krates.model import So3krates
+from equiforce.models.so3lr.config import SO3LRConfig
+from equiforce.models.so3lr.embedding import ChargeSpinEmbedding
+from equiforce.models.so3lr.heads import ChargeHead, HirshfeldHead
+from equiforce.nn.scatter import scatter_sum
+from equiforce.nn.spherical import _fit_coefficients
+
+#: Names of the terms beside ``local``, and of the per-atom properties.
+ZBL, ELECTROSTATICS, DISPERSION = "zbl", "electrostatics", "dispersion"
+CHARGES, HIRSHFELD, DIPOLE = "charges", "hirshfeld_ratios", "dipole"
+
+
+class SO3LR(So3krates):
+    """SO3LR potential (see the module docstring).
+
+    Attributes:
+        lr_cutoff: cutoff of the long-range pairs, Å (None without long-range
+            terms); :class:`~equiforce.potential.Potential` and the datasets build
+            ``graph.lr_edge_index`` with it.
+        compilable: False: the compiled backends rebuild the graph from its
+            short-range tensors only, so SO3LR runs eagerly.
+    """
+
+    compilable = False
+
+    def __init__(self, config: SO3LRConfig, e0: torch.Tensor | None = None) -> None:
+        super().__init__(config, e0=e0)
+        cfg = config
+        for layer in self.layers:
+            for norm in (layer.norm1, layer.norm2):
+                if isinstance(norm, nn.LayerNorm):
+                    norm.eps = cfg.layer_norm_eps
+        F = cfg.num_features
+        self.charge_embedding = ChargeSpinEmbedding(F) if cfg.charge_embedding else None
+        self.spin_embedding = ChargeSpinEmbedding(F) if cfg.spin_embedding else None
+        n_embeddings = (
+            1 + (self.charge_embedding is not None) + (self.spin_embedding is not None)
+        )
+        self.embedding_scale = 1.0 / math.sqrt(n_embeddings)
+        self.charge_head = ChargeHead(F, cfg.head_hidden)
+        self.hirshfeld_head = HirshfeldHead(F, cfg.head_hidden)
+        if cfg.zbl:
+            self.terms[ZBL] = ZBLRepulsion(cfg.cutoff, cfg.cutoff_fn)
+        if cfg.electrostatics:
+            self.terms[ELECTROSTATICS] = Electrostatics(
+                cfg.electrostatics_sigma, cfg.lr_cutoff
+            )
+        if cfg.dispersion:
+            self.terms[DISPERSION] = Dispersion(
+                cfg.dispersion_beta, cfg.lr_cutoff, cfg.dispersion_damping
+            )
+        long_range = cfg.electrostatics or cfg.dispersion
+        self.lr_cutoff = cfg.lr_cutoff if long_range else None
+
+    def _apply(self, fn, recurse=True):  # noqa: D102 - exact constants in any dtype
+        out = super()._apply(fn, recurse)
+        self._exact_constants()
+        return out
+
+    @torch.no_grad()
+    def _exact_constants(self) -> None:
+        """Recompute the fixed SH and c(x) coefficients in the current dtype.
+
+        A cast float32 → float64 (a float32 file loaded in float64) would keep
+        them rounded to float32 (1/√(2l+1) to 1e-8), which breaks rotation
+        invariance at ~1e-9 relative in the charges (measured on acetate).
+        """
+        if self.sph is None:
+            return
+        coeff = _fit_coefficients(self.degrees)
+        self.sph.coeff = coeff.to(self.sph.coeff.device, self.sph.coeff.dtype)
+        exact = DegreeContraction(self.degrees)
+        for module in self.modules():
+            if isinstance(module, DegreeContraction):
+                module.mat.copy_(exact.mat)
+                module.expand.copy_(exact.expand)
+
+    # ------------------------------------------------------------ backbone
+    def embed(self, graph: AtomicGraph) -> torch.Tensor:
+        """f⁰ = (E(Z) + e_Q + e_S)/√(number of embeddings), (n_atoms, F)."""
+        z, gi = graph.atomic_numbers, graph.graph_index
+        f = self.embedding(z)  # (n_atoms, F)
+        zeros = f.new_zeros(graph.n_graphs)
+        if self.charge_embedding is not None:
+            charge = zeros if graph.charge is None else graph.charge
+            f = f + self.charge_embedding(z, charge, gi)
+        if self.spin_embedding is not None:
+            spin = zeros if graph.spin is None else graph.spin
+            f = f + self.spin_embedding(z, 2.0 * spin, gi)  # unpaired electrons
+        return f * self.embedding_scale
+
+    def node_projections(self) -> NodeProjections:
+        """As So3krates', without per-element first-layer maps (f⁰ depends on Q, S)."""
+        return super().node_projections()._replace(first_layer=None)
+
+    # ------------------------------------------------------------- outputs
+    def charges(self, graph: AtomicGraph, features: torch.Tensor) -> torch.Tensor:
+        """Partial charges (n_atoms,) e, summing to ``graph.charge`` per structure."""
+        raw = self.charge_head(graph.atomic_numbers, features)
+        return conserve_charge(raw, graph.graph_index, graph.n_atoms, graph.charge)
+
+    def energy_terms(
+        self, graph: AtomicGraph, differentiable: bool
+    ) -> dict[str, torch.Tensor]:
+        """Per-atom energies of ``local`` and every long-range term, by name."""
+        z = graph.atomic_numbers
+        if not torch.compiler.is_compiling() and z.numel() and int(z.max()) > MAX_Z:
+            raise ValueError(
+                f"SO3LR has free-atom dispersion data for Z ≤ {MAX_Z}, got Z={int(z.max())}"
+            )
+        vectors = graph.edge_vectors()  # (n_edges, 3)
+        features = self.node_features(graph, vectors, differentiable)
+        out = {LOCAL: self.readout_energies(z, features)}
+        if ZBL in self.terms:
+            out[ZBL] = self.terms[ZBL](graph, vectors)
+        if self.lr_cutoff is not None:
+            lr_vectors = graph.lr_edge_vectors()  # (n_lr, 3)
+            if ELECTROSTATICS in self.terms:
+                q = self.charges(graph, features)
+                out[ELECTROSTATICS] = self.terms[ELECTROSTATICS](graph, lr_vectors, q)
+            if DISPERSION in self.terms:
+                h = self.hirshfeld_head(z, features)
+                out[DISPERSION] = self.terms[DISPERSION](graph, lr_vectors, h)
+        return out
+
+    @torch.no_grad()
+    def atomic_properties(self, graph: AtomicGraph) -> dict[str, torch.Tensor]:
+        """Partial charges (n_atoms,) e, Hirshfeld ratios (n_atoms,) and dipoles.
+
+        ``dipole`` (n_graphs, 3) e·Å is Σ_i q_i r_i (meaningful for open
+        structures; origin-dependent for charged ones).
+        """
+        features = self.node_features(graph, graph.edge_vectors(), False)
+        q = self.charges(graph, features)
+        return {
+            CHARGES: q,
+            HIRSHFELD: self.hirshfeld_head(graph.atomic_numbers, features),
+            DIPOLE: scatter_sum(
+                q[:, None] * graph.positions, graph.graph_index, graph.n_graphs
+            ),
+        }

@@ -1,0 +1,240 @@
+"""SO3LR: the contract suite on a tiny SO3LR, and the shipped pretrained model.
+
+The pretrained tests load ``equiforce/pretrained/so3lr.pt`` (no extra package);
+the reproduction and regeneration tests also need so3krates-torch (the
+``references`` extra) and skip with that reason without it.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+
+import numpy as np
+import pytest
+import torch
+from ase.build import molecule
+
+from equiforce import keys
+from equiforce.calculator import EquiforceCalculator
+from equiforce.data.graph import AtomicGraph
+from equiforce.models.registry import load_model
+from equiforce.models.so3lr.model import CHARGES, DIPOLE, HIRSHFELD
+from equiforce.potential import Potential
+from equiforce.testing import (
+    TINY_SO3KRATES,
+    ModelContractTests,
+    assert_close,
+    random_molecule,
+    random_orthogonal,
+)
+
+HAVE_REFERENCE = importlib.util.find_spec("so3krates_torch") is not None
+needs_reference = pytest.mark.skipif(
+    not HAVE_REFERENCE, reason="so3krates-torch is not installed (references extra)"
+)
+TERMS = ("local", "zbl", "electrostatics", "dispersion")
+
+
+class TestSO3LRContract(ModelContractTests):
+    """The shared suite with the long-range pairs in every graph (r_lr = 6 Å)."""
+
+    model_name = "so3lr"
+    overrides = {**TINY_SO3KRATES, "lr_cutoff": 6.0, "head_hidden": 16}
+
+    def graph(self, pos, z, model, dtype, cell=None, pbc=None, extra_cutoff=0.0):
+        return AtomicGraph.from_arrays(
+            pos, z, model.cutoff + extra_cutoff, cell=cell, pbc=pbc, dtype=dtype,
+            lr_cutoff=model.lr_cutoff + extra_cutoff,
+        )  # fmt: skip
+
+    @pytest.mark.skip(
+        reason="SO3LR is eager only (compilable=False; test_never_compiled)"
+    )
+    def test_compiled_backend_equals_eager(self):
+        pass
+
+    def test_far_apart_molecules_are_additive(self, dtype):
+        """Additive without electrostatics (see test_charge_spreads_over_the_structure)."""
+        self.overrides = {**self.overrides, "electrostatics": False}
+        super().test_far_apart_molecules_are_additive(dtype)
+
+    def test_charge_spreads_over_the_structure(self):
+        """SO3LR shares a structure's excess charge over all its atoms (§3.1).
+
+        Two neutral molecules 50 Å apart in one structure are therefore not
+        additive with electrostatics on: each gets a share of the other's charge
+        excess. This documents the released model's property (and fails if the
+        conservation became per fragment).
+        """
+        dtype = torch.float64
+        model = self.make_model(dtype)
+        rng = np.random.default_rng(7)
+        (pa, za), (pb, zb) = (random_molecule(rng) for _ in range(2))
+        both = np.concatenate([pa, pb + np.array([50.0, 0.0, 0.0])])
+        g = self.graph(both, np.concatenate([za, zb]), model, dtype)
+        q = model.atomic_properties(g)[CHARGES]
+        qa = model.atomic_properties(self.graph(pa, za, model, dtype))[CHARGES]
+        assert abs(float(q.sum())) < 1e-12
+        # molecule a alone is neutral; in the pair it carries part of b's excess
+        assert abs(float(qa.sum())) < 1e-12
+        assert abs(float(q[: len(za)].sum())) > 1e-6
+
+    def test_padding_to_buckets_changes_nothing(self, dtype):
+        pytest.skip("static-shape padding serves the compiled backends, not SO3LR")
+
+
+@pytest.fixture(scope="module")
+def pretrained() -> torch.nn.Module:
+    torch.set_num_threads(1)
+    return load_model("so3lr", dtype=torch.float64)
+
+
+def _charged_and_sulfur() -> list:
+    """Neutral ethanol, acetate (−1), dimethyl sulfide and chloromethane, distorted."""
+    rng = np.random.default_rng(0)
+    acetate = molecule("CH3COOH")
+    acetate.pop(-1)  # the acid H
+    acetate.info["charge"] = -1
+    mols = [molecule("CH3CH2OH"), acetate, molecule("CH3SCH3"), molecule("CH3Cl")]
+    for atoms in mols:
+        atoms.positions += rng.normal(0.0, 0.05, atoms.positions.shape)
+    return mols
+
+
+@needs_reference
+def test_reproduces_so3krates_torch(pretrained):
+    """Energies and forces equal so3krates-torch's SO3LRCalculator (float64).
+
+    Catches any error in the conversion or in the maths of a term: a wrong
+    weight layout, head, embedding, switch or constant moves energies by ≫ 1e-8.
+    """
+    from so3krates_torch.calculator.so3 import SO3LRCalculator
+
+    previous = torch.get_default_dtype()
+    try:
+        ref_calc = SO3LRCalculator(default_dtype="float64")  # sets the default dtype
+    finally:
+        torch.set_default_dtype(previous)
+    mine = EquiforceCalculator(pretrained, skin=0.0, compile=False)
+    for atoms in _charged_and_sulfur():
+        ref, new = atoms.copy(), atoms.copy()
+        ref.calc, new.calc = ref_calc, mine
+        torch.set_default_dtype(torch.float64)  # so3krates-torch builds from it
+        try:
+            e_ref, f_ref = ref.get_potential_energy(), ref.get_forces()
+        finally:
+            torch.set_default_dtype(previous)
+        e, f = new.get_potential_energy(), new.get_forces()
+        name = atoms.get_chemical_formula()
+        assert abs(e - e_ref) <= 1e-9 * abs(e_ref), f"{name}: energy {e} vs {e_ref}"
+        assert np.abs(f - f_ref).max() <= 1e-5, f"{name}: forces"
+        q_ref = ref.calc.results["partial_charges"]
+        g = AtomicGraph.from_atoms(atoms, pretrained.cutoff, lr_cutoff=12.0)
+        q = pretrained.atomic_properties(g)[CHARGES].numpy()
+        assert np.abs(q - q_ref).max() < 1e-6, f"{name}: partial charges"
+
+
+@needs_reference
+def test_regenerated_file_equals_shipped(tmp_path):
+    """Converting so3krates-torch's file again gives the shipped config and weights."""
+    from equiforce.models.checkpoint import load_checkpoint
+    from equiforce.models.so3lr.convert import SHIPPED, write
+
+    new = load_checkpoint(write(tmp_path / "so3lr.pt"))
+    old = load_checkpoint(SHIPPED)
+    assert new["model_config"] == old["model_config"]
+    assert new["train_config"]["source_sha256"] == old["train_config"]["source_sha256"]
+    assert new["state_dict"].keys() == old["state_dict"].keys()
+    for key, value in new["state_dict"].items():
+        assert torch.equal(value, old["state_dict"][key]), key
+
+
+def test_terms_and_charge_conservation(pretrained):
+    """Each term is a named output; charges sum to the total charge; Q matters."""
+    atoms = _charged_and_sulfur()[1]  # acetate, Q = -1
+    g = AtomicGraph.from_atoms(atoms, pretrained.cutoff, lr_cutoff=pretrained.lr_cutoff)
+    out = pretrained(g)
+    total = sum(out[keys.term_energy(t)] for t in (*TERMS, "e0"))
+    assert torch.allclose(total, out[keys.ENERGY], rtol=1e-12)
+    for term in TERMS[1:]:
+        assert abs(float(out[keys.term_energy(term)][0])) > 1e-4, term
+    props = pretrained.atomic_properties(g)
+    assert float(props[CHARGES].sum()) == pytest.approx(-1.0, abs=1e-12)
+    assert (props[HIRSHFELD] > 0).all() and props[DIPOLE].shape == (1, 3)
+    neutral = AtomicGraph.from_atoms(atoms, pretrained.cutoff, lr_cutoff=12.0)
+    neutral.charge = torch.zeros(1, dtype=torch.float64)
+    assert float(pretrained.atomic_properties(neutral)[CHARGES].sum()) == pytest.approx(
+        0.0, abs=1e-12
+    )
+    # the charge enters the embedding: the local term changes too
+    e_neutral = pretrained(neutral)[keys.term_energy("local")]
+    assert abs(float(e_neutral - out[keys.term_energy("local")])) > 1e-3
+
+
+def test_forces_are_minus_gradient_with_long_range(pretrained):
+    """Forces of every term (charged molecule) = central differences, float64."""
+    atoms = _charged_and_sulfur()[1]
+    z = atoms.numbers
+    pos = atoms.positions.copy()
+
+    def energy_forces(p):
+        g = AtomicGraph.from_arrays(p, z, pretrained.cutoff, lr_cutoff=12.0, charge=-1)
+        out = pretrained(g)
+        return out[keys.ENERGY].item(), out[keys.FORCES].numpy()
+
+    _, f = energy_forces(pos)
+    h = 1e-5
+    for a, k in ((0, 0), (3, 1), (5, 2), (2, 2)):  # methyl C, carboxylate O, H's
+        p, m = pos.copy(), pos.copy()
+        p[a, k] += h
+        m[a, k] -= h
+        fd = -(energy_forces(p)[0] - energy_forces(m)[0]) / (2 * h)
+        assert abs(f[a, k] - fd) < 1e-6 * max(1.0, abs(fd)), (a, k, f[a, k], fd)
+
+
+def test_rotation_translation_invariance(pretrained):
+    """E invariant, F rotating with the molecule, every term, Q = -1 (float64)."""
+    atoms = _charged_and_sulfur()[1]
+    rot = random_orthogonal(np.random.default_rng(3), reflect=False)
+    moved = atoms.positions @ rot.T + np.array([3.0, -7.0, 1.5])
+    outs = [
+        pretrained(
+            AtomicGraph.from_arrays(p, atoms.numbers, 4.5, lr_cutoff=12.0, charge=-1)
+        )
+        for p in (atoms.positions, moved)
+    ]
+    for term in TERMS:
+        key = keys.term_energy(term)
+        assert_close(outs[1][key], outs[0][key], 1e-10, key)
+    assert_close(outs[1][keys.FORCES], outs[0][keys.FORCES] @ rot.T, 1e-9, "forces")
+
+
+def test_never_compiled_and_charge_from_atoms_info(pretrained):
+    """The calculator reads info['charge'] (a change recomputes); SO3LR stays eager."""
+    calc = EquiforceCalculator(pretrained, compile=True)
+    atoms = molecule("CH3CH2OH")
+    atoms.calc = calc
+    e0 = atoms.get_potential_energy()
+    atoms.info["charge"] = 1
+    e1 = atoms.get_potential_energy()
+    assert calc.n_calls == 2 and abs(e1 - e0) > 1e-2
+    assert calc.potential.compiled is None
+    assert calc.potential.graph.lr_edge_index is not None
+
+
+def test_unknown_element_is_a_clear_error(pretrained):
+    g = AtomicGraph.from_arrays(
+        np.array([[0.0, 0, 0], [1.5, 0, 0]]), np.array([1, 110]), 4.5, lr_cutoff=12.0
+    )
+    with pytest.raises(ValueError, match="Z=110"):
+        pretrained(g)
+
+
+def test_potential_compute_takes_charge():
+    """Potential.compute: per-structure charge broadcast; long-range pairs built."""
+    pot = Potential("so3lr", dtype=torch.float64, compile=False)
+    atoms = molecule("H2O")
+    a = pot.compute(atoms.positions, atoms.numbers, charge=0)
+    b = pot.compute(atoms.positions, atoms.numbers, charge=1)
+    assert pot.n_builds == 1 and pot.graph.charge.tolist() == [1.0]
+    assert abs(float(a[keys.ENERGY] - b[keys.ENERGY])) > 1e-2
