@@ -109,6 +109,7 @@ def labelled_frame(index: int, s: dict = SETTINGS):
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Generate the scan into ``--out`` (extxyz + JSON settings)."""
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--out", type=Path, default=Path("data/global"))
     args = p.parse_args(argv)

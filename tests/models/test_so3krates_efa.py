@@ -112,3 +112,33 @@ class TestSo3kratesEFA(ModelContractTests):
         work = -0.5 * (fs[0][1, 0] + fs[1][1, 0]) * 2e-6
         assert abs(es[1] - es[0] - work) < 1e-8, f"energy jumps at the cutoff: {es}"
         assert np.abs(fs[0] - fs[1]).max() < 1e-4, "forces jump at the cutoff"
+
+
+def test_local_model_is_blind_to_a_long_chain_twist_and_efa_is_not():
+    """Training-free test (global-interactions.md §5.1): on H2C=(C=)14CH2 (cross-end
+    H–H distance > 2·T·r_c = 20 Å) the local So3krates gives the same energy at
+    every end-group twist (random weights), the same model with a live EFA
+    branch does not. Fails if the branch is dead or not global."""
+    import importlib.util
+    from pathlib import Path
+
+    from equiforce.models.registry import build_model
+
+    path = Path(__file__).resolve().parents[2] / "examples/global/generate.py"
+    spec = importlib.util.spec_from_file_location("generate_global", path)
+    gen = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(gen)
+    efa = {**EFA, "r_max": 25.0, "max_frequency": math.pi / 25.0, "lebedev_order": 11}
+    energies = {}
+    for name, extra in (("local", {}), ("efa", {"global_attention": efa})):
+        model = build_model(
+            "so3krates", dtype=torch.float64, seed=1, **TINY_SO3KRATES, **extra
+        )
+        es = []
+        for angle in (0.0, 30.0, 60.0, 90.0):
+            pos, z = gen.cumulene(16, angle)
+            g = AtomicGraph.from_arrays(pos, z, model.cutoff, dtype=torch.float64)
+            es.append(model(g, compute_forces=False)["energy"].item())
+        energies[name] = np.array(es)
+    assert np.ptp(energies["local"]) < 1e-9, energies["local"]
+    assert np.ptp(energies["efa"]) > 1e-4, energies["efa"]
