@@ -221,6 +221,11 @@ def test_old_format_yaml_and_saved_configs_load(tmp_path):
     for saved_path in old_run:
         raw = yaml.safe_load(saved_path.read_text())
         loaded = load_config(saved_path).model_dump(mode="json")
+        # keys added to the config since the run was saved load at their defaults
+        new = set(loaded["model"]["overrides"]) - set(raw["model"]["overrides"])
+        defaults = So3kratesConfig().model_dump(mode="json")
+        for key in new:
+            assert loaded["model"]["overrides"].pop(key) == defaults[key], key
         assert loaded["model"] == raw["model"], saved_path
 
 

@@ -243,6 +243,7 @@ class CompiledPotential:
         Large systems run in Morton atom order (:meth:`PotentialModel.atom_order`);
         the outputs are in ``graph``'s order either way.
         """
+        self.model.check_graph(graph)  # the traced graph cannot raise on data
         order = self.model.atom_order(graph)
         if order is None:
             return self._call(graph, stress)

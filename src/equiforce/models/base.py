@@ -81,6 +81,14 @@ class PotentialModel(nn.Module):
         """
         raise NotImplementedError
 
+    def check_graph(self, graph: AtomicGraph) -> None:
+        """Raise a clear error if the model cannot take ``graph``; default: any.
+
+        Eager calls check inside; compiled callers, whose traced graphs cannot
+        raise on data, call this before each call (So3krates with global
+        attention: open structures within r_max).
+        """
+
     def energy_terms(
         self, graph: AtomicGraph, differentiable: bool
     ) -> dict[str, torch.Tensor]:

@@ -116,6 +116,7 @@ class CompiledTrainStep:
         self, batch: AtomicGraph
     ) -> tuple[dict[str, float], dict[str, torch.Tensor]]:
         """Loss parts (floats) and the gradient of the loss for every trainable weight."""
+        self.model.check_graph(batch)  # the traced step cannot raise on data
         weights = {
             f"model.{n}": p.detach()
             for n, p in self.model.named_parameters()

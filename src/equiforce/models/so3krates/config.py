@@ -6,6 +6,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from equiforce.models.global_attention import GlobalAttentionConfig
+
 
 class So3kratesConfig(BaseModel):
     """Hyperparameters of So3krates (defaults = mlff v1.0 ``config.yaml``)."""
@@ -49,6 +51,11 @@ class So3kratesConfig(BaseModel):
     )
     per_element_scale_shift: bool = Field(False, description="learnable s_Z, b_Z")
     zero_init_readout: bool = Field(True, description="E ≡ 0 at initialisation")
+    global_attention: GlobalAttentionConfig | None = Field(
+        None,
+        description="Euclidean fast attention as a residual branch per layer "
+        "(open structures within r_max only); None: local model",
+    )
 
     @field_validator("degrees")
     @classmethod
@@ -80,6 +87,13 @@ class So3kratesConfig(BaseModel):
             raise ValueError(
                 "message_normalization='avg_num_neighbors' needs avg_num_neighbors"
             )
+        if self.global_attention is not None:
+            self.global_attention.layer_indices(self.num_layers)
+            if self.global_attention.r_max <= self.cutoff:
+                raise ValueError(
+                    f"global_attention.r_max={self.global_attention.r_max} Å must "
+                    f"exceed the cutoff={self.cutoff} Å"
+                )
         return self
 
 

@@ -7,9 +7,11 @@ from torch import nn
 
 from equiforce.data.graph import AtomicGraph
 from equiforce.models.base import NUM_ELEMENTS, PotentialModel
+from equiforce.models.global_attention import build_global_attention
 from equiforce.models.so3krates.config import So3kratesConfig
 from equiforce.models.so3krates.fast import So3kratesFastPaths
 from equiforce.models.so3krates.layer import DegreeContraction, So3kratesLayer
+from equiforce.nn.efa import check_structures, is_tracing
 from equiforce.nn.layers import MLP
 from equiforce.nn.radial import Cutoff, make_basis
 from equiforce.nn.spherical import SphericalHarmonics, safe_norm
@@ -42,6 +44,12 @@ class So3krates(So3kratesFastPaths, PotentialModel):
             zero_init_last=cfg.zero_init_readout,
         )
         self._init_fast_paths()
+        #: Euclidean fast attention branches by str(layer) (None: local model)
+        self.global_attention = (
+            None
+            if cfg.global_attention is None
+            else build_global_attention(cfg.global_attention, F, cfg.num_layers)
+        )
         if cfg.per_element_scale_shift:
             self.scale = nn.Parameter(torch.ones(NUM_ELEMENTS))
             self.shift = nn.Parameter(torch.zeros(NUM_ELEMENTS))
@@ -53,6 +61,23 @@ class So3krates(So3kratesFastPaths, PotentialModel):
         if self.sph is None:
             return vectors.new_zeros((vectors.shape[0], 0))
         return self.sph(vectors)
+
+    def check_graph(self, graph: AtomicGraph) -> None:
+        """With global attention: open structures within its r_max only."""
+        if self.global_attention is not None:
+            check_structures(
+                graph.positions, graph.graph_index, graph.n_atoms, graph.pbc,
+                self.config.global_attention.r_max,
+            )  # fmt: skip
+
+    def _global_branch(
+        self, t: int, features: torch.Tensor, graph: AtomicGraph
+    ) -> torch.Tensor | None:
+        """EFA update (n_atoms, F) of layer ``t``'s input, or None without one."""
+        efa = self.global_attention
+        if efa is None or str(t) not in efa:
+            return None
+        return efa[str(t)](features, graph.positions, graph.graph_index, graph.n_atoms)
 
     def atomic_energies(
         self,
@@ -109,7 +134,10 @@ class So3krates(So3kratesFastPaths, PotentialModel):
         sph = None if chunked else self._harmonics(edge_vectors)  # (n_edges, m_tot)
         ev = features.new_zeros((n_atoms, self.m_tot))
         maps = self._active_projections
+        if self.global_attention is not None and not is_tracing():
+            self.check_graph(graph)  # traced callers check before the call
         for t, layer in enumerate(self.layers):
+            branch = self._global_branch(t, features, graph)  # parallel to layer t
             if maps is None:
                 q, kv = layer.node_maps(features)
             else:  # the first layer's maps depend on the element alone
@@ -122,6 +150,8 @@ class So3krates(So3kratesFastPaths, PotentialModel):
                     layer, features, ev, q, kv, d, edge_vectors, phi, idx_i, idx_j,
                     chunk, n_dir, table, differentiable,
                 )  # fmt: skip
+                if branch is not None:
+                    features = features + branch
                 continue
             d_f, d_ev = layer.edge_messages(
                 q,
@@ -137,4 +167,6 @@ class So3krates(So3kratesFastPaths, PotentialModel):
                 ev_zero=t == 0 and maps is not None,  # as in chunk_messages
             )
             features, ev = layer.update(features, ev, d_f, d_ev)
+            if branch is not None:
+                features = features + branch
         return features
