@@ -54,14 +54,6 @@ def pressure(rho: float, t: float) -> float:
     return p + f * sum(bi * rho ** (2 * i + 3) for i, bi in enumerate(b))
 
 
-def density(p: float, t: float, lo: float = 0.3, hi: float = 1.1) -> float:
-    """ρ* at which P*(ρ*, T*) = p, by bisection (one liquid-side root)."""
-    for _ in range(80):
-        mid = 0.5 * (lo + hi)
-        lo, hi = (mid, hi) if pressure(mid, t) < p else (lo, mid)
-    return 0.5 * (lo + hi)
-
-
 def compressibility(rho: float, t: float, h: float = 1e-5) -> float:
     """Isothermal compressibility κ* = 1/(ρ ∂P/∂ρ), reduced units."""
     dp = (pressure(rho + h, t) - pressure(rho - h, t)) / (2 * h)
