@@ -11,7 +11,6 @@ import torch
 from ase import Atoms
 from ase.build import bulk
 from helpers import IdealGas, VariedTether, tiny_so3krates
-from lj_eos import compressibility, pressure
 
 from equiforce.data.trajectory import read_trajectory
 from equiforce.md.barostat import (
@@ -22,6 +21,7 @@ from equiforce.md.barostat import (
 )
 from equiforce.md.config import MDConfig
 from equiforce.md.integrators import conserved_energy
+from equiforce.md.lj_eos import compressibility, pressure
 from equiforce.md.pair import PeriodicLennardJones
 from equiforce.md.runner import Simulation, run_md, thermo_table
 from equiforce.md.state import maxwell_boltzmann, replicate, state_from_atoms

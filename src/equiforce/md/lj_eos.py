@@ -1,8 +1,10 @@
-"""Lennard-Jones equation of state of Johnson, Zollweg and Gubbins (Mol. Phys. 78,
-591 (1993)): the modified Benedict–Webb–Rubin fit to simulations of the full
-potential, in reduced units (ρ* = ρσ³, T* = k_B T/ε, P* = Pσ³/ε).
+"""The Lennard-Jones equation of state of Johnson, Zollweg and Gubbins (1993).
 
-Written from the paper's functional form and its Table 10 coefficients.
+Mol. Phys. 78, 591 (1993): the modified Benedict–Webb–Rubin fit to simulations
+of the full potential, in reduced units (ρ* = ρσ³, T* = k_B T/ε, P* = Pσ³/ε).
+
+Written from the paper's functional form and its Table 10 coefficients. The
+reference of the NPT tests and of ``benchmarks/npt_lj_eos.py``.
 """
 
 import math
@@ -24,6 +26,7 @@ GAMMA = 3.0
 
 
 def _coefficients(t: float) -> tuple[list[float], list[float]]:
+    """The coefficients a_1…a_8 and b_1…b_6 of the MBWR form at T*."""
     x = (None, *X)  # 1-based like the paper
     a = [
         x[1] * t + x[2] * math.sqrt(t) + x[3] + x[4] / t + x[5] / t**2,
@@ -47,7 +50,7 @@ def _coefficients(t: float) -> tuple[list[float], list[float]]:
 
 
 def pressure(rho: float, t: float) -> float:
-    """P*(ρ*, T*)."""
+    """Reduced pressure P*(ρ*, T*)."""
     a, b = _coefficients(t)
     f = math.exp(-GAMMA * rho * rho)
     p = rho * t + sum(ai * rho ** (i + 2) for i, ai in enumerate(a))
