@@ -23,6 +23,7 @@ from equiforce.version import __version__
 SUBCOMMAND_MODULES: tuple[str, ...] = (
     "equiforce.train.cli",  # train, eval, learning-curve
     "equiforce.md.cli",  # md
+    "equiforce.md.relax_cli",  # relax
     "equiforce.workflows.cli",  # stability
     "equiforce.analysis.cli",  # analyze
     "equiforce.bench",  # bench

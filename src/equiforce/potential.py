@@ -4,10 +4,17 @@
 
 - the device and float dtype of the calls;
 - the neighbour list, built by vesin with ``cutoff + skin`` and reused while no
-  atom has moved more than ``skin/2`` and the species, cell and periodic flags are
-  unchanged (then no pair can have entered the cutoff sphere unseen; pairs in the
-  skin shell contribute exactly zero because every model's cutoff function
-  vanishes at ``model.cutoff``, so reuse changes the cost, not the results);
+  pair can have entered the cutoff sphere unseen (pairs in the skin shell
+  contribute exactly zero because every model's cutoff function vanishes at
+  ``model.cutoff``, so reuse changes the cost, not the results). With the cell
+  unchanged that means no atom moved more than ``skin/2``. When the cell of a
+  fully periodic structure changes (NPT, cell relaxation), the motion is split
+  into the affine deformation M = h_old⁻¹ h_new (rows are lattice vectors) and
+  each atom's non-affine displacement δ_i = r_i − r_i^old M; a pair now within
+  the cutoff c had |r_old| ≤ (c + 2 max δ) / s_min(M) (s_min: smallest singular
+  value of M), so the list stays valid while that is ≤ c + skin. Species,
+  periodic flags and the cell of a structure that is not periodic in all three
+  directions must be unchanged;
 - the switch from eager calls to the compiled backend
   (:class:`~equiforce.accel.compiled.CompiledPotential`), kept once made.
 
@@ -221,8 +228,9 @@ class Potential:
         pbc = torch.as_tensor(pbc, device=self.device, dtype=torch.bool).reshape(-1, 3)
         if self._needs_rebuild(pos, numbers, cell, pbc):
             self._build(pos, numbers, cell, pbc, system_idx)
-        else:
-            self.graph.positions = pos  # the same topology: no re-validation
+        else:  # the same topology: no re-validation
+            self.graph.positions = pos
+            self.graph.cell = cell
         return self.graph
 
     def _needs_rebuild(
@@ -235,14 +243,38 @@ class Potential:
         if self.graph is None or self.skin <= 0:
             return True
         ref_pos, ref_numbers, ref_cell, ref_pbc = self._reference
-        if positions.shape != ref_pos.shape:
+        if positions.shape != ref_pos.shape or cell.shape != ref_cell.shape:
             return True
-        for new, old in ((numbers, ref_numbers), (cell, ref_cell), (pbc, ref_pbc)):
+        for new, old in ((numbers, ref_numbers), (pbc, ref_pbc)):
             if not torch.equal(new, old):
                 return True
-        moved2 = (positions - ref_pos).square().sum(-1).max()
-        # "not <=": a NaN displacement rebuilds, and the build names the atom
-        return not bool(moved2 <= (0.5 * self.skin) ** 2)  # one host sync per call
+        if torch.equal(cell, ref_cell):
+            moved2 = (positions - ref_pos).square().sum(-1).max()
+            # "not <=": a NaN displacement rebuilds, and the build names the atom
+            return not bool(moved2 <= (0.5 * self.skin) ** 2)  # one host sync
+        return not self._strained_list_valid(positions, cell)
+
+    def _strained_list_valid(self, positions: torch.Tensor, cell: torch.Tensor) -> bool:
+        """Whether the list built at the reference still holds under a new cell.
+
+        See the module docstring: valid while (c + 2 max_i δ_i) ≤ s_min(M) (c + skin)
+        for every structure, with M = h_old⁻¹ h_new and δ_i = r_i − r_i^old M.
+        """
+        ref_pos, _, ref_cell, ref_pbc = self._reference
+        changed = (cell != ref_cell).flatten(1).any(1)  # (n_systems,)
+        if bool((changed & ~ref_pbc.all(1)).any()):
+            return False  # a cell change of an open or slab structure: rebuild
+        eye = torch.eye(3, dtype=cell.dtype, device=cell.device)
+        deform = eye.expand_as(cell).clone()  # (S, 3, 3) M = h_old⁻¹ h_new
+        deform[changed] = torch.linalg.solve(ref_cell[changed], cell[changed])
+        smin = torch.linalg.svdvals(deform)[:, -1]  # (S,)
+        sys_idx = self.graph.graph_index
+        affine = torch.bmm(ref_pos[:, None, :], deform[sys_idx])[:, 0]  # (N, 3)
+        delta = (positions - affine).norm(dim=-1)  # (N,)
+        worst = torch.zeros_like(smin).scatter_reduce(0, sys_idx, delta, "amax")
+        cutoff = self.model.cutoff
+        ok = cutoff + 2.0 * worst <= smin * (cutoff + self.skin)
+        return bool(ok.all())  # a NaN anywhere fails the test and rebuilds
 
     def _build(
         self,

@@ -42,6 +42,15 @@ FORCE_UNITS: dict[str, float] = {
     "kJ/mol/Angstrom": _u.kJ / _u.mol,
 }
 
+#: Pressure units -> factor to eV/Å³ (the unit of stress inside equiforce).
+PRESSURE_UNITS: dict[str, float] = {
+    "eV/Å^3": 1.0,
+    "eV/A^3": 1.0,
+    "GPa": _u.GPa,
+    "bar": _u.bar,
+    "atm": 1.01325 * _u.bar,
+}
+
 #: Derived constants (internal units).
 FS: float = _u.fs  # one femtosecond in ASE time units
 KB_EV: float = _u.kB  # Boltzmann constant, eV/K
@@ -76,3 +85,8 @@ def length_factor(name: str) -> float:
 def force_factor(name: str) -> float:
     """Factor converting a force in unit ``name`` to eV/Å."""
     return _lookup(FORCE_UNITS, name, "force")
+
+
+def pressure_factor(name: str) -> float:
+    """Factor converting a pressure in unit ``name`` to eV/Å³."""
+    return _lookup(PRESSURE_UNITS, name, "pressure")

@@ -56,3 +56,47 @@ def tiny_so3krates():
         zero_init_readout=False,
         dtype=torch.float64,
     )
+
+
+class IdealGas:
+    """No interactions: zero energy, forces and stress (stress-capable provider)."""
+
+    def __call__(self, state: MDState, stress: bool = False):
+        energy = state.positions.new_zeros(state.n_systems)
+        forces = torch.zeros_like(state.positions)
+        if stress:
+            return energy, forces, state.positions.new_zeros(state.n_systems, 3, 3)
+        return energy, forces
+
+
+class MorseTerm(torch.nn.Module):
+    """An energy term with a minimum: Morse pairs with a cosine cutoff.
+
+    e_i = ½ Σ_j D [(1 − e^{−a(r_ij − r0)})² − 1] f_c(r_ij), added to a model's
+    ``terms`` so that an equiforce model has well-defined minima (tests of
+    relaxations).
+    """
+
+    def __init__(self, depth: float, width: float, r0: float, cutoff: float) -> None:
+        super().__init__()
+        self.depth, self.width, self.r0, self.cutoff = depth, width, r0, cutoff
+
+    def forward(self, graph, edge_vectors):
+        from equiforce.nn.radial import cosine_cutoff
+
+        r = edge_vectors.norm(dim=-1)
+        x = 1.0 - torch.exp(-self.width * (r - self.r0))
+        e_edge = 0.5 * self.depth * (x * x - 1.0) * cosine_cutoff(r, self.cutoff)
+        out = torch.zeros_like(graph.positions[:, 0])
+        return out.index_add(0, graph.edge_index[0], e_edge)
+
+
+def morse_model(r0: float, depth: float = 0.5, width: float = 1.5):
+    """A float64 model whose energy is only a Morse term (zero learned part)."""
+    from equiforce.models.registry import build_model
+
+    model = build_model(
+        "so3krates", num_features=16, num_layers=1, degrees=(1, 2), dtype=torch.float64
+    )  # zero_init_readout: the learned part is exactly 0
+    model.terms["morse"] = MorseTerm(depth, width, r0, model.cutoff)
+    return model.eval()

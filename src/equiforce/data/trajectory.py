@@ -13,7 +13,8 @@ Two formats, one file per system (replica):
 - HDF5 (``.h5``/``.hdf5``, long runs): resizable datasets ``positions``,
   ``velocities`` (Å/fs), ``forces`` (T, n_atoms, 3), ``energy``, ``kinetic``
   (T,) eV, ``step`` (T,), ``time_fs`` (T,), static ``atomic_numbers``, ``masses``,
-  ``cell``, ``pbc``; written in SWMR mode and flushed after every frame, so the file
+  ``cell`` (the first frame's), ``pbc``, and ``cells`` (T, 3, 3) Å, the cell of
+  every frame (it changes under NPT); written in SWMR mode and flushed after every frame, so the file
   stays readable after SIGKILL. ``step`` is written last; frames whose step is still
   the fill value −1 are incomplete and ignored.
 """
@@ -48,8 +49,10 @@ class Trajectory:
         energy: (n_frames,) potential energy, eV (NaN if unknown).
         step: (n_frames,) integrator step.
         time_fs: (n_frames,) simulated time, fs.
-        cell: (3, 3) Å rows.
+        cell: (3, 3) Å rows (of the first frame).
         pbc: (3,) bool.
+        cells: (n_frames, 3, 3) Å, every frame's cell (None in files written
+            before it was stored: then every frame has ``cell``).
     """
 
     atomic_numbers: np.ndarray
@@ -62,6 +65,7 @@ class Trajectory:
     time_fs: np.ndarray
     cell: np.ndarray
     pbc: np.ndarray
+    cells: np.ndarray | None = None
 
     def __len__(self) -> int:
         return int(self.positions.shape[0])
@@ -155,6 +159,9 @@ class HDF5Writer:
                 f.create_dataset(
                     key, (0, n, 3), maxshape=(None, n, 3), chunks=(16, n, 3), dtype="f8"
                 )
+            f.create_dataset(
+                "cells", (0, 3, 3), maxshape=(None, 3, 3), chunks=(64, 3, 3), dtype="f8"
+            )
             for key, dt, fill in (
                 ("energy", "f8", np.nan),
                 ("kinetic", "f8", np.nan),
@@ -176,12 +183,11 @@ class HDF5Writer:
         flush: resizing and writing every dataset costs ~2 ms per call, so
         frames go to the file in blocks.
         """
-        self._pending.append(
-            {
-                k: frame[k]
-                for k in (*_FRAME_FIELDS, "energy", "kinetic", "time_fs", "step")
-            }
-        )
+        pending = {k: frame[k] for k in (*_FRAME_FIELDS, "energy", "kinetic")}
+        if "cells" in self._f:  # files from before per-frame cells have none
+            pending["cells"] = frame["cell"]
+        pending.update(time_fs=frame["time_fs"], step=frame["step"])  # step last
+        self._pending.append(pending)
         if flush or len(self._pending) >= self.max_pending:
             self.flush()
 
@@ -257,8 +263,9 @@ def _read_h5(path: Path) -> Trajectory:
     with h5py.File(path, "r", swmr=True) as f:
         step = f["step"][:]
         n = len(step)
-        for key in (*_FRAME_FIELDS, "energy", "time_fs"):
-            n = min(n, f[key].shape[0])
+        for key in (*_FRAME_FIELDS, "energy", "time_fs", "cells"):
+            if key in f:
+                n = min(n, f[key].shape[0])
         valid = np.nonzero(step[:n] < 0)[0]
         n = int(valid[0]) if len(valid) else n
         if n == 0:
@@ -270,6 +277,7 @@ def _read_h5(path: Path) -> Trajectory:
             step=step[:n],
             cell=f["cell"][:],
             pbc=f["pbc"][:],
+            cells=f["cells"][:n] if "cells" in f else None,
             **data,
         )
 
@@ -306,6 +314,7 @@ def _read_extxyz(path: Path) -> Trajectory:
         time_fs=time,
         cell=np.asarray(first.get_cell()),
         pbc=first.get_pbc(),
+        cells=np.stack([np.asarray(a.get_cell()) for a in frames]),
     )
 
 
@@ -342,6 +351,8 @@ def truncate_trajectory(path: str | Path, max_step: int) -> int:
             step=traj.step[t],
             time_fs=traj.time_fs[t],
         )
+        if traj.cells is not None:
+            frame["cell"] = traj.cells[t]
         writer = writer or open_writer(tmp, frame)
         writer.write(frame)
     if writer is not None:

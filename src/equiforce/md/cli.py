@@ -24,7 +24,12 @@ def add_md_flags(p: argparse.ArgumentParser) -> None:
         "--config", type=Path, default=None, help="md.yaml (flags override it)"
     )
     p.add_argument(
-        "--ensemble", choices=("nve", "langevin", "csvr", "nhc"), default=None
+        "--ensemble", choices=("nve", "langevin", "csvr", "nhc", "npt"), default=None
+    )
+    p.add_argument("--pressure", type=float, default=None, help="NPT target, bar")
+    p.add_argument("--taup", type=float, default=None, help="NPT barostat time, fs")
+    p.add_argument(
+        "--barostat", choices=("isotropic", "anisotropic"), default=None, help="NPT"
     )
     p.add_argument("--temperature", type=float, default=None, help="K")
     p.add_argument("--timestep", type=float, default=None, help="fs")
@@ -75,6 +80,9 @@ def _config(args: argparse.Namespace):
         args.config,
         ensemble=args.ensemble,
         temperature=getattr(args, "temperature", None),
+        pressure=getattr(args, "pressure", None),
+        taup=getattr(args, "taup", None),
+        barostat=getattr(args, "barostat", None),
         timestep=args.timestep,
         steps=args.steps,
         time_ps=args.time_ps,

@@ -33,8 +33,8 @@ class MDConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    ensemble: Literal["nve", "langevin", "csvr", "nhc"] = Field(
-        "nve", description="integrator / thermostat"
+    ensemble: Literal["nve", "langevin", "csvr", "nhc", "npt"] = Field(
+        "nve", description="integrator / thermostat (npt: stochastic cell rescaling)"
     )
     temperature: float = Field(300.0, ge=0, description="target temperature, K")
     init_temperature: float | None = Field(
@@ -51,6 +51,21 @@ class MDConfig(BaseModel):
         None, gt=0, description="NHC time constant, fs (100·dt)"
     )
     chain_length: int = Field(3, ge=1, description="NHC chain length")
+    pressure: float = Field(1.0, description="NPT target pressure, bar")
+    taup: float = Field(1000.0, gt=0, description="NPT barostat time constant, fs")
+    compressibility: float = Field(
+        4.5e-5,
+        gt=0,
+        description="NPT isothermal compressibility estimate, 1/bar (sets only "
+        "how strongly the cell is coupled; water: 4.5e-5, solids ~1e-6)",
+    )
+    barostat: Literal["isotropic", "anisotropic"] = Field(
+        "isotropic",
+        description="NPT cell coupling: one volume, or the three Cartesian axes",
+    )
+    npt_thermostat: Literal["csvr", "langevin"] = Field(
+        "csvr", description="thermostat of NPT runs (taut or friction)"
+    )
     output_interval: int = Field(10, ge=1, description="steps between frames")
     checkpoint_interval_s: float = Field(
         1.0,

@@ -73,15 +73,23 @@ class ModelForceField:
         """Force evaluations so far."""
         return self.potential.n_calls
 
-    def __call__(self, state: MDState) -> tuple[torch.Tensor, torch.Tensor]:
-        """Energy (n_systems,) eV and forces (n_atoms, 3) eV/Å at the state."""
+    def __call__(
+        self, state: MDState, stress: bool = False
+    ) -> tuple[torch.Tensor, ...]:
+        """Energy (n_systems,) eV and forces (n_atoms, 3) eV/Å at the state.
+
+        With ``stress=True`` also the stress (n_systems, 3, 3) eV/Å³.
+        """
         out = self.potential.compute(
             state.positions,
             state.atomic_numbers,
             state.cell,
             state.pbc,
             state.system_idx if state.n_systems > 1 else None,
+            stress=stress,
         )
+        if stress:
+            return out[keys.ENERGY], out[keys.FORCES], out[keys.STRESS]
         return out[keys.ENERGY], out[keys.FORCES]
 
 

@@ -39,9 +39,19 @@ def _per_system(value: Temperature, state: MDState) -> torch.Tensor:
     return t.expand(state.n_systems).clone() if t.ndim == 0 else t.reshape(-1)
 
 
-def compute_forces(state: MDState, force_fn: ForceFn) -> MDState:
-    """Evaluate ``force_fn`` and store energy and forces on the state."""
-    energy, forces = force_fn(state)
+def compute_forces(state: MDState, force_fn: ForceFn, stress: bool = False) -> MDState:
+    """Evaluate ``force_fn`` and store energy, forces (and stress) on the state.
+
+    Args:
+        state: updated in place.
+        force_fn: the force provider.
+        stress: also ask for the stress (``force_fn(state, stress=True)``).
+    """
+    if stress:
+        energy, forces, sigma = force_fn(state, stress=True)
+        state.stress = sigma.to(state.dtype)
+    else:
+        energy, forces = force_fn(state)
     state.energy = energy.to(state.dtype)
     state.forces = forces.to(state.dtype)
     return state

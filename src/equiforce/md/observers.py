@@ -34,21 +34,30 @@ THERMO_COLUMNS = (
     "temperature_K",
 )
 
+#: Columns NPT runs add: volume, instantaneous pressure (kinetic + virial) and
+#: the lengths of the three cell vectors.
+NPT_COLUMNS = ("volume_A3", "pressure_bar", "a_A", "b_A", "c_A")
+
 
 class ThermoWriter:
     """Append rows (one per system and output frame) to ``thermo.csv``.
 
     Args:
         path: CSV file; the header is written when the file is new or empty.
+        columns: the header (default :data:`THERMO_COLUMNS`; NPT runs add
+            :data:`NPT_COLUMNS`).
     """
 
-    def __init__(self, path: str | Path) -> None:
+    def __init__(
+        self, path: str | Path, columns: tuple[str, ...] = THERMO_COLUMNS
+    ) -> None:
         self.path = Path(path)
+        self.columns = columns
         new = not self.path.exists() or self.path.stat().st_size == 0
         self._fh = open(self.path, "a", newline="")  # noqa: SIM115
         self._csv = csv.writer(self._fh)
         if new:
-            self._csv.writerow(THERMO_COLUMNS)
+            self._csv.writerow(columns)
             self._fh.flush()
 
     def write(self, step: int, time_fs: float, values: dict[str, np.ndarray]) -> None:
@@ -57,7 +66,7 @@ class ThermoWriter:
         with writing(self.path):
             for s in range(n):
                 row = [step, f"{time_fs:.6g}", s]
-                row += [f"{float(values[c][s]):.10g}" for c in THERMO_COLUMNS[3:]]
+                row += [f"{float(values[c][s]):.10g}" for c in self.columns[3:]]
                 self._csv.writerow(row)
             self._fh.flush()
 
@@ -73,9 +82,10 @@ def truncate_thermo(path: str | Path, max_step: int) -> None:
         return
     lines = path.read_text().splitlines(keepends=True)
     keep = lines[:1]
+    n_columns = len(lines[0].split(",")) if lines else len(THERMO_COLUMNS)
     for line in lines[1:]:
         parts = line.rstrip("\n").split(",")
-        if not line.endswith("\n") or len(parts) != len(THERMO_COLUMNS):
+        if not line.endswith("\n") or len(parts) != n_columns:
             break
         if int(parts[0]) <= max_step:
             keep.append(line)

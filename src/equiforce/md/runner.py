@@ -4,7 +4,8 @@ Files in ``out_dir``:
 
 - ``trajectory.xyz`` / ``trajectory.h5`` (``trajectory_<k>.*`` per replica when
   several systems run in one batch), appended every ``output_interval`` steps;
-- ``thermo.csv``: step, time, potential, kinetic, total, conserved energy, T;
+- ``thermo.csv``: step, time, potential, kinetic, total, conserved energy, T
+  (NPT runs add volume, pressure and cell lengths);
 - ``md_state.pt``: the full state (positions, momenta, forces, thermostat
   variables), RNG state and config, replaced atomically at a frame at most every
   ``checkpoint_interval_s`` seconds of wall time (default 1 s), when the run stops,
@@ -30,9 +31,12 @@ import torch
 from equiforce.atomic import atomic_torch_save, atomic_write_json
 from equiforce.console import LineTicker, hms, is_terminal
 from equiforce.data.trajectory import open_writer, truncate_trajectory
+from equiforce.md.barostat import instantaneous_pressure, make_npt_integrator, volume
 from equiforce.md.config import MDConfig
 from equiforce.md.integrators import conserved_energy, make_integrator
 from equiforce.md.observers import (
+    NPT_COLUMNS,
+    THERMO_COLUMNS,
     StabilityEvent,
     StabilityMonitor,
     ThermoWriter,
@@ -46,6 +50,7 @@ from equiforce.md.state import (
     state_from_atoms,
     state_to_atoms,
 )
+from equiforce.units import pressure_factor
 
 
 @dataclass
@@ -118,16 +123,19 @@ class Simulation:
         self.config = config
         self.atoms_list = atoms_list
         self.out_dir = None if out_dir is None else Path(out_dir)
-        self.integrator = make_integrator(
-            config.ensemble,
-            config.timestep,
-            config.temperature,
-            friction=config.friction,
-            taut=config.taut,
-            tdamp=config.tdamp,
-            chain_length=config.chain_length,
-            seed=config.seed + 1,
-        )
+        if config.ensemble == "npt":
+            self.integrator = make_npt_integrator(config, seed=config.seed + 1)
+        else:
+            self.integrator = make_integrator(
+                config.ensemble,
+                config.timestep,
+                config.temperature,
+                friction=config.friction,
+                taut=config.taut,
+                tdamp=config.tdamp,
+                chain_length=config.chain_length,
+                seed=config.seed + 1,
+            )
         self.state = state if state is not None else self._initial_state()
         self.monitor = None
         if config.stability.enabled:
@@ -239,7 +247,9 @@ class Simulation:
             self._writers = [
                 open_writer(p, f) for p, f in zip(paths, frames, strict=True)
             ]
-            self._thermo = ThermoWriter(self.out_dir / "thermo.csv")
+            npt = self.config.ensemble == "npt"
+            columns = THERMO_COLUMNS + NPT_COLUMNS if npt else THERMO_COLUMNS
+            self._thermo = ThermoWriter(self.out_dir / "thermo.csv", columns)
         due = time.perf_counter() - self._last_checkpoint >= (
             self.config.checkpoint_interval_s
         )
@@ -253,6 +263,15 @@ class Simulation:
             "conserved_eV": conserved_energy(st),
             "temperature_K": st.temperature(),
         }
+        if self.config.ensemble == "npt":
+            lengths = st.cell.norm(dim=-1)  # (S, 3)
+            values.update(
+                volume_A3=volume(st),
+                pressure_bar=instantaneous_pressure(st) / pressure_factor("bar"),
+                a_A=lengths[:, 0],
+                b_A=lengths[:, 1],
+                c_A=lengths[:, 2],
+            )
         values = {k: v.detach().cpu().numpy() for k, v in values.items()}
         self._thermo.write(st.step, self.time_fs(), values)
         if due:

@@ -21,7 +21,24 @@ from equiforce.nn.scatter import scatter_sum
 from equiforce.units import AMU_A2_PER_FS2_TO_EV, KB_EV
 
 #: A force provider: state -> (energy (n_systems,) eV, forces (n_atoms, 3) eV/Å).
+#: Providers that can also return the stress (needed by the NPT integrator)
+#: accept a keyword ``stress``: ``force_fn(state, stress=True)`` returns
+#: (energy, forces, stress (n_systems, 3, 3) eV/Å³, σ = (1/V) ∂E/∂ε, ASE's sign);
+#: with ``stress=False`` (and when called without it) they return the pair.
+#: Providers without the keyword keep working with every other integrator.
 ForceFn = Callable[["MDState"], tuple[torch.Tensor, torch.Tensor]]
+
+
+def returns_stress(force_fn: ForceFn) -> bool:
+    """Whether ``force_fn`` accepts ``stress=True`` (see :data:`ForceFn`)."""
+    import inspect
+
+    try:
+        params = inspect.signature(force_fn).parameters
+    except (TypeError, ValueError):
+        return False
+    return "stress" in params
+
 
 #: Force eV/Å divided by mass amu -> acceleration Å/fs².
 EV_PER_AMU_A2_FS2: float = 1.0 / AMU_A2_PER_FS2_TO_EV
@@ -43,6 +60,8 @@ class MDState:
         dof: (n_systems,) float, kinetic degrees of freedom (for temperatures).
         energy: (n_systems,) eV, potential energy at ``positions``.
         forces: (n_atoms, 3) eV/Å at ``positions``.
+        stress: (n_systems, 3, 3) eV/Å³ at ``positions`` (potential part only;
+            computed by integrators that need it, else None).
         step: number of integrator steps taken.
         extra: integrator variables (thermostat chains, accumulated heat), each a
             tensor; saved in checkpoints.
@@ -58,6 +77,7 @@ class MDState:
     dof: torch.Tensor
     energy: torch.Tensor | None = None
     forces: torch.Tensor | None = None
+    stress: torch.Tensor | None = None
     step: int = 0
     extra: dict[str, torch.Tensor] = field(default_factory=dict)
 
@@ -119,6 +139,7 @@ class MDState:
             dof=c(self.dof),
             energy=c(self.energy),
             forces=c(self.forces),
+            stress=c(self.stress),
             step=self.step,
             extra={k: v.clone() for k, v in self.extra.items()},
         )
@@ -131,6 +152,8 @@ class MDState:
         }
         d.update(system_idx=self.system_idx, dof=self.dof, step=self.step)
         d.update(energy=self.energy, forces=self.forces, extra=dict(self.extra))
+        if self.stress is not None:  # older checkpoints have no entry
+            d["stress"] = self.stress
         return {
             k: (v.detach().cpu() if torch.is_tensor(v) else v) for k, v in d.items()
         }
