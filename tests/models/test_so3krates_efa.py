@@ -79,9 +79,11 @@ class TestSo3kratesEFA(ModelContractTests):
             np.testing.assert_allclose(
                 e, np.concatenate([s[0] for s in single]), rtol=tol, atol=tol * 1e3
             )
-            np.testing.assert_allclose(
-                f, np.concatenate([s[1] for s in single]), atol=tol * 10
-            )
+            f_single = np.concatenate([s[1] for s in single])
+            # random EFA weights give forces of ~20-40 eV/Å: float32 agrees to its
+            # rounding relative to their size (the summation order differs)
+            scale = np.abs(f_single).max()
+            np.testing.assert_allclose(f, f_single, atol=tol * 10 * max(scale, 1.0))
 
     def test_far_apart_molecules_are_additive(self, dtype):
         """Replaced: molecules 50 Å apart exceed r_max = 40 Å: an error naming the
