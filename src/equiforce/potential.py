@@ -31,9 +31,11 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from ase.data import chemical_symbols
 
 from equiforce.accel.compiled import CompiledPotential
 from equiforce.data.graph import AtomicGraph
+from equiforce.errors import EquiforceError
 from equiforce.models.base import PotentialModel
 
 #: Array-likes accepted by :meth:`Potential.compute` (converted without copying
@@ -101,6 +103,7 @@ class Potential:
         self.n_builds = 0
         self.n_calls = 0
         self.notify: Callable[[str], None] | None = None
+        self._known = self.model.known_elements()
 
     @classmethod
     def wrap(
@@ -276,6 +279,21 @@ class Potential:
         ok = cutoff + 2.0 * worst <= smin * (cutoff + self.skin)
         return bool(ok.all())  # a NaN anywhere fails the test and rebuilds
 
+    def _check_elements(self, numbers: np.ndarray) -> None:
+        """Refuse elements the model does not know (every front end goes here)."""
+        if self._known is None:
+            return
+        unknown = sorted(set(numbers.tolist()) - self._known)
+        if unknown:
+            atom = int(np.flatnonzero(np.isin(numbers, unknown))[0])
+            names = ", ".join(f"{chemical_symbols[z]} (Z={z})" for z in unknown)
+            raise UnknownElementError(
+                f"atomic_numbers: element {names} (first at atom {atom}) is not one "
+                "the model was trained on (it knows "
+                + ", ".join(chemical_symbols[z] for z in sorted(self._known))
+                + ")"
+            )
+
     def _build(
         self,
         positions: torch.Tensor,
@@ -289,6 +307,7 @@ class Potential:
             bad = int(np.flatnonzero(~np.isfinite(pos).all(-1))[0])
             raise FloatingPointError(f"non-finite position of atom {bad}")
         z = numbers.cpu().numpy()
+        self._check_elements(z)
         cells = cell.detach().cpu().double().numpy()
         flags = pbc.cpu().numpy()
         cutoff = self.model.cutoff + self.skin
@@ -320,6 +339,10 @@ class Potential:
             t.detach().clone() for t in (positions, numbers, cell, pbc)
         )
         self.n_builds += 1
+
+
+class UnknownElementError(EquiforceError):
+    """A structure holds an element the model was not trained on."""
 
 
 def _count(system_idx: ArrayLike) -> int:

@@ -182,3 +182,24 @@ def test_calculator_check_state_sees_every_change():
     assert moved(cell=1) == ["cell"]
     assert moved(pbc=1) == ["pbc"]
     assert moved(charges=1) == ["initial_charges"]
+
+
+def test_an_element_the_model_was_not_trained_on_is_refused_by_every_front_end():
+    # E0 set for H, C, O (as training does): chlorine is named with its atom, through
+    # the potential and therefore through the ASE calculator and the engine adapters
+    from equiforce.potential import UnknownElementError
+
+    model = tiny()
+    model.e0[[1, 6, 8]] = torch.tensor([-13.6, -1029.0, -2041.0], dtype=torch.float64)
+    assert model.known_elements() == frozenset({1, 6, 8})
+    atoms = Atoms("CH3Cl", positions=[[0, 0, 0], [1.09, 0, 0], [-0.36, 1.03, 0],
+                                      [-0.36, -0.51, 0.89], [-0.6, -0.5, -1.5]])  # fmt: skip
+    atoms.calc = EquiforceCalculator(model)
+    with pytest.raises(UnknownElementError, match=r"Cl \(Z=17\) \(first at atom 4\)"):
+        atoms.get_potential_energy()
+    atoms.numbers[4] = 8  # known elements pass
+    assert np.isfinite(atoms.get_potential_energy())
+    model.e0.zero_()  # a model that cannot tell accepts anything
+    assert Potential(model).compute(atoms.positions, [1] * 4 + [17])[
+        "energy"
+    ].shape == (1,)

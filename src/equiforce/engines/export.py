@@ -72,9 +72,9 @@ def model_elements(model: PotentialModel, statistics: dict) -> list[int]:
     e0 = statistics.get("e0") or {}
     if e0:
         return sorted(int(z) for z in e0)
-    nonzero = torch.nonzero(model.e0).flatten().tolist()
-    if nonzero:
-        return sorted(int(z) for z in nonzero)
+    known = model.known_elements()
+    if known:
+        return sorted(known)
     raise ExportError(
         "the model file does not say which elements it was trained on (no data "
         "statistics, E0 all zero): give them with --elements, e.g. H,C,O"

@@ -252,7 +252,7 @@ def _type_table(
     if unknown:
         raise LammpsSetupError(f"unknown element symbol(s) {unknown}")
     z = np.array([0] + [_symbol_to_z[e] for e in elements], dtype=np.int64)
-    known = model_elements(model)
+    known = model.known_elements() or set()
     lacking = [
         e for e, zz in zip(elements, z[1:], strict=True) if known and zz not in known
     ]
@@ -262,15 +262,6 @@ def _type_table(
             f"it was not trained on them (it knows Z = {sorted(known)})"
         )
     return z
-
-
-def model_elements(model: PotentialModel) -> set[int]:
-    """Atomic numbers with a nonzero reference energy E0 (empty: not known).
-
-    A trained model carries E0 for every element of its training set; a model
-    with all-zero E0 (untrained, or trained without E0) accepts any element.
-    """
-    return {int(z) for z in torch.nonzero(model.e0).flatten().tolist()}
 
 
 def run_input(

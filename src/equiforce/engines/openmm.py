@@ -126,18 +126,6 @@ def _rebuild(
 
 
 # ------------------------------------------------------------------ elements
-def model_elements(model: PotentialModel) -> frozenset[int] | None:
-    """Atomic numbers a model knows: those with a reference energy E0.
-
-    Training sets E0 for every element of the training data (least squares or
-    isolated atoms), so a trained model's nonzero E0 entries are its elements.
-    A model without any E0 (untrained, or trained with ``e0: zero``) cannot
-    tell: None, and every element is accepted.
-    """
-    known = model.e0.detach().cpu().nonzero().flatten().tolist()
-    return frozenset(int(z) for z in known) or None
-
-
 def topology_numbers(
     topology: openmm.app.Topology,
     atoms: Iterable[int] | None = None,
@@ -231,7 +219,7 @@ def create_force(
         compile_after=compile_after,
     )
     atoms = None if atoms is None else [int(i) for i in atoms]
-    numbers = topology_numbers(topology, atoms, model_elements(potential.model))
+    numbers = topology_numbers(topology, atoms, potential.model.known_elements())
     if periodic is None:
         periodic = topology.getPeriodicBoxVectors() is not None
     force = openmm.PythonForce(EquiforceForceFunction(potential, numbers, periodic))

@@ -62,6 +62,16 @@ class PotentialModel(nn.Module):
         #: weights as constants (:mod:`equiforce.accel.aoti`) rebuild on a change
         self.inference_generation = 0
 
+    def known_elements(self) -> frozenset[int] | None:
+        """Atomic numbers the model was trained on: those with a nonzero E0.
+
+        Training sets E0 for every element of its data (least squares or isolated
+        atoms). A model whose E0 are all zero (untrained, or trained with
+        ``e0: zero``) cannot tell: None, and every element is accepted.
+        """
+        known = self.e0.detach().cpu().nonzero().flatten().tolist()
+        return frozenset(int(z) for z in known) or None
+
     # ----------------------------------------------------------- to override
     def atomic_energies(
         self, graph: AtomicGraph, edge_vectors: torch.Tensor, differentiable: bool
