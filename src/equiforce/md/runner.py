@@ -417,11 +417,16 @@ class _Progress:
         rate = (step - self.start) / max(time.perf_counter() - self._t0, 1e-9)
         nsday = rate * self.dt * 86400.0 * 1e-6
         if self._ticker is not None:
-            if self._ticker.due():
-                left = (self.total - step) / rate if rate > 0 else float("nan")
+            if self._ticker.due():  # the rate since the last line: not a compile
+                now = time.perf_counter()
+                t_last, s_last = getattr(self, "_window", (self._t0, self.start))
+                rate = (step - s_last) / max(now - t_last, 1e-9)
+                self._window = (now, step)
+                nsday = rate * self.dt * 86400.0 * 1e-6
+                left = hms((self.total - step) / rate) if rate > 0 else "-"
                 self._ticker.line(
                     f"step {step}/{self.total}, {rate:.1f} steps/s, {nsday:.3f} "
-                    f"ns/day, ETA {hms(left) if left == left else '-'}"
+                    f"ns/day, ETA {left}"
                 )
             return
         self._bar.update(self._task, completed=step, rate=rate, nsday=nsday)
