@@ -2,7 +2,7 @@
 # equiforce demo: train So3krates on shipped rMD17 ethanol, evaluate on the held-out test
 # file, run a few ps of NVE MD from a test frame and plot its vibrational spectrum.
 # Everything uses the public `equiforce` command; outputs go to $OUT (default demo_out/).
-# Budget: DEMO_MINUTES of training (default 4) plus ~3 minutes for the rest on 2 CPU cores.
+# Budget: DEMO_MINUTES of training (default 4) plus ~1-2 minutes for the rest on 2 CPU cores.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-demo_out}
