@@ -105,6 +105,17 @@ def test_flags_select_outputs(model):
     assert torch.all(full["stress"] == 0)  # open systems: no stress
 
 
+def test_state_dict_input_equals_sim_state(model):
+    # torch-sim also passes plain dicts; pbc as one flag, (3,) or per-system flags
+    state = ts.io.atoms_to_state(_periodic(), CPU, F64)
+    ref = _ts(model)(state)
+    fields = ("positions", "cell", "atomic_numbers", "system_idx")
+    for pbc in (True, torch.tensor([True] * 3), torch.ones(2, 3, dtype=torch.bool)):
+        out = _ts(model)({**{k: getattr(state, k) for k in fields}, "pbc": pbc})
+        for key in ref:
+            torch.testing.assert_close(out[key], ref[key])
+
+
 def test_float32_model_returns_float32(model):
     adapter = TorchSimModel(model, dtype=torch.float32, compile=False)
     state = ts.io.atoms_to_state(_periodic(), CPU, torch.float32)

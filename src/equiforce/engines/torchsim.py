@@ -12,7 +12,7 @@ torch-sim's contract (``torch_sim.models.interface``):
 - torch-sim stores the cell as **columns** (``state.cell``); equiforce takes rows
   (``state.row_vector_cell``);
 - torch-sim's ``pbc`` is one flag for the whole batch in 0.3 (a (3,) tensor in
-  later versions); both are accepted.
+  later versions); a flag, (3,) or (n_systems, 3) flags are accepted.
 
 Several systems run as one batched call (``state.system_idx``). The neighbour
 list, its skin and the compiled backend belong to the wrapped
@@ -138,7 +138,7 @@ class TorchSimModel(ModelInterface):
         self._check_elements(numbers)
         self._follow_partition(system_idx)
         n_systems = cell.shape[0]
-        flags = pbc.to(self._device).expand(n_systems, 3)
+        flags = pbc.to(self._device).expand(n_systems, 3)  # (n_systems, 3)
         rows = cell.mT  # (n_systems, 3, 3): lattice vectors as rows
         pot = self.potential
         if self._compute_forces or self._compute_stress:
@@ -201,7 +201,7 @@ def _same(new: torch.Tensor, old: torch.Tensor | None) -> bool:
 def _unpack(
     state: SimState | dict,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(positions, atomic_numbers, column cell (n_systems,3,3), pbc (3,), system_idx)."""
+    """(positions, numbers, column cell (n_systems, 3, 3), pbc (1|n_systems, 3), idx)."""
     if isinstance(state, SimState):
         positions, cell = state.positions, state.cell
         numbers, system_idx, pbc = state.atomic_numbers, state.system_idx, state.pbc
@@ -214,7 +214,8 @@ def _unpack(
                 len(positions), dtype=torch.long, device=positions.device
             )
     cell = torch.as_tensor(cell).reshape(-1, 3, 3)
-    pbc = torch.as_tensor(pbc, dtype=torch.bool).reshape(-1).expand(3)
+    pbc = torch.as_tensor(pbc, dtype=torch.bool)
+    pbc = pbc.reshape(-1, 3) if pbc.numel() > 1 else pbc.reshape(1, 1).expand(1, 3)
     return positions, numbers, cell, pbc, system_idx
 
 
