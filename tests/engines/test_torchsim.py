@@ -6,6 +6,9 @@ calculator and optimizer, finite differences, equipartition, Verlet's order), so
 the model's weights do not matter.
 """
 
+import importlib.util
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -337,3 +340,21 @@ def test_batched_fire_matches_ase_fire_one_by_one(model):
         assert start - e_ase > 0.3  # a real relaxation, not a no-op
         # both stop at |F| < 0.01 eV/Å: energies agree to ~F²/k, far below 1 meV
         assert abs(final["energy"][i].item() - e_ase) < 1e-3
+
+
+# --------------------------------------------------------------- benchmark
+def test_benchmark_functions_run(model):
+    # benchmarks/engine_torchsim.py is called by benchmarks/engines.py; fails if
+    # its functions break or its FIRE comparison stops comparing like with like
+    path = Path(__file__).resolve().parents[2] / "benchmarks" / "engine_torchsim.py"
+    spec = importlib.util.spec_from_file_location("bench_engine_torchsim", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    mols = bench.small_molecules(3)
+    assert len(mols) == 3 and all(3 <= len(m) <= 12 for m in mols)
+    relax = bench.relax_speedup(model, mols[:2], rounds=1)
+    assert relax["torchsim_converged"] == relax["ase_converged"] == 2
+    assert relax["max_energy_diff_ev"] < 1e-3 and relax["speedup"] > 0
+    assert bench.md_steps_per_second(model, mols[0], 5, compile=False, warmup=2) > 0
+    overhead = bench.adapter_overhead(model, molecule("CH3CH2OH"), calls=3)
+    assert overhead["n_builds"] == 1  # 1e-4 Å moves stay inside the skin
