@@ -99,6 +99,8 @@ class Potential:
         self.compile, self.compile_after = compile, int(compile_after)
         self.graph: AtomicGraph | None = None
         self._reference: tuple[torch.Tensor, ...] | None = None
+        #: the structure of each atom at the last build (None: one structure)
+        self._partition: torch.Tensor | None = None
         self._compiled: CompiledPotential | None = None
         self.n_builds = 0
         self.n_calls = 0
@@ -229,8 +231,12 @@ class Potential:
             -1, 3, 3
         )
         pbc = torch.as_tensor(pbc, device=self.device, dtype=torch.bool).reshape(-1, 3)
-        if self._needs_rebuild(pos, numbers, cell, pbc):
+        partition = None if system_idx is None else torch.as_tensor(system_idx)
+        if self._needs_rebuild(pos, numbers, cell, pbc) or not _same_partition(
+            partition, self._partition
+        ):
             self._build(pos, numbers, cell, pbc, system_idx)
+            self._partition = None if partition is None else partition.clone()
         else:  # the same topology: no re-validation
             self.graph.positions = pos
             self.graph.cell = cell
@@ -343,6 +349,17 @@ class Potential:
 
 class UnknownElementError(EquiforceError):
     """A structure holds an element the model was not trained on."""
+
+
+def _same_partition(new: torch.Tensor | None, old: torch.Tensor | None) -> bool:
+    """Whether the atoms belong to the same structures as at the last build.
+
+    The same atoms at the same places split differently into structures (a batch
+    re-partitioned by torch-sim's autobatcher) need a new graph.
+    """
+    if new is None or old is None:
+        return new is None and old is None
+    return new.shape == old.shape and torch.equal(new.to(old.device), old)
 
 
 def _count(system_idx: ArrayLike) -> int:

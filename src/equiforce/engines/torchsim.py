@@ -99,7 +99,6 @@ class TorchSimModel(ModelInterface):
         allowed[list(elements) if elements is not None else slice(1, None)] = True
         self._allowed = allowed  # (119,) bool, CPU, indexed by Z
         self._checked: torch.Tensor | None = None  # last atomic numbers checked
-        self._system_idx: torch.Tensor | None = None  # partition of the last call
 
     # torch-sim's validator and runners switch these on; the interface's own
     # setters raise NotImplementedError
@@ -136,7 +135,6 @@ class TorchSimModel(ModelInterface):
         """
         positions, numbers, cell, pbc, system_idx = _unpack(state)
         self._check_elements(numbers)
-        self._follow_partition(system_idx)
         n_systems = cell.shape[0]
         flags = pbc.to(self._device).expand(n_systems, 3)  # (n_systems, 3)
         rows = cell.mT  # (n_systems, 3, 3): lattice vectors as rows
@@ -176,17 +174,6 @@ class TorchSimModel(ModelInterface):
                 f"model (it knows {span})"
             )
         self._checked = numbers.detach().clone()  # a copy: callers edit in place
-
-    def _follow_partition(self, system_idx: torch.Tensor) -> None:
-        """Drop the reused neighbour graph when the atoms' systems change.
-
-        :class:`Potential` reuses its graph while positions, species, cells and
-        flags allow; a batch re-partitioned into systems of other sizes (torch-sim's
-        autobatcher swapping systems in and out) must rebuild it even then.
-        """
-        if not _same(system_idx, self._system_idx):
-            self.potential.graph = None
-            self._system_idx = system_idx.detach().clone()
 
 
 def _same(new: torch.Tensor, old: torch.Tensor | None) -> bool:
