@@ -29,6 +29,26 @@ from equiforce import keys
 from equiforce.data.graph import AtomicGraph
 from equiforce.models.base import PotentialModel
 
+
+def tiny_so3krates(e0: torch.Tensor | None = None) -> PotentialModel:
+    """An untrained one-layer float64 So3krates with a random (non-zero) readout.
+
+    The model the engine and MD tests share: every output is non-trivial, so a
+    wrong unit, sign or cell convention in an adapter changes the numbers.
+    """
+    from equiforce.models.registry import build_model
+
+    return build_model(
+        "so3krates",
+        num_features=16,
+        num_layers=1,
+        degrees=(1, 2),
+        zero_init_readout=False,
+        dtype=torch.float64,
+        e0=e0,
+    )
+
+
 #: A So3krates small enough for unit tests (read-only; copy with ``{**TINY_SO3KRATES}``).
 TINY_SO3KRATES = MappingProxyType(
     {

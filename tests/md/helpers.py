@@ -6,6 +6,7 @@ from ase import Atoms
 
 from equiforce.md.forcefield import HarmonicTether
 from equiforce.md.state import MDState, state_from_atoms
+from equiforce.testing import tiny_so3krates  # noqa: F401 - shared by the md tests
 
 
 def lj_cluster(n: int = 7, seed: int = 0) -> Atoms:
@@ -43,19 +44,6 @@ class VariedTether(HarmonicTether):
             0, state.system_idx, e_atom
         )
         return e, -self.k * d
-
-
-def tiny_so3krates():
-    from equiforce.models.registry import build_model
-
-    return build_model(
-        "so3krates",
-        num_features=16,
-        num_layers=1,
-        degrees=(1, 2),
-        zero_init_readout=False,
-        dtype=torch.float64,
-    )
 
 
 class IdealGas:
