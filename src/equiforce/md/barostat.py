@@ -146,13 +146,7 @@ class StochasticCellRescaling(_Stochastic):
         if self._csvr is not None:
             self._csvr._rescale(state, dt)
             return
-        k_before = state.kinetic_energy()
-        c1 = math.exp(-self.friction * dt)
-        kt = self._kt(state) / AMU_A2_PER_FS2_TO_EV  # (S,) amu·Å²/fs²
-        sigma = torch.sqrt((1.0 - c1 * c1) * state.masses * kt[state.system_idx])
-        noise = self._randn(state.momenta.shape, state)
-        state.momenta.mul_(c1).addcmul_(noise, sigma[:, None])
-        state.extra["heat"] += k_before - state.kinetic_energy()
+        self._langevin_o(state, dt, self.friction)
 
     def _drift_and_diffusion(self, state: MDState) -> tuple[torch.Tensor, torch.Tensor]:
         """Drift of ε ((S,) or (S, 3)) per fs and diffusion D (S,) per fs."""

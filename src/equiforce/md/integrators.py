@@ -138,6 +138,16 @@ class _Stochastic:
         """(n_systems,) k_B T in eV."""
         return KB_EV * _per_system(self.temperature, state)
 
+    def _langevin_o(self, state: MDState, dt: float, friction: float) -> None:
+        """Exact Ornstein-Uhlenbeck step of the momenta ("O" of BAOAB), heat booked."""
+        k_before = state.kinetic_energy()
+        c1 = math.exp(-friction * dt)
+        kt = self._kt(state) / AMU_A2_PER_FS2_TO_EV  # (S,) amu·Å²/fs²
+        sigma = torch.sqrt((1.0 - c1 * c1) * state.masses * kt[state.system_idx])
+        noise = self._randn(state.momenta.shape, state)
+        state.momenta.mul_(c1).addcmul_(noise, sigma[:, None])
+        state.extra["heat"] += k_before - state.kinetic_energy()
+
     def _init_heat(self, state: MDState) -> None:
         state.extra.setdefault("heat", state.energy.new_zeros(state.n_systems))
 
@@ -168,13 +178,7 @@ class Langevin(_Stochastic):
         dt = self.dt
         _kick(state, 0.5 * dt)
         _drift(state, 0.5 * dt)
-        k_before = state.kinetic_energy()
-        c1 = math.exp(-self.friction * dt)
-        kt = self._kt(state) / AMU_A2_PER_FS2_TO_EV  # (S,) amu·Å²/fs²
-        sigma = torch.sqrt((1.0 - c1 * c1) * state.masses * kt[state.system_idx])
-        noise = self._randn(state.momenta.shape, state)
-        state.momenta.mul_(c1).addcmul_(noise, sigma[:, None])
-        state.extra["heat"] += k_before - state.kinetic_energy()
+        self._langevin_o(state, dt, self.friction)
         _drift(state, 0.5 * dt)
         compute_forces(state, force_fn)
         _kick(state, 0.5 * dt)
