@@ -206,3 +206,12 @@ def test_simulation_replicas_write_one_trajectory_each(tmp_path):
         assert len(read_trajectory(tmp_path / f"trajectory_{k}.xyz")) == 5
     th = thermo_table(tmp_path / "thermo.csv")
     assert set(th["system"]) == {0.0, 1.0}
+
+
+def test_progress_goes_to_plain_lines_when_output_is_not_a_terminal(capsys, tmp_path):
+    # a live bar written to a log showed nothing until the end of the run
+    cfg = MDConfig(steps=40, output_interval=10, timestep=1.0)
+    run_md(LennardJones(), [lj_cluster()], cfg, tmp_path / "run", progress=True)
+    err = capsys.readouterr().err
+    assert "md: step " in err and "steps/s" in err and "ETA" in err, err
+    assert "━" not in err  # no bar characters

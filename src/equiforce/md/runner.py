@@ -408,6 +408,7 @@ class _Progress:
                 "md", total=self.total, completed=self.start, rate=0.0, nsday=0.0
             )
         self._t0 = time.perf_counter()
+        self._window = (self._t0, self.start)  # (time, step) of the last line
         return self
 
     def update(self, step: int) -> None:
@@ -419,7 +420,7 @@ class _Progress:
         if self._ticker is not None:
             if self._ticker.due():  # the rate since the last line: not a compile
                 now = time.perf_counter()
-                t_last, s_last = getattr(self, "_window", (self._t0, self.start))
+                t_last, s_last = self._window
                 rate = (step - s_last) / max(now - t_last, 1e-9)
                 self._window = (now, step)
                 nsday = rate * self.dt * 86400.0 * 1e-6
