@@ -16,7 +16,7 @@ from equiforce.errors import EquiforceError
 CHECKPOINT = "md_state.pt"
 
 #: file-name patterns of what an MD run writes into its folder
-MD_OUTPUTS = (CHECKPOINT, "thermo.csv", "trajectory.*", "trajectory_*.*", "final*.xyz")
+MD_OUTPUTS = (CHECKPOINT, "thermo.csv", "trajectory.*", "trajectory_*.*", "result.json")
 
 
 class OutDirError(EquiforceError):
