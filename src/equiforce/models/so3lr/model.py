@@ -25,13 +25,11 @@ from equiforce.models.longrange import (
 )
 from equiforce.models.longrange.free_atoms import MAX_Z
 from equiforce.models.so3krates.fast import NodeProjections
-from equiforce.models.so3krates.layer import DegreeContraction
 from equiforce.models.so3krates.model import So3krates
 from equiforce.models.so3lr.config import SO3LRConfig
 from equiforce.models.so3lr.embedding import ChargeSpinEmbedding
 from equiforce.models.so3lr.heads import ChargeHead, HirshfeldHead
 from equiforce.nn.scatter import scatter_sum
-from equiforce.nn.spherical import _fit_coefficients
 
 #: Names of the terms beside ``local``, and of the per-atom properties.
 ZBL, ELECTROSTATICS, DISPERSION = "zbl", "electrostatics", "dispersion"
@@ -79,29 +77,6 @@ class SO3LR(So3krates):
             )
         long_range = cfg.electrostatics or cfg.dispersion
         self.lr_cutoff = cfg.lr_cutoff if long_range else None
-
-    def _apply(self, fn, recurse=True):  # noqa: D102 - exact constants in any dtype
-        out = super()._apply(fn, recurse)
-        self._exact_constants()
-        return out
-
-    @torch.no_grad()
-    def _exact_constants(self) -> None:
-        """Recompute the fixed SH and c(x) coefficients in the current dtype.
-
-        A cast float32 → float64 (a float32 file loaded in float64) would keep
-        them rounded to float32 (1/√(2l+1) to 1e-8), which breaks rotation
-        invariance at ~1e-9 relative in the charges (measured on acetate).
-        """
-        if self.sph is None:
-            return
-        coeff = _fit_coefficients(self.degrees)
-        self.sph.coeff = coeff.to(self.sph.coeff.device, self.sph.coeff.dtype)
-        exact = DegreeContraction(self.degrees)
-        for module in self.modules():
-            if isinstance(module, DegreeContraction):
-                module.mat.copy_(exact.mat)
-                module.expand.copy_(exact.expand)
 
     # ------------------------------------------------------------ backbone
     def embed(self, graph: AtomicGraph) -> torch.Tensor:
