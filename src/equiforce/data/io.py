@@ -276,7 +276,7 @@ def _expect_shape(arr, shapes: list[tuple], key: str, path: Path, what: str) -> 
         )
 
 
-def _read_npz(path, index, energy_key, forces_key, stress_key, _format, given):
+def _read_npz(path, index, energy_key, forces_key, stress_key, _format, extra_keys):
     try:
         data = np.load(path, allow_pickle=False)
         keys = set(data.files)
@@ -338,7 +338,7 @@ def _read_npz(path, index, energy_key, forces_key, stress_key, _format, given):
         _expect_shape(arr, shapes, f"{name} (key {key!r})", path, what)
     if energies is not None:
         energies = energies.reshape(n_frames)
-    extra = extra_labels.from_npz(keys, get, n_frames, n_atoms, given, path)
+    extra = extra_labels.from_npz(keys, get, n_frames, n_atoms, extra_keys, path)
     for k in _index_list(index, n_frames, path):
         z = numbers if numbers.ndim == 1 else numbers[k]
         keep = z > 0  # zero-padded formats (QM7-X subsets) mark padding with Z = 0
