@@ -31,6 +31,12 @@ from pydantic import (
 from pydantic_core import PydanticCustomError
 
 from equiforce.config_errors import choice_msg, format_errors, load_yaml
+from equiforce.config_labels import (
+    ExtraLabelKeys,
+    LabelName,
+    PropertyLossWeights,
+    check_property_model,
+)
 from equiforce.errors import EquiforceError
 from equiforce.models.nequip import NequIPConfig
 from equiforce.models.painn import PaiNNConfig
@@ -54,7 +60,7 @@ class ConfigError(EquiforceError):
         self.lines = lines
 
 
-class DataSource(BaseModel):
+class DataSource(ExtraLabelKeys):
     """One labelled file and how to read it (see :func:`equiforce.data.io.read`)."""
 
     model_config = _FROZEN
@@ -113,7 +119,7 @@ class DataConfig(BaseModel):
     isolated_atoms: str | None = Field(
         None, description="file of single-atom energies (eV) when e0='isolated_atoms'"
     )
-    optional_labels: tuple[Literal["energy", "forces", "stress"], ...] = Field(
+    optional_labels: tuple[LabelName, ...] = Field(
         (),
         description="labels the loss may miss in some or all frames (trained where "
         "present); any other weighted label missing from a frame is an error",
@@ -238,7 +244,7 @@ ModelSection = Annotated[
 DEFAULT_MODEL = "so3krates"
 
 
-class TrainingConfig(BaseModel):
+class TrainingConfig(PropertyLossWeights):
     """Loss, optimiser, schedule, stopping and run settings (defaults: spec §5.1)."""
 
     model_config = _FROZEN
@@ -393,6 +399,11 @@ class EquiforceConfig(BaseModel):
         if isinstance(section, dict) and "name" not in section:
             return {"name": DEFAULT_MODEL} | section
         return section
+
+    @model_validator(mode="after")
+    def _check_properties(self) -> EquiforceConfig:
+        check_property_model(self.training, self.model.name)
+        return self
 
     def model_kwargs(self) -> dict[str, Any]:
         """Arguments for :func:`equiforce.models.registry.build_model` (without e0)."""

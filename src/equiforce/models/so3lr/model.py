@@ -15,6 +15,7 @@ import math
 import torch
 from torch import nn
 
+from equiforce import keys
 from equiforce.data.graph import AtomicGraph
 from equiforce.energy import LOCAL
 from equiforce.models.longrange import (
@@ -33,7 +34,7 @@ from equiforce.nn.scatter import scatter_sum
 
 #: Names of the terms beside ``local``, and of the per-atom properties.
 ZBL, ELECTROSTATICS, DISPERSION = "zbl", "electrostatics", "dispersion"
-CHARGES, HIRSHFELD, DIPOLE = "charges", "hirshfeld_ratios", "dipole"
+CHARGES, HIRSHFELD, DIPOLE = keys.CHARGES, keys.HIRSHFELD_RATIOS, keys.DIPOLE
 
 
 class SO3LR(So3krates):
@@ -45,9 +46,14 @@ class SO3LR(So3krates):
             ``graph.lr_edge_index`` with it.
         compilable: False: the compiled backends rebuild the graph from its
             short-range tensors only, so SO3LR runs eagerly.
+        property_outputs: what ``forward(..., properties=True)`` adds (the
+            labels ``training.dipole_weight``/``hirshfeld_weight`` train).
+        graph_inputs: per-structure inputs it reads (``graph.charge``/``spin``).
     """
 
     compilable = False
+    property_outputs: tuple[str, ...] = (CHARGES, HIRSHFELD, DIPOLE)
+    graph_inputs: tuple[str, ...] = (keys.CHARGE, keys.SPIN)
 
     def __init__(self, config: SO3LRConfig, e0: torch.Tensor | None = None) -> None:
         super().__init__(config, e0=e0)
@@ -75,8 +81,9 @@ class SO3LR(So3krates):
             self.terms[DISPERSION] = Dispersion(
                 cfg.dispersion_beta, cfg.lr_cutoff, cfg.dispersion_damping
             )
-        long_range = cfg.electrostatics or cfg.dispersion
-        self.lr_cutoff = cfg.lr_cutoff if long_range else None
+        self.lr_cutoff = cfg.long_range_cutoff
+        #: filled by :meth:`energy_terms` during ``forward(properties=True)``
+        self._captured: dict[str, torch.Tensor] | None = None
 
     # ------------------------------------------------------------ backbone
     def embed(self, graph: AtomicGraph) -> torch.Tensor:
@@ -116,6 +123,7 @@ class SO3LR(So3krates):
         out = {LOCAL: self.readout_energies(z, features)}
         if ZBL in self.terms:
             out[ZBL] = self.terms[ZBL](graph, vectors)
+        q = h = None
         if self.lr_cutoff is not None:
             lr_vectors = graph.lr_edge_vectors()  # (n_lr, 3)
             if ELECTROSTATICS in self.terms:
@@ -124,7 +132,63 @@ class SO3LR(So3krates):
             if DISPERSION in self.terms:
                 h = self.hirshfeld_head(z, features)
                 out[DISPERSION] = self.terms[DISPERSION](graph, lr_vectors, h)
+        if self._captured is not None:  # forward(properties=True): same features
+            props = self._properties(graph, features, q, h)
+            if not differentiable:
+                props = {k: v.detach() for k, v in props.items()}
+            self._captured.update(props)
         return out
+
+    def _properties(
+        self,
+        graph: AtomicGraph,
+        features: torch.Tensor,  # (n_atoms, F)
+        q: torch.Tensor | None = None,
+        h: torch.Tensor | None = None,
+    ) -> dict[str, torch.Tensor]:
+        """Charges and Hirshfeld ratios (n_atoms,) and dipoles (n_graphs, 3)."""
+        q = self.charges(graph, features) if q is None else q
+        h = self.hirshfeld_head(graph.atomic_numbers, features) if h is None else h
+        dipole = scatter_sum(
+            q[:, None] * graph.positions, graph.graph_index, graph.n_graphs
+        )
+        return {CHARGES: q, HIRSHFELD: h, DIPOLE: dipole}
+
+    def forward(
+        self,
+        graph: AtomicGraph,
+        compute_forces: bool = True,
+        compute_stress: bool = False,
+        create_graph: bool | None = None,
+        properties: bool = False,
+    ) -> dict[str, torch.Tensor]:
+        """As :meth:`PotentialModel.forward`; ``properties`` adds charges and more.
+
+        Args:
+            graph: batch of structures.
+            compute_forces: return ``forces`` (n_atoms, 3) eV/Å.
+            compute_stress: return ``stress`` (n_graphs, 3, 3) eV/Å³.
+            create_graph: keep the autograd graph (default: ``self.training``).
+            properties: also return ``charges`` and ``hirshfeld_ratios``
+                (n_atoms,) and ``dipole`` (n_graphs, 3) e·Å, computed from the
+                features of the energy (one backbone pass); differentiable
+                with respect to the weights when ``create_graph`` is.
+        """
+        if not properties:
+            return super().forward(graph, compute_forces, compute_stress, create_graph)
+        self._captured = {}
+        try:
+            out = super().forward(graph, compute_forces, compute_stress, create_graph)
+            props = self._captured
+        finally:
+            self._captured = None
+        order = self.atom_order(graph)  # the order the call ran in (large batches)
+        if order is not None:
+            inv = order[1]
+            props = props | {
+                k: props[k].index_select(0, inv) for k in (CHARGES, HIRSHFELD)
+            }
+        return out | props
 
     @torch.no_grad()
     def atomic_properties(self, graph: AtomicGraph) -> dict[str, torch.Tensor]:
@@ -134,11 +198,4 @@ class SO3LR(So3krates):
         structures; origin-dependent for charged ones).
         """
         features = self.node_features(graph, graph.edge_vectors(), False)
-        q = self.charges(graph, features)
-        return {
-            CHARGES: q,
-            HIRSHFELD: self.hirshfeld_head(graph.atomic_numbers, features),
-            DIPOLE: scatter_sum(
-                q[:, None] * graph.positions, graph.graph_index, graph.n_graphs
-            ),
-        }
+        return self._properties(graph, features)
