@@ -31,6 +31,7 @@ from pydantic import (
 from pydantic_core import PydanticCustomError
 
 from equiforce.config_errors import choice_msg, format_errors, load_yaml
+from equiforce.config_finetune import FineTuneOptions, resolve_init_from
 from equiforce.errors import EquiforceError
 from equiforce.models.nequip import NequIPConfig
 from equiforce.models.painn import PaiNNConfig
@@ -136,7 +137,7 @@ class DataConfig(BaseModel):
         return self
 
 
-class _ModelSectionBase(BaseModel):
+class _ModelSectionBase(FineTuneOptions):
     """Fields and checks every model family's section shares.
 
     The YAML a user writes is ``{name, preset, overrides}``; on validation the
@@ -436,9 +437,15 @@ def load_config(
 
 
 def validate_config(
-    raw: dict, base_dir: Path, source: str = "config"
+    raw: dict, base_dir: Path, source: str = "config", init_from: bool = True
 ) -> EquiforceConfig:
-    """Validate a raw dict (see :func:`load_config`)."""
+    """Validate a raw dict (see :func:`load_config`).
+
+    ``init_from=False`` skips reading ``model.init_from`` (a run's resolved config).
+    """
+    raw = dict(raw)  # resolve_init_from replaces raw["model"]
+    if init_from and (lines := resolve_init_from(raw, base_dir, source)):
+        raise ConfigError(lines)
     try:
         config = EquiforceConfig.model_validate(raw)
     except ValidationError as err:

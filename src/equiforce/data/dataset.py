@@ -153,8 +153,17 @@ class FrameStore:
             self.pbc[idx],
         )
 
-    def graph(self, k: int, cutoff: float, dtype: torch.dtype) -> AtomicGraph:
-        """Frame ``k`` as a one-structure :class:`AtomicGraph` with its labels."""
+    def graph(
+        self,
+        k: int,
+        cutoff: float,
+        dtype: torch.dtype,
+        lr_cutoff: float | None = None,
+    ) -> AtomicGraph:
+        """Frame ``k`` as a one-structure :class:`AtomicGraph` with its labels.
+
+        ``lr_cutoff``: also build the long-range pairs (SO3LR's ``lr_cutoff``).
+        """
         sl = slice(self.offsets[k], self.offsets[k + 1])
         targets: dict[str, np.ndarray] = {keys.ENERGY: self.energy[k]}
         if self.forces is not None:
@@ -169,6 +178,7 @@ class FrameStore:
             pbc=self.pbc[k],
             targets=targets,
             dtype=dtype,
+            lr_cutoff=lr_cutoff,
         )
 
 
@@ -186,14 +196,21 @@ class GraphDataset:
         store: the frames.
         cutoff: neighbour cutoff, Å (the model's).
         dtype: float dtype of positions and force targets (energies stay float64).
+        lr_cutoff: also build long-range pairs within this cutoff, Å (models with
+            long-range terms, e.g. SO3LR); None: none.
     """
 
     def __init__(
-        self, store: FrameStore, cutoff: float, dtype: torch.dtype = torch.float32
+        self,
+        store: FrameStore,
+        cutoff: float,
+        dtype: torch.dtype = torch.float32,
+        lr_cutoff: float | None = None,
     ):
         self.store = store
         self.cutoff = float(cutoff)
         self.dtype = dtype
+        self.lr_cutoff = lr_cutoff
         self._cache: list[AtomicGraph | None] = [None] * len(store)
 
     def __len__(self) -> int:
@@ -202,7 +219,9 @@ class GraphDataset:
     def __getitem__(self, k: int) -> AtomicGraph:
         g = self._cache[k]
         if g is None:
-            g = self._cache[k] = self.store.graph(k, self.cutoff, self.dtype)
+            g = self._cache[k] = self.store.graph(
+                k, self.cutoff, self.dtype, self.lr_cutoff
+            )
         return g
 
     def batch(self, indices: Sequence[int]) -> AtomicGraph:

@@ -210,8 +210,9 @@ def prepare_data(
         valid_store = store.subset(splits["valid"])
     if not len(valid_store):
         raise ValueError("no validation frames: set data.n_valid > 0 or data.valid")
-    train = GraphDataset(train_store, cutoff, dtype)
-    valid = GraphDataset(valid_store, cutoff, dtype)
+    lr_cutoff = getattr(config.model.resolved, "lr_cutoff", None)  # SO3LR
+    train = GraphDataset(train_store, cutoff, dtype, lr_cutoff)
+    valid = GraphDataset(valid_store, cutoff, dtype, lr_cutoff)
     with report.bar("building neighbour lists", len(train) + len(valid)) as advance:
         train.build_all(advance)
         valid.build_all(advance)
