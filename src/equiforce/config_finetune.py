@@ -14,7 +14,13 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, Field, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    Field,
+    ValidationError,
+    model_serializer,
+    model_validator,
+)
 
 from equiforce.models.checkpoint import CheckpointError, load_checkpoint
 from equiforce.models.registry import MODELS, PRESETS, PRETRAINED, pretrained_path
@@ -46,6 +52,15 @@ class FineTuneOptions(BaseModel):
         description="allow training elements the file was not trained on (their "
         "per-element rows start as in a freshly built model)",
     )
+
+    @model_serializer(mode="wrap")
+    def _only_when_fine_tuning(self, handler) -> dict[str, Any]:
+        """Leave these keys out of a section without ``init_from`` (saved configs)."""
+        data = handler(self)
+        if self.init_from is None and isinstance(data, dict):
+            for key in FineTuneOptions.model_fields:
+                data.pop(key, None)
+        return data
 
     @model_validator(mode="after")
     def _needs_init_from(self) -> FineTuneOptions:
