@@ -118,6 +118,7 @@ def test_freeze_pattern_matching_nothing_is_an_error(
     raw = _raw(model_file, freeze=["embeding.*"])
     with pytest.raises(ConfigError, match=r"model.freeze: 'embeding\.\*'"):
         _train(write_config, tmp_path, raw)
+    assert not (tmp_path / "run").exists()  # refused before writing the run
 
 
 def _composition(store):

@@ -215,6 +215,20 @@ def present_in(store: FrameStore) -> list[int]:
     return sorted(int(z) for z in np.unique(store.numbers))
 
 
+def check_freeze(model: torch.nn.Module, patterns: tuple[str, ...]) -> None:
+    """Raise a ConfigError naming a pattern of ``model.freeze`` that matches nothing."""
+    names = [n for n, _ in model.named_parameters()]
+    for pattern in patterns:
+        if not fnmatch.filter(names, pattern):
+            examples = ", ".join(names[:4])
+            raise ConfigError(
+                [
+                    f"model.freeze: {pattern!r} matches no parameter (names look "
+                    f"like {examples}, ...)"
+                ]
+            )
+
+
 def freeze(model: torch.nn.Module, patterns: tuple[str, ...], report: Reporter):
     """Set ``requires_grad=False`` on parameters matching ``patterns``; print counts.
 
@@ -232,16 +246,7 @@ def freeze(model: torch.nn.Module, patterns: tuple[str, ...], report: Reporter):
     """
     if not patterns:
         return model
-    names = [n for n, _ in model.named_parameters()]
-    for pattern in patterns:
-        if not fnmatch.filter(names, pattern):
-            examples = ", ".join(names[:4])
-            raise ConfigError(
-                [
-                    f"model.freeze: {pattern!r} matches no parameter (names look "
-                    f"like {examples}, ...)"
-                ]
-            )
+    check_freeze(model, patterns)
     frozen = trainable = 0
     for name, p in model.named_parameters():
         if any(fnmatch.fnmatchcase(name, pat) for pat in patterns):

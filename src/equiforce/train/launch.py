@@ -131,6 +131,7 @@ def _new_run(config: EquiforceConfig, run: RunDir, report: Reporter):
         model, data.statistics = finetune.initial_model(config, data, report)
     else:
         model, config = build_training_model(config, data.statistics)
+    finetune.check_freeze(model, config.model.freeze)  # before anything is written
     run.path.mkdir(parents=True, exist_ok=True)
     atomic_write_text(run.config, config.to_yaml())
     run.write_json(run.splits, data.splits)
