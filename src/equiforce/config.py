@@ -6,9 +6,8 @@ chosen by its ``name``; its preset and overrides are validated into that family'
 config class when the file is loaded (:attr:`So3kratesSection.resolved` etc.).
 
 Every section forbids unknown keys and is frozen. Errors are reported one per
-line as ``file: key.path: message (did you mean ...)`` by
-:func:`equiforce.config_errors.format_errors`; the CLI prints them and exits with status 2 before any
-file is written.
+line as ``file: key.path: message (did you mean ...)`` (``config_errors``); the
+CLI prints them and exits with status 2 before any file is written.
 
 Relative data paths are resolved against the folder of the YAML file, so a
 config works from any working directory.
@@ -31,6 +30,7 @@ from pydantic import (
 from pydantic_core import PydanticCustomError
 
 from equiforce.config_errors import choice_msg, format_errors, load_yaml
+from equiforce.config_finetune import FineTuneOptions, resolve_init_from
 from equiforce.config_labels import (
     ExtraLabelKeys,
     LabelName,
@@ -142,7 +142,7 @@ class DataConfig(BaseModel):
         return self
 
 
-class _ModelSectionBase(BaseModel):
+class _ModelSectionBase(FineTuneOptions):
     """Fields and checks every model family's section shares.
 
     The YAML a user writes is ``{name, preset, overrides}``; on validation the
@@ -447,9 +447,15 @@ def load_config(
 
 
 def validate_config(
-    raw: dict, base_dir: Path, source: str = "config"
+    raw: dict, base_dir: Path, source: str = "config", init_from: bool = True
 ) -> EquiforceConfig:
-    """Validate a raw dict (see :func:`load_config`)."""
+    """Validate a raw dict (see :func:`load_config`).
+
+    ``init_from=False`` skips reading ``model.init_from`` (a run's resolved config).
+    """
+    raw = dict(raw)  # resolve_init_from replaces raw["model"]
+    if init_from and (lines := resolve_init_from(raw, base_dir, source)):
+        raise ConfigError(lines)
     try:
         config = EquiforceConfig.model_validate(raw)
     except ValidationError as err:

@@ -11,6 +11,7 @@
       best.pt                EMA weights, lowest validation loss (records its step)
       last.pt                EMA weights at the last checkpoint + full training state
       final_metrics.json     validation errors of best.pt at the end
+      init.pt                starting weights of a fine-tuning run (model.init_from)
 
 ``last.pt`` is a model checkpoint (loadable with ``equiforce.load_model``) plus a
 ``training_state`` entry: raw weights, optimiser, schedule, EMA, RNG, step,
