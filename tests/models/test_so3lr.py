@@ -138,9 +138,8 @@ def test_reproduces_so3krates_torch(pretrained):
 def test_regenerated_file_equals_shipped(tmp_path):
     """Converting so3krates-torch's file again gives the shipped config and weights."""
     from equiforce.models.checkpoint import load_checkpoint
-    from equiforce.models.so3lr.convert import SHIPPED, write
-
     from equiforce.models.registry import make_config
+    from equiforce.models.so3lr.convert import SHIPPED, write
 
     new = load_checkpoint(write(tmp_path / "so3lr.pt"))
     old = load_checkpoint(SHIPPED)

@@ -197,7 +197,9 @@ class PeriodicCoulomb(nn.Module):
             if periodic[g] and n:
                 parts.append(
                     self.reciprocal(
-                        positions[start : start + n], charges[start : start + n], cell[g]
+                        positions[start : start + n],
+                        charges[start : start + n],
+                        cell[g],
                     )
                 )
             else:
