@@ -105,26 +105,47 @@ class Electrostatics(nn.Module):
         charges: torch.Tensor,  # (n_atoms,)
     ) -> torch.Tensor:
         """Per-atom electrostatic energies (n_atoms,) eV, half of each pair to i."""
-        i, j = graph.lr_edge_index[0], graph.lr_edge_index[1]
-        d = torch.linalg.vector_norm(lr_vectors, dim=-1)  # (n_lr,)
         periodic = self._periodic_graphs(graph)
         if periodic is None:
-            e = 0.5 * KE * charges[i] * charges[j] * self.pair_kernel(d)
-            return scatter_sum(e, i, graph.num_nodes)
-        pair_periodic = periodic[graph.graph_index[i]]  # (n_lr,)
-        e = 0.5 * KE * charges[i] * charges[j] * self.pair_kernel(d)
-        e = torch.where(pair_periodic, torch.zeros_like(e), e)
-        open_part = scatter_sum(e, i, graph.num_nodes)
-        keep = pair_periodic.nonzero()[:, 0] if self.periodic.needs_pairs else None
-        return open_part + self.periodic(
+            return self._shifted(graph.lr_edge_index, lr_vectors, charges)
+        pair_periodic = periodic[graph.graph_index[graph.lr_edge_index[0]]]  # (n_lr,)
+        energies = self.periodic(
             graph.positions,
             charges,
             graph.cell.to(graph.positions.dtype),
             graph.n_atoms.tolist(),
             periodic.tolist(),
-            None if keep is None else graph.lr_edge_index[:, keep],
-            None if keep is None else d[keep],
+            *self._select(graph, lr_vectors, pair_periodic, self.periodic.needs_pairs),
         )
+        if not bool(periodic.all()):  # open structures and slabs in the batch
+            index, vectors = self._select(graph, lr_vectors, ~pair_periodic, True)
+            energies = energies + self._shifted(index, vectors, charges)
+        return energies
+
+    def _shifted(
+        self,
+        index: torch.Tensor,  # (2, n)
+        vectors: torch.Tensor,  # (n, 3)
+        charges: torch.Tensor,  # (n_atoms,)
+    ) -> torch.Tensor:
+        """Per-atom energies (n_atoms,) eV of the shifted kernel on these pairs."""
+        i, j = index[0], index[1]
+        d = torch.linalg.vector_norm(vectors, dim=-1)  # (n,)
+        e = 0.5 * KE * charges[i] * charges[j] * self.pair_kernel(d)
+        return scatter_sum(e, i, charges.shape[0])
+
+    @staticmethod
+    def _select(
+        graph: AtomicGraph,
+        lr_vectors: torch.Tensor,  # (n_lr, 3)
+        mask: torch.Tensor,  # (n_lr,) bool
+        needed: bool,
+    ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        """The long-range pairs (2, n) and their vectors (n, 3) where ``mask``."""
+        if not needed:
+            return None, None
+        keep = mask.nonzero()[:, 0]
+        return graph.lr_edge_index[:, keep], lr_vectors[keep]
 
     def _periodic_graphs(self, graph: AtomicGraph) -> torch.Tensor | None:
         """(n_graphs,) bool: which structures get the Ewald/PME sum; None: none."""

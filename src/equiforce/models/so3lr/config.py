@@ -63,7 +63,9 @@ class SO3LRConfig(So3kratesConfig):
         "(so3krates-torch's use_pme physics; smearing r_lr/6, real space within r_lr)",
     )
     pme_mesh_spacing: float | None = Field(
-        None, gt=0, description="PME mesh spacing, Å (None: smearing/√2)"
+        None,
+        gt=0,
+        description="PME mesh spacing, Å (None: smearing/(2√2), 1 Å for σ = 4 Å)",
     )
     dispersion_beta: float = Field(
         1.2, gt=0, description="damping scale β of the dispersion (ρ ∝ β α^{1/7})"
