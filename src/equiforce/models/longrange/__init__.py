@@ -6,8 +6,8 @@ Each term returns per-atom energies (n_atoms,) in eV, so that
 the short-range pairs; electrostatics and dispersion on the long-range pairs of
 :class:`~equiforce.data.graph.AtomicGraph` (``lr_edge_index``) with per-atom
 charges and Hirshfeld ratios that a model predicts
-(:class:`equiforce.models.so3lr.SO3LR`). In 3D-periodic cells electrostatics is an Ewald/PME sum through torch-pme
-(:class:`PeriodicCoulomb`). Equations and reference code:
+(:class:`equiforce.models.so3lr.SO3LR`). In 3D-periodic cells electrostatics
+is an Ewald/PME sum through torch-pme (:class:`PeriodicCoulomb`). Equations and reference code:
 ``global-interactions.md`` §3.
 """
 
