@@ -24,6 +24,7 @@ from equiforce.models.longrange import (
     ZBLRepulsion,
     conserve_charge,
 )
+from equiforce.models.longrange.ewald import periodic_coulomb
 from equiforce.models.longrange.free_atoms import MAX_Z
 from equiforce.models.so3krates.fast import NodeProjections
 from equiforce.models.so3krates.model import So3krates
@@ -75,7 +76,7 @@ class SO3LR(So3krates):
             self.terms[ZBL] = ZBLRepulsion(cfg.cutoff, cfg.cutoff_fn)
         if cfg.electrostatics:
             self.terms[ELECTROSTATICS] = Electrostatics(
-                cfg.electrostatics_sigma, cfg.lr_cutoff
+                cfg.electrostatics_sigma, cfg.lr_cutoff, periodic_coulomb(cfg)
             )
         if cfg.dispersion:
             self.terms[DISPERSION] = Dispersion(
