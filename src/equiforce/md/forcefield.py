@@ -52,6 +52,8 @@ class ModelForceField:
         self.potential = Potential.wrap(
             model, dtype=dtype, skin=skin, compile=compile, compile_after=compile_after
         )
+        #: all outputs of the last call (an ensemble's ``forces_std``, ...)
+        self.last_outputs: dict[str, torch.Tensor] | None = None
 
     @property
     def model(self) -> PotentialModel:
@@ -88,6 +90,7 @@ class ModelForceField:
             state.system_idx if state.n_systems > 1 else None,
             stress=stress,
         )
+        self.last_outputs = out
         if stress:
             return out[keys.ENERGY], out[keys.FORCES], out[keys.STRESS]
         return out[keys.ENERGY], out[keys.FORCES]

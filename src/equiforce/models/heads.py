@@ -95,7 +95,9 @@ class HeadsMixin:
         step's transforms, whose tensors must not outlive the transform).
         """
         if self.__dict__.get("_want_heads", False):
-            sums = scatter_sum(heads.to(torch.float64), graph.graph_index, graph.n_graphs)
+            sums = scatter_sum(
+                heads.to(torch.float64), graph.graph_index, graph.n_graphs
+            )
             self.__dict__["_head_sums"] = sums
 
     def forward_with_heads(self, forward, graph: AtomicGraph, *args, **kwargs):
@@ -112,3 +114,27 @@ class HeadsMixin:
             )
             out[keys.ENERGY_HEADS] = (sums + e0[:, None]).T  # (K, n_graphs)
         return out
+
+
+def head_spread(
+    heads: torch.Tensor, ref: torch.Tensor, n_atoms: torch.Tensor, per_atom: bool
+) -> torch.Tensor:
+    """(1/K) Σ_k (E_k − Ē)² averaged over the graphs with an energy label, eV².
+
+    Added to the energy loss of the mean it gives the mean over heads of each
+    head's own squared error: (1/K) Σ_k (E_k − E_ref)² = (Ē − E_ref)² + this.
+
+    Args:
+        heads: (K, n_graphs) each head's energies, eV.
+        ref: (n_graphs,) reference energies (NaN: no label).
+        n_atoms: (n_graphs,) atoms per graph.
+        per_atom: the energy loss is on E / n_atoms.
+    """
+    heads = heads.to(torch.float64)
+    spread = (heads - heads.mean(0)).square().mean(0)  # (n_graphs,)
+    if per_atom:
+        spread = spread / n_atoms.to(torch.float64).square()
+    valid = torch.isfinite(ref)
+    return torch.where(
+        valid, spread, torch.zeros_like(spread)
+    ).sum() / valid.sum().clamp(min=1)

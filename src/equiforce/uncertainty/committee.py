@@ -39,7 +39,9 @@ class Committee(EnsembleModel):
     def __init__(self, models: Sequence[PotentialModel]) -> None:
         models = list(models)
         if len(models) < 2:
-            raise EnsembleError(f"a committee needs at least 2 models, got {len(models)}")
+            raise EnsembleError(
+                f"a committee needs at least 2 models, got {len(models)}"
+            )
         cutoffs = sorted({m.cutoff for m in models})
         if len(cutoffs) > 1:
             raise EnsembleError(

@@ -107,7 +107,9 @@ class HeadEnsemble(EnsembleModel):
             out[keys.FORCES] = -grads[0]  # (K, n_atoms, 3)
         if stress:
             cell = graph.cell
-            out[keys.STRESS] = torch.stack([stress_from_virial(v, cell) for v in grads[1]])
+            out[keys.STRESS] = torch.stack(
+                [stress_from_virial(v, cell) for v in grads[1]]
+            )
         return out
 
     def forward(self, graph: AtomicGraph, *args, **kwargs) -> dict[str, torch.Tensor]:

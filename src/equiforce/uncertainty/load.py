@@ -22,7 +22,7 @@ def committee_members(path: str | Path) -> list[Path]:
     Also accepts a run directory or model file (one member) for uniform handling.
     """
     path = Path(path)
-    if path.is_file():
+    if not path.is_dir():  # a file (load_model names what is wrong with it)
         return [path]
     members = sorted(path.glob("member_*/" + BEST), key=_member_number)
     if members:
@@ -49,8 +49,8 @@ def load_ensemble(
     """A model with an uncertainty when the files make one, else the plain model.
 
     Args:
-        paths: one or several model files or run directories; a committee
-            directory (``member_<k>/best.pt``, from ``equiforce train --committee
+        paths: one or several model files or run directories (or one string
+            of comma-separated ones); a committee directory (``member_<k>/best.pt``, from ``equiforce train --committee
             K``) counts as its members.
         device: torch device.
         dtype: compute dtype (default: each file's).
@@ -64,7 +64,9 @@ def load_ensemble(
     from equiforce.models.registry import load_model
 
     if isinstance(paths, (str, Path)):
-        paths = [paths]
+        text = str(paths)
+        many = "," in text and not Path(text).exists()
+        paths = [p for p in text.split(",") if p] if many else [paths]
     files = [f for p in paths for f in committee_members(p)]
     models = [load_model(f, device=device, dtype=dtype) for f in files]
     if len(models) > 1:
