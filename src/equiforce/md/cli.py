@@ -98,7 +98,6 @@ def _config(args: argparse.Namespace):
     from equiforce.md.uncertainty import uncertainty_overrides
 
     return load_md_config(
-        **uncertainty_overrides(args),
         args.config,
         ensemble=args.ensemble,
         temperature=getattr(args, "temperature", None),
@@ -114,6 +113,7 @@ def _config(args: argparse.Namespace):
         n_replicas=args.replicas,
         device=args.device,
         trajectory_format=args.trajectory_format,
+        **uncertainty_overrides(args),
     )
 
 
