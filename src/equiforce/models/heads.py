@@ -70,6 +70,22 @@ class ReadoutHeads(nn.Module):
         h = h.unflatten(-1, (self.n_heads, self.hidden))  # (n_atoms, K, R)
         return (h * self.last_weight).sum(-1) + self.last_bias  # (n_atoms, K)
 
+    def mean(self, features: torch.Tensor) -> torch.Tensor:
+        """Mean of the heads (n_atoms,), at the cost of one head when linear.
+
+        With the identity activation every head is affine in the features, so
+        their mean is one affine map: (1/K) Σ_k w_k·(W_k f + b_k) = w̄·f + b̄
+        with w̄ = (1/K) Σ_k W_kᵀ w_k (F,) and b̄ = (1/K) Σ_k (w_k·b_k + c_k).
+        """
+        if not isinstance(self.act, nn.Identity):
+            return self(features).mean(-1)
+        k, r = self.n_heads, self.hidden
+        w1 = self.first.weight.view(k, r, -1)  # (K, R, F)
+        w = torch.einsum("kr,krf->f", self.last_weight, w1) / k  # (F,)
+        b1 = self.first.bias.view(k, r)  # (K, R)
+        b = ((self.last_weight * b1).sum(-1) + self.last_bias).mean()
+        return features @ w + b  # (n_atoms,)
+
 
 class HeadsMixin:
     """What a model with :class:`ReadoutHeads` adds to :class:`PotentialModel`.
@@ -88,13 +104,18 @@ class HeadsMixin:
         """Network atomic energies of every head (n_atoms, K), eV, without E0."""
         raise NotImplementedError
 
+    @property
+    def wants_heads(self) -> bool:
+        """Whether the running call keeps each head's energies (a training forward)."""
+        return self.__dict__.get("_want_heads", False)
+
     def _keep_heads(self, graph: AtomicGraph, heads: torch.Tensor) -> None:
         """Keep each head's per-structure sums (n_graphs, K) inside a training forward.
 
         Only :meth:`forward_with_heads` asks for them (not the compiled training
         step's transforms, whose tensors must not outlive the transform).
         """
-        if self.__dict__.get("_want_heads", False):
+        if self.wants_heads:
             sums = scatter_sum(
                 heads.to(torch.float64), graph.graph_index, graph.n_graphs
             )

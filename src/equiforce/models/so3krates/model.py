@@ -93,7 +93,7 @@ class So3krates(So3kratesFastPaths, HeadsMixin, PotentialModel):
         differentiable: bool = True,
     ) -> torch.Tensor:
         """Network atomic energies (n_atoms,) from So3krates features."""
-        if self.n_heads > 1:  # the mean of the heads
+        if self.n_heads > 1 and self.wants_heads:  # training: keep every head
             heads = self.head_atomic_energies(graph, edge_vectors, differentiable)
             self._keep_heads(graph, heads)
             return heads.mean(-1)
@@ -128,9 +128,10 @@ class So3krates(So3kratesFastPaths, HeadsMixin, PotentialModel):
 
     def readout_energies(self, z: torch.Tensor, features: torch.Tensor) -> torch.Tensor:
         """Atomic energies (n_atoms,) from the final features (n_atoms, F)."""
-        if self.n_heads > 1:  # the mean of the heads
-            return self.head_energies(z, features).mean(-1)
-        e = self.readout(features).squeeze(-1)  # (n_atoms,)
+        if self.n_heads > 1:  # the mean of the heads (one affine map if linear)
+            e = self.readout.mean(features)  # (n_atoms,)
+        else:
+            e = self.readout(features).squeeze(-1)  # (n_atoms,)
         if self.scale is not None:
             e = self.scale[z] * e + self.shift[z]
         return e
