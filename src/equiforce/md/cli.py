@@ -90,7 +90,20 @@ def register(subparsers) -> None:
         action="store_true",
         help="replace an earlier run's outputs in OUT (default: refuse)",
     )
+    add_charge_flags(p)
     p.set_defaults(func=_md)
+
+
+def add_charge_flags(p: argparse.ArgumentParser) -> None:
+    """``--charge`` and ``--spin`` (models with those inputs, e.g. SO3LR)."""
+    p.add_argument(
+        "--charge", type=float, default=None, help="total charge, e (default: the "
+        "structure file's info['charge'], else 0); models such as --model so3lr",
+    )  # fmt: skip
+    p.add_argument(
+        "--spin", type=float, default=None, help="total spin S (default: the file's "
+        "info['spin'], else 0)",
+    )  # fmt: skip
 
 
 def _config(args: argparse.Namespace):
@@ -139,14 +152,16 @@ def load_inputs(args: argparse.Namespace):
 
 
 def _md(args) -> int:
+    from equiforce.md.forcefield import set_total_charge
     from equiforce.md.runner import run_md
 
     try:
         config, model, structures = load_inputs(args)
+        atoms = structures[config.frame]
+        set_total_charge(atoms, model, args.charge, args.spin)
     except ValueError as err:  # ConfigError, DataError, CheckpointError
         print(f"error: {err}", file=sys.stderr)
         return 2
-    atoms = structures[config.frame]
     atoms.calc = None
     import torch
 

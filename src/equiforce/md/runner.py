@@ -428,9 +428,7 @@ def run_md(
 
     if isinstance(model, PotentialModel):
         require_ensemble(model, config.uncertainty)
-        dtype = (
-            None if config.model_dtype is None else getattr(torch, config.model_dtype)
-        )
+        dtype = config.model_dtype and getattr(torch, config.model_dtype)
         model = model.to(config.device)
         force_fn = ModelForceField(
             model, skin=config.skin, dtype=dtype, compile=config.compile
@@ -442,6 +440,8 @@ def run_md(
     if out_dir is not None:
         claim_out_dir(out_dir, resume, overwrite)
     systems = [a.copy() for a in atoms_list for _ in range(config.n_replicas)]
+    if isinstance(force_fn, ModelForceField):  # total charge and spin (SO3LR)
+        force_fn.set_totals(systems)
     sim = Simulation(force_fn, systems, config, out_dir)
     if resume and out_dir is not None:
         sim.resume()

@@ -148,8 +148,8 @@ def load_model(
     ``path`` may also name a shipped pretrained model (:data:`PRETRAINED`, e.g.
     ``"so3lr"``) when no such file exists.
     """
-    if isinstance(path, str) and path in PRETRAINED and not Path(path).exists():
-        path = pretrained_path(path)
+    if str(path) in PRETRAINED and not Path(path).exists():  # also Path("so3lr")
+        path = pretrained_path(str(path))
     try:
         return model_from_payload(load_checkpoint(path), device=device, dtype=dtype)
     except CheckpointError as err:

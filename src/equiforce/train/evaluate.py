@@ -58,7 +58,9 @@ def evaluate(
     model = load_ensemble(model_path, device=device)  # a committee, heads or one
     dtype = next(model.parameters()).dtype
     store = read_source(source, report)
-    dataset = GraphDataset(store, model.cutoff, dtype)
+    dataset = GraphDataset(
+        store, model.cutoff, dtype, getattr(model, "lr_cutoff", None)
+    )
     with report.bar("evaluating", len(dataset)) as advance:
         acc = predict(model, eval_batches(dataset, batch_size)(), device, advance)
     metrics = acc.metrics()

@@ -59,6 +59,11 @@ class SO3LRConfig(So3kratesConfig):
         2.0, gt=0, description="width of the dispersion switch-off below r_lr, Å"
     )
 
+    @property
+    def long_range_cutoff(self) -> float | None:
+        """Cutoff of the long-range pairs, Å; None when no long-range term is on."""
+        return self.lr_cutoff if self.electrostatics or self.dispersion else None
+
     @model_validator(mode="after")
     def _check_long_range(self) -> SO3LRConfig:
         if self.lr_cutoff <= self.cutoff:
