@@ -58,6 +58,8 @@ class ModelForceField:
         self.potential = Potential.wrap(
             model, dtype=dtype, skin=skin, compile=compile, compile_after=compile_after
         )
+        #: all outputs of the last call (an ensemble's ``forces_std``, ...)
+        self.last_outputs: dict[str, torch.Tensor] | None = None
 
     def set_totals(self, systems: list) -> None:
         """Take each system's ``atoms.info['charge']``/``['spin']`` (missing: 0).
@@ -108,6 +110,7 @@ class ModelForceField:
             charge=self.charge,
             spin=self.spin,
         )
+        self.last_outputs = out
         if stress:
             return out[keys.ENERGY], out[keys.FORCES], out[keys.STRESS]
         return out[keys.ENERGY], out[keys.FORCES]

@@ -24,6 +24,7 @@ import torch
 
 from equiforce import keys
 from equiforce.data.graph import AtomicGraph
+from equiforce.models.heads import head_spread
 from equiforce.nn.scatter import scatter_sum
 
 
@@ -178,6 +179,13 @@ class WeightedLoss:
             le = energy_loss(
                 out[keys.ENERGY], tgt[keys.ENERGY], batch.n_atoms, self.energy_per_atom
             )
+            if keys.ENERGY_HEADS in out:  # readout heads: each head's own error
+                le = le + head_spread(
+                    out[keys.ENERGY_HEADS],
+                    tgt[keys.ENERGY],
+                    batch.n_atoms,
+                    self.energy_per_atom,
+                )
             total = total + self.energy_weight * le
             parts["loss_energy"] = le
         if self.forces_weight > 0 and keys.FORCES in tgt:

@@ -49,6 +49,13 @@ class So3kratesConfig(BaseModel):
     readout_activation: Literal["identity", "silu"] = Field(
         "identity", description="σ_E"
     )
+    readout_heads: int = Field(
+        1,
+        ge=1,
+        description="K readout heads over the shared representation, trained as an "
+        "ensemble: the energy is their mean, their spread the uncertainty "
+        "(equiforce.uncertainty, docs/uncertainty.md); 1: a single readout",
+    )
     per_element_scale_shift: bool = Field(False, description="learnable s_Z, b_Z")
     zero_init_readout: bool = Field(True, description="E ≡ 0 at initialisation")
     global_attention: GlobalAttentionConfig | None = Field(

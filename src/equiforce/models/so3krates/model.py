@@ -8,6 +8,7 @@ from torch import nn
 from equiforce.data.graph import AtomicGraph
 from equiforce.models.base import NUM_ELEMENTS, PotentialModel
 from equiforce.models.global_attention import build_global_attention
+from equiforce.models.heads import HeadsMixin, ReadoutHeads
 from equiforce.models.so3krates.config import So3kratesConfig
 from equiforce.models.so3krates.fast import So3kratesFastPaths
 from equiforce.models.so3krates.layer import DegreeContraction, So3kratesLayer
@@ -17,7 +18,7 @@ from equiforce.nn.radial import Cutoff, make_basis
 from equiforce.nn.spherical import SphericalHarmonics, safe_norm
 
 
-class So3krates(So3kratesFastPaths, PotentialModel):
+class So3krates(So3kratesFastPaths, HeadsMixin, PotentialModel):
     """So3krates potential (see the package docstring for the symbol table)."""
 
     def __init__(self, config: So3kratesConfig, e0: torch.Tensor | None = None) -> None:
@@ -38,11 +39,17 @@ class So3krates(So3kratesFastPaths, PotentialModel):
             So3kratesLayer(cfg, self.contract) for _ in range(cfg.num_layers)
         )
         act = "silu" if cfg.readout_activation == "silu" else "identity"
-        self.readout = MLP(
-            [F, cfg.readout_hidden, 1],
-            activation=act,
-            zero_init_last=cfg.zero_init_readout,
-        )
+        self.n_heads = cfg.readout_heads
+        if self.n_heads > 1:  # an ensemble of readouts (equiforce.models.heads)
+            self.readout = ReadoutHeads(
+                F, cfg.readout_hidden, self.n_heads, act, cfg.zero_init_readout
+            )
+        else:
+            self.readout = MLP(
+                [F, cfg.readout_hidden, 1],
+                activation=act,
+                zero_init_last=cfg.zero_init_readout,
+            )
         self._init_fast_paths()
         #: Euclidean fast attention branches by str(layer) (None: local model)
         self.global_attention = (
@@ -86,8 +93,34 @@ class So3krates(So3kratesFastPaths, PotentialModel):
         differentiable: bool = True,
     ) -> torch.Tensor:
         """Network atomic energies (n_atoms,) from So3krates features."""
+        if self.n_heads > 1 and self.wants_heads:  # training: keep every head
+            heads = self.head_atomic_energies(graph, edge_vectors, differentiable)
+            self._keep_heads(graph, heads)
+            return heads.mean(-1)
         features = self.node_features(graph, edge_vectors, differentiable)
         return self.readout_energies(graph.atomic_numbers, features)
+
+    def head_atomic_energies(
+        self, graph: AtomicGraph, edge_vectors: torch.Tensor, differentiable: bool
+    ) -> torch.Tensor:
+        """Every readout head's atomic energies (n_atoms, K) (one head: K = 1)."""
+        features = self.node_features(graph, edge_vectors, differentiable)
+        return self.head_energies(graph.atomic_numbers, features)
+
+    def head_energies(self, z: torch.Tensor, features: torch.Tensor) -> torch.Tensor:
+        """Each head's atomic energies (n_atoms, K) from the final features."""
+        if self.n_heads == 1:
+            return self.readout_energies(z, features)[:, None]
+        e = self.readout(features)  # (n_atoms, K)
+        if self.scale is not None:
+            e = self.scale[z][:, None] * e + self.shift[z][:, None]
+        return e
+
+    def forward(self, graph: AtomicGraph, *args, **kwargs) -> dict[str, torch.Tensor]:
+        """:meth:`PotentialModel.forward`, plus ``energy_heads`` when training heads."""
+        if self.n_heads > 1:
+            return self.forward_with_heads(super().forward, graph, *args, **kwargs)
+        return super().forward(graph, *args, **kwargs)
 
     def embed(self, graph: AtomicGraph) -> torch.Tensor:
         """Initial invariant features f⁰ (n_atoms, F) (SO3LR adds charge and spin)."""
@@ -95,7 +128,10 @@ class So3krates(So3kratesFastPaths, PotentialModel):
 
     def readout_energies(self, z: torch.Tensor, features: torch.Tensor) -> torch.Tensor:
         """Atomic energies (n_atoms,) from the final features (n_atoms, F)."""
-        e = self.readout(features).squeeze(-1)  # (n_atoms,)
+        if self.n_heads > 1:  # the mean of the heads (one affine map if linear)
+            e = self.readout.mean(features)  # (n_atoms,)
+        else:
+            e = self.readout(features).squeeze(-1)  # (n_atoms,)
         if self.scale is not None:
             e = self.scale[z] * e + self.shift[z]
         return e
