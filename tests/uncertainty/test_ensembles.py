@@ -5,9 +5,9 @@ import copy
 import numpy as np
 import pytest
 import torch
+from _ensemble_helpers import distorted, labelled_frames, tiny
 from ase.build import molecule
 
-from conftest import distorted, labelled_frames, tiny
 from equiforce import keys
 from equiforce.calculator import EquiforceCalculator
 from equiforce.potential import Potential
@@ -114,7 +114,7 @@ def test_head_forces_are_each_heads_gradient():
 
 def test_head_energy_loss_is_the_mean_of_each_heads_loss(train_frames):
     # loss_energy = (1/K) Σ_k (E_k − E_ref)²: catches a wrong spread term
-    from conftest import batch_of
+    from _ensemble_helpers import batch_of
 
     m = tiny(0, readout_heads=3, zero_init_readout=False).train()
     batch = batch_of(train_frames)

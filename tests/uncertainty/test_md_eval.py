@@ -3,10 +3,10 @@
 import json
 
 import pytest
+from _ensemble_helpers import distorted, labelled_frames
 from ase.calculators.singlepoint import SinglePointCalculator
 from ase.io import write as ase_write
 
-from conftest import distorted, labelled_frames
 from equiforce import keys
 from equiforce.md.config import MDConfig
 from equiforce.md.runner import run_md, thermo_table
