@@ -50,6 +50,15 @@ class So3krates(So3kratesFastPaths, PotentialModel):
             if cfg.global_attention is None
             else build_global_attention(cfg.global_attention, F, cfg.num_layers)
         )
+        if cfg.global_attention is not None and cfg.global_attention.degrees[1:]:
+            # (C_t, m_tot): EFA tensor components onto their Euclidean variables
+            self.register_buffer(
+                "efa_to_ev",
+                efa_placement(cfg.global_attention.degrees[1:], degrees),
+                persistent=False,
+            )
+        else:
+            self.efa_to_ev = None
         if cfg.per_element_scale_shift:
             self.scale = nn.Parameter(torch.ones(NUM_ELEMENTS))
             self.shift = nn.Parameter(torch.zeros(NUM_ELEMENTS))
@@ -72,12 +81,20 @@ class So3krates(So3kratesFastPaths, PotentialModel):
 
     def _global_branch(
         self, t: int, features: torch.Tensor, graph: AtomicGraph
-    ) -> torch.Tensor | None:
-        """EFA update (n_atoms, F) of layer ``t``'s input, or None without one."""
+    ) -> tuple[torch.Tensor, torch.Tensor | None] | None:
+        """EFA updates of layer ``t``'s input, or None without a branch there.
+
+        Returns the feature update (n_atoms, F) and the Euclidean-variable
+        update (n_atoms, m_tot) of the tensor outputs (None without them).
+        """
         efa = self.global_attention
         if efa is None or str(t) not in efa:
             return None
-        return efa[str(t)](features, graph.positions, graph.graph_index, graph.n_atoms)
+        d_f, d_t = efa[str(t)](
+            features, graph.positions, graph.graph_index, graph.n_atoms
+        )
+        d_ev = None if d_t is None else d_t @ self.efa_to_ev.to(d_t.dtype)
+        return d_f, d_ev
 
     def atomic_energies(
         self,
@@ -151,7 +168,7 @@ class So3krates(So3kratesFastPaths, PotentialModel):
                     chunk, n_dir, table, differentiable,
                 )  # fmt: skip
                 if branch is not None:
-                    features = features + branch
+                    features, ev = _add_branch(features, ev, branch)
                 continue
             d_f, d_ev = layer.edge_messages(
                 q,
@@ -168,5 +185,29 @@ class So3krates(So3kratesFastPaths, PotentialModel):
             )
             features, ev = layer.update(features, ev, d_f, d_ev)
             if branch is not None:
-                features = features + branch
+                features, ev = _add_branch(features, ev, branch)
         return features
+
+
+def _add_branch(
+    features: torch.Tensor,  # (n_atoms, F)
+    ev: torch.Tensor,  # (n_atoms, m_tot)
+    branch: tuple[torch.Tensor, torch.Tensor | None],
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Residual EFA updates of a layer's output (features, Euclidean variables)."""
+    d_f, d_ev = branch
+    return features + d_f, ev if d_ev is None else ev + d_ev
+
+
+def efa_placement(
+    efa_degrees: tuple[int, ...], ev_degrees: tuple[int, ...]
+) -> torch.Tensor:
+    """(Σ_{l∈efa}(2l+1), m_tot) 0/1 matrix putting EFA degree-l components on EV degree l."""
+    rows = sum(2 * l + 1 for l in efa_degrees)
+    mat = torch.zeros(rows, sum(2 * l + 1 for l in ev_degrees), dtype=torch.float64)
+    row = 0
+    for l in efa_degrees:
+        col = sum(2 * k + 1 for k in ev_degrees[: ev_degrees.index(l)])
+        mat[row : row + 2 * l + 1, col : col + 2 * l + 1] = torch.eye(2 * l + 1)
+        row += 2 * l + 1
+    return mat
