@@ -161,14 +161,17 @@ class So3krates(So3kratesFastPaths, PotentialModel):
                 by_element = t == 0 and maps.first_layer is not None
                 proj = maps.first_layer[z] if by_element else None
                 q, kv = layer.node_maps(features, maps.projections[t], proj)
+            # the branch's Euclidean-variable update joins the messages' (before
+            # the exchange block); its feature update is added after the layer
+            d_f_global, d_ev_global = (None, None) if branch is None else branch
             if chunked:
                 table = None if tables is None else tables[t]
                 features, ev = self._chunked_layer(
                     layer, features, ev, q, kv, d, edge_vectors, phi, idx_i, idx_j,
-                    chunk, n_dir, table, differentiable,
+                    chunk, n_dir, table, differentiable, d_ev_global,
                 )  # fmt: skip
-                if branch is not None:
-                    features, ev = _add_branch(features, ev, branch)
+                if d_f_global is not None:
+                    features = features + d_f_global
                 continue
             d_f, d_ev = layer.edge_messages(
                 q,
@@ -183,20 +186,12 @@ class So3krates(So3kratesFastPaths, PotentialModel):
                 tables is not None,
                 ev_zero=t == 0 and maps is not None,  # as in chunk_messages
             )
+            if d_ev_global is not None:
+                d_ev = d_ev + d_ev_global
             features, ev = layer.update(features, ev, d_f, d_ev)
-            if branch is not None:
-                features, ev = _add_branch(features, ev, branch)
+            if d_f_global is not None:
+                features = features + d_f_global
         return features
-
-
-def _add_branch(
-    features: torch.Tensor,  # (n_atoms, F)
-    ev: torch.Tensor,  # (n_atoms, m_tot)
-    branch: tuple[torch.Tensor, torch.Tensor | None],
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Residual EFA updates of a layer's output (features, Euclidean variables)."""
-    d_f, d_ev = branch
-    return features + d_f, ev if d_ev is None else ev + d_ev
 
 
 def efa_placement(
