@@ -101,6 +101,15 @@ class So3kratesConfig(BaseModel):
                     f"global_attention.r_max={self.global_attention.r_max} Å must "
                     f"exceed the cutoff={self.cutoff} Å"
                 )
+            tensor = self.global_attention.degrees[1:]
+            ev = self.degrees if self.use_euclidean_variables else ()
+            if any(l not in ev for l in tensor):
+                raise ValueError(
+                    f"global_attention.degrees={list(self.global_attention.degrees)}: "
+                    f"the tensor outputs feed the Euclidean variables, which have "
+                    f"degrees {list(ev)} (use_euclidean_variables="
+                    f"{self.use_euclidean_variables}); each l ≥ 1 must be one of them"
+                )
         return self
 
 

@@ -57,6 +57,15 @@ class So3krates(So3kratesFastPaths, HeadsMixin, PotentialModel):
             if cfg.global_attention is None
             else build_global_attention(cfg.global_attention, F, cfg.num_layers)
         )
+        if cfg.global_attention is not None and cfg.global_attention.degrees[1:]:
+            # (C_t, m_tot): EFA tensor components onto their Euclidean variables
+            self.register_buffer(
+                "efa_to_ev",
+                efa_placement(cfg.global_attention.degrees[1:], degrees),
+                persistent=False,
+            )
+        else:
+            self.efa_to_ev = None
         if cfg.per_element_scale_shift:
             self.scale = nn.Parameter(torch.ones(NUM_ELEMENTS))
             self.shift = nn.Parameter(torch.zeros(NUM_ELEMENTS))
@@ -79,12 +88,20 @@ class So3krates(So3kratesFastPaths, HeadsMixin, PotentialModel):
 
     def _global_branch(
         self, t: int, features: torch.Tensor, graph: AtomicGraph
-    ) -> torch.Tensor | None:
-        """EFA update (n_atoms, F) of layer ``t``'s input, or None without one."""
+    ) -> tuple[torch.Tensor, torch.Tensor | None] | None:
+        """EFA updates of layer ``t``'s input, or None without a branch there.
+
+        Returns the feature update (n_atoms, F) and the Euclidean-variable
+        update (n_atoms, m_tot) of the tensor outputs (None without them).
+        """
         efa = self.global_attention
         if efa is None or str(t) not in efa:
             return None
-        return efa[str(t)](features, graph.positions, graph.graph_index, graph.n_atoms)
+        d_f, d_t = efa[str(t)](
+            features, graph.positions, graph.graph_index, graph.n_atoms
+        )
+        d_ev = None if d_t is None else d_t @ self.efa_to_ev.to(d_t.dtype)
+        return d_f, d_ev
 
     def atomic_energies(
         self,
@@ -180,14 +197,17 @@ class So3krates(So3kratesFastPaths, HeadsMixin, PotentialModel):
                 by_element = t == 0 and maps.first_layer is not None
                 proj = maps.first_layer[z] if by_element else None
                 q, kv = layer.node_maps(features, maps.projections[t], proj)
+            # the branch's Euclidean-variable update joins the messages' (before
+            # the exchange block); its feature update is added after the layer
+            d_f_global, d_ev_global = (None, None) if branch is None else branch
             if chunked:
                 table = None if tables is None else tables[t]
                 features, ev = self._chunked_layer(
                     layer, features, ev, q, kv, d, edge_vectors, phi, idx_i, idx_j,
-                    chunk, n_dir, table, differentiable,
+                    chunk, n_dir, table, differentiable, d_ev_global,
                 )  # fmt: skip
-                if branch is not None:
-                    features = features + branch
+                if d_f_global is not None:
+                    features = features + d_f_global
                 continue
             d_f, d_ev = layer.edge_messages(
                 q,
@@ -202,7 +222,23 @@ class So3krates(So3kratesFastPaths, HeadsMixin, PotentialModel):
                 tables is not None,
                 ev_zero=t == 0 and maps is not None,  # as in chunk_messages
             )
+            if d_ev_global is not None:
+                d_ev = d_ev + d_ev_global
             features, ev = layer.update(features, ev, d_f, d_ev)
-            if branch is not None:
-                features = features + branch
+            if d_f_global is not None:
+                features = features + d_f_global
         return features
+
+
+def efa_placement(
+    efa_degrees: tuple[int, ...], ev_degrees: tuple[int, ...]
+) -> torch.Tensor:
+    """(Σ_{l∈efa}(2l+1), m_tot) 0/1 matrix putting EFA degree-l components on EV degree l."""
+    rows = sum(2 * l + 1 for l in efa_degrees)
+    mat = torch.zeros(rows, sum(2 * l + 1 for l in ev_degrees), dtype=torch.float64)
+    row = 0
+    for l in efa_degrees:
+        col = sum(2 * k + 1 for k in ev_degrees[: ev_degrees.index(l)])
+        mat[row : row + 2 * l + 1, col : col + 2 * l + 1] = torch.eye(2 * l + 1)
+        row += 2 * l + 1
+    return mat
