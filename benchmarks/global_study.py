@@ -11,7 +11,7 @@ variable, test inside):
 
 For each scan the two models in ``examples/global_cumulene{_local,}.yaml`` (the
 same So3krates backbone; the EFA one adds ``model.overrides.global_attention``
-with r_max and ω_max = π/r_max set per scan) train for the same wall-clock budget
+with r_max, ω_max and the grid set per scan) train for the same wall-clock budget
 with the equiforce trainer, then score energies on the test frames. Optional:
 the pretrained SO3LR (its electrostatics and dispersion terms, zero-shot, one
 constant offset fitted on the training frames) on the ion pair.
@@ -54,11 +54,14 @@ CONFIGS = {
     "local": ROOT / "examples" / "global_cumulene_local.yaml",
     "efa": ROOT / "examples" / "global_cumulene.yaml",
 }
-#: scan: (file stem, scan key, EFA r_max Å: largest pair distance + margin)
+#: scan: (file stem, scan key, EFA r_max Å: largest pair distance + margin,
+#: highest phase b = ω_max·r_max in units of π, Lebedev order integrating it).
+#: Ion pair: b = 3π keeps the j₀ fit of the 1/d tail well conditioned
+#: (docs/global_attention.md, frequency conditioning).
 SCANS = {
-    "c9h4": ("cumulene_c9h4_twist", "twist_deg", 14.0),
-    "c17h4": ("cumulene_c17h4_twist", "twist_deg", 24.0),
-    "ion_pair": ("nh4_nh4_scan", "distance_A", 28.0),
+    "c9h4": ("cumulene_c9h4_twist", "twist_deg", 14.0, 1.0, 11),
+    "c17h4": ("cumulene_c17h4_twist", "twist_deg", 24.0, 1.0, 11),
+    "ion_pair": ("nh4_nh4_scan", "distance_A", 28.0, 3.0, 19),
 }
 
 
@@ -87,7 +90,7 @@ def score(pred: np.ndarray, ref: np.ndarray) -> dict[str, float]:
 
 def run_model(kind: str, scan: str, minutes: float, out: Path, threads: int) -> Path:
     """Train (or reuse) one model on one scan; returns its best.pt."""
-    stem, _, r_max = SCANS[scan]
+    stem, _, r_max, b, order = SCANS[scan]
     run_dir = out / "runs" / f"{scan}_{kind}"
     best = run_dir / "best.pt"
     if (run_dir / "final_metrics.json").exists() or (
@@ -103,7 +106,8 @@ def run_model(kind: str, scan: str, minutes: float, out: Path, threads: int) -> 
     if kind == "efa":
         overrides += [
             f"model.overrides.global_attention.r_max={r_max}",
-            f"model.overrides.global_attention.max_frequency={math.pi / r_max}",
+            f"model.overrides.global_attention.max_frequency={b * math.pi / r_max}",
+            f"model.overrides.global_attention.lebedev_order={order}",
         ]
     config = load_config(CONFIGS[kind], overrides)
     best = train(config, run_dir, progress=False)
@@ -122,7 +126,7 @@ def last_step(run_dir: Path) -> int | None:
 
 def study_scan(scan: str, args: argparse.Namespace) -> dict:
     """Train both models on one scan and score them on its test frames."""
-    stem, key, r_max = SCANS[scan]
+    stem, key, r_max, _, _ = SCANS[scan]
     frames = read(DATA / f"{stem}.extxyz", require=("energy",))
     split = json.loads((DATA / f"{stem}.split.json").read_text())
     train_idx, test = np.array(split["train"]), np.array(split["test"])

@@ -33,8 +33,10 @@ DATA = Path(__file__).resolve().parents[2] / "data" / "global" / "nh4_nh4_scan.e
 CUTOFF = 4.0  # Å; TINY_SO3KRATES has 2 layers: pairs beyond 8 Å
 EFA = {
     "r_max": 30.0,  # largest pair distance ≤ 25 + 2·1.05 Å + noise
-    "max_frequency": math.pi / 30.0,  # phases ≤ π: order 11 (50 points)
-    "lebedev_order": 11,
+    # phases ≤ 3π (order 19, 146 points): at ω_max = π/30 the j₀ basis is nearly
+    # collinear on 8-25 Å and training stalls at 0.41 std (docs/global_attention.md)
+    "max_frequency": 3 * math.pi / 30.0,
+    "lebedev_order": 19,
     "num_features_qk": 8,
     "num_features_v": 8,
     "layers": (1,),  # last layer only (random projection in both layers diverged)
@@ -85,13 +87,12 @@ def rmse(model, graph, energy) -> float:
 @pytest.mark.slow
 def test_efa_learns_disconnected_ion_pair_local_cannot():
     """Local RMSE ≥ 0.8 std (it can only learn the intramolecular noise); EFA RMSE
-    < std / 2 after the same 400 steps.
+    < std / 3 after the same 500 steps.
 
-    Measured (2026-12-03): local 1.01 std; EFA 0.42 std at 400 steps and a plateau
-    at 0.41 std up to 900 steps, so the issue's target (EFA < std / 3) is not met
-    by this model yet (docs/global_attention.md, learning test).
+    Measured with this setup (2026-12-03): local 1.01 std (300 steps); EFA 0.35,
+    0.29, 0.27, 0.26 std after 300, 400, 500, 600 steps.
     """
-    steps = 400
+    steps = 500
     torch.set_num_threads(1)
     g_train, e_train, g_test, e_test = far_pairs(48, 60)
     std = float(e_test.std())
@@ -107,4 +108,4 @@ def test_efa_learns_disconnected_ion_pair_local_cannot():
         fit(model, g_train, e_train, steps)
         errors[name] = rmse(model, g_test, e_test)
     assert errors["local"] > 0.8 * std, (errors, std)
-    assert errors["efa"] < std / 2, (errors, std)
+    assert errors["efa"] < std / 3, (errors, std)
