@@ -55,13 +55,14 @@ CONFIGS = {
     "efa": ROOT / "examples" / "global_cumulene.yaml",
 }
 #: scan: (file stem, scan key, EFA r_max Å: largest pair distance + margin,
-#: highest phase b = ω_max·r_max in units of π, Lebedev order integrating it).
+#: highest phase b = ω_max·r_max in units of π, Lebedev order integrating it,
+#: EFA output degrees: l ≤ 2 for the twists, whose invariant signal is second order).
 #: Ion pair: b = 3π keeps the j₀ fit of the 1/d tail well conditioned
 #: (docs/global_attention.md, frequency conditioning).
 SCANS = {
-    "c9h4": ("cumulene_c9h4_twist", "twist_deg", 14.0, 1.0, 11),
-    "c17h4": ("cumulene_c17h4_twist", "twist_deg", 24.0, 1.0, 11),
-    "ion_pair": ("nh4_nh4_scan", "distance_A", 28.0, 3.0, 19),
+    "c9h4": ("cumulene_c9h4_twist", "twist_deg", 14.0, 1.0, 13, "[0,1,2]"),
+    "c17h4": ("cumulene_c17h4_twist", "twist_deg", 24.0, 1.0, 13, "[0,1,2]"),
+    "ion_pair": ("nh4_nh4_scan", "distance_A", 28.0, 3.0, 19, "[0]"),
 }
 
 
@@ -90,7 +91,7 @@ def score(pred: np.ndarray, ref: np.ndarray) -> dict[str, float]:
 
 def run_model(kind: str, scan: str, minutes: float, out: Path, threads: int) -> Path:
     """Train (or reuse) one model on one scan; returns its best.pt."""
-    stem, _, r_max, b, order = SCANS[scan]
+    stem, _, r_max, b, order, degrees = SCANS[scan]
     run_dir = out / "runs" / f"{scan}_{kind}"
     best = run_dir / "best.pt"
     if (run_dir / "final_metrics.json").exists() or (
@@ -108,6 +109,7 @@ def run_model(kind: str, scan: str, minutes: float, out: Path, threads: int) -> 
             f"model.overrides.global_attention.r_max={r_max}",
             f"model.overrides.global_attention.max_frequency={b * math.pi / r_max}",
             f"model.overrides.global_attention.lebedev_order={order}",
+            f"model.overrides.global_attention.degrees={degrees}",
         ]
     config = load_config(CONFIGS[kind], overrides)
     best = train(config, run_dir, progress=False)
@@ -126,7 +128,7 @@ def last_step(run_dir: Path) -> int | None:
 
 def study_scan(scan: str, args: argparse.Namespace) -> dict:
     """Train both models on one scan and score them on its test frames."""
-    stem, key, r_max, _, _ = SCANS[scan]
+    stem, key, r_max, *_ = SCANS[scan]
     frames = read(DATA / f"{stem}.extxyz", require=("energy",))
     split = json.loads((DATA / f"{stem}.split.json").read_text())
     train_idx, test = np.array(split["train"]), np.array(split["test"])
