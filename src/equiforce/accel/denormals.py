@@ -1,0 +1,144 @@
+"""Flush subnormal ("denormal") floats to zero on every thread that runs CPU kernels.
+
+x86 CPUs handle subnormal operands and results (|x| < ``torch.finfo(dtype).tiny``,
+1.2e-38 in float32) in microcode on some instructions, tens to a hundred times
+slower than normal numbers. Setting the MXCSR flags FTZ (results flushed to zero)
+and DAZ (inputs read as zero) avoids that at the cost of values below 1e-38, which
+an energy or a force never depends on (``docs/benchmarks.md``, "Denormals").
+
+``torch.set_flush_denormal(True)`` sets both flags on the *calling thread only*.
+POSIX threads inherit the floating-point environment when they are created, so
+threads started afterwards flush too, but the OpenMP workers that run ATen's
+intra-op loops already exist once any parallel operator has run (and are reused
+for the rest of the process). :func:`flush_denormals` therefore also runs one
+OpenMP parallel region (``GOMP_parallel`` of the OpenMP runtime torch loaded),
+in which every worker sets the flags on itself.
+
+Threads this does not reach: OpenMP teams of *other* Python threads created
+before the call (each Python thread that runs parallel operators owns its
+team), and threads of libraries with their own pools. Call it at the start of a
+command, before work starts, as the ``equiforce`` entry points do. Set
+``EQUIFORCE_FLUSH_DENORMALS=0`` to opt out.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import threading
+
+import torch
+
+#: Environment variable: "0" keeps IEEE subnormals (no flushing).
+ENV = "EQUIFORCE_FLUSH_DENORMALS"
+
+_OPENMP_NAMES = ("libgomp", "libomp", "libiomp")
+
+
+def subnormal_count(x: torch.Tensor) -> int:
+    """Number of subnormal entries of a floating-point tensor (0 for others).
+
+    Args:
+        x: any tensor.
+    """
+    if not x.is_floating_point():
+        return 0
+    a = x.detach().abs()
+    return int(((a != 0) & (a < torch.finfo(x.dtype).tiny)).sum())
+
+
+def _openmp_library() -> ctypes.CDLL | None:
+    """The OpenMP runtime loaded into this process (torch's), or None."""
+    try:
+        with open("/proc/self/maps") as fh:
+            paths = {line.split()[-1] for line in fh if ".so" in line}
+    except OSError:  # not Linux
+        return None
+    for path in sorted(paths):
+        if os.path.basename(path).startswith(_OPENMP_NAMES):
+            try:
+                lib = ctypes.CDLL(path)
+                lib.GOMP_parallel  # noqa: B018 - the entry point must exist
+            except (OSError, AttributeError):
+                continue
+            return lib
+    return None
+
+
+def set_in_openmp_workers(enabled: bool, n_threads: int | None = None) -> int:
+    """Set the flush mode on every thread of the caller's OpenMP team.
+
+    Args:
+        enabled: the mode (``torch.set_flush_denormal`` argument).
+        n_threads: team size; default: the larger of torch's thread count and the
+            cores this process may use (so that workers idle at a smaller thread
+            count are reached too).
+
+    Returns:
+        Number of distinct threads that set the mode (0 if no OpenMP runtime
+        was found).
+    """
+    lib = _openmp_library()
+    if lib is None:
+        return 0
+    if n_threads is None:
+        try:
+            cores = len(os.sched_getaffinity(0))
+        except AttributeError:  # not Linux
+            cores = os.cpu_count() or 1
+        n_threads = max(torch.get_num_threads(), cores)
+    seen: set[int] = set()
+
+    @ctypes.CFUNCTYPE(None, ctypes.c_void_p)
+    def body(_data: int) -> None:  # runs on each thread of the team (takes the GIL)
+        torch.set_flush_denormal(enabled)
+        seen.add(threading.get_native_id())
+
+    lib.GOMP_parallel.argtypes = [
+        ctypes.c_void_p,
+        ctypes.c_void_p,
+        ctypes.c_uint,
+        ctypes.c_uint,
+    ]
+    lib.GOMP_parallel(ctypes.cast(body, ctypes.c_void_p), None, n_threads, 0)
+    return len(seen)
+
+
+def flush_denormals(enabled: bool | None = None) -> bool:
+    """Flush subnormals to zero on this thread and its OpenMP workers.
+
+    Args:
+        enabled: the mode to set; None: on unless ``EQUIFORCE_FLUSH_DENORMALS=0``.
+
+    Returns:
+        True when flushing is now on (False: opted out, or a CPU without the
+        flags, i.e. not x86 with SSE3).
+    """
+    if enabled is None:
+        enabled = os.environ.get(ENV, "1") != "0"
+    if not torch.set_flush_denormal(enabled):
+        return False  # the CPU has no such mode: nothing to do on the workers
+    set_in_openmp_workers(enabled)
+    return enabled
+
+
+def flush_active() -> bool:
+    """Whether the calling thread flushes float32 subnormals (a float32 probe)."""
+    tiny = torch.finfo(torch.float32).tiny
+    x = torch.tensor([tiny], dtype=torch.float32)
+    return float(x * 0.5) == 0.0  # 0.5·tiny is subnormal unless flushed
+
+
+def subnormals_from_all_threads(n: int = 1 << 20) -> int:
+    """Subnormals left in a product computed by all of torch's intra-op threads.
+
+    Multiplies ``n`` float32 numbers 1e-20 by 1e-20 (each result 1e-40, subnormal)
+    in one parallel elementwise operator, which splits the work over
+    ``torch.get_num_threads()`` threads; each thread that does not flush leaves
+    its share subnormal. 0 means every participating thread flushes.
+
+    Args:
+        n: elements (well above ATen's grain size of 32,768 per thread).
+    """
+    x = torch.full((n,), 1e-20, dtype=torch.float32)
+    return subnormal_count(x * 1e-20)
