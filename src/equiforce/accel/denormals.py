@@ -26,13 +26,17 @@ from __future__ import annotations
 import ctypes
 import os
 import threading
+from collections import Counter
 
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_leaves
 
 #: Environment variable: "0" keeps IEEE subnormals (no flushing).
 ENV = "EQUIFORCE_FLUSH_DENORMALS"
 
 _OPENMP_NAMES = ("libgomp", "libomp", "libiomp")
+_UNINITIALISED = ("empty", "new_empty")
 
 
 def subnormal_count(x: torch.Tensor) -> int:
@@ -142,3 +146,44 @@ def subnormals_from_all_threads(n: int = 1 << 20) -> int:
     """
     x = torch.full((n,), 1e-20, dtype=torch.float32)
     return subnormal_count(x * 1e-20)
+
+
+class SubnormalCensus(TorchDispatchMode):
+    """Where subnormals come from: a count per ATen operator of the values it returned.
+
+    Use as a context manager around eager code, autograd backward included (not
+    around ``torch.func.jvp``: counting its dual tensors crashes torch 2.13;
+    nor compiled graphs, which it does not see into)::
+
+        with SubnormalCensus() as census:
+            loss.backward()
+        census.counts.most_common(5)
+
+    Views (``t``, ``slice``, ``detach``) are skipped: they return values an
+    earlier operator produced; so are allocations (``empty_like``), whose
+    uninitialised memory holds arbitrary bits. In-place and fused operators (``_fused_adam_``)
+    are counted by the arguments they write to.
+
+    Attributes:
+        counts: operator name -> subnormal values it returned.
+        sizes: operator name -> floating-point values it returned.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.counts: Counter[str] = Counter()
+        self.sizes: Counter[str] = Counter()
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        name = func.overloadpacket.__name__
+        if func.is_view or name.startswith(_UNINITIALISED):
+            return out
+        leaves = tree_leaves(out) + (
+            tree_leaves(args) if func._schema.is_mutable else []
+        )
+        for t in leaves:
+            if isinstance(t, torch.Tensor) and t.is_floating_point():
+                self.counts[name] += subnormal_count(t)
+                self.sizes[name] += t.numel()
+        return out
