@@ -16,7 +16,9 @@ in which every worker sets the flags on itself.
 
 Threads this does not reach: OpenMP teams of *other* Python threads created
 before the call (each Python thread that runs parallel operators owns its
-team), and threads of libraries with their own pools. Call it at the start of a
+team), idle workers beyond the current thread count, and threads of libraries
+with their own pools. Threads created afterwards (a larger thread count, the
+edge-chunk workers of :mod:`equiforce.accel.edge_chunks`) inherit the mode. Call it at the start of a
 command, before work starts, as the ``equiforce`` entry points do. Set
 ``EQUIFORCE_FLUSH_DENORMALS=0`` to opt out.
 """
@@ -24,6 +26,7 @@ command, before work starts, as the ``equiforce`` entry points do. Set
 from __future__ import annotations
 
 import ctypes
+import functools
 import os
 import threading
 from collections import Counter
@@ -51,6 +54,7 @@ def subnormal_count(x: torch.Tensor) -> int:
     return int(((a != 0) & (a < torch.finfo(x.dtype).tiny)).sum())
 
 
+@functools.cache
 def _openmp_library() -> ctypes.CDLL | None:
     """The OpenMP runtime loaded into this process (torch's), or None."""
     try:
@@ -74,9 +78,9 @@ def set_in_openmp_workers(enabled: bool, n_threads: int | None = None) -> int:
 
     Args:
         enabled: the mode (``torch.set_flush_denormal`` argument).
-        n_threads: team size; default: the larger of torch's thread count and the
-            cores this process may use (so that workers idle at a smaller thread
-            count are reached too).
+        n_threads: team size; default: torch's intra-op thread count. Workers
+            that a larger count started earlier and that sit idle now are not
+            reached; threads started later inherit the caller's mode.
 
     Returns:
         Number of distinct threads that set the mode (0 if no OpenMP runtime
@@ -85,12 +89,7 @@ def set_in_openmp_workers(enabled: bool, n_threads: int | None = None) -> int:
     lib = _openmp_library()
     if lib is None:
         return 0
-    if n_threads is None:
-        try:
-            cores = len(os.sched_getaffinity(0))
-        except AttributeError:  # not Linux
-            cores = os.cpu_count() or 1
-        n_threads = max(torch.get_num_threads(), cores)
+    n_threads = n_threads or torch.get_num_threads()
     seen: set[int] = set()
 
     @ctypes.CFUNCTYPE(None, ctypes.c_void_p)
