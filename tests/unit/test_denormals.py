@@ -56,10 +56,20 @@ def ieee_afterwards():
     flush_denormals(False)
 
 
-def test_subnormal_count():
-    tiny = torch.finfo(torch.float32).tiny
-    x = torch.tensor([0.0, tiny, tiny / 4, -tiny / 4, 1.0, float("nan")])
-    assert subnormal_count(x) == 2  # catches counting zero, tiny or NaN
+@pytest.mark.parametrize("flush", [False, True], ids=["ieee", "flushing"])
+@pytest.mark.parametrize(
+    "dtype", [torch.float16, torch.bfloat16, torch.float32, torch.float64]
+)
+def test_subnormal_count(dtype, flush, ieee_afterwards):
+    flush_denormals(False)  # even Python's float arithmetic flushes otherwise
+    tiny = torch.finfo(dtype).tiny
+    values = [0.0, -0.0, tiny, tiny / 4, -tiny / 4, 1.0, float("nan"), float("inf")]
+    x = torch.tensor(values, dtype=torch.float64).to(dtype)
+    flush_denormals(flush)
+    # catches counting zeros, the smallest normal, NaN or inf, or (while
+    # flushing, where DAZ reads subnormal inputs as zero) counting by arithmetic
+    assert subnormal_count(x) == 2
+    assert subnormal_count(x[::2]) == 1  # a strided view
     assert subnormal_count(torch.arange(3)) == 0
 
 
