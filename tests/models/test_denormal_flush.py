@@ -61,14 +61,14 @@ def ieee_afterwards():
 
 
 def forces_both_ways(model, graph, create_graph: bool):
-    """((energy, forces) with IEEE subnormals, same flushed, subnormals produced)."""
+    """((energy, forces) with IEEE subnormals, same flushed), [{operator: subnormals}]."""
     results, produced = [], []
     for flush in (False, True):
         assert flush_denormals(flush) == flush and flush_active() == flush
         if create_graph:  # the training path (second derivatives kept)
             with SubnormalCensus() as census:
                 results.append(energy_forces_graph(model, graph))
-            produced.append(sum(census.counts.values()))
+            produced.append({k: v for k, v in census.counts.items() if v})
         else:  # inference (So3krates: spline filter tables)
             results.append(energy_forces(model, graph))
     return results, produced
@@ -95,10 +95,12 @@ def test_flushing_changes_forces_below_1e6(name, ieee_afterwards):
             )
             if create_graph:
                 # flushed, no operator may return a subnormal (catches an operator
-                # or a thread that the flush does not reach)
-                assert produced[1] == 0, what
+                # or a thread that the flush does not reach), except exp: ATen's
+                # vectorised exp writes the result's exponent bits itself, which
+                # FTZ does not see; DAZ then makes its consumers read them as 0
+                assert set(produced[1]) <= {"exp"}, (what, produced)
                 if label == "ethanol" and makes_subnormals:
-                    assert produced[0] > 0, f"{what}: nothing to flush, nothing tested"
+                    assert produced[0], f"{what}: nothing to flush, nothing tested"
             assert np.abs(f_ieee).max() > 1e-3, what  # non-trivial forces
             # catches a model whose outputs depend on values below 1e-38 (a
             # division by a tiny norm, a log of an underflowed exponential)
