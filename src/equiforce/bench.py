@@ -189,11 +189,13 @@ def run_bench(
     """Run the benchmark grid; returns {"machine": ..., "results": [...]}."""
     from rich.console import Console
 
+    from equiforce.accel.denormals import flush_denormals
     from equiforce.accel.runtime import tune_allocator
     from equiforce.models.registry import build_model, load_model
 
     torch.set_num_threads(threads)
     tune_allocator()
+    flush_denormals()
     console = Console(stderr=True)
     model = (
         load_model(model_path)

@@ -49,9 +49,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``equiforce`` console script."""
+    from equiforce.accel.denormals import flush_denormals
     from equiforce.accel.runtime import tune_allocator
 
     tune_allocator()
+    flush_denormals()  # every command; EQUIFORCE_FLUSH_DENORMALS=0 opts out
     parser = build_parser()
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):

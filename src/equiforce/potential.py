@@ -82,9 +82,11 @@ class Potential:
         compile: bool | None = None,
         compile_after: int = 20,
     ) -> None:
+        from equiforce.accel.denormals import flush_denormals
         from equiforce.accel.runtime import tune_allocator
 
         tune_allocator()
+        flush_denormals()
         if isinstance(model_or_path, (str, Path)):
             from equiforce.models.registry import load_model
 

@@ -58,9 +58,11 @@ def train(config: EquiforceConfig, run_dir: str | Path, progress: bool = True) -
     Raises:
         RunDirError: ``run_dir`` already holds a run.
     """
+    from equiforce.accel.denormals import flush_denormals
     from equiforce.accel.runtime import tune_allocator
 
     tune_allocator()
+    flush_denormals()
     run = RunDir(run_dir)
     if distributed.launched_world() > 1:
         return _train_launched(config, run, progress)
@@ -91,6 +93,9 @@ def resume(
     Raises:
         RunDirError: ``run_dir`` is not a resumable run.
     """
+    from equiforce.accel.denormals import flush_denormals
+
+    flush_denormals()
     run = RunDir(run_dir)
     if not run.config.exists() or not run.last.exists():
         raise RunDirError(
@@ -270,9 +275,11 @@ def _worker(
     device_type: str,
 ) -> None:
     """One spawned training process (see :func:`_spawn`)."""
+    from equiforce.accel.denormals import flush_denormals
     from equiforce.accel.runtime import tune_allocator
 
     tune_allocator()
+    flush_denormals()  # a spawned process starts with IEEE subnormals
     group = distributed.join(rank, world, port, device_type)
     try:
         run = RunDir(run_dir)
