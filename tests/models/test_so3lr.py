@@ -47,12 +47,6 @@ class TestSO3LRContract(ModelContractTests):
             lr_cutoff=model.lr_cutoff + extra_cutoff,
         )  # fmt: skip
 
-    @pytest.mark.skip(
-        reason="SO3LR is eager only (compilable=False; test_never_compiled)"
-    )
-    def test_compiled_backend_equals_eager(self):
-        pass
-
     def test_far_apart_molecules_are_additive(self, dtype):
         """Additive without electrostatics (see test_charge_spreads_over_the_structure)."""
         self.overrides = {**self.overrides, "electrostatics": False}
@@ -78,9 +72,6 @@ class TestSO3LRContract(ModelContractTests):
         # molecule a alone is neutral; in the pair it carries part of b's excess
         assert abs(float(qa.sum())) < 1e-12
         assert abs(float(q[: len(za)].sum())) > 1e-6
-
-    def test_padding_to_buckets_changes_nothing(self, dtype):
-        pytest.skip("static-shape padding serves the compiled backends, not SO3LR")
 
 
 @pytest.fixture(scope="module")
