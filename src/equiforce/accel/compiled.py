@@ -273,7 +273,11 @@ class CompiledPotential:
         )
         e_atom, forces = out[keys.ATOMIC_ENERGIES], out[keys.FORCES]
         terms = tuple(out[k] for k in self.term_keys)
-        return (e_atom, forces, out[VIRIAL], *terms) if stress else (e_atom, forces, *terms)
+        return (
+            (e_atom, forces, out[VIRIAL], *terms)
+            if stress
+            else (e_atom, forces, *terms)
+        )
 
     def __call__(
         self, graph: AtomicGraph, stress: bool = False
@@ -374,9 +378,12 @@ def graph_inputs(model: PotentialModel) -> tuple[str, ...]:
 
 
 def _term_keys(model: PotentialModel) -> tuple[str, ...]:
-    """``atomic_energies:<term>`` keys of a model with several terms, in the order
-    of :meth:`PotentialModel.energy_terms` (the local model, then ``model.terms``)
-    and E0 last, as :func:`equiforce.energy.atomic_outputs` returns them."""
+    """``atomic_energies:<term>`` keys of a model with several terms, else none.
+
+    In the order of :meth:`PotentialModel.energy_terms` (the local model, then
+    ``model.terms``) and E0 last, as :func:`equiforce.energy.atomic_outputs`
+    returns them.
+    """
     if not len(model.terms):
         return ()
     return tuple(keys.term_atomic_energies(n) for n in (LOCAL, *model.terms, E0))
