@@ -96,7 +96,11 @@ def local_only(model: torch.nn.Module) -> torch.nn.Module:
 
 
 def time_calls(
-    calcs: dict[str, Callable[[Atoms], None]], atoms: Atoms, repeats: int, warmup: int
+    calcs: dict[str, Callable[[Atoms], None]],
+    atoms: Atoms,
+    repeats: int,
+    warmup: int,
+    clock: Callable[[], float] = time.perf_counter,
 ) -> dict[str, float]:
     """Median ms per call of each calculator, calls alternating."""
     times: dict[str, list[float]] = {key: [] for key in calcs}
@@ -105,10 +109,10 @@ def time_calls(
         atoms = atoms.copy()
         atoms.positions += rng.normal(0, 1e-3, atoms.positions.shape)
         for key, call in calcs.items():
-            t = time.perf_counter()
+            t = clock()
             call(atoms.copy())
             if k >= warmup:
-                times[key].append(1e3 * (time.perf_counter() - t))
+                times[key].append(1e3 * (clock() - t))
     return {key: statistics.median(v) for key, v in times.items()}
 
 
@@ -124,20 +128,26 @@ def main() -> None:
     parser.add_argument(
         "--no-reference", action="store_true", help="skip so3krates-torch"
     )
+    parser.add_argument(
+        "--clock", choices=("wall", "cpu"), default="wall",
+        help="wall time, or this process's CPU time (on a loaded machine)",
+    )  # fmt: skip
     args = parser.parse_args()
+    clock = time.perf_counter if args.clock == "wall" else time.process_time
     torch.set_num_threads(1)
     from equiforce.calculator import EquiforceCalculator
     from equiforce.models.registry import load_model
 
     print(
         f"{datetime.date.today()}, {platform.processor() or platform.machine()}, "
-        f"torch {torch.__version__}, 1 thread, float32; load average at start "
+        f"torch {torch.__version__}, 1 thread, float32, {args.clock} clock; "
+        "load average at start "
         f"{os.getloadavg()[0]:.1f}"
     )
     model = load_model("so3lr", dtype=torch.float32)
 
-    def calculator(m: torch.nn.Module) -> Callable[[Atoms], None]:
-        calc = EquiforceCalculator(m, skin=0.0, compile=True)
+    def calculator(m: torch.nn.Module, skin: float = 0.0) -> Callable[[Atoms], None]:
+        calc = EquiforceCalculator(m, skin=skin, compile=True)
 
         def call(atoms: Atoms) -> None:
             atoms.calc = calc
@@ -167,22 +177,33 @@ def main() -> None:
     for key in args.systems:
         label, build, divisor = SYSTEMS[key]
         repeats = max(3, args.repeats // divisor)
-        ms = time_calls(calcs, build(), repeats, args.warmup)
+        ms = time_calls(calcs, build(), repeats, args.warmup, clock)
         r, m = ms.get("so3krates-torch", float("nan")), ms["equiforce"]
         print(f"| {label} | {r:.1f} | {m:.2f} | {r / m:.1f}x |", flush=True)
     if args.overhead:
-        both = {"local": calculator(local_only(model)), "full": calcs["equiforce"]}
-        print("\n| system | local model only ms | full SO3LR ms | long-range cost |")
-        print("|---|---|---|---|")
+        local = local_only(model)
+        print(
+            "\n| system | skin Å | local model only ms | full SO3LR ms "
+            "| long-range cost |"
+        )
+        print("|---|---|---|---|---|")
+        # skin 0: both neighbour lists at every call; 0.5 (Potential's default,
+        # MD): lists reused while atoms move < skin/2 (here: every call)
         for key in args.overhead:
             label, build, divisor = SYSTEMS[key]
             repeats = max(3, args.repeats // divisor)
-            ms = time_calls(both, build(), repeats, args.warmup)
-            extra = ms["full"] / ms["local"] - 1.0
-            print(
-                f"| {label} | {ms['local']:.1f} | {ms['full']:.1f} | {extra:+.0%} |",
-                flush=True,
-            )
+            for skin in (0.0, 0.5):
+                both = {
+                    "local": calculator(local, skin),
+                    "full": calculator(model, skin),
+                }
+                ms = time_calls(both, build(), repeats, args.warmup, clock)
+                extra = ms["full"] / ms["local"] - 1.0
+                print(
+                    f"| {label} | {skin} | {ms['local']:.1f} | {ms['full']:.1f} "
+                    f"| {extra:+.0%} |",
+                    flush=True,
+                )
     print(f"\nload average at the end {os.getloadavg()[0]:.1f}")
 
 
