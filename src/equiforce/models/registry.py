@@ -148,8 +148,9 @@ def load_model(
     ``path`` may also name a shipped pretrained model (:data:`PRETRAINED`, e.g.
     ``"so3lr"``) when no such file exists.
     """
-    if isinstance(path, str) and path in PRETRAINED and not Path(path).exists():
-        path = pretrained_path(path)
+    # a Path too: command lines parse --model as one (`equiforce md --model so3lr`)
+    if str(path) in PRETRAINED and not Path(path).exists():
+        path = pretrained_path(str(path))
     try:
         return model_from_payload(load_checkpoint(path), device=device, dtype=dtype)
     except CheckpointError as err:
