@@ -47,6 +47,22 @@ class TestSO3LRContract(ModelContractTests):
             lr_cutoff=model.lr_cutoff + extra_cutoff,
         )  # fmt: skip
 
+    @pytest.mark.parametrize(
+        ("compile", "dtype"),
+        [
+            pytest.param(False, torch.float32, id="func-float32"),
+            pytest.param(False, torch.float64, id="func-float64"),
+            # two Inductor builds (with and without stress): ~4.5 min on the
+            # shared 2-core machine; test_so3lr_compiled.py builds one instead
+            pytest.param(
+                True, torch.float64, id="compiled-float64", marks=pytest.mark.slow
+            ),
+        ],
+    )
+    def test_compiled_backend_equals_eager(self, compile, dtype):
+        """The suite's test (compiled = eager, stress too), its builds marked slow."""
+        super().test_compiled_backend_equals_eager(compile, dtype)
+
     def test_far_apart_molecules_are_additive(self, dtype):
         """Additive without electrostatics (see test_charge_spreads_over_the_structure)."""
         self.overrides = {**self.overrides, "electrostatics": False}
