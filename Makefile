@@ -39,3 +39,8 @@ bench: $(STAMP)
 
 clean:
 	rm -rf $(VENV) demo_out .pytest_cache
+
+# EFA vs local So3krates on the C9H4 twist scan (examples/demo_global.sh; ~10 min on 2 cores)
+.PHONY: demo-global
+demo-global: $(STAMP)
+	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" examples/demo_global.sh

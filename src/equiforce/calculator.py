@@ -42,6 +42,9 @@ class EquiforceCalculator(Calculator):
     """
 
     implemented_properties = ["energy", "free_energy", "forces", "stress", "energies"]
+    # an ensemble model (equiforce.uncertainty) adds its spread: ``energy_std``
+    # (eV), ``forces_std`` (n_atoms,) eV/Å and ``forces_std_max`` (eV/Å)
+    implemented_properties += list(keys.UNCERTAINTY_KEYS)
 
     def __init__(
         self,
@@ -128,6 +131,10 @@ class EquiforceCalculator(Calculator):
             "forces": out[keys.FORCES].detach().cpu().double().numpy(),
             "energies": out[keys.ATOMIC_ENERGIES].detach().cpu().numpy(),
         }
+        for key in keys.UNCERTAINTY_KEYS:  # ensembles only
+            if key in out:
+                value = out[key].detach().cpu().double().numpy()
+                self.results[key] = value if key == keys.FORCES_STD else float(value[0])
         if want_stress:
             s = out[keys.STRESS][0].detach().cpu().double().numpy()
             self.results["stress"] = full_3x3_to_voigt_6_stress(s)

@@ -6,9 +6,8 @@ chosen by its ``name``; its preset and overrides are validated into that family'
 config class when the file is loaded (:attr:`So3kratesSection.resolved` etc.).
 
 Every section forbids unknown keys and is frozen. Errors are reported one per
-line as ``file: key.path: message (did you mean ...)`` by
-:func:`equiforce.config_errors.format_errors`; the CLI prints them and exits with status 2 before any
-file is written.
+line as ``file: key.path: message (did you mean ...)`` (``config_errors``); the
+CLI prints them and exits with status 2 before any file is written.
 
 Relative data paths are resolved against the folder of the YAML file, so a
 config works from any working directory.
@@ -31,6 +30,13 @@ from pydantic import (
 from pydantic_core import PydanticCustomError
 
 from equiforce.config_errors import choice_msg, format_errors, load_yaml
+from equiforce.config_finetune import FineTuneOptions, resolve_init_from
+from equiforce.config_labels import (
+    ExtraLabelKeys,
+    LabelName,
+    PropertyLossWeights,
+    check_property_model,
+)
 from equiforce.errors import EquiforceError
 from equiforce.models.nequip import NequIPConfig
 from equiforce.models.painn import PaiNNConfig
@@ -54,7 +60,7 @@ class ConfigError(EquiforceError):
         self.lines = lines
 
 
-class DataSource(BaseModel):
+class DataSource(ExtraLabelKeys):
     """One labelled file and how to read it (see :func:`equiforce.data.io.read`)."""
 
     model_config = _FROZEN
@@ -113,7 +119,7 @@ class DataConfig(BaseModel):
     isolated_atoms: str | None = Field(
         None, description="file of single-atom energies (eV) when e0='isolated_atoms'"
     )
-    optional_labels: tuple[Literal["energy", "forces", "stress"], ...] = Field(
+    optional_labels: tuple[LabelName, ...] = Field(
         (),
         description="labels the loss may miss in some or all frames (trained where "
         "present); any other weighted label missing from a frame is an error",
@@ -136,7 +142,7 @@ class DataConfig(BaseModel):
         return self
 
 
-class _ModelSectionBase(BaseModel):
+class _ModelSectionBase(FineTuneOptions):
     """Fields and checks every model family's section shares.
 
     The YAML a user writes is ``{name, preset, overrides}``; on validation the
@@ -238,7 +244,7 @@ ModelSection = Annotated[
 DEFAULT_MODEL = "so3krates"
 
 
-class TrainingConfig(BaseModel):
+class TrainingConfig(PropertyLossWeights):
     """Loss, optimiser, schedule, stopping and run settings (defaults: spec §5.1)."""
 
     model_config = _FROZEN
@@ -394,6 +400,11 @@ class EquiforceConfig(BaseModel):
             return {"name": DEFAULT_MODEL} | section
         return section
 
+    @model_validator(mode="after")
+    def _check_properties(self) -> EquiforceConfig:
+        check_property_model(self.training, self.model.name)
+        return self
+
     def model_kwargs(self) -> dict[str, Any]:
         """Arguments for :func:`equiforce.models.registry.build_model` (without e0)."""
         return {"name": self.model.name, **self.model.resolved.model_dump()}
@@ -436,9 +447,15 @@ def load_config(
 
 
 def validate_config(
-    raw: dict, base_dir: Path, source: str = "config"
+    raw: dict, base_dir: Path, source: str = "config", init_from: bool = True
 ) -> EquiforceConfig:
-    """Validate a raw dict (see :func:`load_config`)."""
+    """Validate a raw dict (see :func:`load_config`).
+
+    ``init_from=False`` skips reading ``model.init_from`` (a run's resolved config).
+    """
+    raw = dict(raw)  # resolve_init_from replaces raw["model"]
+    if init_from and (lines := resolve_init_from(raw, base_dir, source)):
+        raise ConfigError(lines)
     try:
         config = EquiforceConfig.model_validate(raw)
     except ValidationError as err:

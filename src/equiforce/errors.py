@@ -73,3 +73,16 @@ def describe(path: str | Path, frame: int | None, field: str, message: str) -> s
     """``path: frame N: field: message``, the one format of user-facing errors."""
     where = f"{path}" + (f": frame {frame}" if frame is not None else "")
     return f"{where}: {field}: {message}"
+
+
+class DataError(EquiforceError):
+    """Invalid input data; the message names file, frame (as in the file), field.
+
+    Raised by the readers (:mod:`equiforce.data.io`, which re-exports it).
+    """
+
+    def __init__(
+        self, path: str | Path, frame: int | None, field: str, message: str
+    ) -> None:
+        super().__init__(describe(path, frame, field, message))
+        self.path, self.frame, self.field = str(path), frame, field

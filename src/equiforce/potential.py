@@ -136,7 +136,7 @@ class Potential:
             )
             # a model the compiled backends cannot serve sets ``compilable = False``
             # (graph fields beyond the short-range ones pass through when listed
-            # in ``model.graph_inputs``, as SO3LR's long-range pairs, charge, spin)
+            # in ``model.compiled_inputs``, as SO3LR's long-range pairs, charge, spin)
             if wanted and getattr(self.model, "compilable", True):
                 self._compiled = CompiledPotential.for_device(self.model)
                 if self.notify is not None:

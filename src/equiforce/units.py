@@ -51,6 +51,16 @@ PRESSURE_UNITS: dict[str, float] = {
     "atm": 1.01325 * _u.bar,
 }
 
+#: Dipole units -> factor to e·Å.
+DIPOLE_UNITS: dict[str, float] = {
+    "e*Angstrom": 1.0,
+    "e*Å": 1.0,
+    "e*A": 1.0,
+    "e*Bohr": _u.Bohr,
+    "Debye": _u.Debye,
+    "D": _u.Debye,
+}
+
 #: Derived constants (internal units).
 FS: float = _u.fs  # one femtosecond in ASE time units
 KB_EV: float = _u.kB  # Boltzmann constant, eV/K
@@ -90,3 +100,8 @@ def force_factor(name: str) -> float:
 def pressure_factor(name: str) -> float:
     """Factor converting a pressure in unit ``name`` to eV/Å³."""
     return _lookup(PRESSURE_UNITS, name, "pressure")
+
+
+def dipole_factor(name: str) -> float:
+    """Factor converting a dipole moment in unit ``name`` to e·Å."""
+    return _lookup(DIPOLE_UNITS, name, "dipole")

@@ -12,7 +12,12 @@ from equiforce.models.registry import build_model
 from equiforce.models.so3krates import DegreeContraction
 from equiforce.nn.radial import PhysNetBasis, cosine_cutoff, phys_cutoff
 from equiforce.nn.spherical import SphericalHarmonics
-from equiforce.testing import TINY_SO3KRATES, ModelContractTests, random_molecule
+from equiforce.testing import (
+    TINY_SO3KRATES,
+    ModelContractTests,
+    random_molecule,
+    random_orthogonal,
+)
 
 SMALL = TINY_SO3KRATES
 
@@ -476,3 +481,36 @@ def test_inference_caches_follow_weight_changes(ev, chunked):
         new = both()
         assert (new - energy).abs().max() > 1e-8, "the change did not reach the cache"
         energy = new
+
+
+def test_fixed_constants_are_exact_after_a_float32_to_float64_cast():
+    """A float32 model cast (or its weights loaded) in float64 must not keep
+    float32-rounded SH coefficients and 1/√(2l+1): that broke rotation
+    invariance at ~1e-9 relative. Fails if the buffers only follow the cast."""
+    from equiforce.nn.spherical import _fit_coefficients
+
+    cfg = {**TINY_SO3KRATES, "degrees": (1, 2, 3), "num_features": 24}
+    m32 = build_model("so3krates", **cfg, dtype=torch.float32)
+    exact_coeff = _fit_coefficients((1, 2, 3))
+    exact_mat = DegreeContraction((1, 2, 3)).mat
+    assert not torch.equal(m32.sph.coeff.double(), exact_coeff)  # rounded in float32
+
+    cast = m32.double()
+    assert torch.equal(cast.sph.coeff, exact_coeff)
+    assert torch.equal(cast.contract.mat, exact_mat)
+
+    m64 = build_model("so3krates", **cfg, dtype=torch.float64)
+    m32 = build_model("so3krates", **cfg, dtype=torch.float32)
+    m64.load_state_dict(m32.state_dict())  # the file's stored copy of `mat` is rounded
+    assert torch.equal(m64.contract.mat, exact_mat)
+
+    rng = np.random.default_rng(3)
+    pos, z = random_molecule(rng)
+    rot = random_orthogonal(rng, reflect=False)
+    e = [
+        m64(AtomicGraph.from_arrays(p, z, m64.cutoff), compute_forces=False)[
+            "energy"
+        ].item()
+        for p in (pos, pos @ rot.T)
+    ]
+    assert abs(e[0] - e[1]) <= 1e-13 * max(1.0, abs(e[0]))

@@ -98,22 +98,44 @@ class TestSo3kratesEFA(ModelContractTests):
             model(AtomicGraph.collate([small, big]))
 
     def test_continuous_across_cutoff(self):
-        """As the suite's, but with the work −F·Δx subtracted: the live EFA branch's
-        random weights give forces of ~40 eV/Å, so the suite's absolute bound on
-        the energy change over its 2e-6 Å step would fail for a smooth energy.
-        A jump at the cutoff still fails (the local part is unchanged)."""
+        """As the suite's, but for stiff random models: the live EFA branch's random
+        weights give forces of ~40 eV/Å (~250 eV/Å with the tensor outputs), so
+        the suite's absolute bounds over its 2e-6 Å step would fail for a smooth
+        energy. Here the work −F·Δx is subtracted from the energy change, and the
+        force change across r_c must shrink with the step (≈ linearly for smooth
+        forces; a jump at the cutoff does not shrink). The local part is unchanged,
+        so a jump there still fails."""
         dtype = torch.float64
         model = self.make_model(dtype)
         rc, z = model.cutoff, np.array([6, 8, 1])
-        es, fs = [], []
-        for d in (rc - 1e-6, rc + 1e-6):
-            pos = np.array([[0.0, 0.0, 0.0], [d, 0.0, 0.0], [0.0, 1.1, 0.0]])
-            e, f = energy_forces(model, self.graph(pos, z, model, dtype))
-            es.append(e[0])
-            fs.append(f)
-        work = -0.5 * (fs[0][1, 0] + fs[1][1, 0]) * 2e-6
-        assert abs(es[1] - es[0] - work) < 1e-8, f"energy jumps at the cutoff: {es}"
-        assert np.abs(fs[0] - fs[1]).max() < 1e-4, "forces jump at the cutoff"
+
+        def across(half: float) -> tuple[float, float]:
+            es, fs = [], []
+            for d in (rc - half, rc + half):
+                pos = np.array([[0.0, 0.0, 0.0], [d, 0.0, 0.0], [0.0, 1.1, 0.0]])
+                e, f = energy_forces(model, self.graph(pos, z, model, dtype))
+                es.append(e[0])
+                fs.append(f)
+            work = -0.5 * (fs[0][1, 0] + fs[1][1, 0]) * 2 * half
+            return es[1] - es[0] - work, np.abs(fs[0] - fs[1]).max()
+
+        de_wide, df_wide = across(1e-6)
+        _, df_narrow = across(1e-7)
+        assert abs(de_wide) < 1e-8, f"energy jumps at the cutoff: {de_wide}"
+        assert df_narrow < 0.3 * df_wide + 1e-9, (
+            f"forces jump at the cutoff: {df_wide:.2e} (±1e-6 Å), "
+            f"{df_narrow:.2e} (±1e-7 Å)"
+        )
+
+
+class TestSo3kratesEFATensor(TestSo3kratesEFA):
+    """The same suite with the tensor outputs (l = 1, 2) feeding the Euclidean
+    variables (order 23: phase 3π at l = 2). Adds one compiled-float64 build."""
+
+    overrides = {
+        **TINY_SO3KRATES,
+        "global_attention": {**EFA, "degrees": (0, 1, 2), "lebedev_order": 23},
+    }
 
 
 def test_local_model_is_blind_to_a_long_chain_twist_and_efa_is_not():

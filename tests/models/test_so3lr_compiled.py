@@ -74,7 +74,7 @@ def test_traced_function_equals_eager_with_charge_and_spin(pretrained64):
     model = pretrained64
     batch = charged_batch(model, torch.float64)
     fast = CompiledPotential(model, compile=False)
-    assert fast.graph_inputs == ("lr_edge_index", "lr_edge_shifts", "charge", "spin")
+    assert fast.compiled_inputs == ("lr_edge_index", "lr_edge_shifts", "charge", "spin")
     out = fast(batch)
     assert_same_outputs(out, model(batch), TOLERANCES[torch.float64])
     # the inputs matter: neutral closed-shell input changes acetate and radical

@@ -56,7 +56,7 @@ BACKENDS = ("aoti", "inductor")
 
 #: Optional graph fields a model may read beyond the eight short-range tensors,
 #: with the dimension of each whose size varies between calls (long-range pairs;
-#: structures). A model lists the ones it reads in ``model.graph_inputs``.
+#: structures). A model lists the ones it reads in ``model.compiled_inputs``.
 GRAPH_INPUT_DIMS: dict[str, int] = {
     "lr_edge_index": 1,
     "lr_edge_shifts": 0,
@@ -94,8 +94,9 @@ class CompiledPotential:
         n_compiles: how many graphs Dynamo compiled so far (1 expected).
         aoti: one :class:`~equiforce.accel.aoti.AOTIFunction` per edge layout
             (paired or not) when the AOTInductor backend is on, else None.
-        graph_inputs: the optional graph fields passed to the compiled function
-            (``model.graph_inputs``, e.g. SO3LR's long-range pairs, charge, spin).
+        compiled_inputs: the optional graph fields passed to the compiled
+            function (``model.compiled_inputs``, e.g. SO3LR's long-range pairs,
+            charge, spin).
         term_keys: the per-term outputs (``atomic_energies:<term>``) it returns
             for models with more than one energy term, else empty.
     """
@@ -114,7 +115,7 @@ class CompiledPotential:
 
         tune_allocator()
         self.model = model.eval()
-        self.graph_inputs: tuple[str, ...] = graph_inputs(model)
+        self.compiled_inputs: tuple[str, ...] = compiled_inputs(model)
         self.term_keys: tuple[str, ...] = _term_keys(model)
         self.compile_seconds: float | None = None
         self._fn = self._energy_and_forces
@@ -174,7 +175,7 @@ class CompiledPotential:
             def energy_and_forces(*args: torch.Tensor) -> tuple[torch.Tensor, ...]:
                 return self._energy_and_forces(*args, edges_paired=paired)
 
-            extra_dims = (GRAPH_INPUT_DIMS[name] for name in self.graph_inputs)
+            extra_dims = (GRAPH_INPUT_DIMS[name] for name in self.compiled_inputs)
             fn = AOTIFunction(
                 energy_and_forces,
                 [*model.parameters(), *model.buffers()],
@@ -196,7 +197,7 @@ class CompiledPotential:
         """
         with contextlib.ExitStack() as stack:
             stack.enter_context(self.model.inference_tables())
-            if self.graph_inputs:
+            if self.compiled_inputs:
                 from torch.fx.experimental import _config as fx_config
 
                 stack.enter_context(fx_config.patch(use_duck_shape=False))
@@ -206,7 +207,7 @@ class CompiledPotential:
         """The AOTInductor library's outputs, or None when it cannot take ``graph``."""
         if not AOTIFunction.accepts(graph.num_nodes, graph.n_edges):
             return None
-        if "lr_edge_index" in self.graph_inputs and not AOTIFunction.accepts(
+        if "lr_edge_index" in self.compiled_inputs and not AOTIFunction.accepts(
             graph.num_nodes, graph.lr_edge_index.shape[1]
         ):
             return None
@@ -214,7 +215,7 @@ class CompiledPotential:
         def example() -> tuple[torch.Tensor, ...]:
             # two structures, so that the structure count stays symbolic
             g = graph if graph.n_graphs > 1 else AtomicGraph.collate([graph, graph])
-            return _arguments(g, self.graph_inputs)
+            return _arguments(g, self.compiled_inputs)
 
         try:
             return self._aoti_function(graph.edges_paired)(example, args)
@@ -242,7 +243,7 @@ class CompiledPotential:
         cell: torch.Tensor,  # (n_graphs, 3, 3)
         pbc: torch.Tensor,  # (n_graphs, 3)
         n_atoms: torch.Tensor,  # (n_graphs,)
-        *extras: torch.Tensor,  # the model's graph_inputs, in order
+        *extras: torch.Tensor,  # the model's compiled_inputs, in order
         edges_paired: bool,
         stress: bool = False,
     ) -> tuple[torch.Tensor, ...]:
@@ -251,7 +252,7 @@ class CompiledPotential:
         :func:`equiforce.energy.atomic_outputs` with ``torch.func`` derivatives;
         E0 is added inside the graph too (eager ops cost ~5 µs each, a few % of a
         small molecule's call), the per-structure sums stay outside. ``extras``:
-        the optional graph fields of :func:`graph_inputs` (SO3LR's long-range
+        the optional graph fields of :func:`compiled_inputs` (SO3LR's long-range
         pairs, charge and spin). Models with several energy terms also return
         each term's per-atom energies, in the order of :attr:`term_keys`.
         """
@@ -265,7 +266,7 @@ class CompiledPotential:
             pbc=pbc,
             n_atoms=n_atoms,
             edges_paired=edges_paired,
-            **dict(zip(self.graph_inputs, extras, strict=True)),
+            **dict(zip(self.compiled_inputs, extras, strict=True)),
         )
         model = self.model
         out = atomic_outputs(
@@ -313,14 +314,20 @@ class CompiledPotential:
     def _call(self, graph: AtomicGraph, stress: bool) -> dict[str, torch.Tensor]:
         # the training limit (differentiable=True): graphs the model would chunk
         # only for forces-only calls still run here, all edges at once
-        if self.model.chunks_edges(graph.n_edges, True) or self._autograd_fallback:
+        accepts = getattr(self.model, "compiled_accepts", None)
+        if (
+            self.model.chunks_edges(graph.n_edges, True)
+            or self._autograd_fallback
+            or (accepts is not None and not accepts(graph))
+        ):
+            # (and graphs the model runs eagerly only: SO3LR's PME cells)
             # checkpointed edge chunks use saved-tensor hooks, which torch.func
             # transforms reject: very large graphs take the autograd path
             # (the model finds the atoms already in Morton order: its sort is
             # a no-op permutation, milliseconds against seconds for such graphs)
             return self.model(graph, compute_forces=True, compute_stress=stress)
         padded = self._padded(graph) if self.pad else graph
-        args = _arguments(padded, self.graph_inputs)
+        args = _arguments(padded, self.compiled_inputs)
         start = time.perf_counter() if self.compile_seconds is None else 0.0
 
         # small graphs on one thread; the generated loops are single-threaded
@@ -368,12 +375,12 @@ class CompiledPotential:
         return finish(graph, atomic)
 
 
-def graph_inputs(model: PotentialModel) -> tuple[str, ...]:
+def compiled_inputs(model: PotentialModel) -> tuple[str, ...]:
     """The optional graph fields ``model`` reads (:data:`GRAPH_INPUT_DIMS` names)."""
-    names = tuple(getattr(model, "graph_inputs", ()))
+    names = tuple(getattr(model, "compiled_inputs", ()))
     unknown = set(names) - set(GRAPH_INPUT_DIMS)
     if unknown:
-        raise ValueError(f"graph_inputs: unknown graph fields {sorted(unknown)}")
+        raise ValueError(f"compiled_inputs: unknown graph fields {sorted(unknown)}")
     return names
 
 

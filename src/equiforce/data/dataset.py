@@ -43,6 +43,10 @@ class FrameStore:
         stress: (n_frames, 3, 3) eV/Å³, NaN where missing; None if no frame has any.
         cell: (n_frames, 3, 3) rows, Å.
         pbc: (n_frames, 3) bool.
+        charge: (n_frames,) total charge, e, NaN where not given (neutral);
+            None if no frame has one. ``spin``: the same for the total spin S.
+        dipole: (n_frames, 3) e·Å, NaN where missing; None if no frame has one.
+        hirshfeld: (n_total,) Hirshfeld ratios, NaN where missing; None if none.
     """
 
     numbers: np.ndarray
@@ -53,6 +57,10 @@ class FrameStore:
     stress: np.ndarray | None
     cell: np.ndarray
     pbc: np.ndarray
+    charge: np.ndarray | None = None
+    spin: np.ndarray | None = None
+    dipole: np.ndarray | None = None
+    hirshfeld: np.ndarray | None = None
 
     def __len__(self) -> int:
         return len(self.energy)
@@ -77,11 +85,19 @@ class FrameStore:
             if self.stress is None
             else np.isfinite(self.stress).all((1, 2))
         )
-        return {
+        out = {
             "energy": int(np.isfinite(self.energy).sum()),
             "forces": int(has_f.sum()),
             "stress": int(has_s.sum()),
         }
+        if self.dipole is not None:
+            out[keys.DIPOLE] = int(np.isfinite(self.dipole).all(1).sum())
+        if self.hirshfeld is not None:
+            per_frame = np.bincount(
+                self.frame_index[np.isfinite(self.hirshfeld)], minlength=len(self)
+            )
+            out[keys.HIRSHFELD_RATIOS] = int((per_frame == self.n_atoms).sum())
+        return out
 
     @property
     def frame_index(self) -> np.ndarray:
@@ -104,6 +120,7 @@ class FrameStore:
         cell = np.zeros((n, 3, 3))
         pbc = np.zeros((n, 3), dtype=bool)
         has_f = has_s = False
+        extra = _extra_fields(frames, offsets)
         for k, atoms in enumerate(frames):
             sl = slice(offsets[k], offsets[k + 1])
             numbers[sl] = atoms.numbers
@@ -132,6 +149,7 @@ class FrameStore:
             stress if has_s else None,
             cell,
             pbc,
+            **extra,
         )
 
     def subset(self, indices: Sequence[int] | np.ndarray) -> FrameStore:
@@ -151,16 +169,37 @@ class FrameStore:
             None if self.stress is None else self.stress[idx],
             self.cell[idx],
             self.pbc[idx],
+            *(None if a is None else a[idx] for a in (self.charge, self.spin)),
+            None if self.dipole is None else self.dipole[idx],
+            None if self.hirshfeld is None else self.hirshfeld[atom_idx],
         )
 
-    def graph(self, k: int, cutoff: float, dtype: torch.dtype) -> AtomicGraph:
-        """Frame ``k`` as a one-structure :class:`AtomicGraph` with its labels."""
+    def graph(
+        self,
+        k: int,
+        cutoff: float,
+        dtype: torch.dtype,
+        lr_cutoff: float | None = None,
+    ) -> AtomicGraph:
+        """Frame ``k`` as a one-structure :class:`AtomicGraph` with its labels.
+
+        With ``lr_cutoff`` (Å) the graph also gets the long-range pairs; the
+        total charge and spin become ``graph.charge``/``spin`` when given.
+        """
         sl = slice(self.offsets[k], self.offsets[k + 1])
         targets: dict[str, np.ndarray] = {keys.ENERGY: self.energy[k]}
         if self.forces is not None:
             targets[keys.FORCES] = self.forces[sl]
         if self.stress is not None:
             targets[keys.STRESS] = self.stress[k]
+        if self.dipole is not None:
+            targets[keys.DIPOLE] = self.dipole[k]
+        if self.hirshfeld is not None:
+            targets[keys.HIRSHFELD_RATIOS] = self.hirshfeld[sl]
+        charge, spin = (
+            None if a is None or np.isnan(a[k]) else float(a[k])
+            for a in (self.charge, self.spin)
+        )
         return AtomicGraph.from_arrays(
             self.positions[sl],
             self.numbers[sl],
@@ -169,7 +208,41 @@ class FrameStore:
             pbc=self.pbc[k],
             targets=targets,
             dtype=dtype,
+            lr_cutoff=lr_cutoff,
+            charge=charge,
+            spin=spin,
         )
+
+
+def _extra_fields(frames: Sequence, offsets: np.ndarray) -> dict[str, np.ndarray]:
+    """Total charge, spin, dipoles and Hirshfeld ratios of the frames that have them.
+
+    Read from where :func:`equiforce.data.io.read` puts them
+    (:mod:`equiforce.data.extra_labels`); NaN where a frame has none, and
+    a field no frame has is left out.
+    """
+    n = len(frames)
+    out = {
+        "charge": np.full(n, np.nan),
+        "spin": np.full(n, np.nan),
+        "dipole": np.full((n, 3), np.nan),
+        "hirshfeld": np.full(offsets[-1], np.nan),
+    }
+    seen: set[str] = set()
+    for k, atoms in enumerate(frames):
+        for field, name in (
+            ("charge", keys.CHARGE),
+            ("spin", keys.SPIN),
+            ("dipole", keys.DIPOLE),
+        ):
+            if atoms.info.get(name) is not None:
+                out[field][k] = atoms.info[name]
+                seen.add(field)
+        h = atoms.arrays.get(keys.HIRSHFELD_RATIOS)
+        if h is not None:
+            out["hirshfeld"][offsets[k] : offsets[k + 1]] = h
+            seen.add("hirshfeld")
+    return {field: a for field, a in out.items() if field in seen}
 
 
 def _full_stress(s: np.ndarray) -> np.ndarray:
@@ -186,14 +259,21 @@ class GraphDataset:
         store: the frames.
         cutoff: neighbour cutoff, Å (the model's).
         dtype: float dtype of positions and force targets (energies stay float64).
+        lr_cutoff: cutoff of the long-range pairs, Å (the model's ``lr_cutoff``,
+            SO3LR); None: none.
     """
 
     def __init__(
-        self, store: FrameStore, cutoff: float, dtype: torch.dtype = torch.float32
+        self,
+        store: FrameStore,
+        cutoff: float,
+        dtype: torch.dtype = torch.float32,
+        lr_cutoff: float | None = None,
     ):
         self.store = store
         self.cutoff = float(cutoff)
         self.dtype = dtype
+        self.lr_cutoff = lr_cutoff
         self._cache: list[AtomicGraph | None] = [None] * len(store)
 
     def __len__(self) -> int:
@@ -202,7 +282,9 @@ class GraphDataset:
     def __getitem__(self, k: int) -> AtomicGraph:
         g = self._cache[k]
         if g is None:
-            g = self._cache[k] = self.store.graph(k, self.cutoff, self.dtype)
+            g = self._cache[k] = self.store.graph(
+                k, self.cutoff, self.dtype, self.lr_cutoff
+            )
         return g
 
     def batch(self, indices: Sequence[int]) -> AtomicGraph:

@@ -14,6 +14,7 @@ cell                (n_graphs, 3, 3) float    lattice vectors as rows; zeros if 
 pbc                 (n_graphs, 3) bool        periodic flags
 n_atoms             (n_graphs,) int64         atoms per structure
 targets             dict[str, Tensor]         energy (n_graphs,), forces (n_atoms, 3), ...
+                                              (names and shapes: equiforce.keys)
 edges_paired        bool                      edge P+k reverses edge k (P = n_edges/2)
 charge              (n_graphs,) float | None  total charge Q, e (None: neutral)
 spin                (n_graphs,) float | None  total spin S (2S unpaired electrons; None: 0)
@@ -49,6 +50,9 @@ import torch
 from equiforce import keys
 from equiforce.data.longrange_fields import collate_lr, graph_values, lr_pairs
 from equiforce.data.neighbors import neighbor_list
+
+#: Shape of one structure's value of each graph-level target.
+_GRAPH_TARGET_SHAPES = {keys.ENERGY: (), keys.STRESS: (3, 3), keys.DIPOLE: (3,)}
 
 
 @dataclass
@@ -169,8 +173,8 @@ class AtomicGraph:
                 np.asarray(value, dtype=np.float64),
                 dtype=torch.float64 if key == keys.ENERGY else dtype,
             )
-            if key in keys.GRAPH_TARGETS:
-                t = t.reshape(1, *t.shape[-2:]) if key == keys.STRESS else t.reshape(1)
+            if key in keys.GRAPH_TARGETS:  # (1,), (1, 3, 3) or (1, 3)
+                t = t.reshape(1, *_GRAPH_TARGET_SHAPES[key])
             tgt[key] = t
         return cls(
             positions=torch.as_tensor(positions, dtype=dtype),

@@ -18,8 +18,9 @@ from ase.calculators.singlepoint import SinglePointCalculator
 from ase.stress import full_3x3_to_voigt_6_stress
 
 from equiforce import units
+from equiforce.data import extra_labels
 from equiforce.data.neighbors import neighbor_list
-from equiforce.errors import EquiforceError, describe
+from equiforce.errors import DataError
 
 #: Minimum allowed interatomic distance, Å (closer atoms are almost surely an error).
 MIN_DISTANCE = 0.1
@@ -48,16 +49,6 @@ NPZ_LAYOUTS: dict[str, dict[str, str]] = {
 }
 
 
-class DataError(EquiforceError):
-    """Invalid input data; the message names file, frame (as in the file), field."""
-
-    def __init__(
-        self, path: str | Path, frame: int | None, field: str, message: str
-    ) -> None:
-        super().__init__(describe(path, frame, field, message))
-        self.path, self.frame, self.field = str(path), frame, field
-
-
 def read(
     path: str | Path,
     index: str | int | slice = ":",
@@ -69,6 +60,11 @@ def read(
     length_unit: str = "Angstrom",
     format: str | None = None,
     require: Iterable[str] = (),
+    charge_key: str | None = None,
+    spin_key: str | None = None,
+    dipole_key: str | None = None,
+    hirshfeld_key: str | None = None,
+    dipole_unit: str = "e*Angstrom",
 ) -> list[Atoms]:
     """Read structures with energy/force/stress labels, converted to eV and Å.
 
@@ -85,9 +81,19 @@ def read(
         length_unit: unit of positions and cell.
         format: ASE format name, or ``"npz"``; default from the file name.
         require: labels that every frame must carry, e.g. ``("energy", "forces")``.
+        charge_key: key of the total charge, e; default: the first of
+            :data:`equiforce.data.extra_labels.ALIASES` present (the same for
+            the three keys below).
+        spin_key: key of the total spin S.
+        dipole_key: key of the dipole moments.
+        hirshfeld_key: key of the Hirshfeld volume ratios (per atom).
+        dipole_unit: unit of the stored dipoles (``e*Angstrom``, ``e*Bohr``,
+            ``Debye``).
 
     Returns:
-        One ``ase.Atoms`` per frame, labels in ``atoms.calc.results``.
+        One ``ase.Atoms`` per frame, labels in ``atoms.calc.results``; total
+        charge, spin and dipole (e·Å) in ``atoms.info``, Hirshfeld ratios in
+        ``atoms.arrays`` (:mod:`equiforce.data.extra_labels`).
 
     Raises:
         DataError: unreadable file, unknown unit, invalid frame (names file, frame, field).
@@ -99,13 +105,15 @@ def read(
         e_fac = units.energy_factor(energy_unit)
         l_fac = units.length_factor(length_unit)
         f_fac = _force_factor(force_unit, energy_unit, length_unit)
+        d_fac = units.dipole_factor(dipole_unit)
     except ValueError as err:
         raise DataError(path, None, "units", str(err)) from None
     is_npz = (format or path.suffix.lstrip(".")).lower() == "npz"
     reader = _read_npz if is_npz else _read_ase
-    frames = reader(path, index, energy_key, forces_key, stress_key, format)
+    given = extra_labels.given_keys(charge_key, spin_key, dipole_key, hirshfeld_key)
+    frames = reader(path, index, energy_key, forces_key, stress_key, format, given)
     out = []
-    for k, atoms, labels in frames:  # k: the frame as numbered in the file
+    for k, atoms, labels, extra in frames:  # k: the frame as numbered in the file
         atoms.positions *= l_fac
         if atoms.cell.rank:
             atoms.cell = np.asarray(atoms.cell) * l_fac
@@ -120,6 +128,9 @@ def read(
                 full_3x3_to_voigt_6_stress(s) if s.shape == (3, 3) else s
             )
         validate_atoms(atoms, results, path, k, require)
+        extra_labels.attach(
+            atoms, extra_labels.checked(extra, len(atoms), path, k, d_fac)
+        )
         if results:
             atoms.calc = SinglePointCalculator(atoms, **results)
         atoms.info[SOURCE_FRAME] = k
@@ -131,25 +142,38 @@ def read(
 SOURCE_FRAME = "source_frame"
 
 #: the labels a frame can carry
-LABELS = ("energy", "forces", "stress")
+LABELS = ("energy", "forces", "stress", *extra_labels.LABELS)
 
 
-def label_counts(frames: Sequence[Atoms]) -> dict[str, list[int]]:
-    """For each label, the file frame numbers of the frames that lack it."""
-    missing: dict[str, list[int]] = {name: [] for name in LABELS}
+def label_counts(
+    frames: Sequence[Atoms], names: Sequence[str] = LABELS
+) -> dict[str, list[int]]:
+    """For each label (or input in ``names``), the file frames that lack it."""
+    missing: dict[str, list[int]] = {name: [] for name in names}
     for k, atoms in enumerate(frames):
         results = atoms.calc.results if atoms.calc is not None else {}
-        for name in LABELS:
-            if results.get(name) is None:
+        for name in names:
+            if name in extra_labels.FIELDS:
+                there = extra_labels.value(atoms, name)
+            else:
+                there = results.get(name)
+            if there is None:
                 missing[name].append(int(atoms.info.get(SOURCE_FRAME, k)))
     return missing
 
 
 def label_summary(path: str | Path, frames: Sequence[Atoms]) -> str:
-    """One line: frames read and how many carry each label (first frame lacking it)."""
+    """One line: frames read and how many carry each label (first frame lacking it).
+
+    Dipoles, Hirshfeld ratios, total charge and spin are named only when some
+    frame has them.
+    """
     n = len(frames)
     parts = []
-    for name, lacking in label_counts(frames).items():
+    names = (*LABELS, *extra_labels.INPUTS)
+    for name, lacking in label_counts(frames, names).items():
+        if name in extra_labels.FIELDS and len(lacking) == n:
+            continue
         text = f"{name} {n - len(lacking)}/{n}"
         if lacking and len(lacking) < n:
             text += f" (first missing: frame {lacking[0]})"
@@ -252,7 +276,7 @@ def _expect_shape(arr, shapes: list[tuple], key: str, path: Path, what: str) -> 
         )
 
 
-def _read_npz(path, index, energy_key, forces_key, stress_key, _format):
+def _read_npz(path, index, energy_key, forces_key, stress_key, _format, extra_keys):
     try:
         data = np.load(path, allow_pickle=False)
         keys = set(data.files)
@@ -314,6 +338,7 @@ def _read_npz(path, index, energy_key, forces_key, stress_key, _format):
         _expect_shape(arr, shapes, f"{name} (key {key!r})", path, what)
     if energies is not None:
         energies = energies.reshape(n_frames)
+    extra = extra_labels.from_npz(keys, get, n_frames, n_atoms, extra_keys, path)
     for k in _index_list(index, n_frames, path):
         z = numbers if numbers.ndim == 1 else numbers[k]
         keep = z > 0  # zero-padded formats (QM7-X subsets) mark padding with Z = 0
@@ -328,10 +353,10 @@ def _read_npz(path, index, energy_key, forces_key, stress_key, _format):
             "forces": None if forces is None else forces[k][keep],
             "stress": None if stress is None else stress[k],
         }
-        yield k, atoms, labels
+        yield k, atoms, labels, extra_labels.npz_frame(extra, k, keep)
 
 
-def _read_ase(path, index, energy_key, forces_key, stress_key, format):
+def _read_ase(path, index, energy_key, forces_key, stress_key, format, given):
     frames = []
     try:  # frame by frame, so that an unreadable frame is named
         for atoms in ase.io.iread(path, index=":", format=format):
@@ -361,7 +386,7 @@ def _read_ase(path, index, energy_key, forces_key, stress_key, format):
             else results.get("stress"),
         }
         atoms.calc = None
-        yield k, atoms, labels
+        yield k, atoms, labels, extra_labels.from_ase(atoms, results, given)
 
 
 def validate_atoms(

@@ -13,7 +13,13 @@ from pathlib import Path
 
 def add_md_flags(p: argparse.ArgumentParser) -> None:
     """Add the flags of one MD run (model, structure, md.yaml and its overrides)."""
-    p.add_argument("--model", required=True, type=Path, help="model checkpoint (.pt)")
+    p.add_argument(
+        "--model",
+        required=True,
+        type=Path,
+        help="model checkpoint (.pt); a committee: its run directory "
+        "(member_<k>/best.pt) or comma-separated files",
+    )
     p.add_argument(
         "--structure",
         required=True,
@@ -54,6 +60,20 @@ def add_md_flags(p: argparse.ArgumentParser) -> None:
         choices=("auto", "extxyz", "hdf5"),
         default=None,
     )
+    p.add_argument(
+        "--max-force-std",
+        type=float,
+        default=None,
+        metavar="EV_A",
+        help="ensemble models: act when a frame's largest per-atom force std "
+        "exceeds this, eV/Å (docs/uncertainty.md)",
+    )
+    p.add_argument(
+        "--uncertainty-action",
+        choices=("stop", "flag"),
+        default=None,
+        help="above --max-force-std: stop the run (default) or flag the frame",
+    )
     p.add_argument("--no-progress", action="store_true")
 
 
@@ -70,11 +90,25 @@ def register(subparsers) -> None:
         action="store_true",
         help="replace an earlier run's outputs in OUT (default: refuse)",
     )
+    add_charge_flags(p)
     p.set_defaults(func=_md)
+
+
+def add_charge_flags(p: argparse.ArgumentParser) -> None:
+    """``--charge`` and ``--spin`` (models with those inputs, e.g. SO3LR)."""
+    p.add_argument(
+        "--charge", type=float, default=None, help="total charge, e (default: the "
+        "structure file's info['charge'], else 0); models such as --model so3lr",
+    )  # fmt: skip
+    p.add_argument(
+        "--spin", type=float, default=None, help="total spin S (default: the file's "
+        "info['spin'], else 0)",
+    )  # fmt: skip
 
 
 def _config(args: argparse.Namespace):
     from equiforce.md.config import load_md_config
+    from equiforce.md.uncertainty import uncertainty_overrides
 
     return load_md_config(
         args.config,
@@ -92,13 +126,14 @@ def _config(args: argparse.Namespace):
         n_replicas=args.replicas,
         device=args.device,
         trajectory_format=args.trajectory_format,
+        **uncertainty_overrides(args),
     )
 
 
 def load_inputs(args: argparse.Namespace):
     """(config, model, structures) or raise a ValueError with a clear message."""
     from equiforce.data.io import read
-    from equiforce.models.registry import load_model
+    from equiforce.md.uncertainty import load_md_model
 
     config = _config(args)
     dtype = None
@@ -106,7 +141,7 @@ def load_inputs(args: argparse.Namespace):
         import torch
 
         dtype = getattr(torch, config.model_dtype)
-    model = load_model(args.model, device=config.device, dtype=dtype)
+    model = load_md_model(args.model, config, dtype)
     structures = read(args.structure)
     if not -len(structures) <= config.frame < len(structures):
         raise ValueError(
@@ -117,14 +152,16 @@ def load_inputs(args: argparse.Namespace):
 
 
 def _md(args) -> int:
+    from equiforce.md.forcefield import set_total_charge
     from equiforce.md.runner import run_md
 
     try:
         config, model, structures = load_inputs(args)
+        atoms = structures[config.frame]
+        set_total_charge(atoms, model, args.charge, args.spin)
     except ValueError as err:  # ConfigError, DataError, CheckpointError
         print(f"error: {err}", file=sys.stderr)
         return 2
-    atoms = structures[config.frame]
     atoms.calc = None
     import torch
 
@@ -150,6 +187,9 @@ def _md(args) -> int:
             f"unstable: system {e.system} at {e.time_fs / 1000:.3f} ps "
             f"(step {e.step}): {e.reason}"
         )
+    if result.stop_reason:
+        print(f"stopped: {result.stop_reason}")
+        return 1
     if result.interrupted:
         print(f"interrupted at step {result.steps_done}; continue with --resume")
         return 130

@@ -15,6 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from equiforce.config_errors import load_yaml
 from equiforce.errors import EquiforceError
+from equiforce.md.uncertainty import UncertaintyConfig
 
 
 class StabilityConfig(BaseModel):
@@ -99,6 +100,7 @@ class MDConfig(BaseModel):
         "auto", description="auto: extxyz up to 1,000 frames, HDF5 beyond"
     )
     stability: StabilityConfig = StabilityConfig()
+    uncertainty: UncertaintyConfig = UncertaintyConfig()
 
     @model_validator(mode="after")
     def _check_length(self) -> MDConfig:
@@ -130,6 +132,7 @@ def format_errors(err: ValidationError, source: str) -> str:
     """One line per error: ``source: dotted.path: message``."""
     lines = []
     known = set(MDConfig.model_fields) | set(StabilityConfig.model_fields)
+    known |= set(UncertaintyConfig.model_fields)
     for e in err.errors():
         loc = ".".join(str(p) for p in e["loc"]) or "md"
         msg = e["msg"]
@@ -157,6 +160,9 @@ def load_md_config(path: str | Path | None = None, **overrides) -> MDConfig:
         if not isinstance(loaded, dict):
             raise ConfigError(f"{path}: expected a mapping of MD settings")
         data = dict(loaded.get("md", loaded))
+    nested = overrides.pop("uncertainty", None)  # flags merge into the section
+    if nested:
+        data["uncertainty"] = {**(data.get("uncertainty") or {}), **nested}
     data.update({k: v for k, v in overrides.items() if v is not None})
     if data.get("steps") is not None and "time_ps" in data and "steps" in overrides:
         data.pop("time_ps")  # a --steps flag wins over a file's time_ps

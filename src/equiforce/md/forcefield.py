@@ -38,7 +38,13 @@ class ModelForceField:
 
     Attributes:
         potential: the :class:`Potential` doing the work.
+        charge: (n_systems,) total charge of each system, e, for models that
+            read it (SO3LR); None: neutral. ``spin``: the same for the spin S.
+            :meth:`set_totals` fills both from the systems' ``atoms.info``.
     """
+
+    charge: torch.Tensor | None = None
+    spin: torch.Tensor | None = None
 
     def __init__(
         self,
@@ -52,6 +58,20 @@ class ModelForceField:
         self.potential = Potential.wrap(
             model, dtype=dtype, skin=skin, compile=compile, compile_after=compile_after
         )
+        #: all outputs of the last call (an ensemble's ``forces_std``, ...)
+        self.last_outputs: dict[str, torch.Tensor] | None = None
+
+    def set_totals(self, systems: list) -> None:
+        """Take each system's ``atoms.info['charge']``/``['spin']`` (missing: 0).
+
+        Args:
+            systems: the ``ase.Atoms`` of the state, in system order.
+        """
+        for name in (keys.CHARGE, keys.SPIN):
+            values = [a.info.get(name) for a in systems]
+            given = any(v is not None for v in values)
+            totals = [0.0 if v is None else float(v) for v in values]
+            setattr(self, name, torch.tensor(totals) if given else None)
 
     @property
     def model(self) -> PotentialModel:
@@ -87,10 +107,41 @@ class ModelForceField:
             state.pbc,
             state.system_idx if state.n_systems > 1 else None,
             stress=stress,
+            charge=self.charge,
+            spin=self.spin,
         )
+        self.last_outputs = out
         if stress:
             return out[keys.ENERGY], out[keys.FORCES], out[keys.STRESS]
         return out[keys.ENERGY], out[keys.FORCES]
+
+
+def set_total_charge(
+    atoms, model: PotentialModel, charge: float | None, spin: float | None
+) -> None:
+    """Set ``atoms.info['charge']``/``['spin']`` from command-line values.
+
+    Args:
+        atoms: the structure (its file's values are replaced by given ones).
+        model: the model; a given value it does not read is an error.
+        charge: total charge, e (None: keep the file's, else neutral).
+        spin: total spin S ≥ 0 (None: keep the file's, else 0).
+
+    Raises:
+        ValueError: negative spin, or a model without that input (naming the flag).
+    """
+    inputs = getattr(model, "graph_inputs", ())
+    for name, value in ((keys.CHARGE, charge), (keys.SPIN, spin)):
+        if value is None:
+            continue
+        if name not in inputs:
+            label = getattr(model, "model_name", "") or type(model).__name__
+            raise ValueError(
+                f"--{name}: model {label!r} does not take a total {name} (SO3LR does)"
+            )
+        if name == keys.SPIN and value < 0:
+            raise ValueError(f"--spin: must be >= 0 (total spin S), got {value}")
+        atoms.info[name] = float(value)
 
 
 class HarmonicTether:

@@ -6,6 +6,8 @@ import argparse
 import sys
 from pathlib import Path
 
+from equiforce.md.cli import add_charge_flags
+
 
 def register(subparsers) -> None:
     """Add ``relax``."""
@@ -33,6 +35,7 @@ def register(subparsers) -> None:
         "--overwrite", action="store_true", help="allow a non-empty --out folder"
     )
     p.add_argument("--quiet", action="store_true", help="no progress lines")
+    add_charge_flags(p)
     p.set_defaults(func=_relax)
 
 
@@ -49,6 +52,7 @@ def _check_out(out: Path, overwrite: bool) -> None:
 def _relax(args) -> int:
     from equiforce.calculator import EquiforceCalculator
     from equiforce.data.io import read
+    from equiforce.md.forcefield import set_total_charge
     from equiforce.md.relax import relax
     from equiforce.models.registry import load_model
 
@@ -65,6 +69,7 @@ def _relax(args) -> int:
         model = load_model(args.model, device=args.device)
         atoms = structures[args.frame]
         atoms.calc = None
+        set_total_charge(atoms, model, args.charge, args.spin)
         calc = EquiforceCalculator(model, device=args.device, compile=False)
         result, _ = relax(
             atoms,

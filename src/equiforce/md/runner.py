@@ -14,7 +14,10 @@ Files in ``out_dir``:
   moment continues exactly from its last checkpoint and recomputes at most that
   interval. (A checkpoint and an HDF5 flush at every frame cost ~4 ms: for ethanol
   writing every 4 steps, more than the MD itself.);
-- ``result.json``: steps done, wall time, steps/s, ns/day, stability events.
+- ``result.json``: steps done, wall time, steps/s, ns/day, stability events,
+  and with an ensemble model the uncertainty stop reason and flagged frames;
+- ``uncertainty.csv`` (ensemble models): the spread at every frame
+  (:mod:`equiforce.md.uncertainty`).
 """
 
 from __future__ import annotations
@@ -29,7 +32,6 @@ import numpy as np
 import torch
 
 from equiforce.atomic import atomic_torch_save, atomic_write_json
-from equiforce.console import LineTicker, hms, is_terminal
 from equiforce.data.trajectory import open_writer, truncate_trajectory
 from equiforce.md.barostat import instantaneous_pressure, make_npt_integrator, volume
 from equiforce.md.config import MDConfig
@@ -43,12 +45,19 @@ from equiforce.md.observers import (
     truncate_thermo,
 )
 from equiforce.md.outdir import CHECKPOINT, OutDirError, claim_out_dir
+from equiforce.md.progress import MDProgress
 from equiforce.md.state import (
     ForceFn,
     MDState,
     maxwell_boltzmann,
     state_from_atoms,
     state_to_atoms,
+)
+from equiforce.md.uncertainty import (
+    UNCERTAINTY_FILE,
+    UncertaintyEvent,
+    UncertaintyMonitor,
+    require_ensemble,
 )
 from equiforce.units import pressure_factor
 
@@ -65,6 +74,9 @@ class MDResult:
     interrupted: bool
     events: list[StabilityEvent] = field(default_factory=list)
     out_dir: str | None = None
+    #: why the run stopped before its last step other than instability or SIGINT
+    stop_reason: str | None = None
+    uncertainty_events: list[UncertaintyEvent] = field(default_factory=list)
 
     @property
     def stable(self) -> bool:
@@ -151,6 +163,7 @@ class Simulation:
                 max_temperature_factor=st.max_temperature_factor,
             )
         self.events: list[StabilityEvent] = []
+        self.uncertainty = UncertaintyMonitor(config.uncertainty, self.out_dir)
         self._writers: list = []
         self._last_checkpoint = -float("inf")  # the first frame checkpoints
         self._thermo: ThermoWriter | None = None
@@ -181,6 +194,7 @@ class Simulation:
             self.state = MDState.from_state_dict(payload["state"], self.config.device)
             self.integrator.set_rng_state(payload["rng"])
             self.events = [StabilityEvent(**e) for e in payload.get("events", [])]
+            self.uncertainty.restore(payload.get("uncertainty_events", []))
         except Exception as err:  # noqa: BLE001 - torch.load raises many kinds
             first = (str(err).splitlines() or [""])[0][:160]
             raise OutDirError(
@@ -193,6 +207,7 @@ class Simulation:
             if p.exists():
                 truncate_trajectory(p, self.state.step)
         truncate_thermo(self.out_dir / "thermo.csv", self.state.step)
+        truncate_thermo(self.out_dir / UNCERTAINTY_FILE, self.state.step)
         return True
 
     def _trajectory_paths(self) -> list[Path]:
@@ -287,6 +302,7 @@ class Simulation:
             "rng": self.integrator.rng_state(),
             "config": self.config.model_dump(mode="json"),
             "events": [asdict(e) for e in self.events],
+            "uncertainty_events": [asdict(e) for e in self.uncertainty.events],
         }
         _save_checkpoint(self.out_dir / CHECKPOINT, payload)
 
@@ -296,6 +312,7 @@ class Simulation:
             w.close()
         if self._thermo is not None:
             self._thermo.close()
+        self.uncertainty.close()
         self._writers, self._thermo = [], None
 
     # ---------------------------------------------------------------- run
@@ -303,8 +320,9 @@ class Simulation:
         """Check stability and write outputs; True if the run must stop."""
         new = self.monitor.check(self.state, self.time_fs()) if self.monitor else []
         self.events.extend(new)
+        unsure = self.uncertainty.at_frame(self.force_fn, self.state, self.time_fs())
         self._write_outputs()
-        return bool(new)
+        return bool(new) or unsure
 
     def _fail(self, reason: str) -> None:
         st = self.state
@@ -331,7 +349,7 @@ class Simulation:
         if fresh and self._on_frame():
             return self._result(0, 0.0, False)
         start, t0 = state.step, time.perf_counter()
-        bar = _Progress(total, start, self.config.timestep, enabled=progress)
+        bar = MDProgress(total, start, self.config.timestep, enabled=progress)
         with _SigintFlag() as flag, bar:
             while state.step < total and not flag.set:
                 try:
@@ -360,6 +378,8 @@ class Simulation:
             interrupted=interrupted,
             events=list(self.events),
             out_dir=None if self.out_dir is None else str(self.out_dir),
+            stop_reason=self.uncertainty.stop_reason,
+            uncertainty_events=list(self.uncertainty.events),
         )
         if self.out_dir is not None:
             payload = asdict(result) | {"stable": result.stable}
@@ -369,72 +389,6 @@ class Simulation:
     def final_atoms(self) -> list:
         """The current state as ``ase.Atoms`` (one per system)."""
         return state_to_atoms(self.state)
-
-
-class _Progress:
-    """Rich progress bar with steps/s and ns/day (a no-op when disabled)."""
-
-    def __init__(self, total: int, start: int, dt_fs: float, enabled: bool) -> None:
-        self.enabled, self.total, self.start, self.dt = enabled, total, start, dt_fs
-        self._every = max(1, (total - start) // 200)
-        self._t0 = 0.0
-
-    def __enter__(self) -> _Progress:
-        self._ticker = None
-        if self.enabled and not is_terminal():
-            self._ticker = LineTicker("md")  # plain lines: a log shows progress
-        elif self.enabled:
-            from rich.progress import (
-                BarColumn,
-                MofNCompleteColumn,
-                Progress,
-                TextColumn,
-                TimeElapsedColumn,
-                TimeRemainingColumn,
-            )
-
-            self._bar = Progress(
-                TextColumn("MD"),
-                BarColumn(),
-                MofNCompleteColumn(),
-                TextColumn(
-                    "{task.fields[rate]:.1f} steps/s {task.fields[nsday]:.3f} ns/day"
-                ),
-                TimeElapsedColumn(),
-                TimeRemainingColumn(),
-            )
-            self._bar.__enter__()
-            self._task = self._bar.add_task(
-                "md", total=self.total, completed=self.start, rate=0.0, nsday=0.0
-            )
-        self._t0 = time.perf_counter()
-        self._window = (self._t0, self.start)  # (time, step) of the last line
-        return self
-
-    def update(self, step: int) -> None:
-        """Advance to ``step`` (redrawn every ~0.5 % of the run)."""
-        if not self.enabled or step % self._every:
-            return
-        rate = (step - self.start) / max(time.perf_counter() - self._t0, 1e-9)
-        nsday = rate * self.dt * 86400.0 * 1e-6
-        if self._ticker is not None:
-            if self._ticker.due():  # the rate since the last line: not a compile
-                now = time.perf_counter()
-                t_last, s_last = self._window
-                rate = (step - s_last) / max(now - t_last, 1e-9)
-                self._window = (now, step)
-                nsday = rate * self.dt * 86400.0 * 1e-6
-                left = hms((self.total - step) / rate) if rate > 0 else "-"
-                self._ticker.line(
-                    f"step {step}/{self.total}, {rate:.1f} steps/s, {nsday:.3f} "
-                    f"ns/day, ETA {left}"
-                )
-            return
-        self._bar.update(self._task, completed=step, rate=rate, nsday=nsday)
-
-    def __exit__(self, *exc) -> None:
-        if self.enabled and self._ticker is None:
-            self._bar.__exit__(*exc)
 
 
 def _notice(message: str) -> None:
@@ -473,9 +427,8 @@ def run_md(
     from equiforce.models.base import PotentialModel
 
     if isinstance(model, PotentialModel):
-        dtype = (
-            None if config.model_dtype is None else getattr(torch, config.model_dtype)
-        )
+        require_ensemble(model, config.uncertainty)
+        dtype = config.model_dtype and getattr(torch, config.model_dtype)
         model = model.to(config.device)
         force_fn = ModelForceField(
             model, skin=config.skin, dtype=dtype, compile=config.compile
@@ -487,6 +440,8 @@ def run_md(
     if out_dir is not None:
         claim_out_dir(out_dir, resume, overwrite)
     systems = [a.copy() for a in atoms_list for _ in range(config.n_replicas)]
+    if isinstance(force_fn, ModelForceField):  # total charge and spin (SO3LR)
+        force_fn.set_totals(systems)
     sim = Simulation(force_fn, systems, config, out_dir)
     if resume and out_dir is not None:
         sim.resume()

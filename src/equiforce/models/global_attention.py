@@ -19,9 +19,9 @@ from equiforce.nn.efa import LEBEDEV_POINTS, EuclideanFastAttention, check_quadr
 class GlobalAttentionConfig(BaseModel):
     """Euclidean fast attention as a zero-initialised residual branch per layer.
 
-    The grid must integrate the highest phase ω_max·r_max: the config is rejected
-    when the Lebedev order is too coarse for ``max_frequency × r_max`` (rule and
-    bound in :mod:`equiforce.nn.efa`).
+    The grid must integrate the highest phase ω_max·r_max at the highest output
+    degree: the config is rejected when the Lebedev order is too coarse for
+    ``max_frequency × r_max`` (rule and bound in :mod:`equiforce.nn.efa_grid`).
     """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -58,7 +58,13 @@ class GlobalAttentionConfig(BaseModel):
         1e-4,
         gt=0,
         lt=1,
-        description="allowed bound of the quadrature error of the j₀ kernel",
+        description="allowed bound of the quadrature error of the j_l kernels",
+    )
+    degrees: tuple[int, ...] = Field(
+        (0,),
+        description="output degrees: [0] invariant (into the features); [0, 1, 2] "
+        "adds the tensor outputs j_l(ωr)Y_l (into the Euclidean variables); the "
+        "grid must then integrate degree l_max higher",
     )
 
     @field_validator("lebedev_order")
@@ -78,6 +84,16 @@ class GlobalAttentionConfig(BaseModel):
             raise ValueError(f"num_features_qk={v} must be even (RoPE rotates pairs)")
         return v
 
+    @field_validator("degrees")
+    @classmethod
+    def _check_degrees(cls, v: tuple[int, ...]) -> tuple[int, ...]:
+        if v[:1] != (0,) or list(v) != sorted(set(v)) or max(v) > 2:
+            raise ValueError(
+                f"degrees must be sorted, unique, start at 0 and be ≤ 2 "
+                f"(e.g. [0] or [0, 1, 2]): {list(v)}"
+            )
+        return v
+
     @field_validator("layers")
     @classmethod
     def _check_layers(cls, v: tuple[int, ...] | None) -> tuple[int, ...] | None:
@@ -94,6 +110,7 @@ class GlobalAttentionConfig(BaseModel):
             self.max_frequency,
             self.r_max,
             self.quadrature_tolerance,
+            max(self.degrees),
         )
         return self
 
@@ -124,6 +141,7 @@ def build_global_attention(
                 qk_activation=cfg.qk_activation,
                 zero_init=cfg.zero_init,
                 tolerance=cfg.quadrature_tolerance,
+                degrees=cfg.degrees,
             )
             for t in cfg.layer_indices(num_layers)
         }

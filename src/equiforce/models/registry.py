@@ -148,8 +148,7 @@ def load_model(
     ``path`` may also name a shipped pretrained model (:data:`PRETRAINED`, e.g.
     ``"so3lr"``) when no such file exists.
     """
-    # a Path too: command lines parse --model as one (`equiforce md --model so3lr`)
-    if str(path) in PRETRAINED and not Path(path).exists():
+    if str(path) in PRETRAINED and not Path(path).exists():  # also Path("so3lr")
         path = pretrained_path(str(path))
     try:
         return model_from_payload(load_checkpoint(path), device=device, dtype=dtype)

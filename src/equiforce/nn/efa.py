@@ -1,66 +1,64 @@
-"""Euclidean fast attention (EFA): global SO(3)-invariant attention at linear cost.
+"""Euclidean fast attention (EFA): global attention at linear cost, l ≤ 2 outputs.
 
 Reference: Frank, Chmiela, Müller, Unke, *Euclidean fast attention: machine
 learning global atomic representations at linear cost*, arXiv 2412.08541 (JAX
 code ``thorben-frank/euclidean_fast_attention``). Design notes:
-``docs/global_attention.md``.
+``docs/global_attention.md``; the sphere quadrature (grids, harmonics, error
+bounds) is :mod:`equiforce.nn.efa_grid`.
 
-Construction (invariant output). For atom features h_i, queries, keys and values
-q_i = W_q h_i, k_i = W_k h_i (D_qk features, D_qk even: D_qk/2 pairs) and
-v_i = W_v h_i (D_v features). Pair k of q and k is rotated, on every direction
-u_m of a Lebedev grid, by the angle ω_k u_m·r_i (Euclidean RoPE), and linear
-attention is summed per structure and integrated over the sphere:
+Construction. For atom features h_i, queries, keys and values q_i = W_q h_i,
+k_i = W_k h_i (D_qk features, D_qk even: D_qk/2 pairs) and v_i = W_v h_i (D_v
+features). Pair k of q and k is rotated, on every direction u_m of a Lebedev
+grid, by the angle ω_k u_m·r_i (Euclidean RoPE), and linear attention is summed
+per structure:
 
-    y_i = Σ_m w_m q̃_{i,m}ᵀ S_{g(i),m} / √D_qk,   S_{g,m} = Σ_{j∈g} k̃_{j,m} v_jᵀ.
+    y_i(u_m) = q̃_{i,m}ᵀ S_{g(i),m} / √D_qk,   S_{g,m} = Σ_{j∈g} k̃_{j,m} v_jᵀ.
 
-Since R(a)ᵀR(b) = R(b − a), the sphere average of cos(ω u·r) is j₀(ω|r|) and that
-of sin(ω u·r) vanishes, this equals the global pair kernel
+Tensor integration: the output of degree l is the sphere average weighted by
+the harmonic Ŷ_l(u) = √(4π) Y_l(u) (e3nn basis, Ŷ_0 = 1):
 
-    y_i = Σ_{j∈g(i)} Σ_k (q_i^{(k)}·k_j^{(k)}) j₀(ω_k r_ij) v_j / √D_qk
+    y_i^{(l)} = Σ_m w_m Ŷ_l(u_m) y_i(u_m)     ((2l+1) components × D_v).
 
-(j = i included) up to the quadrature error, computed in O(N·M·D_qk·D_v) instead
-of O(N²). Structures in a batch never see each other: S is a per-structure sum.
+Closed form. With R the 2×2 rotation, aᵀR(θ)b = (a·b) cos θ + (a∧b) sin θ where
+a∧b = a₁b₀ − a₀b₁ (components 2k, 2k+1), and θ = ω_k u·r_ij with r_ij = r_j − r_i
+(R(a)ᵀR(b) = R(b − a)). The plane-wave expansion (:mod:`~equiforce.nn.efa_grid`)
+turns the average of Ŷ_l(u) cos θ into Re(i^l) j_l(ω r_ij) Ŷ_l(r̂_ij), that of
+Ŷ_l(u) sin θ into Im(i^l) j_l Ŷ_l, so
 
-Quadrature rule (why a grid can be too coarse). A Lebedev rule of order p
-integrates every polynomial of degree ≤ p on the sphere exactly, its weights are
-positive (normalised here to sum 1) and its points come in ± pairs. By the
-plane-wave (Jacobi–Anger) expansion
-cos(b u·r̂) = Σ_{l even} (−1)^{l/2} (2l+1) j_l(b) P_l(u·r̂), and |P_l| ≤ 1, so for
-every pair with phase b = ω|r_ij|
+    y_i^{(l)} = Σ_{j∈g(i)} Σ_k κ_l(q_i^{(k)}, k_j^{(k)}) j_l(ω_k r_ij) Ŷ_l(r̂_ij) v_j / √D_qk,
 
-    |Σ_m w_m cos(b u_m·r̂) − j₀(b)| ≤ Σ_{l>p} (2l+1) |j_l(b)| =: ε_p(b),
+    κ_0 = q·k,   κ_1 = q∧k,   κ_2 = −q·k   (κ_l = Re(i^l) q·k + Im(i^l) q∧k),
 
-while the sine part is exactly zero on a symmetric grid. The phases reach at most
-b_max = ω_max·r_max (pairs within r_max); :func:`check_quadrature` requires
-max_{b≤b_max} ε_p(b) ≤ tolerance. With the default tolerance 1e-4 this
-reproduces Table S3 of the paper (``LEBEDEV_FREQUENCY_LOOKUP`` in the reference
-code) to within ~10 %: order 11 (50 points) allows b_max ≤ 1.36π (table: π),
-order 19 (146 points) 3.14π (3π), order 41 (590 points) 8.8π (9π).
+j = i included for l = 0 (j_l(0) = 0 for l ≥ 1), up to the quadrature error,
+computed in O(N·M·C·D_qk·D_v) (C = Σ(2l+1) components) instead of O(N²).
+Outputs transform as Ŷ_l(r̂_ij): degree 1 as a polar vector ("1o"), degree 2 as
+"2e", like So3krates' Euclidean variables. The j₀ kernel is a pair sum over
+all atoms of a structure; structures in a batch never see each other (S is a
+per-structure sum).
 
 Symbols → code names: h_i ``features`` (n_atoms, F); r_i ``positions``
-(n_atoms, 3); u_m, w_m ``grid_u`` (M, 3), ``grid_w`` (M,); ω_k ``frequencies``
-(D_qk/2,); g(i) ``graph_index`` (n_atoms,).
+(n_atoms, 3); u_m ``grid_u`` (M, 3); w_m Ŷ_c(u_m) ``grid_weights`` (C, M);
+ω_k ``frequencies`` (D_qk/2,); g(i) ``graph_index`` (n_atoms,).
 """
 
 from __future__ import annotations
 
-import functools
 import math
 
-import numpy as np
 import torch
 from torch import nn
 
 from equiforce.errors import EquiforceError
+from equiforce.nn.efa_grid import (  # noqa: F401 (re-exported: the EFA's public API)
+    LEBEDEV_POINTS,
+    check_quadrature,
+    integration_weights,
+    lebedev_grid,
+    max_phase_for_order,
+    quadrature_error_bound,
+    rope_frequencies,
+)
 from equiforce.nn.layers import Dense
-
-#: Lebedev orders SciPy's ``lebedev_rule`` provides, with their point counts.
-LEBEDEV_POINTS = {
-    3: 6, 5: 14, 7: 26, 9: 38, 11: 50, 13: 74, 15: 86, 17: 110, 19: 146, 21: 170,
-    23: 194, 25: 230, 27: 266, 29: 302, 31: 350, 35: 434, 41: 590, 47: 770,
-    53: 974, 59: 1202, 65: 1454, 71: 1730, 77: 2030, 83: 2354, 89: 2702,
-    95: 3074, 101: 3470, 107: 3890, 113: 4334, 119: 4802, 125: 5294, 131: 5810,
-}  # fmt: skip
 
 #: Eager calls with more structures than this sum per structure slice by slice;
 #: fewer structures (and every traced call) use one matrix product over all of
@@ -70,104 +68,6 @@ ONE_PRODUCT_MAX_GRAPHS = 4
 
 class GlobalAttentionInputError(EquiforceError):
     """A structure the global attention cannot take (periodic, or too extended)."""
-
-
-# ------------------------------------------------------------------ quadrature
-@functools.lru_cache(maxsize=32)
-def _lebedev_numpy(order: int) -> tuple[np.ndarray, np.ndarray]:
-    from scipy.integrate import lebedev_rule
-
-    x, w = lebedev_rule(order)
-    return np.ascontiguousarray(x.T), w / w.sum()
-
-
-def lebedev_grid(order: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Lebedev points and weights of ``order`` (SciPy), float64.
-
-    Returns:
-        ``u`` (M, 3) unit vectors and ``w`` (M,) positive weights summing to 1
-        (so the quadrature gives the sphere *average*).
-
-    Raises:
-        ValueError: ``order`` is not one SciPy provides.
-    """
-    if order not in LEBEDEV_POINTS:
-        raise ValueError(
-            f"Lebedev order {order} is not available; choose one of "
-            f"{sorted(LEBEDEV_POINTS)}"
-        )
-    u, w = _lebedev_numpy(order)
-    return torch.tensor(u, dtype=torch.float64), torch.tensor(w, dtype=torch.float64)
-
-
-def quadrature_error_bound(order: int, max_phase: float) -> float:
-    """The maximum over b ∈ [0, max_phase] of ε_p(b) = Σ_{l>p} (2l+1)|j_l(b)| (module note).
-
-    Bounds the quadrature error of the j₀ kernel for every pair whose phase
-    ω_k r_ij is at most ``max_phase`` (radians).
-    """
-    from scipy.special import spherical_jn
-
-    ls = np.arange(order + 1, order + 1 + max(200, int(4 * max_phase) + 50))
-    phases = np.linspace(0.0, max_phase, 129)[1:]
-    tails = [float(((2 * ls + 1) * np.abs(spherical_jn(ls, b))).sum()) for b in phases]
-    return max(tails, default=0.0)
-
-
-def max_phase_for_order(order: int, tolerance: float) -> float:
-    """Largest b_max (radians) with :func:`quadrature_error_bound` ≤ ``tolerance``."""
-    lo, hi = 0.0, float(order) + 10.0
-    for _ in range(50):  # bisection; the bound grows with b in this range
-        mid = 0.5 * (lo + hi)
-        lo, hi = (
-            (mid, hi) if quadrature_error_bound(order, mid) <= tolerance else (lo, mid)
-        )
-    return lo
-
-
-def check_quadrature(
-    order: int, max_frequency: float, r_max: float, tolerance: float
-) -> None:
-    """Raise ValueError if the grid cannot integrate phases up to ω_max·r_max.
-
-    Args:
-        order: Lebedev order p.
-        max_frequency: ω_max, rad/Å.
-        r_max: largest pair distance handled, Å.
-        tolerance: allowed ε_p (module note).
-    """
-    lebedev_grid(order)  # valid order
-    phase = max_frequency * r_max
-    bound = quadrature_error_bound(order, phase)
-    if bound > tolerance:
-        allowed = max_phase_for_order(order, tolerance)
-        need = next(
-            (
-                p
-                for p in sorted(LEBEDEV_POINTS)
-                if quadrature_error_bound(p, phase) <= tolerance
-            ),
-            None,
-        )
-        hint = (
-            f"use lebedev_order ≥ {need} ({LEBEDEV_POINTS[need]} points)"
-            if need is not None
-            else "no available grid is fine enough"
-        )
-        raise ValueError(
-            f"Lebedev order {order} ({LEBEDEV_POINTS[order]} points) is too coarse for "
-            f"max_frequency·r_max = {max_frequency:g} rad/Å × {r_max:g} Å = "
-            f"{phase / math.pi:.3g}π rad: quadrature error bound {bound:.2e} > "
-            f"tolerance {tolerance:.1e} (this grid allows ≤ {allowed / math.pi:.3g}π); "
-            f"lower max_frequency or r_max, or {hint}"
-        )
-
-
-def rope_frequencies(num_pairs: int, max_frequency: float) -> torch.Tensor:
-    """ω_k = linspace(0, ω_max, D_qk/2), rad/Å, float64 (one pair: ω_max)."""
-    if num_pairs == 1:
-        return torch.tensor([max_frequency], dtype=torch.float64)
-    return torch.linspace(0.0, max_frequency, num_pairs, dtype=torch.float64)
 
 
 # ---------------------------------------------------------------- input checks
@@ -282,55 +182,90 @@ def euclidean_rope_attention(
     grid_u: torch.Tensor,  # (M, 3)
     grid_w: torch.Tensor,  # (M,) summing to 1
 ) -> torch.Tensor:
-    """Invariant EFA output y (N, D_v) (module note), per-structure sums.
+    """Invariant EFA output y (N, D_v) (module note), per-structure sums."""
+    return euclidean_rope_integrals(
+        q, k, v, positions, graph_index, n_atoms, frequencies, grid_u, grid_w[None]
+    )[:, 0]
 
-    Positions are taken relative to their structure's centroid (the result is
-    exactly translation invariant either way; this keeps phases small in float32).
+
+def euclidean_rope_integrals(
+    q: torch.Tensor,  # (N, D_qk)
+    k: torch.Tensor,  # (N, D_qk)
+    v: torch.Tensor,  # (N, D_v)
+    positions: torch.Tensor,  # (N, 3)
+    graph_index: torch.Tensor,  # (N,) sorted
+    n_atoms: torch.Tensor,  # (n_graphs,)
+    frequencies: torch.Tensor,  # (D_qk/2,) rad/Å
+    grid_u: torch.Tensor,  # (M, 3)
+    grid_weights: torch.Tensor,  # (C, M) w_m Ŷ_c(u_m)
+) -> torch.Tensor:
+    """Tensor-integrated EFA outputs y^{(l)} (N, C, D_v) (module note).
+
+    Component c of the output is Σ_m grid_weights[c, m] y_i(u_m): with
+    :func:`~equiforce.nn.efa_grid.integration_weights` the components of the
+    degrees asked for, in e3nn order. Positions are taken relative to their
+    structure's centroid (the result is exactly translation invariant either
+    way; this keeps phases small in float32).
     """
     n, d_qk = q.shape
+    c, m = grid_weights.shape
     n_graphs = n_atoms.shape[0]
     rel = positions - centroids(positions, graph_index, n_graphs)[graph_index]
     angles = (rel @ grid_u.t())[..., None] * frequencies  # (N, M, D_qk/2)
     cos, sin = torch.cos(angles), torch.sin(angles)
-    q_rot = rope(q, cos, sin) * (grid_w[:, None] / math.sqrt(d_qk))  # (N, M, D_qk)
-    q_rot = q_rot.reshape(n, -1)  # (N, M·D_qk)
+    q_rot = rope(q, cos, sin) * (1.0 / math.sqrt(d_qk))  # (N, M, D_qk)
+    # (N, C, M, D_qk) -> (N·C, M·D_qk): one row per atom and output component
+    q_rot = (q_rot[:, None] * grid_weights[None, :, :, None]).reshape(n * c, -1)
     k_rot = rope(k, cos, sin).reshape(n, -1)  # (N, M·D_qk)
     if n_graphs == 1:
-        return q_rot @ (k_rot.t() @ v)
+        return (q_rot @ (k_rot.t() @ v)).view(n, c, -1)
     if n_graphs <= ONE_PRODUCT_MAX_GRAPHS or is_tracing():
-        return _one_product(q_rot, k_rot, v, graph_index, n_graphs)
+        y = _one_product(q_rot.view(n, -1), k_rot, v, graph_index, n_graphs, c)
+        return y.view(n, c, -1)
     # eager, many structures: slice by slice (graph_index is sorted)
     counts = n_atoms.tolist()
     parts = [
         qs @ (ks.t() @ vs)
         for qs, ks, vs in zip(
-            q_rot.split(counts), k_rot.split(counts), v.split(counts), strict=True
+            q_rot.split([c * x for x in counts]),
+            k_rot.split(counts),
+            v.split(counts),
+            strict=True,
         )
     ]
-    return torch.cat(parts)
+    return torch.cat(parts).view(n, c, -1)
 
 
 def _one_product(
-    q_rot: torch.Tensor,  # (N, M·D_qk)
+    q_rot: torch.Tensor,  # (N, C·M·D_qk)
     k_rot: torch.Tensor,  # (N, M·D_qk)
     v: torch.Tensor,  # (N, D_v)
     graph_index: torch.Tensor,  # (N,)
     n_graphs: int,
+    c: int,
 ) -> torch.Tensor:
     """Per-structure linear attention as matrix products over all structures.
 
     Values are spread into one block per structure, S = k̃ᵀ V_block gives every
     structure's sum at once, and each atom keeps its own structure's block.
+    Returns (N, C, D_v).
     """
     n, d_v = v.shape
     onehot = torch.nn.functional.one_hot(graph_index, n_graphs).to(v.dtype)  # (N, G)
     v_block = (onehot[:, :, None] * v[:, None, :]).reshape(n, -1)  # (N, G·D_v)
-    y_all = (q_rot @ (k_rot.t() @ v_block)).view(n, n_graphs, d_v)
-    return (y_all * onehot[:, :, None]).sum(1)
+    s = k_rot.t() @ v_block  # (M·D_qk, G·D_v)
+    y_all = (q_rot.reshape(n * c, -1) @ s).view(n, c, n_graphs, d_v)
+    return (y_all * onehot[:, None, :, None]).sum(2)
 
 
 class EuclideanFastAttention(nn.Module):
-    """Invariant EFA block: features (N, F) -> update (N, F), zero at initialisation.
+    """EFA block: features (N, F) -> invariant update (N, F) and degree-l updates.
+
+    The invariant output y^{(0)} goes through a Dense map D_v -> F; each tensor
+    degree l ≥ 1 in ``degrees`` through a bias-free map D_v -> 1 (equivariant:
+    it mixes value channels, never components), giving one (2l+1)-vector per
+    atom and degree, as So3krates' Euclidean variables. Both maps are zero at
+    initialisation with ``zero_init``.
 
     Args:
         num_features: width F of the input and output features.
@@ -340,8 +275,10 @@ class EuclideanFastAttention(nn.Module):
         max_frequency: ω_max, rad/Å (frequencies linspace(0, ω_max, D_qk/2)).
         lebedev_order: order of the Lebedev grid (SciPy).
         qk_activation: "identity" or "silu" on q and k.
-        zero_init: zero output projection (the block adds nothing at init).
-        tolerance: allowed quadrature error bound (:func:`check_quadrature`).
+        zero_init: zero output projections (the block adds nothing at init).
+        tolerance: allowed quadrature error bound (:func:`check_quadrature`,
+            at the highest degree).
+        degrees: output degrees, sorted, starting with 0, each ≤ 2.
     """
 
     def __init__(
@@ -355,22 +292,53 @@ class EuclideanFastAttention(nn.Module):
         qk_activation: str = "identity",
         zero_init: bool = True,
         tolerance: float = 1e-4,
+        degrees: tuple[int, ...] = (0,),
     ) -> None:
         super().__init__()
         if num_features_qk % 2:
             raise ValueError(f"num_features_qk={num_features_qk} must be even")
-        check_quadrature(lebedev_order, max_frequency, r_max, tolerance)
+        degrees = tuple(degrees)
+        if (
+            degrees[:1] != (0,)
+            or list(degrees) != sorted(set(degrees))
+            or max(degrees) > 2
+        ):
+            raise ValueError(
+                f"degrees must be sorted, unique, start at 0 and be ≤ 2: {degrees}"
+            )
+        check_quadrature(lebedev_order, max_frequency, r_max, tolerance, max(degrees))
         self.r_max = float(r_max)
+        self.degrees = degrees
+        #: degrees of the tensor outputs (l ≥ 1)
+        self.tensor_degrees = degrees[1:]
         self.q = Dense(num_features, num_features_qk)
         self.k = Dense(num_features, num_features_qk)
         self.v = Dense(num_features, num_features_v)
         self.out = Dense(num_features_v, num_features, zero_init=zero_init)
         self.qk_act = nn.SiLU() if qk_activation == "silu" else nn.Identity()
-        u, w = lebedev_grid(lebedev_order)
+        u, _ = lebedev_grid(lebedev_order)
         self.register_buffer("grid_u", u, persistent=False)
-        self.register_buffer("grid_w", w, persistent=False)
+        weights = integration_weights(lebedev_order, degrees)  # (C, M)
+        self.register_buffer("grid_weights", weights, persistent=False)
         freqs = rope_frequencies(num_features_qk // 2, max_frequency)
         self.register_buffer("frequencies", freqs, persistent=False)
+        if self.tensor_degrees:
+            n_t = len(self.tensor_degrees)
+            w = torch.zeros(n_t, num_features_v)
+            if not zero_init:
+                nn.init.normal_(w, 0.0, 1.0 / math.sqrt(num_features_v))
+            #: per tensor degree, weights of the value channels (n_tensor_degrees, D_v)
+            self.out_tensor = nn.Parameter(w)
+            comp = [
+                k for k, l in enumerate(self.tensor_degrees) for _ in range(2 * l + 1)
+            ]
+            self.register_buffer(
+                "component_degree",
+                torch.tensor(comp, dtype=torch.long),
+                persistent=False,
+            )  # (C − 1,) tensor-degree index of each tensor component
+        else:
+            self.out_tensor = None
 
     def forward(
         self,
@@ -378,12 +346,22 @@ class EuclideanFastAttention(nn.Module):
         positions: torch.Tensor,  # (N, 3)
         graph_index: torch.Tensor,  # (N,)
         n_atoms: torch.Tensor,  # (n_graphs,)
-    ) -> torch.Tensor:
-        """Global update (N, F); inputs are checked by the caller (``check_structures``)."""
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Global updates; inputs are checked by the caller (``check_structures``).
+
+        Returns:
+            The invariant update (N, F), and the tensor updates (N, Σ_{l≥1}(2l+1))
+            (components of ``tensor_degrees`` in e3nn order, concatenated), or
+            None without tensor degrees.
+        """
         q = self.qk_act(self.q(features))
         k = self.qk_act(self.k(features))
-        y = euclidean_rope_attention(
+        y = euclidean_rope_integrals(
             q, k, self.v(features), positions, graph_index, n_atoms,
-            self.frequencies, self.grid_u, self.grid_w,
-        )  # fmt: skip
-        return self.out(y)
+            self.frequencies, self.grid_u, self.grid_weights,
+        )  # (N, C, D_v)  # fmt: skip
+        d_features = self.out(y[:, 0])
+        if self.out_tensor is None:
+            return d_features, None
+        w = self.out_tensor[self.component_degree]  # (C − 1, D_v)
+        return d_features, (y[:, 1:] * w).sum(-1)  # (N, C − 1)

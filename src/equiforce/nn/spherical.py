@@ -16,6 +16,8 @@ from functools import cache
 import torch
 from e3nn import o3
 
+from equiforce.nn.exact import ExactConstants
+
 
 def safe_norm(vec: torch.Tensor, eps: float = 1e-12) -> torch.Tensor:
     """|v| along the last axis with a finite gradient at v = 0. (..., 3) -> (...)."""
@@ -81,7 +83,7 @@ def _fit_coefficients(degrees: tuple[int, ...]) -> torch.Tensor:
     return coeff
 
 
-class SphericalHarmonics(torch.nn.Module):
+class SphericalHarmonics(ExactConstants):
     """Y_l(r̂) for l in ``degrees``, concatenated: (n, 3) -> (n, Σ(2l+1)).
 
     Real, orthonormal ("integral" normalisation: Σ_m Y_lm² = (2l+1)/4π), in
@@ -100,6 +102,10 @@ class SphericalHarmonics(torch.nn.Module):
             else torch.zeros(0, 0)
         )
         self.register_buffer("coeff", coeff, persistent=False)  # (n_mono, m_tot)
+
+    def exact_constants(self) -> dict[str, torch.Tensor]:
+        """The fitted polynomial coefficients, recomputed after any dtype cast."""
+        return {"coeff": _fit_coefficients(self.degrees)} if self.degrees else {}
 
     def forward(self, vec: torch.Tensor) -> torch.Tensor:
         """(n, 3) -> (n, m_tot)."""

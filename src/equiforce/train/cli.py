@@ -28,6 +28,13 @@ def register(subparsers) -> None:
     p.add_argument(
         "--resume", metavar="RUN_DIR", help="continue an interrupted run exactly"
     )
+    p.add_argument(
+        "--committee",
+        type=int,
+        metavar="K",
+        help="train K members (seeds seed..seed+K-1) into RUN_DIR/member_<k>, one "
+        "after another; the same command continues an interrupted committee",
+    )
     p.add_argument("--quiet", action="store_true", help="no progress output")
     p.set_defaults(func=_train)
 
@@ -86,6 +93,8 @@ def _train(args: argparse.Namespace) -> int:
                 return _fail("equiforce train: give a config file or --resume RUN_DIR")
             config = load_config(args.config, args.overrides)
             run_dir = args.run_dir or Path("runs") / Path(args.config).stem
+            if args.committee is not None:
+                return _train_committee(config, run_dir, args)
             best = train(config, run_dir, progress=not args.quiet)
     except ConfigError as err:
         return _fail("\n".join(err.lines))
@@ -103,6 +112,23 @@ def _train(args: argparse.Namespace) -> int:
         else:
             print(best)
     return 130 if interrupted else 0
+
+
+def _train_committee(config, run_dir: Path, args: argparse.Namespace) -> int:
+    from equiforce.train.committee import train_committee
+
+    bests, interrupted = train_committee(
+        config, run_dir, args.committee, progress=not args.quiet
+    )
+    if interrupted:
+        print(
+            f"interrupted: continue with the same command ({len(bests)} of "
+            f"{args.committee} members done)",
+            file=sys.stderr,
+        )
+        return 130
+    print(run_dir)
+    return 0
 
 
 def _eval(args: argparse.Namespace) -> int:

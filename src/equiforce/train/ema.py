@@ -32,8 +32,10 @@ class EMA:
         d = min(self.decay, (1 + self.n_updates) / (10 + self.n_updates))
         averaged: list[torch.Tensor] = []
         current: list[torch.Tensor] = []
+        # frozen parameters (model.freeze) are copied: blending rounds them
+        frozen = {k for k, p in model.named_parameters() if not p.requires_grad}
         for k, v in model.state_dict().items():
-            if v.is_floating_point():
+            if v.is_floating_point() and k not in frozen:
                 averaged.append(self.shadow[k])
                 current.append(v)
             else:

@@ -49,16 +49,18 @@ def evaluate(
     Returns:
         The metrics dict written to ``metrics.json`` (meV, meV/Å).
     """
-    from equiforce.models.registry import load_model
+    from equiforce.uncertainty import has_uncertainty, load_ensemble
 
     source = _as_source(data)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     report = Reporter(progress)
-    model = load_model(model_path, device=device)
+    model = load_ensemble(model_path, device=device)  # a committee, heads or one
     dtype = next(model.parameters()).dtype
     store = read_source(source, report)
-    dataset = GraphDataset(store, model.cutoff, dtype)
+    dataset = GraphDataset(
+        store, model.cutoff, dtype, getattr(model, "lr_cutoff", None)
+    )
     with report.bar("evaluating", len(dataset)) as advance:
         acc = predict(model, eval_batches(dataset, batch_size)(), device, advance)
     metrics = acc.metrics()
@@ -68,6 +70,10 @@ def evaluate(
         "n_frames": len(store),
         "n_labelled": store.labelled(),  # errors average over these frames only
     }
+    if has_uncertainty(model):  # calibration.png, uncertainty.json
+        from equiforce.train.calibration import calibrate
+
+        metrics |= calibrate(model, dataset, out, batch_size, Path(source.path).name)
     atomic_write_text(out / "metrics.json", json.dumps(metrics, indent=1) + "\n")
     arrays = acc.arrays()
     _save_npz(out / "predictions.npz", arrays)

@@ -27,7 +27,8 @@ import yaml
 from equiforce.atomic import atomic_write_text
 from equiforce.config import EquiforceConfig, apply_override, validate_config
 from equiforce.errors import EquiforceError
-from equiforce.train import distributed
+from equiforce.models.checkpoint import load_checkpoint, save_model
+from equiforce.train import distributed, finetune
 from equiforce.train.distributed import Group
 from equiforce.train.progress import Reporter
 from equiforce.train.rundir import RunDir
@@ -68,6 +69,7 @@ def train(config: EquiforceConfig, run_dir: str | Path, progress: bool = True) -
     config, data, model = _new_run(config, run, report)
     if config.training.processes > 1:
         return _spawn(run, config, (), fresh=True, progress=progress)
+    model = finetune.freeze(model, config.model.freeze, report)
     return _fit(Trainer(config, run, data, model, report), start=None)
 
 
@@ -125,11 +127,17 @@ def _new_run(config: EquiforceConfig, run: RunDir, report: Reporter):
             "choose another --run-dir"
         )
     data = prepare_data(config, config.model.resolved.cutoff, report)
-    model, config = build_training_model(config, data.statistics)
+    if config.model.init_from is not None:  # fine-tuning: the file's weights
+        model, data.statistics = finetune.initial_model(config, data, report)
+    else:
+        model, config = build_training_model(config, data.statistics)
+    finetune.check_freeze(model, config.model.freeze)  # before anything is written
     run.path.mkdir(parents=True, exist_ok=True)
     atomic_write_text(run.config, config.to_yaml())
     run.write_json(run.splits, data.splits)
     run.write_json(run.statistics, data.statistics)
+    if config.model.init_from is not None:
+        save_model(model, _init_file(run), data.statistics)
     return config, data, model
 
 
@@ -138,7 +146,7 @@ def _run_config(run: RunDir, overrides: Sequence[str]) -> EquiforceConfig:
     raw = yaml.safe_load(run.config.read_text())
     for item in overrides:
         apply_override(raw, item)
-    return validate_config(raw, run.path, source=str(run.config))
+    return validate_config(raw, run.path, source=str(run.config), init_from=False)
 
 
 def _trainer_from_run(
@@ -150,7 +158,15 @@ def _trainer_from_run(
     splits = run.read_json(run.splits)
     data = prepare_data(config, config.model.resolved.cutoff, report, splits, stats)
     model, config = build_training_model(config, stats)
+    if _init_file(run).exists():  # a fine-tuning run's starting weights
+        model.load_state_dict(load_checkpoint(_init_file(run))["state_dict"])
+    model = finetune.freeze(model, config.model.freeze, report)
     return Trainer(config, run, data, model, report, group)
+
+
+def _init_file(run: RunDir) -> Path:
+    """Starting weights of a fine-tuning run (``model.init_from``, E0, elements)."""
+    return run.path / "init.pt"
 
 
 def _set_threads(config: EquiforceConfig, group: Group | None) -> None:

@@ -1,13 +1,17 @@
 """Error metrics and the validation loss.
 
 Energy MAE/RMSE (total and per atom, meV), force MAE/RMSE per component
-(meV/Å), per-element force errors.
+(meV/Å), per-element force errors; for models with charge heads (SO3LR) and
+data with such labels, dipole MAE/RMSE per component (me·Å, milli e·Å) and
+Hirshfeld-ratio MAE/RMSE per atom (×1000).
 
 :class:`ErrorAccumulator` collects predictions batch by batch and computes the
 metrics once at the end, so metrics over many batches equal metrics over one.
 """
 
 from __future__ import annotations
+
+import dataclasses
 
 import numpy as np
 import torch
@@ -17,6 +21,9 @@ from equiforce.data.graph import AtomicGraph
 from equiforce.train.loss import WeightedLoss
 
 MEV = 1000.0
+
+#: (accumulator prefix, output/target key) of the property labels.
+PROPERTIES = (("mu", keys.DIPOLE), ("h", keys.HIRSHFELD_RATIOS))
 
 
 def _mae_rmse(err: np.ndarray) -> tuple[float, float]:
@@ -33,6 +40,7 @@ class ErrorAccumulator:
         self._parts: dict[str, list[np.ndarray]] = {
             k: []
             for k in ("e_pred", "e_ref", "n_atoms", "f_pred", "f_ref", "z", "graph")
+            + tuple(f"{p}_{s}" for p, _ in PROPERTIES for s in ("pred", "ref"))
         }
         self._n_graphs = 0
 
@@ -50,6 +58,12 @@ class ErrorAccumulator:
             p["f_ref"].append(
                 batch.targets[keys.FORCES].detach().cpu().double().numpy()
             )
+        for prefix, key in PROPERTIES:
+            if key in batch.targets and key in out:
+                p[f"{prefix}_pred"].append(out[key].detach().cpu().double().numpy())
+                p[f"{prefix}_ref"].append(
+                    batch.targets[key].detach().cpu().double().numpy()
+                )
 
     def arrays(self) -> dict[str, np.ndarray]:
         """Concatenated predictions and labels (eV, eV/Å)."""
@@ -71,6 +85,12 @@ class ErrorAccumulator:
             mae, rmse = _mae_rmse(df.ravel())
             out["forces_mae"], out["forces_rmse"] = mae * MEV, rmse * MEV
             out["forces_per_element"] = per_element_force_errors(df, a["z"])
+        for prefix, key in PROPERTIES:  # dipole_mae (me·Å), hirshfeld_ratios_mae
+            if f"{prefix}_pred" in a:
+                mae, rmse = _mae_rmse(
+                    (a[f"{prefix}_pred"] - a[f"{prefix}_ref"]).ravel()
+                )
+                out[f"{key}_mae"], out[f"{key}_rmse"] = mae * MEV, rmse * MEV
         return out
 
     def loss(self, loss_fn: WeightedLoss) -> float:
@@ -82,6 +102,10 @@ class ErrorAccumulator:
         if "f_pred" in t:
             out[keys.FORCES] = t["f_pred"]
             batch_targets[keys.FORCES] = t["f_ref"]
+        for prefix, key in PROPERTIES:
+            if f"{prefix}_pred" in t:
+                out[key] = t[f"{prefix}_pred"]
+                batch_targets[key] = t[f"{prefix}_ref"]
         n = len(a["n_atoms"])
         proxy = AtomicGraph(
             positions=torch.zeros(len(a["z"]), 3, dtype=torch.float64),
@@ -94,9 +118,7 @@ class ErrorAccumulator:
             n_atoms=t["n_atoms"],
             targets=batch_targets,
         )
-        no_stress = WeightedLoss(
-            loss_fn.energy_weight, loss_fn.forces_weight, 0.0, loss_fn.energy_per_atom
-        )
+        no_stress = dataclasses.replace(loss_fn, stress_weight=0.0)
         return float(no_stress(out, proxy)[0])
 
 
@@ -132,10 +154,13 @@ def predict(
     """Run ``model`` over ``batches`` (iterable of AtomicGraph), collecting errors."""
     acc = ErrorAccumulator()
     dtype = next(model.parameters()).dtype
+    outputs = getattr(model, "property_outputs", ())
     for batch in batches:
         batch = batch.to(device=device, dtype=dtype)
+        # models with charge heads add dipoles etc. where the data have labels
+        extra = {"properties": True} if set(outputs) & set(batch.targets) else {}
         with torch.enable_grad():
-            out = model(batch, compute_forces=True, create_graph=False)
+            out = model(batch, compute_forces=True, create_graph=False, **extra)
         acc.add(out, batch)
         if progress is not None:
             progress(batch.n_graphs)

@@ -147,6 +147,8 @@ def metrics_table(metrics: dict, title: str) -> Table:
         ("energy (total)", "energy_mae", "energy_rmse", "meV"),
         ("energy per atom", "energy_per_atom_mae", "energy_per_atom_rmse", "meV/atom"),
         ("force component", "forces_mae", "forces_rmse", "meV/Å"),
+        ("dipole component", "dipole_mae", "dipole_rmse", "me·Å"),
+        ("hirshfeld_ratios", "hirshfeld_ratios_mae", "hirshfeld_ratios_rmse", "10⁻³"),
     )
     counts, n = metrics.get("n_labelled", {}), metrics.get("n_frames")
     for name, mae, rmse, unit in rows:

@@ -11,6 +11,7 @@
       best.pt                EMA weights, lowest validation loss (records its step)
       last.pt                EMA weights at the last checkpoint + full training state
       final_metrics.json     validation errors of best.pt at the end
+      init.pt                starting weights of a fine-tuning run (model.init_from)
 
 ``last.pt`` is a model checkpoint (loadable with ``equiforce.load_model``) plus a
 ``training_state`` entry: raw weights, optimiser, schedule, EMA, RNG, step,
@@ -46,6 +47,17 @@ METRIC_COLUMNS = (
     "valid_forces_rmse",
 )
 
+#: Columns of the dipole and Hirshfeld losses and errors, added to a new
+#: metrics.csv when its first row has any of them (runs training on them).
+PROPERTY_COLUMNS = (
+    ("train_loss_dipole", "valid_dipole_mae", "valid_dipole_rmse"),
+    (
+        "train_loss_hirshfeld",
+        "valid_hirshfeld_ratios_mae",
+        "valid_hirshfeld_ratios_rmse",
+    ),
+)
+
 
 class RunDir:
     """Paths and atomic writers of one training run."""
@@ -74,10 +86,11 @@ class RunDir:
         """Drop metric rows logged after ``after_step`` (work lost by a crash)."""
         if not self.metrics.exists():
             return
-        rows = list(csv.DictReader(self.metrics.open()))
+        reader = csv.DictReader(self.metrics.open())
+        rows = list(reader)
         keep = [r for r in rows if int(r["step"]) <= after_step]
         buf = io.StringIO()
-        writer = csv.DictWriter(buf, METRIC_COLUMNS)
+        writer = csv.DictWriter(buf, reader.fieldnames or METRIC_COLUMNS)
         writer.writeheader()
         writer.writerows(keep)
         atomic_write_text(self.metrics, buf.getvalue())
@@ -85,12 +98,23 @@ class RunDir:
     def append_metrics(self, row: dict) -> None:
         """Append one row (creating the file with a header); flushed at once."""
         new = not self.metrics.exists()
+        columns = self._columns(row)
         with writing(self.metrics), self.metrics.open("a", newline="") as fh:
-            writer = csv.DictWriter(fh, METRIC_COLUMNS, extrasaction="ignore")
+            writer = csv.DictWriter(fh, columns, extrasaction="ignore")
             if new:
                 writer.writeheader()
-            writer.writerow({k: _fmt(row.get(k)) for k in METRIC_COLUMNS})
+            writer.writerow({k: _fmt(row.get(k)) for k in columns})
             fh.flush()
+
+    def _columns(self, row: dict) -> tuple[str, ...]:
+        """The existing file's header, or those of a new file whose first row is ``row``."""
+        if self.metrics.exists():
+            with self.metrics.open() as fh:
+                header = fh.readline().strip()
+            if header:
+                return tuple(header.split(","))
+        extra = [c for cols in PROPERTY_COLUMNS if set(cols) & set(row) for c in cols]
+        return METRIC_COLUMNS + tuple(extra)
 
     # ----------------------------------------------------------- checkpoints
     def save_model(

@@ -13,6 +13,7 @@ import numpy as np
 import torch
 
 from equiforce.config import DataConfig, DataSource, EquiforceConfig
+from equiforce.config_labels import LABEL_WEIGHTS
 from equiforce.data.dataset import (
     FrameStore,
     GraphDataset,
@@ -62,11 +63,7 @@ def read_source(
 def needed_labels(config: EquiforceConfig) -> tuple[str, ...]:
     """Labels the loss weights and the config does not declare optional."""
     t = config.training
-    weights = {
-        "energy": t.energy_weight,
-        "forces": t.forces_weight,
-        "stress": t.stress_weight,
-    }
+    weights = {name: getattr(t, w) for name, w in LABEL_WEIGHTS.items()}
     return tuple(
         name
         for name, w in weights.items()
@@ -87,8 +84,8 @@ def check_labels(path: str, frames: Sequence, needed: Sequence[str]) -> None:
                 bad[0],
                 name,
                 f"missing in {len(bad)} of {n} frames, but the loss weights it "
-                f"(training.{name}_weight > 0): add the label, select frames with "
-                f"the file's index, set training.{name}_weight: 0, or list "
+                f"(training.{LABEL_WEIGHTS[name]} > 0): add the label, select frames "
+                f"with the file's index, set training.{LABEL_WEIGHTS[name]}: 0, or list "
                 f"{name} in data.optional_labels to train on the frames that have it",
             )
 
@@ -210,8 +207,9 @@ def prepare_data(
         valid_store = store.subset(splits["valid"])
     if not len(valid_store):
         raise ValueError("no validation frames: set data.n_valid > 0 or data.valid")
-    train = GraphDataset(train_store, cutoff, dtype)
-    valid = GraphDataset(valid_store, cutoff, dtype)
+    lr_cutoff = getattr(config.model.resolved, "long_range_cutoff", None)  # SO3LR
+    train = GraphDataset(train_store, cutoff, dtype, lr_cutoff)
+    valid = GraphDataset(valid_store, cutoff, dtype, lr_cutoff)
     with report.bar("building neighbour lists", len(train) + len(valid)) as advance:
         train.build_all(advance)
         valid.build_all(advance)

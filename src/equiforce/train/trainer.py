@@ -90,8 +90,9 @@ class Trainer:
         self.device = group.device if group is not None else torch.device(t.device)
         self.model = model.to(self.device)
         self.loss_fn = WeightedLoss(
-            t.energy_weight, t.forces_weight, t.stress_weight, t.energy_per_atom
-        )
+            t.energy_weight, t.forces_weight, t.stress_weight, t.energy_per_atom,
+            t.dipole_weight, t.hirshfeld_weight,
+        )  # fmt: skip
         self.optimizer = make_optimizer(self.model, t)
         self.compiled_step = (
             CompiledTrainStep(self.model, self.loss_fn) if t.compile else None
@@ -165,11 +166,13 @@ class Trainer:
             parts, grads = self.compiled_step(batch)
             assign_gradients(self.model, grads)
         else:
+            extra = {"properties": True} if self.loss_fn.needs_properties else {}
             out = self.model(
                 batch,
                 compute_forces=True,
                 compute_stress=self.loss_fn.needs_stress,
                 create_graph=True,
+                **extra,  # dipoles, Hirshfeld ratios (SO3LR)
             )
             loss, parts = self.loss_fn(out, batch)
             loss.backward()

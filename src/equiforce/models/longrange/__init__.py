@@ -6,12 +6,20 @@ Each term returns per-atom energies (n_atoms,) in eV, so that
 the short-range pairs; electrostatics and dispersion on the long-range pairs of
 :class:`~equiforce.data.graph.AtomicGraph` (``lr_edge_index``) with per-atom
 charges and Hirshfeld ratios that a model predicts
-(:class:`equiforce.models.so3lr.SO3LR`). Equations and reference code:
+(:class:`equiforce.models.so3lr.SO3LR`). In 3D-periodic cells electrostatics
+is an Ewald/PME sum through torch-pme (:class:`PeriodicCoulomb`). Equations and reference code:
 ``global-interactions.md`` §3.
 """
 
 from equiforce.models.longrange.dispersion import Dispersion
 from equiforce.models.longrange.electrostatics import Electrostatics, conserve_charge
+from equiforce.models.longrange.ewald import PeriodicCoulomb
 from equiforce.models.longrange.zbl import ZBLRepulsion
 
-__all__ = ["Dispersion", "Electrostatics", "ZBLRepulsion", "conserve_charge"]
+__all__ = [
+    "Dispersion",
+    "Electrostatics",
+    "PeriodicCoulomb",
+    "ZBLRepulsion",
+    "conserve_charge",
+]

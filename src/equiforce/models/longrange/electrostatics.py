@@ -13,6 +13,11 @@ form g(d) − g(r_lr) − (d − r_lr) g′(r_lr), whose value and slope vanish 
 zero beyond. This is so3krates-torch's ``CoulombErfShiftedForceSmooth`` (and
 mlff's ``coulomb_erf_shifted_force_smooth``), the form the released SO3LR uses
 for molecules.
+
+Periodic cells: structures periodic in all three directions take the Ewald/PME
+sum of the same charges instead (``periodic``, a
+:class:`~equiforce.models.longrange.ewald.PeriodicCoulomb`); open structures and
+slabs in the same batch keep the shifted kernel above.
 """
 
 from __future__ import annotations
@@ -23,7 +28,9 @@ import torch
 from torch import nn
 
 from equiforce.data.graph import AtomicGraph
+from equiforce.models.longrange.ewald import PeriodicCoulomb
 from equiforce.models.longrange.switch import KE, smooth_step
+from equiforce.nn.efa import is_tracing
 from equiforce.nn.scatter import scatter_sum
 
 #: The smooth blend of the two kernels starts at this fraction of r_lr.
@@ -68,11 +75,19 @@ class Electrostatics(nn.Module):
     Args:
         sigma: erf damping length σ, Å (4.0 in SO3LR).
         lr_cutoff: long-range cutoff r_lr, Å.
+        periodic: Ewald/PME sum for structures periodic in 3D; None: the
+            shifted kernel above sums images within r_lr there too.
     """
 
-    def __init__(self, sigma: float = 4.0, lr_cutoff: float = 12.0) -> None:
+    def __init__(
+        self,
+        sigma: float = 4.0,
+        lr_cutoff: float = 12.0,
+        periodic: PeriodicCoulomb | None = None,
+    ) -> None:
         super().__init__()
         self.sigma, self.lr_cutoff = float(sigma), float(lr_cutoff)
+        self.periodic = periodic
         self.shift = _erf_kernel(self.lr_cutoff, self.sigma)
         self.slope = _erf_kernel_slope(self.lr_cutoff, self.sigma)
 
@@ -91,7 +106,53 @@ class Electrostatics(nn.Module):
         charges: torch.Tensor,  # (n_atoms,)
     ) -> torch.Tensor:
         """Per-atom electrostatic energies (n_atoms,) eV, half of each pair to i."""
-        i, j = graph.lr_edge_index[0], graph.lr_edge_index[1]
-        d = torch.linalg.vector_norm(lr_vectors, dim=-1)  # (n_lr,)
+        periodic = self._periodic_graphs(graph)
+        if periodic is None:
+            return self._shifted(graph.lr_edge_index, lr_vectors, charges)
+        pair_periodic = periodic[graph.graph_index[graph.lr_edge_index[0]]]  # (n_lr,)
+        energies = self.periodic(
+            graph.positions,
+            charges,
+            graph.cell.to(graph.positions.dtype),
+            graph.n_atoms.tolist(),
+            periodic.tolist(),
+            *self._select(graph, lr_vectors, pair_periodic, self.periodic.needs_pairs),
+        )
+        if not bool(periodic.all()):  # open structures and slabs in the batch
+            index, vectors = self._select(graph, lr_vectors, ~pair_periodic, True)
+            energies = energies + self._shifted(index, vectors, charges)
+        return energies
+
+    def _shifted(
+        self,
+        index: torch.Tensor,  # (2, n)
+        vectors: torch.Tensor,  # (n, 3)
+        charges: torch.Tensor,  # (n_atoms,)
+    ) -> torch.Tensor:
+        """Per-atom energies (n_atoms,) eV of the shifted kernel on these pairs."""
+        i, j = index[0], index[1]
+        d = torch.linalg.vector_norm(vectors, dim=-1)  # (n,)
         e = 0.5 * KE * charges[i] * charges[j] * self.pair_kernel(d)
-        return scatter_sum(e, i, graph.num_nodes)
+        return scatter_sum(e, i, charges.shape[0])
+
+    @staticmethod
+    def _select(
+        graph: AtomicGraph,
+        lr_vectors: torch.Tensor,  # (n_lr, 3)
+        mask: torch.Tensor,  # (n_lr,) bool
+        needed: bool,
+    ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        """The long-range pairs (2, n) and their vectors (n, 3) where ``mask``."""
+        if not needed:
+            return None, None
+        keep = mask.nonzero()[:, 0]
+        return graph.lr_edge_index[:, keep], lr_vectors[keep]
+
+    def _periodic_graphs(self, graph: AtomicGraph) -> torch.Tensor | None:
+        """(n_graphs,) bool: which structures get the Ewald/PME sum; None: none."""
+        if self.periodic is None or is_tracing():
+            # traced (compiled) calls get no 3D-periodic structure:
+            # SO3LR.compiled_accepts sends those to the eager model
+            return None
+        periodic = graph.pbc.all(dim=1)  # (n_graphs,)
+        return periodic if bool(periodic.any()) else None

@@ -49,6 +49,13 @@ class So3kratesConfig(BaseModel):
     readout_activation: Literal["identity", "silu"] = Field(
         "identity", description="σ_E"
     )
+    readout_heads: int = Field(
+        1,
+        ge=1,
+        description="K readout heads over the shared representation, trained as an "
+        "ensemble: the energy is their mean, their spread the uncertainty "
+        "(equiforce.uncertainty, docs/uncertainty.md); 1: a single readout",
+    )
     per_element_scale_shift: bool = Field(False, description="learnable s_Z, b_Z")
     zero_init_readout: bool = Field(True, description="E ≡ 0 at initialisation")
     global_attention: GlobalAttentionConfig | None = Field(
@@ -93,6 +100,15 @@ class So3kratesConfig(BaseModel):
                 raise ValueError(
                     f"global_attention.r_max={self.global_attention.r_max} Å must "
                     f"exceed the cutoff={self.cutoff} Å"
+                )
+            tensor = self.global_attention.degrees[1:]
+            ev = self.degrees if self.use_euclidean_variables else ()
+            if any(l not in ev for l in tensor):
+                raise ValueError(
+                    f"global_attention.degrees={list(self.global_attention.degrees)}: "
+                    f"the tensor outputs feed the Euclidean variables, which have "
+                    f"degrees {list(ev)} (use_euclidean_variables="
+                    f"{self.use_euclidean_variables}); each l ≥ 1 must be one of them"
                 )
         return self
 

@@ -233,6 +233,7 @@ class So3kratesFastPaths:
         n_dir: int,
         table: CubicHermiteTable | None,
         differentiable: bool,
+        d_ev_global: torch.Tensor | None = None,
     ):
         """One layer with edges in chunks (see :mod:`equiforce.accel.edge_chunks`).
 
@@ -246,14 +247,15 @@ class So3kratesFastPaths:
         :meth:`So3kratesLayer.node_maps` of ``features``. ``vec``: the edge
         vectors (n_edges, 3); each chunk computes its spherical harmonics from
         them (on all edges at once, outside the compiled chunks, they were a
-        third of a 100k-atom call).
+        third of a 100k-atom call). ``d_ev_global``: the global attention's
+        Euclidean-variable update (n_atoms, m_tot), added to the messages'.
         """
         F = features.shape[1]
         chunk_messages = functools.partial(self.chunk_messages, layer, table, n_dir)
         tensors = (q, kv, ev, d, vec, phi, idx_i, idx_j)
         if differentiable:
             d_f, d_ev = checkpointed_messages(chunk_messages, *tensors, chunk, n_dir, F)
-            return layer.update(features, ev, d_f, d_ev)
+            return layer.update(features, ev, d_f, _plus(d_ev, d_ev_global))
         kernels = None
         if self.compile_chunks and not torch.compiler.is_compiling():
             kernels = compiled_chunk_kernels(self, layer, table, n_dir)
@@ -268,9 +270,10 @@ class So3kratesFastPaths:
             self.compile_chunks = False
             return self._chunked_layer(
                 layer, features, ev, q, kv, d, vec, phi, idx_i, idx_j, chunk, n_dir,
-                table, differentiable,
+                table, differentiable, d_ev_global,
             )  # fmt: skip
-        return layer.update(features, ev, d_f, d_ev if layer.ev else None)
+        d_ev = _plus(d_ev, d_ev_global) if layer.ev else None
+        return layer.update(features, ev, d_f, d_ev)
 
     def chunk_messages(
         self,
@@ -298,3 +301,8 @@ class So3kratesFastPaths:
         return layer.edge_messages(
             q, kv, ev, hidden, sph_c, phi_c, i_c, j_c, n_dir, table is not None, first
         )
+
+
+def _plus(a: torch.Tensor, b: torch.Tensor | None) -> torch.Tensor:
+    """The sum a + b, or a when b is None."""
+    return a if b is None else a + b

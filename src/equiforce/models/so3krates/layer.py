@@ -8,21 +8,34 @@ import torch
 from torch import nn
 
 from equiforce.models.so3krates.config import So3kratesConfig
+from equiforce.nn.exact import ExactConstants
 from equiforce.nn.layers import MLP, Dense, HeadwiseLinear, ResidualMLP
 from equiforce.nn.scatter import gather_rows, scatter_sum
 
 
-class DegreeContraction(nn.Module):
-    """c(x)_l = |x_l|²/√(2l+1): (n, m_tot) -> (n, |L|), as one matmul."""
+def _contraction_matrix(degrees: tuple[int, ...]) -> torch.Tensor:
+    """(m_tot, |L|) float64: 1/√(2l+1) on each degree's components."""
+    mat = torch.zeros(
+        sum(2 * l + 1 for l in degrees), len(degrees), dtype=torch.float64
+    )
+    start = 0
+    for k, l in enumerate(degrees):
+        mat[start : start + 2 * l + 1, k] = 1.0 / math.sqrt(2 * l + 1)
+        start += 2 * l + 1
+    return mat
+
+
+class DegreeContraction(ExactConstants):
+    """c(x)_l = |x_l|²/√(2l+1): (n, m_tot) -> (n, |L|), as one matmul.
+
+    ``mat`` stays a persistent buffer (older model files carry it) but is always
+    the exact value in the current dtype (:class:`ExactConstants`).
+    """
 
     def __init__(self, degrees: tuple[int, ...]) -> None:
         super().__init__()
-        m_tot = sum(2 * l + 1 for l in degrees)
-        mat = torch.zeros(m_tot, len(degrees), dtype=torch.float64)
-        start = 0
-        for k, l in enumerate(degrees):
-            mat[start : start + 2 * l + 1, k] = 1.0 / math.sqrt(2 * l + 1)
-            start += 2 * l + 1
+        self.degrees = tuple(degrees)
+        mat = _contraction_matrix(self.degrees)
         self.register_buffer("mat", mat)
         # (m_tot,) degree block of each component, for per-degree gating
         self.register_buffer(
@@ -33,6 +46,11 @@ class DegreeContraction(nn.Module):
             (sum(2 * k + 1 for k in degrees[:i]), 2 * l + 1)
             for i, l in enumerate(degrees)
         ]  # (start, size) of each degree's components
+
+    def exact_constants(self) -> dict[str, torch.Tensor]:
+        """The contraction matrix and its 0/1 degree mask, exact in any dtype."""
+        mat = _contraction_matrix(self.degrees)
+        return {"mat": mat, "expand": (mat > 0).to(torch.float64).T.contiguous()}
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """(n, m_tot) -> (n, |L|)."""

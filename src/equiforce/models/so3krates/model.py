@@ -8,6 +8,7 @@ from torch import nn
 from equiforce.data.graph import AtomicGraph
 from equiforce.models.base import NUM_ELEMENTS, PotentialModel
 from equiforce.models.global_attention import build_global_attention
+from equiforce.models.heads import HeadsMixin, ReadoutHeads
 from equiforce.models.so3krates.config import So3kratesConfig
 from equiforce.models.so3krates.fast import So3kratesFastPaths
 from equiforce.models.so3krates.layer import DegreeContraction, So3kratesLayer
@@ -17,7 +18,7 @@ from equiforce.nn.radial import Cutoff, make_basis
 from equiforce.nn.spherical import SphericalHarmonics, safe_norm
 
 
-class So3krates(So3kratesFastPaths, PotentialModel):
+class So3krates(So3kratesFastPaths, HeadsMixin, PotentialModel):
     """So3krates potential (see the package docstring for the symbol table)."""
 
     def __init__(self, config: So3kratesConfig, e0: torch.Tensor | None = None) -> None:
@@ -38,11 +39,17 @@ class So3krates(So3kratesFastPaths, PotentialModel):
             So3kratesLayer(cfg, self.contract) for _ in range(cfg.num_layers)
         )
         act = "silu" if cfg.readout_activation == "silu" else "identity"
-        self.readout = MLP(
-            [F, cfg.readout_hidden, 1],
-            activation=act,
-            zero_init_last=cfg.zero_init_readout,
-        )
+        self.n_heads = cfg.readout_heads
+        if self.n_heads > 1:  # an ensemble of readouts (equiforce.models.heads)
+            self.readout = ReadoutHeads(
+                F, cfg.readout_hidden, self.n_heads, act, cfg.zero_init_readout
+            )
+        else:
+            self.readout = MLP(
+                [F, cfg.readout_hidden, 1],
+                activation=act,
+                zero_init_last=cfg.zero_init_readout,
+            )
         self._init_fast_paths()
         #: Euclidean fast attention branches by str(layer) (None: local model)
         self.global_attention = (
@@ -50,6 +57,15 @@ class So3krates(So3kratesFastPaths, PotentialModel):
             if cfg.global_attention is None
             else build_global_attention(cfg.global_attention, F, cfg.num_layers)
         )
+        if cfg.global_attention is not None and cfg.global_attention.degrees[1:]:
+            # (C_t, m_tot): EFA tensor components onto their Euclidean variables
+            self.register_buffer(
+                "efa_to_ev",
+                efa_placement(cfg.global_attention.degrees[1:], degrees),
+                persistent=False,
+            )
+        else:
+            self.efa_to_ev = None
         if cfg.per_element_scale_shift:
             self.scale = nn.Parameter(torch.ones(NUM_ELEMENTS))
             self.shift = nn.Parameter(torch.zeros(NUM_ELEMENTS))
@@ -72,12 +88,20 @@ class So3krates(So3kratesFastPaths, PotentialModel):
 
     def _global_branch(
         self, t: int, features: torch.Tensor, graph: AtomicGraph
-    ) -> torch.Tensor | None:
-        """EFA update (n_atoms, F) of layer ``t``'s input, or None without one."""
+    ) -> tuple[torch.Tensor, torch.Tensor | None] | None:
+        """EFA updates of layer ``t``'s input, or None without a branch there.
+
+        Returns the feature update (n_atoms, F) and the Euclidean-variable
+        update (n_atoms, m_tot) of the tensor outputs (None without them).
+        """
         efa = self.global_attention
         if efa is None or str(t) not in efa:
             return None
-        return efa[str(t)](features, graph.positions, graph.graph_index, graph.n_atoms)
+        d_f, d_t = efa[str(t)](
+            features, graph.positions, graph.graph_index, graph.n_atoms
+        )
+        d_ev = None if d_t is None else d_t @ self.efa_to_ev.to(d_t.dtype)
+        return d_f, d_ev
 
     def atomic_energies(
         self,
@@ -86,8 +110,34 @@ class So3krates(So3kratesFastPaths, PotentialModel):
         differentiable: bool = True,
     ) -> torch.Tensor:
         """Network atomic energies (n_atoms,) from So3krates features."""
+        if self.n_heads > 1 and self.wants_heads:  # training: keep every head
+            heads = self.head_atomic_energies(graph, edge_vectors, differentiable)
+            self._keep_heads(graph, heads)
+            return heads.mean(-1)
         features = self.node_features(graph, edge_vectors, differentiable)
         return self.readout_energies(graph.atomic_numbers, features)
+
+    def head_atomic_energies(
+        self, graph: AtomicGraph, edge_vectors: torch.Tensor, differentiable: bool
+    ) -> torch.Tensor:
+        """Every readout head's atomic energies (n_atoms, K) (one head: K = 1)."""
+        features = self.node_features(graph, edge_vectors, differentiable)
+        return self.head_energies(graph.atomic_numbers, features)
+
+    def head_energies(self, z: torch.Tensor, features: torch.Tensor) -> torch.Tensor:
+        """Each head's atomic energies (n_atoms, K) from the final features."""
+        if self.n_heads == 1:
+            return self.readout_energies(z, features)[:, None]
+        e = self.readout(features)  # (n_atoms, K)
+        if self.scale is not None:
+            e = self.scale[z][:, None] * e + self.shift[z][:, None]
+        return e
+
+    def forward(self, graph: AtomicGraph, *args, **kwargs) -> dict[str, torch.Tensor]:
+        """:meth:`PotentialModel.forward`, plus ``energy_heads`` when training heads."""
+        if self.n_heads > 1:
+            return self.forward_with_heads(super().forward, graph, *args, **kwargs)
+        return super().forward(graph, *args, **kwargs)
 
     def embed(self, graph: AtomicGraph) -> torch.Tensor:
         """Initial invariant features f⁰ (n_atoms, F) (SO3LR adds charge and spin)."""
@@ -95,7 +145,10 @@ class So3krates(So3kratesFastPaths, PotentialModel):
 
     def readout_energies(self, z: torch.Tensor, features: torch.Tensor) -> torch.Tensor:
         """Atomic energies (n_atoms,) from the final features (n_atoms, F)."""
-        e = self.readout(features).squeeze(-1)  # (n_atoms,)
+        if self.n_heads > 1:  # the mean of the heads (one affine map if linear)
+            e = self.readout.mean(features)  # (n_atoms,)
+        else:
+            e = self.readout(features).squeeze(-1)  # (n_atoms,)
         if self.scale is not None:
             e = self.scale[z] * e + self.shift[z]
         return e
@@ -144,14 +197,17 @@ class So3krates(So3kratesFastPaths, PotentialModel):
                 by_element = t == 0 and maps.first_layer is not None
                 proj = maps.first_layer[z] if by_element else None
                 q, kv = layer.node_maps(features, maps.projections[t], proj)
+            # the branch's Euclidean-variable update joins the messages' (before
+            # the exchange block); its feature update is added after the layer
+            d_f_global, d_ev_global = (None, None) if branch is None else branch
             if chunked:
                 table = None if tables is None else tables[t]
                 features, ev = self._chunked_layer(
                     layer, features, ev, q, kv, d, edge_vectors, phi, idx_i, idx_j,
-                    chunk, n_dir, table, differentiable,
+                    chunk, n_dir, table, differentiable, d_ev_global,
                 )  # fmt: skip
-                if branch is not None:
-                    features = features + branch
+                if d_f_global is not None:
+                    features = features + d_f_global
                 continue
             d_f, d_ev = layer.edge_messages(
                 q,
@@ -166,7 +222,23 @@ class So3krates(So3kratesFastPaths, PotentialModel):
                 tables is not None,
                 ev_zero=t == 0 and maps is not None,  # as in chunk_messages
             )
+            if d_ev_global is not None:
+                d_ev = d_ev + d_ev_global
             features, ev = layer.update(features, ev, d_f, d_ev)
-            if branch is not None:
-                features = features + branch
+            if d_f_global is not None:
+                features = features + d_f_global
         return features
+
+
+def efa_placement(
+    efa_degrees: tuple[int, ...], ev_degrees: tuple[int, ...]
+) -> torch.Tensor:
+    """(Σ_{l∈efa}(2l+1), m_tot) 0/1 matrix putting EFA degree-l components on EV degree l."""
+    rows = sum(2 * l + 1 for l in efa_degrees)
+    mat = torch.zeros(rows, sum(2 * l + 1 for l in ev_degrees), dtype=torch.float64)
+    row = 0
+    for l in efa_degrees:
+        col = sum(2 * k + 1 for k in ev_degrees[: ev_degrees.index(l)])
+        mat[row : row + 2 * l + 1, col : col + 2 * l + 1] = torch.eye(2 * l + 1)
+        row += 2 * l + 1
+    return mat

@@ -52,12 +52,32 @@ class SO3LRConfig(So3kratesConfig):
     electrostatics_sigma: float = Field(
         4.0, gt=0, description="erf damping length σ of the Coulomb kernel, Å"
     )
+    periodic_electrostatics: Literal["pme", "ewald", "direct"] = Field(
+        "pme",
+        description="3D-periodic cells: PME or Ewald sum of the erf-damped Coulomb "
+        "(torch-pme), or 'direct' (the shifted kernel summed over images within r_lr)",
+    )
+    periodic_point_charges: bool = Field(
+        False,
+        description="PME/Ewald of bare point charges 1/d instead of erf(d/σ)/d "
+        "(so3krates-torch's use_pme physics; smearing r_lr/6, real space within r_lr)",
+    )
+    pme_mesh_spacing: float | None = Field(
+        None,
+        gt=0,
+        description="PME mesh spacing, Å (None: smearing/(2√2), 1 Å for σ = 4 Å)",
+    )
     dispersion_beta: float = Field(
         1.2, gt=0, description="damping scale β of the dispersion (ρ ∝ β α^{1/7})"
     )
     dispersion_damping: float = Field(
         2.0, gt=0, description="width of the dispersion switch-off below r_lr, Å"
     )
+
+    @property
+    def long_range_cutoff(self) -> float | None:
+        """Cutoff of the long-range pairs, Å; None when no long-range term is on."""
+        return self.lr_cutoff if self.electrostatics or self.dispersion else None
 
     @model_validator(mode="after")
     def _check_long_range(self) -> SO3LRConfig:

@@ -15,6 +15,7 @@ import math
 import torch
 from torch import nn
 
+from equiforce import keys
 from equiforce.data.graph import AtomicGraph
 from equiforce.energy import LOCAL
 from equiforce.models.longrange import (
@@ -23,20 +24,19 @@ from equiforce.models.longrange import (
     ZBLRepulsion,
     conserve_charge,
 )
+from equiforce.models.longrange.ewald import periodic_coulomb
 from equiforce.models.longrange.free_atoms import MAX_Z
 from equiforce.models.so3krates.fast import NodeProjections
-from equiforce.models.so3krates.layer import DegreeContraction
 from equiforce.models.so3krates.model import So3krates
 from equiforce.models.so3lr.config import SO3LRConfig
 from equiforce.models.so3lr.embedding import ChargeSpinEmbedding
 from equiforce.models.so3lr.heads import ChargeHead, HirshfeldHead
 from equiforce.nn.efa import is_tracing
 from equiforce.nn.scatter import scatter_sum
-from equiforce.nn.spherical import _fit_coefficients
 
 #: Names of the terms beside ``local``, and of the per-atom properties.
 ZBL, ELECTROSTATICS, DISPERSION = "zbl", "electrostatics", "dispersion"
-CHARGES, HIRSHFELD, DIPOLE = "charges", "hirshfeld_ratios", "dipole"
+CHARGES, HIRSHFELD, DIPOLE = keys.CHARGES, keys.HIRSHFELD_RATIOS, keys.DIPOLE
 
 
 class SO3LR(So3krates):
@@ -46,10 +46,16 @@ class SO3LR(So3krates):
         lr_cutoff: cutoff of the long-range pairs, Å (None without long-range
             terms); :class:`~equiforce.potential.Potential` and the datasets build
             ``graph.lr_edge_index`` with it.
-        graph_inputs: the graph fields beyond the short-range ones that the
+        compiled_inputs: the graph fields beyond the short-range ones that the
             compiled backends (:mod:`equiforce.accel.compiled`) pass through:
             the long-range pairs (when there are long-range terms), charge, spin.
+        property_outputs: what ``forward(..., properties=True)`` adds (the
+            labels ``training.dipole_weight``/``hirshfeld_weight`` train).
+        graph_inputs: per-structure inputs it reads (``graph.charge``/``spin``).
     """
+
+    property_outputs: tuple[str, ...] = (CHARGES, HIRSHFELD, DIPOLE)
+    graph_inputs: tuple[str, ...] = (keys.CHARGE, keys.SPIN)
 
     def __init__(self, config: SO3LRConfig, e0: torch.Tensor | None = None) -> None:
         super().__init__(config, e0=e0)
@@ -71,39 +77,17 @@ class SO3LR(So3krates):
             self.terms[ZBL] = ZBLRepulsion(cfg.cutoff, cfg.cutoff_fn)
         if cfg.electrostatics:
             self.terms[ELECTROSTATICS] = Electrostatics(
-                cfg.electrostatics_sigma, cfg.lr_cutoff
+                cfg.electrostatics_sigma, cfg.lr_cutoff, periodic_coulomb(cfg)
             )
         if cfg.dispersion:
             self.terms[DISPERSION] = Dispersion(
                 cfg.dispersion_beta, cfg.lr_cutoff, cfg.dispersion_damping
             )
-        long_range = cfg.electrostatics or cfg.dispersion
-        self.lr_cutoff = cfg.lr_cutoff if long_range else None
-        pairs = ("lr_edge_index", "lr_edge_shifts") if long_range else ()
-        self.graph_inputs: tuple[str, ...] = (*pairs, "charge", "spin")
-
-    def _apply(self, fn, recurse=True):  # noqa: D102 - exact constants in any dtype
-        out = super()._apply(fn, recurse)
-        self._exact_constants()
-        return out
-
-    @torch.no_grad()
-    def _exact_constants(self) -> None:
-        """Recompute the fixed SH and c(x) coefficients in the current dtype.
-
-        A cast float32 → float64 (a float32 file loaded in float64) would keep
-        them rounded to float32 (1/√(2l+1) to 1e-8), which breaks rotation
-        invariance at ~1e-9 relative in the charges (measured on acetate).
-        """
-        if self.sph is None:
-            return
-        coeff = _fit_coefficients(self.degrees)
-        self.sph.coeff = coeff.to(self.sph.coeff.device, self.sph.coeff.dtype)
-        exact = DegreeContraction(self.degrees)
-        for module in self.modules():
-            if isinstance(module, DegreeContraction):
-                module.mat.copy_(exact.mat)
-                module.expand.copy_(exact.expand)
+        self.lr_cutoff = cfg.long_range_cutoff
+        pairs = () if self.lr_cutoff is None else ("lr_edge_index", "lr_edge_shifts")
+        self.compiled_inputs: tuple[str, ...] = (*pairs, keys.CHARGE, keys.SPIN)
+        #: filled by :meth:`energy_terms` during ``forward(properties=True)``
+        self._captured: dict[str, torch.Tensor] | None = None
 
     # ------------------------------------------------------------ backbone
     def embed(self, graph: AtomicGraph) -> torch.Tensor:
@@ -137,6 +121,17 @@ class SO3LR(So3krates):
         if self.lr_cutoff is not None and graph.lr_edge_index is None:
             graph.lr_edge_vectors()  # raises, naming what is missing
 
+    def compiled_accepts(self, graph: AtomicGraph) -> bool:
+        """Whether the compiled backends can take ``graph``.
+
+        Not with 3D-periodic structures under Ewald/PME electrostatics (the
+        periodic sum runs eagerly, with a data-dependent split of the batch).
+        """
+        term = self.terms[ELECTROSTATICS] if ELECTROSTATICS in self.terms else None
+        if term is None or term.periodic is None:
+            return True
+        return not bool(graph.pbc.all(dim=1).any())
+
     # ------------------------------------------------------------- outputs
     def charges(self, graph: AtomicGraph, features: torch.Tensor) -> torch.Tensor:
         """Partial charges (n_atoms,) e, summing to ``graph.charge`` per structure."""
@@ -155,6 +150,7 @@ class SO3LR(So3krates):
         out = {LOCAL: self.readout_energies(z, features)}
         if ZBL in self.terms:
             out[ZBL] = self.terms[ZBL](graph, vectors)
+        q = h = None
         if self.lr_cutoff is not None:
             lr_vectors = graph.lr_edge_vectors()  # (n_lr, 3)
             if ELECTROSTATICS in self.terms:
@@ -163,7 +159,63 @@ class SO3LR(So3krates):
             if DISPERSION in self.terms:
                 h = self.hirshfeld_head(z, features)
                 out[DISPERSION] = self.terms[DISPERSION](graph, lr_vectors, h)
+        if self._captured is not None:  # forward(properties=True): same features
+            props = self._properties(graph, features, q, h)
+            if not differentiable:
+                props = {k: v.detach() for k, v in props.items()}
+            self._captured.update(props)
         return out
+
+    def _properties(
+        self,
+        graph: AtomicGraph,
+        features: torch.Tensor,  # (n_atoms, F)
+        q: torch.Tensor | None = None,
+        h: torch.Tensor | None = None,
+    ) -> dict[str, torch.Tensor]:
+        """Charges and Hirshfeld ratios (n_atoms,) and dipoles (n_graphs, 3)."""
+        q = self.charges(graph, features) if q is None else q
+        h = self.hirshfeld_head(graph.atomic_numbers, features) if h is None else h
+        dipole = scatter_sum(
+            q[:, None] * graph.positions, graph.graph_index, graph.n_graphs
+        )
+        return {CHARGES: q, HIRSHFELD: h, DIPOLE: dipole}
+
+    def forward(
+        self,
+        graph: AtomicGraph,
+        compute_forces: bool = True,
+        compute_stress: bool = False,
+        create_graph: bool | None = None,
+        properties: bool = False,
+    ) -> dict[str, torch.Tensor]:
+        """As :meth:`PotentialModel.forward`; ``properties`` adds charges and more.
+
+        Args:
+            graph: batch of structures.
+            compute_forces: return ``forces`` (n_atoms, 3) eV/Å.
+            compute_stress: return ``stress`` (n_graphs, 3, 3) eV/Å³.
+            create_graph: keep the autograd graph (default: ``self.training``).
+            properties: also return ``charges`` and ``hirshfeld_ratios``
+                (n_atoms,) and ``dipole`` (n_graphs, 3) e·Å, computed from the
+                features of the energy (one backbone pass); differentiable
+                with respect to the weights when ``create_graph`` is.
+        """
+        if not properties:
+            return super().forward(graph, compute_forces, compute_stress, create_graph)
+        self._captured = {}
+        try:
+            out = super().forward(graph, compute_forces, compute_stress, create_graph)
+            props = self._captured
+        finally:
+            self._captured = None
+        order = self.atom_order(graph)  # the order the call ran in (large batches)
+        if order is not None:
+            inv = order[1]
+            props = props | {
+                k: props[k].index_select(0, inv) for k in (CHARGES, HIRSHFELD)
+            }
+        return out | props
 
     @torch.no_grad()
     def atomic_properties(self, graph: AtomicGraph) -> dict[str, torch.Tensor]:
@@ -173,11 +225,4 @@ class SO3LR(So3krates):
         structures; origin-dependent for charged ones).
         """
         features = self.node_features(graph, graph.edge_vectors(), False)
-        q = self.charges(graph, features)
-        return {
-            CHARGES: q,
-            HIRSHFELD: self.hirshfeld_head(graph.atomic_numbers, features),
-            DIPOLE: scatter_sum(
-                q[:, None] * graph.positions, graph.graph_index, graph.n_graphs
-            ),
-        }
+        return self._properties(graph, features)

@@ -1,0 +1,82 @@
+"""Load an ensemble from model files, a committee run directory or a multi-head model."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+
+from equiforce.models.base import PotentialModel
+from equiforce.uncertainty.committee import Committee
+from equiforce.uncertainty.ensemble import EnsembleError, EnsembleModel
+from equiforce.uncertainty.heads import HeadEnsemble
+
+#: the model file of a training run directory
+BEST = "best.pt"
+
+
+def committee_members(path: str | Path) -> list[Path]:
+    """Model files of a committee directory: ``member_<k>/best.pt`` in k order.
+
+    Also accepts a run directory or model file (one member) for uniform handling.
+    """
+    path = Path(path)
+    if not path.is_dir():  # a file (load_model names what is wrong with it)
+        return [path]
+    members = sorted(path.glob("member_*/" + BEST), key=_member_number)
+    if members:
+        return members
+    if (path / BEST).is_file():
+        return [path / BEST]
+    raise EnsembleError(
+        f"{path}: neither a model file, nor a run directory with {BEST}, nor a "
+        f"committee directory with member_<k>/{BEST}"
+    )
+
+
+def _member_number(p: Path) -> int:
+    tail = p.parent.name.removeprefix("member_")
+    return int(tail) if tail.isdigit() else 1 << 30
+
+
+def load_ensemble(
+    paths: str | Path | Sequence[str | Path],
+    device: str | torch.device = "cpu",
+    dtype: torch.dtype | None = None,
+    forces_std: bool = True,
+) -> PotentialModel:
+    """A model with an uncertainty when the files make one, else the plain model.
+
+    Args:
+        paths: one or several model files or run directories (or one string
+            of comma-separated ones); a committee directory (``member_<k>/best.pt``, from ``equiforce train --committee
+            K``) counts as its members.
+        device: torch device.
+        dtype: compute dtype (default: each file's).
+        forces_std: for a multi-head model, compute every head's forces
+            (:class:`HeadEnsemble`).
+
+    Returns:
+        a :class:`Committee` of two or more model files; a :class:`HeadEnsemble`
+        of one model with readout heads; otherwise the one plain model.
+    """
+    from equiforce.models.registry import load_model
+
+    if isinstance(paths, (str, Path)):
+        text = str(paths)
+        many = "," in text and not Path(text).exists()
+        paths = [p for p in text.split(",") if p] if many else [paths]
+    files = [f for p in paths for f in committee_members(p)]
+    models = [load_model(f, device=device, dtype=dtype) for f in files]
+    if len(models) > 1:
+        return Committee(models)
+    model = models[0]
+    if getattr(model, "n_heads", 1) > 1:
+        return HeadEnsemble(model, forces_std=forces_std)
+    return model
+
+
+def has_uncertainty(model: PotentialModel) -> bool:
+    """Whether ``model``'s outputs carry ``energy_std`` (and ``forces_std``)."""
+    return isinstance(model, EnsembleModel)
