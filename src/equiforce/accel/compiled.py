@@ -173,7 +173,7 @@ class CompiledPotential:
             model = self.model
 
             def energy_and_forces(*args: torch.Tensor) -> tuple[torch.Tensor, ...]:
-                return self._energy_and_forces(*args, edges_paired=paired)
+                return self._energy_and_forces(*args[:8], paired, False, *args[8:])
 
             extra_dims = (GRAPH_INPUT_DIMS[name] for name in self.compiled_inputs)
             fn = AOTIFunction(
@@ -243,9 +243,9 @@ class CompiledPotential:
         cell: torch.Tensor,  # (n_graphs, 3, 3)
         pbc: torch.Tensor,  # (n_graphs, 3)
         n_atoms: torch.Tensor,  # (n_graphs,)
-        *extras: torch.Tensor,  # the model's compiled_inputs, in order
         edges_paired: bool,
         stress: bool = False,
+        *extras: torch.Tensor,  # the model's compiled_inputs, in order
     ) -> tuple[torch.Tensor, ...]:
         """Atomic energies (n_atoms,) float64 with E0, forces (n_atoms, 3)[, virial].
 
@@ -349,7 +349,7 @@ class CompiledPotential:
             if outputs is None:
                 with torch.no_grad(), small(), self.model.inference_tables():
                     outputs = self._fn(
-                        *args, edges_paired=padded.edges_paired, stress=stress
+                        *args[:8], padded.edges_paired, stress, *args[8:]
                     )
         except Exception as err:  # noqa: BLE001 - any compiler failure -> eager fallback
             if not self.compiled:
