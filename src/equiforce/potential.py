@@ -136,9 +136,9 @@ class Potential:
                 if self.compile is not None
                 else self.n_calls >= self.compile_after
             )
-            # models with inputs beyond the short-range graph (SO3LR's long-range
-            # pairs, charge, spin) set ``compilable = False``: the compiled
-            # backends rebuild the graph from its short-range tensors only
+            # a model the compiled backends cannot serve sets ``compilable = False``
+            # (graph fields beyond the short-range ones pass through when listed
+            # in ``model.compiled_inputs``, as SO3LR's long-range pairs, charge, spin)
             if wanted and getattr(self.model, "compilable", True):
                 self._compiled = CompiledPotential.for_device(self.model)
                 if self.notify is not None:

@@ -33,6 +33,7 @@ import contextlib
 import os
 import time
 import warnings
+from collections.abc import Iterator
 from dataclasses import replace
 from typing import TYPE_CHECKING
 
@@ -45,13 +46,23 @@ from equiforce.accel.padding import pad_to_buckets
 from equiforce.accel.runtime import one_thread_below
 from equiforce.data.graph import AtomicGraph
 from equiforce.data.ordering import restore_atom_order
-from equiforce.energy import VIRIAL, atomic_outputs, finish
+from equiforce.energy import E0, LOCAL, VIRIAL, atomic_outputs, finish
 
 if TYPE_CHECKING:
     from equiforce.models.base import PotentialModel
 
 #: Compile backends of :class:`CompiledPotential` (``EQUIFORCE_COMPILE_BACKEND``).
 BACKENDS = ("aoti", "inductor")
+
+#: Optional graph fields a model may read beyond the eight short-range tensors,
+#: with the dimension of each whose size varies between calls (long-range pairs;
+#: structures). A model lists the ones it reads in ``model.compiled_inputs``.
+GRAPH_INPUT_DIMS: dict[str, int] = {
+    "lr_edge_index": 1,
+    "lr_edge_shifts": 0,
+    "charge": 0,
+    "spin": 0,
+}
 
 #: Dynamo recompile limit set for static-shape wrappers (buckets × dtypes × models).
 STATIC_RECOMPILE_LIMIT = 64
@@ -83,6 +94,11 @@ class CompiledPotential:
         n_compiles: how many graphs Dynamo compiled so far (1 expected).
         aoti: one :class:`~equiforce.accel.aoti.AOTIFunction` per edge layout
             (paired or not) when the AOTInductor backend is on, else None.
+        compiled_inputs: the optional graph fields passed to the compiled
+            function (``model.compiled_inputs``, e.g. SO3LR's long-range pairs,
+            charge, spin).
+        term_keys: the per-term outputs (``atomic_energies:<term>``) it returns
+            for models with more than one energy term, else empty.
     """
 
     def __init__(
@@ -99,6 +115,8 @@ class CompiledPotential:
 
         tune_allocator()
         self.model = model.eval()
+        self.compiled_inputs: tuple[str, ...] = compiled_inputs(model)
+        self.term_keys: tuple[str, ...] = _term_keys(model)
         self.compile_seconds: float | None = None
         self._fn = self._energy_and_forces
         self.compiled = False
@@ -155,27 +173,49 @@ class CompiledPotential:
             model = self.model
 
             def energy_and_forces(*args: torch.Tensor) -> tuple[torch.Tensor, ...]:
-                return self._energy_and_forces(*args, paired)
+                return self._energy_and_forces(*args[:8], paired, False, *args[8:])
 
+            extra_dims = (GRAPH_INPUT_DIMS[name] for name in self.compiled_inputs)
             fn = AOTIFunction(
                 energy_and_forces,
                 [*model.parameters(), *model.buffers()],
                 lambda: model.inference_generation,
-                dims=(0, 0, 0, 1, 0, 0, 0, 0),
-                trace_context=model.inference_tables,
+                dims=(0, 0, 0, 1, 0, 0, 0, 0, *extra_dims),
+                trace_context=self._trace_context,
             )
             self.aoti[paired] = fn
         return fn
+
+    @contextlib.contextmanager
+    def _trace_context(self) -> Iterator[None]:
+        """The model's inference caches; for graph inputs, sizes traced apart.
+
+        ``make_fx`` gives equal sizes one symbol ("duck shaping"): with long-range
+        pairs, charge and spin, the example's structure count equals edge_index's
+        leading 2 and its long-range pair count may equal the short-range one, and
+        the library would be fixed to those sizes.
+        """
+        with contextlib.ExitStack() as stack:
+            stack.enter_context(self.model.inference_tables())
+            if self.compiled_inputs:
+                from torch.fx.experimental import _config as fx_config
+
+                stack.enter_context(fx_config.patch(use_duck_shape=False))
+            yield
 
     def _run_aoti(self, graph: AtomicGraph, args: tuple) -> tuple | None:
         """The AOTInductor library's outputs, or None when it cannot take ``graph``."""
         if not AOTIFunction.accepts(graph.num_nodes, graph.n_edges):
             return None
+        if "lr_edge_index" in self.compiled_inputs and not AOTIFunction.accepts(
+            graph.num_nodes, graph.lr_edge_index.shape[1]
+        ):
+            return None
 
         def example() -> tuple[torch.Tensor, ...]:
             # two structures, so that the structure count stays symbolic
             g = graph if graph.n_graphs > 1 else AtomicGraph.collate([graph, graph])
-            return _arguments(g)
+            return _arguments(g, self.compiled_inputs)
 
         try:
             return self._aoti_function(graph.edges_paired)(example, args)
@@ -205,12 +245,16 @@ class CompiledPotential:
         n_atoms: torch.Tensor,  # (n_graphs,)
         edges_paired: bool,
         stress: bool = False,
+        *extras: torch.Tensor,  # the model's compiled_inputs, in order
     ) -> tuple[torch.Tensor, ...]:
         """Atomic energies (n_atoms,) float64 with E0, forces (n_atoms, 3)[, virial].
 
         :func:`equiforce.energy.atomic_outputs` with ``torch.func`` derivatives;
         E0 is added inside the graph too (eager ops cost ~5 µs each, a few % of a
-        small molecule's call), the per-structure sums stay outside.
+        small molecule's call), the per-structure sums stay outside. ``extras``:
+        the optional graph fields of :func:`compiled_inputs` (SO3LR's long-range
+        pairs, charge and spin). Models with several energy terms also return
+        each term's per-atom energies, in the order of :attr:`term_keys`.
         """
         graph = AtomicGraph(
             positions=positions,
@@ -222,13 +266,19 @@ class CompiledPotential:
             pbc=pbc,
             n_atoms=n_atoms,
             edges_paired=edges_paired,
+            **dict(zip(self.compiled_inputs, extras, strict=True)),
         )
         model = self.model
         out = atomic_outputs(
             model.energy_terms, model.e0, graph, stress=stress, method="func"
         )
         e_atom, forces = out[keys.ATOMIC_ENERGIES], out[keys.FORCES]
-        return (e_atom, forces, out[VIRIAL]) if stress else (e_atom, forces)
+        terms = tuple(out[k] for k in self.term_keys)
+        return (
+            (e_atom, forces, out[VIRIAL], *terms)
+            if stress
+            else (e_atom, forces, *terms)
+        )
 
     def __call__(
         self, graph: AtomicGraph, stress: bool = False
@@ -264,14 +314,20 @@ class CompiledPotential:
     def _call(self, graph: AtomicGraph, stress: bool) -> dict[str, torch.Tensor]:
         # the training limit (differentiable=True): graphs the model would chunk
         # only for forces-only calls still run here, all edges at once
-        if self.model.chunks_edges(graph.n_edges, True) or self._autograd_fallback:
+        accepts = getattr(self.model, "compiled_accepts", None)
+        if (
+            self.model.chunks_edges(graph.n_edges, True)
+            or self._autograd_fallback
+            or (accepts is not None and not accepts(graph))
+        ):
+            # (and graphs the model runs eagerly only: SO3LR's PME cells)
             # checkpointed edge chunks use saved-tensor hooks, which torch.func
             # transforms reject: very large graphs take the autograd path
             # (the model finds the atoms already in Morton order: its sort is
             # a no-op permutation, milliseconds against seconds for such graphs)
             return self.model(graph, compute_forces=True, compute_stress=stress)
         padded = self._padded(graph) if self.pad else graph
-        args = _arguments(padded)
+        args = _arguments(padded, self.compiled_inputs)
         start = time.perf_counter() if self.compile_seconds is None else 0.0
 
         # small graphs on one thread; the generated loops are single-threaded
@@ -292,7 +348,9 @@ class CompiledPotential:
                 torch.compiler.cudagraph_mark_step_begin()
             if outputs is None:
                 with torch.no_grad(), small(), self.model.inference_tables():
-                    outputs = self._fn(*args, padded.edges_paired, stress)
+                    outputs = self._fn(
+                        *args[:8], padded.edges_paired, stress, *args[8:]
+                    )
         except Exception as err:  # noqa: BLE001 - any compiler failure -> eager fallback
             if not self.compiled:
                 raise
@@ -305,8 +363,8 @@ class CompiledPotential:
             return self._call(graph, stress)
         if self.compile_seconds is None:
             self.compile_seconds = time.perf_counter() - start
-        names = (keys.ATOMIC_ENERGIES, keys.FORCES, VIRIAL)
-        atomic = dict(zip(names, outputs, strict=False))
+        names = (keys.ATOMIC_ENERGIES, keys.FORCES, *((VIRIAL,) if stress else ()))
+        atomic = dict(zip((*names, *self.term_keys), outputs, strict=True))
         if self.pad:  # drop the ghost atoms and the ghost structure
             atomic = {
                 k: v[: graph.n_graphs if k == VIRIAL else graph.num_nodes]
@@ -317,9 +375,36 @@ class CompiledPotential:
         return finish(graph, atomic)
 
 
-def _arguments(graph: AtomicGraph) -> tuple[torch.Tensor, ...]:
-    """The tensor arguments of :meth:`CompiledPotential._energy_and_forces`."""
-    return (
+def compiled_inputs(model: PotentialModel) -> tuple[str, ...]:
+    """The optional graph fields ``model`` reads (:data:`GRAPH_INPUT_DIMS` names)."""
+    names = tuple(getattr(model, "compiled_inputs", ()))
+    unknown = set(names) - set(GRAPH_INPUT_DIMS)
+    if unknown:
+        raise ValueError(f"compiled_inputs: unknown graph fields {sorted(unknown)}")
+    return names
+
+
+def _term_keys(model: PotentialModel) -> tuple[str, ...]:
+    """``atomic_energies:<term>`` keys of a model with several terms, else none.
+
+    In the order of :meth:`PotentialModel.energy_terms` (the local model, then
+    ``model.terms``) and E0 last, as :func:`equiforce.energy.atomic_outputs`
+    returns them.
+    """
+    if not len(model.terms):
+        return ()
+    return tuple(keys.term_atomic_energies(n) for n in (LOCAL, *model.terms, E0))
+
+
+def _arguments(
+    graph: AtomicGraph, extras: tuple[str, ...] = ()
+) -> tuple[torch.Tensor, ...]:
+    """The tensor arguments of :meth:`CompiledPotential._energy_and_forces`.
+
+    ``extras``: optional fields (:data:`GRAPH_INPUT_DIMS`); a missing charge or
+    spin is passed as zeros (what the eager model assumes for None).
+    """
+    out = [
         graph.positions,
         graph.atomic_numbers,
         graph.graph_index,
@@ -328,7 +413,18 @@ def _arguments(graph: AtomicGraph) -> tuple[torch.Tensor, ...]:
         graph.cell,
         graph.pbc,
         graph.n_atoms,
-    )
+    ]
+    for name in extras:
+        value = getattr(graph, name)
+        if value is None and name in ("charge", "spin"):
+            value = graph.positions.new_zeros(graph.n_graphs)
+        elif value is None:
+            raise ValueError(
+                f"the model reads graph.{name}, which this graph lacks (build it "
+                "with the model's lr_cutoff; Potential does so)"
+            )
+        out.append(value)
+    return tuple(out)
 
 
 def _wants_aoti(

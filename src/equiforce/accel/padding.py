@@ -13,7 +13,8 @@ ghost atoms of its own graph (open cell, no periodicity), placed on a line
 directions, so a paired layout stays paired). Real atoms get no new neighbours
 and no global per-structure quantity sees the ghosts; the caller drops the ghost
 graph's outputs. Padded edges are longer than the cutoff, so they carry no
-message, but nothing relies on that.
+message, but nothing relies on that. Long-range pairs (SO3LR) are padded the same
+way, to a bucket of their own, and the ghost structure gets zero charge and spin.
 """
 
 from __future__ import annotations
@@ -81,8 +82,23 @@ def pad_to_buckets(
             [graph.edge_shifts, graph.edge_shifts.new_zeros(n_pad, 3)]
         )
     z = graph.atomic_numbers
+    long_range = {}
+    if graph.lr_edge_index is not None:
+        n_lr = graph.lr_edge_index.shape[1]
+        lr_pad = bucket(n_lr, min_edges) - n_lr
+        pair = torch.tensor([[g0, g1], [g1, g0]], device=dev)
+        extra = pair.repeat(1, (lr_pad + 1) // 2)[:, :lr_pad]
+        long_range["lr_edge_index"] = torch.cat([graph.lr_edge_index, extra], dim=1)
+        long_range["lr_edge_shifts"] = torch.cat(
+            [graph.lr_edge_shifts, graph.lr_edge_shifts.new_zeros(lr_pad, 3)]
+        )
+    for name in ("charge", "spin"):
+        value = getattr(graph, name)
+        if value is not None:
+            long_range[name] = torch.cat([value, value.new_zeros(1)])
     return replace(
         graph,
+        **long_range,
         positions=torch.cat([pos, ghost_pos]),
         atomic_numbers=torch.cat([z, z[:1].expand(n_ghost)]),
         graph_index=torch.cat(

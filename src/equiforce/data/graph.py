@@ -115,20 +115,22 @@ class AtomicGraph:
             )
 
     # ------------------------------------------------------------------ sizes
+    # (no int(): under symbolic tracing a size is a SymInt, and int() would fix
+    # the traced graph to the example's size; eagerly they are ints anyway)
     @property
     def n_graphs(self) -> int:
         """Number of structures in the batch."""
-        return int(self.n_atoms.shape[0])
+        return self.n_atoms.shape[0]
 
     @property
     def n_edges(self) -> int:
         """Number of directed edges."""
-        return int(self.edge_index.shape[1])
+        return self.edge_index.shape[1]
 
     @property
     def num_nodes(self) -> int:
         """Total number of atoms."""
-        return int(self.positions.shape[0])
+        return self.positions.shape[0]
 
     # --------------------------------------------------------------- building
     @classmethod

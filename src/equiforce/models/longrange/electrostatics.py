@@ -30,6 +30,7 @@ from torch import nn
 from equiforce.data.graph import AtomicGraph
 from equiforce.models.longrange.ewald import PeriodicCoulomb
 from equiforce.models.longrange.switch import KE, smooth_step
+from equiforce.nn.efa import is_tracing
 from equiforce.nn.scatter import scatter_sum
 
 #: The smooth blend of the two kernels starts at this fraction of r_lr.
@@ -149,7 +150,9 @@ class Electrostatics(nn.Module):
 
     def _periodic_graphs(self, graph: AtomicGraph) -> torch.Tensor | None:
         """(n_graphs,) bool: which structures get the Ewald/PME sum; None: none."""
-        if self.periodic is None:
+        if self.periodic is None or is_tracing():
+            # traced (compiled) calls get no 3D-periodic structure:
+            # SO3LR.compiled_accepts sends those to the eager model
             return None
         periodic = graph.pbc.all(dim=1)  # (n_graphs,)
         return periodic if bool(periodic.any()) else None

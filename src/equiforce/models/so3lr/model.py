@@ -31,6 +31,7 @@ from equiforce.models.so3krates.model import So3krates
 from equiforce.models.so3lr.config import SO3LRConfig
 from equiforce.models.so3lr.embedding import ChargeSpinEmbedding
 from equiforce.models.so3lr.heads import ChargeHead, HirshfeldHead
+from equiforce.nn.efa import is_tracing
 from equiforce.nn.scatter import scatter_sum
 
 #: Names of the terms beside ``local``, and of the per-atom properties.
@@ -45,14 +46,14 @@ class SO3LR(So3krates):
         lr_cutoff: cutoff of the long-range pairs, Å (None without long-range
             terms); :class:`~equiforce.potential.Potential` and the datasets build
             ``graph.lr_edge_index`` with it.
-        compilable: False: the compiled backends rebuild the graph from its
-            short-range tensors only, so SO3LR runs eagerly.
+        compiled_inputs: the graph fields beyond the short-range ones that the
+            compiled backends (:mod:`equiforce.accel.compiled`) pass through:
+            the long-range pairs (when there are long-range terms), charge, spin.
         property_outputs: what ``forward(..., properties=True)`` adds (the
             labels ``training.dipole_weight``/``hirshfeld_weight`` train).
         graph_inputs: per-structure inputs it reads (``graph.charge``/``spin``).
     """
 
-    compilable = False
     property_outputs: tuple[str, ...] = (CHARGES, HIRSHFELD, DIPOLE)
     graph_inputs: tuple[str, ...] = (keys.CHARGE, keys.SPIN)
 
@@ -83,6 +84,8 @@ class SO3LR(So3krates):
                 cfg.dispersion_beta, cfg.lr_cutoff, cfg.dispersion_damping
             )
         self.lr_cutoff = cfg.long_range_cutoff
+        pairs = () if self.lr_cutoff is None else ("lr_edge_index", "lr_edge_shifts")
+        self.compiled_inputs: tuple[str, ...] = (*pairs, keys.CHARGE, keys.SPIN)
         #: filled by :meth:`energy_terms` during ``forward(properties=True)``
         self._captured: dict[str, torch.Tensor] | None = None
 
@@ -91,18 +94,43 @@ class SO3LR(So3krates):
         """f⁰ = (E(Z) + e_Q + e_S)/√(number of embeddings), (n_atoms, F)."""
         z, gi = graph.atomic_numbers, graph.graph_index
         f = self.embedding(z)  # (n_atoms, F)
-        zeros = f.new_zeros(graph.n_graphs)
+        n_graphs = graph.n_atoms.shape[0]
         if self.charge_embedding is not None:
-            charge = zeros if graph.charge is None else graph.charge
+            charge = f.new_zeros(n_graphs) if graph.charge is None else graph.charge
             f = f + self.charge_embedding(z, charge, gi)
         if self.spin_embedding is not None:
-            spin = zeros if graph.spin is None else graph.spin
+            spin = f.new_zeros(n_graphs) if graph.spin is None else graph.spin
             f = f + self.spin_embedding(z, 2.0 * spin, gi)  # unpaired electrons
         return f * self.embedding_scale
 
     def node_projections(self) -> NodeProjections:
         """As So3krates', without per-element first-layer maps (f⁰ depends on Q, S)."""
         return super().node_projections()._replace(first_layer=None)
+
+    def check_graph(self, graph: AtomicGraph) -> None:
+        """Elements with dispersion data; long-range pairs when the model needs them.
+
+        Called eagerly before traced calls (which cannot raise on data).
+        """
+        super().check_graph(graph)
+        z = graph.atomic_numbers
+        if z.numel() and int(z.max()) > MAX_Z:
+            raise ValueError(
+                f"SO3LR has free-atom dispersion data for Z ≤ {MAX_Z}, got Z={int(z.max())}"
+            )
+        if self.lr_cutoff is not None and graph.lr_edge_index is None:
+            graph.lr_edge_vectors()  # raises, naming what is missing
+
+    def compiled_accepts(self, graph: AtomicGraph) -> bool:
+        """Whether the compiled backends can take ``graph``.
+
+        Not with 3D-periodic structures under Ewald/PME electrostatics (the
+        periodic sum runs eagerly, with a data-dependent split of the batch).
+        """
+        term = self.terms[ELECTROSTATICS] if ELECTROSTATICS in self.terms else None
+        if term is None or term.periodic is None:
+            return True
+        return not bool(graph.pbc.all(dim=1).any())
 
     # ------------------------------------------------------------- outputs
     def charges(self, graph: AtomicGraph, features: torch.Tensor) -> torch.Tensor:
@@ -115,10 +143,8 @@ class SO3LR(So3krates):
     ) -> dict[str, torch.Tensor]:
         """Per-atom energies of ``local`` and every long-range term, by name."""
         z = graph.atomic_numbers
-        if not torch.compiler.is_compiling() and z.numel() and int(z.max()) > MAX_Z:
-            raise ValueError(
-                f"SO3LR has free-atom dispersion data for Z ≤ {MAX_Z}, got Z={int(z.max())}"
-            )
+        if not is_tracing():  # traced callers check before the call
+            self.check_graph(graph)
         vectors = graph.edge_vectors()  # (n_edges, 3)
         features = self.node_features(graph, vectors, differentiable)
         out = {LOCAL: self.readout_energies(z, features)}
