@@ -68,10 +68,19 @@ DATA = ROOT / "data" / "uncertainty"
 MOLECULES = ("3bpa", "acac")
 SETS = ("300K", "600K", "1200K")
 HOT = ("600K", "1200K")
-KINDS = {"committee": "committee of K", "heads": "K readout heads", "single": "one"}
+KINDS = {
+    "committee": "committee of K",
+    "heads": "K readout heads",
+    "single": "one model (member 0)",
+}
 FORCE_LIMIT = 0.1  # eV/Å, the largest force error an MD run may accept
 #: looser limits, for when a short budget leaves most frames above FORCE_LIMIT
 OTHER_LIMITS = (0.25, 0.5)
+
+
+def kind_name(kind: str, k: int) -> str:
+    """The model's name in tables and plots, e.g. ``committee of 4``."""
+    return kind_name(kind, k)
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -307,14 +316,14 @@ def threshold_summary(frames: dict[str, dict], limit: float = FORCE_LIMIT) -> di
     return out
 
 
-def frames_plot(results: dict, molecule: str, path: Path) -> None:
+def frames_plot(results: dict, molecule: str, k: int, path: Path) -> None:
     """Largest force error against predicted max force std, per frame and set."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    kinds = [k for k in results if results[k].get("frames")]
+    kinds = [kind for kind in results if results[kind].get("frames")]
     fig, axes = plt.subplots(1, len(kinds), figsize=(4.6 * len(kinds), 4.2))
     for ax, kind in zip(np.atleast_1d(axes), kinds, strict=True):
         for name, f in results[kind]["frames"].items():
@@ -326,7 +335,7 @@ def frames_plot(results: dict, molecule: str, path: Path) -> None:
         ax.set(xscale="log", yscale="log", xlabel="predicted max force std (eV/Å)",
                ylabel="max |ΔF_i| (eV/Å)")  # fmt: skip
         rho = results[kind]["threshold"].get("spearman_hot", float("nan"))
-        ax.set_title(f"{KINDS[kind]}: ρ(600+1200 K) {rho:.2f}", fontsize=9)
+        ax.set_title(f"{kind_name(kind, k)}: ρ(600+1200 K) {rho:.2f}", fontsize=9)
         ax.legend(fontsize=7)
     fig.suptitle(f"{molecule}, xTB: trained at 300 K")
     fig.tight_layout()
@@ -356,10 +365,10 @@ def study_molecule(args, molecule: str, out: Path) -> dict:
             res["binned_all"] = {k: cal[k] for k in ("forces_binned", "energy_binned")}
             calibration.calibration_plot(
                 cal, out / f"{molecule}_calibration_{kind}.png",
-                f"{molecule} xTB, {KINDS[kind]} (K={args.k}), 300+600+1200 K",
+                f"{molecule} xTB, {kind_name(kind, args.k)}, 300+600+1200 K",
             )  # fmt: skip
         results[kind] = res
-    frames_plot(results, molecule, out / f"{molecule}_frames.png")
+    frames_plot(results, molecule, args.k, out / f"{molecule}_frames.png")
     runs = {f"member_{k}": paths["committee"] / f"member_{k}" for k in range(args.k)}
     runs["heads"] = mol_dir / "heads"
     for r in results.values():
@@ -424,7 +433,7 @@ def results_markdown(info: dict) -> str:
         for kind, r in res["models"].items():
             for name, m in r["sets"].items():
                 lines.append(
-                    f"| {mol} | {KINDS[kind].replace('K', str(k))} | {name} | "
+                    f"| {mol} | {kind_name(kind, k)} | {name} | "
                     f"{_f(m['forces_mae'], '.1f')} | "
                     f"{m.get('n_bad', '–')}/{m.get('n_frames', '–')} | "
                     f"{_f(m.get('spearman_max_force'))} | "
@@ -442,7 +451,7 @@ def results_markdown(info: dict) -> str:
                 continue
             t = r["threshold"]
             lines.append(
-                f"| {mol} | {KINDS[kind].replace('K', str(k))} | "
+                f"| {mol} | {kind_name(kind, k)} | "
                 f"{_f(t.get('spearman_hot'))} | {_f(t.get('spearman_all'))} | "
                 f"{_f(t.get('threshold_eV_A'), '.3f')} | "
                 f"{_f(t.get('flagged_300K'))} ({_f(t.get('false_alarm_300K'))}) | "
@@ -468,7 +477,7 @@ def results_markdown(info: dict) -> str:
                 f"({_f(t.get('flagged_300K'))} / {_f(t.get('flagged_1200K'))})"
                 for t in r["other_limits"].values()
             ]
-            name = KINDS[kind].replace("K", str(k))
+            name = kind_name(kind, k)
             lines.append(f"| {mol} | {name} | " + " | ".join(cells) + " |")
     lines += ["", "| molecule | member / model | steps | trained (s) | valid F MAE (meV/Å) |",
               "|---|---|---|---|---|"]  # fmt: skip
