@@ -80,7 +80,7 @@ OTHER_LIMITS = (0.25, 0.5)
 
 def kind_name(kind: str, k: int) -> str:
     """The model's name in tables and plots, e.g. ``committee of 4``."""
-    return kind_name(kind, k)
+    return KINDS[kind].replace("K", str(k))
 
 
 def parse_args(argv=None) -> argparse.Namespace:
