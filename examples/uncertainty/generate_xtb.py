@@ -131,6 +131,7 @@ def hot_md(start, temperature: float) -> list:
 
 
 def main() -> None:
+    """Relabel the 300 K set, run the hot MD, write the files and their settings."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--molecule", choices=sorted(MOLECULES), required=True)
     parser.add_argument("--shared", type=Path, default=Path("../shared/data"))
