@@ -230,13 +230,13 @@ def test_langevin_brings_each_system_to_its_own_temperature(model):
     targets = torch.tensor([150.0, 300.0, 600.0], dtype=F64)
     dt = torch.tensor(0.5 * FS, dtype=F64)
     init, step = ts.integrators.nvt_langevin(
-        adapter, dt=dt, kT=targets * KB, gamma=torch.tensor(1 / (20 * FS)), seed=3
+        adapter, dt=dt, kT=targets * KB, gamma=torch.tensor(1 / (5 * FS)), seed=3
     )
     state = init(state, kT=torch.full((3,), 5.0 * KB, dtype=F64), seed=3)
     temps = []
     for i in range(1600):
         state = step(state)
-        if i >= 400:  # 200 fs = 10 thermostat times to equilibrate
+        if i >= 400:  # 200 fs = 40 thermostat times to equilibrate
             temps.append(
                 ts.quantities.calc_temperature(
                     masses=state.masses,
@@ -245,8 +245,11 @@ def test_langevin_brings_each_system_to_its_own_temperature(model):
                 )
             )
     mean = torch.stack(temps).mean(0)
-    # equipartition over 1,200 steps: statistical error of the mean ≈ 5-8 %
-    # (seeded run: 154, 292, 607 K)
+    # equipartition over 1,200 steps. NH3 has 12 degrees of freedom, so its
+    # instantaneous T scatters by √(2/12) ≈ 41 %; with a 5 fs thermostat time the
+    # kinetic energy decorrelates in ~5 steps, ~120 independent samples: error of
+    # the mean ≈ 4 %, and 15 % is ~4σ (with 20 fs it was ~10 %, and bit-level
+    # differences between runs, e.g. flushed subnormals, moved NH3 to 350 K)
     torch.testing.assert_close(mean, targets, rtol=0.15, atol=0)
     assert torch.all(mean.argsort() == torch.arange(3))
 
