@@ -1,7 +1,7 @@
 """The package's layers import downwards only, with no circle, in small modules.
 
 Bottom up: keys/units/atomic/version, data/, nn/, accel/, energy, models/,
-potential and calculator, train/ and md/, analysis/ (reads trajectories),
+uncertainty/ (ensembles of models), potential and calculator, train/ and md/, analysis/ (reads trajectories),
 workflows/ (studies combining them), config and the CLIs. Function-local imports
 count too; imports under ``if TYPE_CHECKING:`` (type hints only) do not.
 """
@@ -33,7 +33,8 @@ FORBIDDEN = {
     "data": (*UPPER, "equiforce.models", "equiforce.accel", "equiforce.nn"),
     "nn": (*UPPER, "equiforce.models", "equiforce.accel"),
     "accel": (*UPPER, "equiforce.models"),
-    "models": UPPER,
+    "models": (*UPPER, "equiforce.uncertainty"),
+    "uncertainty": UPPER,  # ensembles of models, used by the front ends
     "analysis": ("equiforce.md", "equiforce.workflows", "equiforce.train"),
     "md": ("equiforce.analysis", "equiforce.workflows", "equiforce.train"),
 }
