@@ -170,3 +170,43 @@ def test_committee_refuses_mixed_cutoffs_and_single_members():
         Committee([tiny(0)])
     with pytest.raises(EnsembleError, match="readout_heads"):
         HeadEnsemble(tiny(0))
+
+
+def test_committee_of_so3lr_models_gets_long_range_pairs_and_charge():
+    """An SO3LR committee must carry its members' long-range cutoff and charge input:
+    without them Potential builds no long-range pairs (the members refuse the graph)
+    and a total charge never reaches them. Fails if the committee drops either."""
+    from equiforce.models.registry import build_model
+
+    tiny = {"num_features": 16, "num_layers": 1, "degrees": (1, 2), "num_heads": 2}
+    members = []
+    for seed in (0, 1):
+        torch.manual_seed(seed)
+        members.append(build_model("so3lr", "small", dtype=torch.float64, **tiny))
+    committee = Committee(members)
+    assert committee.lr_cutoff == members[0].lr_cutoff
+    assert keys.CHARGE in committee.graph_inputs
+
+    atoms = molecule("HCOOH")  # the charge only has to reach the members
+    pot = Potential(committee, dtype=torch.float64, compile=False)
+    out = {
+        q: pot.compute(atoms.positions, atoms.numbers, charge=q) for q in (0.0, -1.0)
+    }
+    assert abs(out[-1.0][keys.ENERGY].item() - out[0.0][keys.ENERGY].item()) > 1e-6
+    singles = [
+        Potential(m, dtype=torch.float64, compile=False)
+        .compute(atoms.positions, atoms.numbers, charge=-1.0)[keys.ENERGY]
+        .item()
+        for m in members
+    ]
+    assert out[-1.0][keys.ENERGY].item() == pytest.approx(np.mean(singles), abs=1e-9)
+    assert out[-1.0][keys.ENERGY_STD].item() == pytest.approx(np.std(singles), abs=1e-9)
+
+
+def test_so3lr_refuses_readout_heads():
+    """SO3LR's charge and dispersion terms read one feature set: several heads would
+    crash the head ensemble with a bare TypeError, so the config refuses them."""
+    from equiforce.models.registry import build_model
+
+    with pytest.raises(ValueError, match="readout_heads must be 1"):
+        build_model("so3lr", "small", readout_heads=4)

@@ -23,6 +23,11 @@ from equiforce.uncertainty.ensemble import EnsembleError, EnsembleModel
 STACKED = (keys.ENERGY, keys.ATOMIC_ENERGIES, keys.FORCES, keys.STRESS)
 
 
+def _lr_cutoff(model: PotentialModel) -> bool:
+    """Whether ``model`` needs long-range pairs (SO3LR with long-range terms)."""
+    return getattr(model, "lr_cutoff", None) is not None
+
+
 class Committee(EnsembleModel):
     """Mean and spread of K models evaluated on the same structures.
 
@@ -47,8 +52,19 @@ class Committee(EnsembleModel):
             raise EnsembleError(
                 f"committee members must share one cutoff, got {cutoffs} Å"
             )
+        lr_cutoffs = sorted({m.lr_cutoff for m in models if _lr_cutoff(m)})
+        if len(lr_cutoffs) > 1:
+            raise EnsembleError(
+                f"committee members must share one long-range cutoff, got {lr_cutoffs} Å"
+            )
         super().__init__(cutoff=cutoffs[0], e0=models[0].e0.detach().cpu())
         self.members = nn.ModuleList(models)
+        #: long-range pairs and per-structure inputs (SO3LR members): what
+        #: ``Potential``, the datasets and ``md --charge`` read from the model
+        self.lr_cutoff: float | None = lr_cutoffs[0] if lr_cutoffs else None
+        self.graph_inputs = tuple(
+            sorted({k for m in models for k in getattr(m, "graph_inputs", ())})
+        )
 
     @property
     def n_members(self) -> int:

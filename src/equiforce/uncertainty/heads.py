@@ -51,6 +51,8 @@ class HeadEnsemble(EnsembleModel):
             )
         super().__init__(cutoff=model.cutoff, e0=model.e0.detach().cpu())
         self.model = model
+        self.lr_cutoff = getattr(model, "lr_cutoff", None)
+        self.graph_inputs = tuple(getattr(model, "graph_inputs", ()))
         self.forces_std = bool(forces_std)
 
     @property

@@ -90,6 +90,11 @@ class SO3LRConfig(So3kratesConfig):
             raise ValueError("dispersion_damping must be smaller than lr_cutoff")
         if self.num_features % 2:
             raise ValueError("num_features must be even (Hirshfeld head: F/2)")
+        if self.readout_heads != 1:
+            raise ValueError(
+                "readout_heads must be 1 for SO3LR (its charge and dispersion terms "
+                "read one set of features); use a committee for its uncertainty"
+            )
         return self
 
 
