@@ -138,11 +138,11 @@ def _new_run(config: EquiforceConfig, run: RunDir, report: Reporter):
         model, config = build_training_model(config, data.statistics)
     finetune.check_freeze(model, config.model.freeze)  # before anything is written
     run.path.mkdir(parents=True, exist_ok=True)
+    if config.model.init_from is not None:  # before the config marks a run as started
+        save_model(model, _init_file(run), data.statistics)
     atomic_write_text(run.config, config.to_yaml())
     run.write_json(run.splits, data.splits)
     run.write_json(run.statistics, data.statistics)
-    if config.model.init_from is not None:
-        save_model(model, _init_file(run), data.statistics)
     return config, data, model
 
 
@@ -165,6 +165,11 @@ def _trainer_from_run(
     model, config = build_training_model(config, stats)
     if _init_file(run).exists():  # a fine-tuning run's starting weights
         model.load_state_dict(load_checkpoint(_init_file(run))["state_dict"])
+    elif config.model.init_from is not None:
+        raise RunDirError(
+            f"{_init_file(run)}: missing; this fine-tuning run (model.init_from) "
+            "cannot start from random weights: start a new run"
+        )
     model = finetune.freeze(model, config.model.freeze, report)
     return Trainer(config, run, data, model, report, group)
 
