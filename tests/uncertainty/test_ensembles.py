@@ -210,3 +210,24 @@ def test_so3lr_refuses_readout_heads():
 
     with pytest.raises(ValueError, match="readout_heads must be 1"):
         build_model("so3lr", "small", readout_heads=4)
+
+
+def test_an_unfinished_committee_member_is_refused(tmp_path):
+    """An interrupted member already has a best.pt (its best so far); loading the
+    committee must name it instead of mixing a partly trained member into the spread."""
+    import json
+
+    from equiforce.uncertainty import EnsembleError, load_ensemble
+
+    names = ["member_0", "member_1"]
+    (tmp_path / "committee.json").write_text(
+        json.dumps(
+            {"n_members": 2, "seed": 0, "members": [f"{n}/best.pt" for n in names]}
+        )
+    )
+    for name, stop in zip(names, ("max_steps", "interrupted"), strict=True):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "best.pt").write_bytes(b"")
+        (tmp_path / name / "final_metrics.json").write_text(json.dumps({"stop": stop}))
+    with pytest.raises(EnsembleError, match="member_1 has not finished"):
+        load_ensemble(tmp_path)

@@ -22,9 +22,9 @@ from equiforce.config import EquiforceConfig
 from equiforce.train.distributed import INTERRUPTED
 from equiforce.train.launch import RunDirError, resume, train
 from equiforce.train.rundir import RunDir
+from equiforce.uncertainty.load import COMMITTEE_FILE
 
 #: the committee's own record in its run directory
-COMMITTEE_FILE = "committee.json"
 
 
 def member_config(config: EquiforceConfig, k: int) -> EquiforceConfig:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -14,6 +15,10 @@ from equiforce.uncertainty.heads import HeadEnsemble
 
 #: the model file of a training run directory
 BEST = "best.pt"
+#: written by ``equiforce train --committee K`` (train/committee.py), and the
+#: file a finished run writes last (train/rundir.py)
+COMMITTEE_FILE = "committee.json"
+FINAL_METRICS = "final_metrics.json"
 
 
 def committee_members(path: str | Path) -> list[Path]:
@@ -24,6 +29,8 @@ def committee_members(path: str | Path) -> list[Path]:
     path = Path(path)
     if not path.is_dir():  # a file (load_model names what is wrong with it)
         return [path]
+    if (path / COMMITTEE_FILE).is_file():
+        return _finished_members(path)
     members = sorted(path.glob("member_*/" + BEST), key=_member_number)
     if members:
         return members
@@ -33,6 +40,26 @@ def committee_members(path: str | Path) -> list[Path]:
         f"{path}: neither a model file, nor a run directory with {BEST}, nor a "
         f"committee directory with member_<k>/{BEST}"
     )
+
+
+def _finished_members(path: Path) -> list[Path]:
+    """The members ``committee.json`` lists, each required to have finished.
+
+    An interrupted member already has a ``best.pt`` (its best so far): using it
+    would mix partly trained members into the spread without a word.
+    """
+    record = json.loads((path / COMMITTEE_FILE).read_text())
+    members = [path / m for m in record.get("members", [])]
+    for best in members:
+        final = best.parent / FINAL_METRICS
+        stop = json.loads(final.read_text()).get("stop") if final.is_file() else None
+        if not best.is_file() or stop in (None, "interrupted"):
+            raise EnsembleError(
+                f"{path}: committee member {best.parent.name} has not finished "
+                f"training; run the same `equiforce train ... --committee "
+                f"{len(members)}` again to complete it"
+            )
+    return members
 
 
 def _member_number(p: Path) -> int:
