@@ -15,7 +15,7 @@ import textwrap
 import numpy as np
 import pytest
 import torch
-from _train_helpers import ETHANOL, make_tiny_config
+from _train_helpers import ETHANOL, TINY_MODEL, make_tiny_config
 
 from equiforce.config import ConfigError, load_config
 from equiforce.models.checkpoint import load_checkpoint, save_model
@@ -25,12 +25,7 @@ from equiforce.train.finetune import known_elements
 from equiforce.train.launch import resume, train
 
 FILE_MODEL = {
-    "num_features": 16,
-    "num_layers": 1,
-    "num_heads": 2,
-    "degrees": [1, 2],
-    "num_radial": 8,
-    "readout_hidden": 16,
+    **TINY_MODEL,
     "zero_init_readout": False,
     "per_element_scale_shift": True,
 }
