@@ -46,6 +46,12 @@ def test_committee_members_have_own_seeds_and_resume(tmp_path):
     assert (run / "member_1/best.pt").stat().st_mtime_ns == stamp
     other = ["train", str(cfg), "--committee", "3", "--run-dir", str(run), "--quiet"]
     assert main(other) == 2  # another size into the same folder is refused
+    # another model section into the same folder is refused before anything is
+    # trained (fails if committee.json does not record the config): the finished
+    # members would otherwise sit beside members of a different model
+    changed = ["train", str(_write(tmp_path, readout_heads=2)), "--committee", "2"]
+    assert main([*changed, "--run-dir", str(run), "--quiet"]) == 2
+    assert (run / "member_1/best.pt").stat().st_mtime_ns == stamp
 
 
 def test_multi_head_run_trains_and_loads_as_heads(tmp_path):

@@ -13,6 +13,7 @@ one resumes from its ``last.pt``, the rest start. Load the result with
 
 from __future__ import annotations
 
+import hashlib
 import json
 import shutil
 from pathlib import Path
@@ -24,7 +25,17 @@ from equiforce.train.launch import RunDirError, resume, train
 from equiforce.train.rundir import RunDir
 from equiforce.uncertainty.load import COMMITTEE_FILE
 
-#: the committee's own record in its run directory
+def config_fingerprint(config: EquiforceConfig) -> str:
+    """SHA-256 of the data and model sections: what every member must share.
+
+    The training section is left out on purpose: a committee may be continued
+    with a longer budget or another learning rate, and the seeds differ per
+    member anyway. A changed model or dataset, however, would leave members of
+    two different committees side by side in one directory.
+    """
+    shared = config.model_dump(mode="json", include={"data", "model"})
+    text = json.dumps(shared, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
 def member_config(config: EquiforceConfig, k: int) -> EquiforceConfig:
@@ -65,14 +76,19 @@ def train_committee(
         then the same call continues it).
 
     Raises:
-        RunDirError: ``run_dir`` holds a committee of another size or seed.
+        RunDirError: ``run_dir`` holds a committee of another size or seed, or
+            one trained with another data or model section.
     """
     if n_members < 2:
         raise ValueError(
             f"--committee: a committee needs K ≥ 2 members, got {n_members}"
         )
     root = Path(run_dir)
-    record = {"n_members": n_members, "seed": config.training.seed}
+    record = {
+        "n_members": n_members,
+        "seed": config.training.seed,
+        "config": config_fingerprint(config),
+    }
     _check_record(root, record)
     root.mkdir(parents=True, exist_ok=True)
     members = [f"member_{k}" for k in range(n_members)]
@@ -105,7 +121,15 @@ def _check_record(root: Path, record: dict) -> None:
     if not path.exists():
         return
     old = json.loads(path.read_text())
-    if {k: old.get(k) for k in record} != record:
+    if old.get("config", record["config"]) != record["config"]:
+        raise RunDirError(
+            f"{path}: holds a committee trained with another data or model section "
+            f"(fingerprint {old['config']}, this config {record['config']}); its "
+            "finished members would be mixed with new ones: choose another --run-dir"
+        )
+    if {k: old.get(k) for k in ("n_members", "seed")} != {
+        k: record[k] for k in ("n_members", "seed")
+    }:
         raise RunDirError(
             f"{path}: holds a committee of {old.get('n_members')} members from seed "
             f"{old.get('seed')}, not {record['n_members']} from seed "
