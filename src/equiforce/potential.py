@@ -63,6 +63,11 @@ class Potential:
             ``False`` never, ``None`` (default) once ``compile_after`` calls have
             run: single points stay eager, MD loops get the fast path.
         compile_after: eager calls before compiling when ``compile`` is None.
+        flush_denormals: flush subnormal floats to zero on this thread and its
+            OpenMP workers (a process-wide CPU mode, see
+            :mod:`equiforce.accel.denormals`); None (default): only when
+            ``EQUIFORCE_FLUSH_DENORMALS=1``. The ``equiforce`` commands flush
+            anyway; a host program's floating-point mode is left alone.
 
     Attributes:
         model: the model, in eval mode on ``device`` in ``dtype``.
@@ -81,12 +86,14 @@ class Potential:
         skin: float = 0.5,
         compile: bool | None = None,
         compile_after: int = 20,
+        flush_denormals: bool | None = None,
     ) -> None:
-        from equiforce.accel.denormals import flush_denormals
+        from equiforce.accel import denormals
         from equiforce.accel.runtime import tune_allocator
 
         tune_allocator()
-        flush_denormals()
+        if denormals.library_default() if flush_denormals is None else flush_denormals:
+            denormals.flush_denormals(True)
         if isinstance(model_or_path, (str, Path)):
             from equiforce.models.registry import load_model
 

@@ -106,3 +106,26 @@ def test_flushing_changes_forces_below_1e6(name, ieee_afterwards):
             # division by a tiny norm, a log of an underflowed exponential)
             assert_close(f_flush, f_ieee, 1e-6, f"{what} forces")
             assert_close(e_flush, e_ieee, 1e-6, f"{what} energy")
+
+
+def test_potential_leaves_the_floating_point_mode_alone(monkeypatch, ieee_afterwards):
+    """A Potential built from Python flushes only when asked (fails if it flushes by default).
+
+    The mode is process-wide: a library must not change a host program's
+    arithmetic behind its back. ``flush_denormals=True`` and
+    ``EQUIFORCE_FLUSH_DENORMALS=1`` opt in.
+    """
+    from equiforce.models.registry import build_model
+    from equiforce.potential import Potential
+
+    model = build_model("so3krates", **TINY_SO3KRATES)
+    monkeypatch.delenv("EQUIFORCE_FLUSH_DENORMALS", raising=False)
+    flush_denormals(False)
+    Potential(model, compile=False)
+    assert not flush_active()
+    Potential(model, compile=False, flush_denormals=True)
+    assert flush_active()
+    flush_denormals(False)
+    monkeypatch.setenv("EQUIFORCE_FLUSH_DENORMALS", "1")
+    Potential(model, compile=False)
+    assert flush_active()

@@ -21,6 +21,12 @@ with their own pools. Threads created afterwards (a larger thread count, the
 edge-chunk workers of :mod:`equiforce.accel.edge_chunks`) inherit the mode. Call it at the start of a
 command, before work starts, as the ``equiforce`` entry points do. Set
 ``EQUIFORCE_FLUSH_DENORMALS=0`` to opt out.
+
+The mode belongs to the process, not to equiforce, so the library does not set
+it behind a host program's back: a :class:`~equiforce.potential.Potential` built
+from Python flushes only with ``flush_denormals=True`` or
+``EQUIFORCE_FLUSH_DENORMALS=1`` (:func:`library_default`); the command-line
+entry points flush unless it is ``0``.
 """
 
 from __future__ import annotations
@@ -137,6 +143,11 @@ def flush_denormals(enabled: bool | None = None) -> bool:
         return False  # the CPU has no such mode: nothing to do on the workers
     set_in_openmp_workers(enabled)
     return enabled
+
+
+def library_default() -> bool:
+    """Whether library front ends flush by default: only if the variable is ``1``."""
+    return os.environ.get(ENV) == "1"
 
 
 def flush_active() -> bool:
