@@ -106,18 +106,6 @@ def test_flush_denormals_false_restores_ieee(ieee_afterwards):
 
 
 @x86
-def test_potential_turns_flushing_on(ieee_afterwards):
-    """Potential-based inference (calculator, engines, MD) flushes from construction."""
-    from equiforce.potential import Potential
-    from equiforce.testing import tiny_so3krates
-
-    flush_denormals(False)
-    Potential(tiny_so3krates(), compile=False)
-    assert flush_active()
-    assert subnormals_from_all_threads() == 0
-
-
-@x86
 def test_run_md_turns_flushing_on(ieee_afterwards, monkeypatch):
     """``run_md`` with a model (the ``equiforce md`` path) flushes before any force."""
     from ase.build import molecule

@@ -26,7 +26,8 @@ The mode belongs to the process, not to equiforce, so the library does not set
 it behind a host program's back: a :class:`~equiforce.potential.Potential` built
 from Python flushes only with ``flush_denormals=True`` or
 ``EQUIFORCE_FLUSH_DENORMALS=1`` (:func:`library_default`); the command-line
-entry points flush unless it is ``0``.
+entry points and the whole-run functions behind them (``train``, ``resume``,
+``run_md``) flush unless it is ``0``.
 """
 
 from __future__ import annotations

@@ -420,9 +420,11 @@ def run_md(
             ``resume``, a folder holding a run is refused
             (:func:`~equiforce.md.outdir.claim_out_dir`).
     """
+    from equiforce.accel.denormals import flush_denormals
     from equiforce.accel.runtime import tune_allocator
 
     tune_allocator()
+    flush_denormals()  # a command-level run, like train(): opt out with ..._DENORMALS=0
     from equiforce.md.forcefield import ModelForceField
     from equiforce.models.base import PotentialModel
 
