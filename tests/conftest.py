@@ -17,9 +17,16 @@ ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT / "data" / "rmd17"
 
 
+#: where tests run on tiny systems, latency-bound: one thread avoids contention
+#: (paths below tests/: a folder, or one file)
+ONE_THREAD = {"analysis", "md", "uncertainty", "engines/test_torchsim.py"}
+
+
 @pytest.fixture(autouse=True)
-def _threads():
-    torch.set_num_threads(2)
+def _threads(request):
+    rel = Path(request.node.path).resolve().relative_to(ROOT / "tests")
+    one = rel.parts[0] in ONE_THREAD or rel.as_posix() in ONE_THREAD
+    torch.set_num_threads(1 if one else 2)
 
 
 @pytest.fixture

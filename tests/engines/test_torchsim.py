@@ -34,15 +34,6 @@ FS = MetalUnits.time * 1e-3  # 1 fs in torch-sim's metal time unit
 KB = float(MetalUnits.temperature)  # eV/K
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny systems are latency-bound: one thread avoids contention."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
-
-
 @pytest.fixture(scope="module")
 def model():
     return tiny_so3krates()

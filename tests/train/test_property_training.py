@@ -12,6 +12,7 @@ import ase.io
 import numpy as np
 import pytest
 import torch
+from _train_helpers import TINY_MODEL
 from ase import Atoms
 from ase.calculators.emt import EMT
 
@@ -31,16 +32,7 @@ MOLECULES = {
     -1: ("OH", [[0, 0, 0], [0.97, 0, 0]]),
     1: ("OH3", [[0, 0, 0.1], [0.97, 0, 0], [-0.48, 0.84, 0], [-0.48, -0.84, 0]]),
 }
-TINY_SO3LR = {
-    "num_features": 16,
-    "num_layers": 1,
-    "num_heads": 2,
-    "degrees": [1, 2],
-    "num_radial": 8,
-    "readout_hidden": 16,
-    "head_hidden": 16,
-    "lr_cutoff": 6.0,
-}
+TINY_SO3LR = TINY_MODEL | {"head_hidden": 16, "lr_cutoff": 6.0}
 
 
 def charged_frames(n: int, seed: int = 0, labels: bool = True) -> list[Atoms]:

@@ -6,16 +6,7 @@ Adam steps on 8 rattled frames) rather than left at their random initialisation.
 """
 
 import pytest
-import torch
 from _ensemble_helpers import fit, labelled_frames, tiny
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
 
 
 @pytest.fixture(scope="session")
