@@ -42,6 +42,7 @@ import argparse
 import hashlib
 import json
 import math
+from collections.abc import Callable
 from importlib.metadata import version
 from pathlib import Path
 
@@ -206,15 +207,22 @@ def gfn2(positions: np.ndarray, numbers: np.ndarray, s: dict = SETTINGS) -> tupl
     return energy, forces
 
 
-def _cumulene_frames(s: dict) -> list[tuple[dict, np.ndarray, np.ndarray]]:
+def _twist_frames(
+    s: dict, build: Callable[[float], tuple[np.ndarray, np.ndarray]]
+) -> list[tuple[dict, np.ndarray, np.ndarray]]:
+    """``n_frames`` twist angles drawn in ``twist_range_deg``, geometry noise added."""
     rng = np.random.default_rng(s["seed"])
     lo, hi = s["twist_range_deg"]
     out = []
     for angle in rng.uniform(lo, hi, size=s["n_frames"]):
-        pos, z = cumulene(s["n_carbons"], float(angle), s)
+        pos, z = build(float(angle))
         pos = pos + rng.normal(scale=s["noise_sigma_A"], size=pos.shape)
         out.append(({"twist_deg": round(float(angle), 6)}, pos, z))
     return out
+
+
+def _cumulene_frames(s: dict) -> list[tuple[dict, np.ndarray, np.ndarray]]:
+    return _twist_frames(s, lambda angle: cumulene(s["n_carbons"], angle, s))
 
 
 def _ion_pair_frames(s: dict) -> list[tuple[dict, np.ndarray, np.ndarray]]:
@@ -236,14 +244,7 @@ def _ion_pair_frames(s: dict) -> list[tuple[dict, np.ndarray, np.ndarray]]:
 
 
 def _cyanine_frames(s: dict) -> list[tuple[dict, np.ndarray, np.ndarray]]:
-    rng = np.random.default_rng(s["seed"])
-    lo, hi = s["twist_range_deg"]
-    out = []
-    for angle in rng.uniform(lo, hi, size=s["n_frames"]):
-        pos, z = cyanine(s["n_methine"], float(angle), s)
-        pos = pos + rng.normal(scale=s["noise_sigma_A"], size=pos.shape)
-        out.append(({"twist_deg": round(float(angle), 6)}, pos, z))
-    return out
+    return _twist_frames(s, lambda angle: cyanine(s["n_methine"], angle, s))
 
 
 _BUILDERS = {
