@@ -166,7 +166,7 @@ def test_grid_rule_counts_the_output_degree():
 def block_outputs(block, pos, feats):
     n = pos.shape[0]
     gi = torch.zeros(n, dtype=torch.long)
-    return block(feats, pos, gi, torch.tensor([n]))
+    return block(feats, pos, gi, torch.tensor([n]))[:2]
 
 
 def wigner_d(rot: torch.Tensor) -> torch.Tensor:
@@ -239,7 +239,7 @@ def test_block_batched_equals_single(monkeypatch):
     args = (torch.cat(feats), torch.cat(pos), gi, torch.tensor(sizes))
     for max_graphs in (4, 100):  # slices, one product
         monkeypatch.setattr(efa, "ONE_PRODUCT_MAX_GRAPHS", max_graphs)
-        d_f, d_t = block(*args)
+        d_f, d_t, _ = block(*args)
         torch.testing.assert_close(d_f, torch.cat([s[0] for s in single]))
         torch.testing.assert_close(d_t, torch.cat([s[1] for s in single]))
 
@@ -286,3 +286,101 @@ def test_edge_chunks_carry_the_tensor_branch(differentiable):
     out = model(g, create_graph=differentiable)
     torch.testing.assert_close(out["energy"], ref["energy"])
     torch.testing.assert_close(out["forces"], ref["forces"])
+
+
+# ------------------------------------------------- equivariant (Euclidean) values
+EV_DEGREES = (1, 2)  # the Euclidean variables' layout: Ŷ_1 ⊕ Ŷ_2, 8 components
+
+
+def values_block(seed: int = 2) -> EuclideanFastAttention:
+    torch.manual_seed(seed)
+    return EuclideanFastAttention(
+        16, 8, 8, 15.0, 0.2, 11, zero_init=False,
+        ev_degrees=EV_DEGREES, equivariant_values=3,
+    ).double()  # fmt: skip
+
+
+def test_carried_euclidean_variables_equal_closed_form():
+    """The carried Euclidean variables equal Σ_j κ₀ j₀(ω r_ij) g(h_j) x_j mixed by
+    the per-degree weights, to quadrature accuracy (fails if the values are
+    carried with a tensor kernel, mixed across components, or mapped with the
+    wrong degree's weights)."""
+    rng = np.random.default_rng(8)
+    n = 10
+    pos = torch.tensor(rng.uniform(-4, 4, size=(n, 3)), dtype=F64)
+    feats = torch.tensor(rng.normal(size=(n, 16)), dtype=F64)
+    ev = torch.tensor(rng.normal(size=(n, 8)), dtype=F64)
+    block = values_block()
+    gi = torch.zeros(n, dtype=torch.long)
+    _, _, d_ev = block(feats, pos, gi, torch.tensor([n]), ev)
+    with torch.no_grad():
+        q, k, gate = block.q(feats), block.k(feats), block.ev_gate(feats)
+        values = (ev[:, :, None] * gate[:, None, :]).flatten(1)  # (n, 8·3)
+        carried = closed_form(q, k, values, pos, gi, block.frequencies, (0,))
+        carried = torch.tensor(carried[:, 0]).view(n, 8, 3)
+        w = block.out_ev.detach()[torch.tensor([0, 0, 0, 1, 1, 1, 1, 1])]
+        expected = (carried * w).sum(-1)
+    assert expected.abs().max() > 1e-2, "nothing carried: nothing is tested"
+    torch.testing.assert_close(d_ev.detach(), expected, atol=1e-6, rtol=1e-5)
+
+
+@pytest.mark.parametrize("reflect", [False, True])
+def test_carried_euclidean_variables_are_equivariant(reflect):
+    """Rotating (or reflecting) the structure and its Euclidean variables rotates
+    the carried ones by the same D(Q); translation and permutation carry them
+    along (fails on any invariant-kernel or component-order mistake)."""
+    rng = np.random.default_rng(9)
+    n = 12
+    pos = torch.tensor(rng.uniform(-4, 4, size=(n, 3)), dtype=F64)
+    feats = torch.tensor(rng.normal(size=(n, 16)), dtype=F64)
+    ev = torch.tensor(rng.normal(size=(n, 8)), dtype=F64)
+    rot = torch.tensor(random_orthogonal(rng, reflect), dtype=F64)
+    d_mat = wigner_d(rot)
+    block = values_block()
+    gi, na = torch.zeros(n, dtype=torch.long), torch.tensor([n])
+    f0, _, e0 = block(feats, pos, gi, na, ev)
+    shift = torch.tensor([2.0, -1.0, 5.0], dtype=F64)
+    f1, _, e1 = block(feats, pos @ rot.T + shift, gi, na, ev @ d_mat.T)
+    torch.testing.assert_close(e1, e0 @ d_mat.T, atol=1e-7, rtol=1e-6)
+    torch.testing.assert_close(f1, f0, atol=1e-7, rtol=1e-6)
+    perm = torch.tensor(rng.permutation(n))
+    _, _, ep = block(feats[perm], pos[perm], gi, na, ev[perm])
+    torch.testing.assert_close(ep, e0[perm])
+
+
+def test_model_with_carried_values_is_invariant_and_starts_local():
+    """So3krates with equivariant EFA values: zero-initialised it equals the local
+    model; trained-like (random) weights keep the energy O(3) invariant and the
+    forces equivariant, and the carried-value weights reach the energy."""
+    rng = np.random.default_rng(10)
+    pos = rng.uniform(-2.5, 2.5, size=(8, 3))
+    z = rng.choice([1, 6, 8], size=8)
+    efa_cfg = {"equivariant_values": 2, "max_frequency": 0.2}
+    local = build_model("so3krates", dtype=F64, seed=3, **TINY_SO3KRATES)
+    glob = build_model(
+        "so3krates", dtype=F64, seed=3, **TINY_SO3KRATES, global_attention=efa_cfg
+    )
+    g = AtomicGraph.from_arrays(pos, z, local.cutoff, dtype=F64)
+    assert torch.equal(local(g)["energy"], glob(g)["energy"])
+    glob(g, create_graph=True)["energy"].sum().backward()
+    # layer 0's Euclidean variables are still zero: only layer 1 carries any
+    assert glob.global_attention["1"].out_ev.grad.abs().max() > 0
+    active = build_model(
+        "so3krates", dtype=F64, seed=3, **TINY_SO3KRATES,
+        global_attention=efa_cfg | {"zero_init": False},
+    )  # fmt: skip
+    rot = random_orthogonal(rng, True)
+    a = active(g)
+    b = active(AtomicGraph.from_arrays(pos @ rot.T, z, local.cutoff, dtype=F64))
+    gap = float((a["energy"] - glob(g)["energy"]).detach())
+    assert abs(gap) > 1e-6, "branch inactive"
+    torch.testing.assert_close(b["energy"], a["energy"])
+    torch.testing.assert_close(b["forces"], a["forces"] @ torch.tensor(rot).T)
+
+
+def test_carried_values_need_euclidean_variables():
+    with pytest.raises(ValueError, match="equivariant_values"):
+        build_model(
+            "so3krates", **TINY_SO3KRATES, use_euclidean_variables=False,
+            global_attention={"equivariant_values": 2},
+        )  # fmt: skip

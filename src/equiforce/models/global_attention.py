@@ -67,6 +67,15 @@ class GlobalAttentionConfig(BaseModel):
         "grid must then integrate degree l_max higher",
     )
 
+    equivariant_values: int = Field(
+        0,
+        ge=0,
+        description="C > 0: the values also carry each atom's Euclidean variables, "
+        "gated by C invariant channels, to every atom through the invariant kernel "
+        "(how an atom learns the orientation of a distant group, e.g. a far CH2 "
+        "plane); needs So3krates' Euclidean variables. 0: invariant values only",
+    )
+
     @field_validator("lebedev_order")
     @classmethod
     def _check_order(cls, v: int) -> int:
@@ -126,9 +135,16 @@ class GlobalAttentionConfig(BaseModel):
 
 
 def build_global_attention(
-    cfg: GlobalAttentionConfig, num_features: int, num_layers: int
+    cfg: GlobalAttentionConfig,
+    num_features: int,
+    num_layers: int,
+    ev_degrees: tuple[int, ...] = (),
 ) -> nn.ModuleDict:
-    """One :class:`EuclideanFastAttention` per chosen layer, keyed by str(layer)."""
+    """One :class:`EuclideanFastAttention` per chosen layer, keyed by str(layer).
+
+    ``ev_degrees``: degrees of the model's Euclidean variables (used with
+    ``equivariant_values``).
+    """
     return nn.ModuleDict(
         {
             str(t): EuclideanFastAttention(
@@ -142,6 +158,8 @@ def build_global_attention(
                 zero_init=cfg.zero_init,
                 tolerance=cfg.quadrature_tolerance,
                 degrees=cfg.degrees,
+                ev_degrees=tuple(ev_degrees) if cfg.equivariant_values else (),
+                equivariant_values=cfg.equivariant_values,
             )
             for t in cfg.layer_indices(num_layers)
         }

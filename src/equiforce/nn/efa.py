@@ -36,6 +36,16 @@ Outputs transform as Ŷ_l(r̂_ij): degree 1 as a polar vector ("1o"), degree 2 a
 all atoms of a structure; structures in a batch never see each other (S is a
 per-structure sum).
 
+Equivariant values. The values may also carry each atom's Euclidean variables
+x_j (So3krates' (2l+1)-vectors), gated by C invariant channels of its features,
+v_j^{(l,c)} = g_c(h_j) x_j^{(l)}. They travel with the invariant (l = 0)
+integration, y_i^{(l,c)} = Σ_j Σ_k κ_0 j_0(ω_k r_ij) g_c(h_j) x_j^{(l)} / √D_qk:
+an invariant kernel times vectors that rotate with the structure is equivariant
+(the quadrature needs no higher order). This is the path by which an atom learns
+the *orientation* of a distant group (a far CH₂ plane is an l = 2 pattern of its
+Euclidean variables), to first order; with invariant values the orientation
+reaches it only through the tiny angular spread of far pair vectors.
+
 Symbols → code names: h_i ``features`` (n_atoms, F); r_i ``positions``
 (n_atoms, 3); u_m ``grid_u`` (M, 3); w_m Ŷ_c(u_m) ``grid_weights`` (C, M);
 ω_k ``frequencies`` (D_qk/2,); g(i) ``graph_index`` (n_atoms,).
@@ -264,8 +274,10 @@ class EuclideanFastAttention(nn.Module):
     The invariant output y^{(0)} goes through a Dense map D_v -> F; each tensor
     degree l ≥ 1 in ``degrees`` through a bias-free map D_v -> 1 (equivariant:
     it mixes value channels, never components), giving one (2l+1)-vector per
-    atom and degree, as So3krates' Euclidean variables. Both maps are zero at
-    initialisation with ``zero_init``.
+    atom and degree, as So3krates' Euclidean variables. With
+    ``equivariant_values`` C > 0 the Euclidean variables (degrees ``ev_degrees``)
+    are carried as well (module note), C gated channels mixed to one per degree
+    by a bias-free map. All maps are zero at initialisation with ``zero_init``.
 
     Args:
         num_features: width F of the input and output features.
@@ -279,6 +291,10 @@ class EuclideanFastAttention(nn.Module):
         tolerance: allowed quadrature error bound (:func:`check_quadrature`,
             at the highest degree).
         degrees: output degrees, sorted, starting with 0, each ≤ 2.
+        ev_degrees: degrees of the Euclidean variables given to :meth:`forward`
+            (needed with ``equivariant_values``).
+        equivariant_values: C, gated channels of Euclidean-variable values
+            (0: invariant values only).
     """
 
     def __init__(
@@ -293,6 +309,8 @@ class EuclideanFastAttention(nn.Module):
         zero_init: bool = True,
         tolerance: float = 1e-4,
         degrees: tuple[int, ...] = (0,),
+        ev_degrees: tuple[int, ...] = (),
+        equivariant_values: int = 0,
     ) -> None:
         super().__init__()
         if num_features_qk % 2:
@@ -339,6 +357,24 @@ class EuclideanFastAttention(nn.Module):
             )  # (C − 1,) tensor-degree index of each tensor component
         else:
             self.out_tensor = None
+        self.ev_gate = self.out_ev = None
+        if equivariant_values:
+            if not ev_degrees:
+                raise ValueError(
+                    "equivariant_values needs the Euclidean variables' degrees"
+                )
+            self.ev_gate = Dense(num_features, equivariant_values)
+            w = torch.zeros(len(ev_degrees), equivariant_values)
+            if not zero_init:
+                nn.init.normal_(w, 0.0, 1.0 / math.sqrt(equivariant_values))
+            #: per Euclidean-variable degree, weights of its gated channels (n_ev, C)
+            self.out_ev = nn.Parameter(w)
+            comp = [k for k, l in enumerate(ev_degrees) for _ in range(2 * l + 1)]
+            self.register_buffer(
+                "ev_component_degree",
+                torch.tensor(comp, dtype=torch.long),
+                persistent=False,
+            )  # (m_tot,) degree index of each Euclidean-variable component
 
     def forward(
         self,
@@ -346,22 +382,43 @@ class EuclideanFastAttention(nn.Module):
         positions: torch.Tensor,  # (N, 3)
         graph_index: torch.Tensor,  # (N,)
         n_atoms: torch.Tensor,  # (n_graphs,)
-    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        ev: torch.Tensor | None = None,  # (N, m_tot)
+    ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
         """Global updates; inputs are checked by the caller (``check_structures``).
 
+        Args:
+            features: invariant features h (N, F).
+            positions: Cartesian positions (N, 3), Å.
+            graph_index: structure of each atom (N,), sorted.
+            n_atoms: atoms per structure (n_graphs,).
+            ev: the Euclidean variables (components of ``ev_degrees``), needed
+                with ``equivariant_values``.
+
         Returns:
-            The invariant update (N, F), and the tensor updates (N, Σ_{l≥1}(2l+1))
+            The invariant update (N, F); the tensor updates (N, Σ_{l≥1}(2l+1))
             (components of ``tensor_degrees`` in e3nn order, concatenated), or
-            None without tensor degrees.
+            None without tensor degrees; the carried Euclidean variables
+            (N, m_tot), or None without ``equivariant_values``.
         """
         q = self.qk_act(self.q(features))
         k = self.qk_act(self.k(features))
+        v = self.v(features)  # (N, D_v)
+        d_v = v.shape[1]
+        if self.ev_gate is not None:
+            if ev is None:
+                raise ValueError("this EFA block carries Euclidean variables: pass ev")
+            gated = ev[:, :, None] * self.ev_gate(features)[:, None, :]  # (N, m, C)
+            v = torch.cat([v, gated.flatten(1)], dim=1)  # (N, D_v + m·C)
         y = euclidean_rope_integrals(
-            q, k, self.v(features), positions, graph_index, n_atoms,
+            q, k, v, positions, graph_index, n_atoms,
             self.frequencies, self.grid_u, self.grid_weights,
-        )  # (N, C, D_v)  # fmt: skip
-        d_features = self.out(y[:, 0])
-        if self.out_tensor is None:
-            return d_features, None
-        w = self.out_tensor[self.component_degree]  # (C − 1, D_v)
-        return d_features, (y[:, 1:] * w).sum(-1)  # (N, C − 1)
+        )  # (N, C, D_v [+ m·C])  # fmt: skip
+        d_features = self.out(y[:, 0, :d_v])
+        d_tensor = d_ev = None
+        if self.out_tensor is not None:
+            w = self.out_tensor[self.component_degree]  # (C − 1, D_v)
+            d_tensor = (y[:, 1:, :d_v] * w).sum(-1)  # (N, C − 1)
+        if self.out_ev is not None:
+            carried = y[:, 0, d_v:].view(y.shape[0], ev.shape[1], -1)  # (N, m, C)
+            d_ev = (carried * self.out_ev[self.ev_component_degree]).sum(-1)
+        return d_features, d_tensor, d_ev

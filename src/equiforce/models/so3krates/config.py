@@ -110,6 +110,12 @@ class So3kratesConfig(BaseModel):
                     f"degrees {list(ev)} (use_euclidean_variables="
                     f"{self.use_euclidean_variables}); each l ≥ 1 must be one of them"
                 )
+            if self.global_attention.equivariant_values and not ev:
+                raise ValueError(
+                    "global_attention.equivariant_values carries the Euclidean "
+                    "variables, which this model does not have "
+                    "(use_euclidean_variables=False or no degrees)"
+                )
         return self
 
 

@@ -55,7 +55,9 @@ class So3krates(So3kratesFastPaths, HeadsMixin, PotentialModel):
         self.global_attention = (
             None
             if cfg.global_attention is None
-            else build_global_attention(cfg.global_attention, F, cfg.num_layers)
+            else build_global_attention(
+                cfg.global_attention, F, cfg.num_layers, degrees
+            )
         )
         if cfg.global_attention is not None and cfg.global_attention.degrees[1:]:
             # (C_t, m_tot): EFA tensor components onto their Euclidean variables
@@ -87,20 +89,23 @@ class So3krates(So3kratesFastPaths, HeadsMixin, PotentialModel):
             )  # fmt: skip
 
     def _global_branch(
-        self, t: int, features: torch.Tensor, graph: AtomicGraph
+        self, t: int, features: torch.Tensor, ev: torch.Tensor, graph: AtomicGraph
     ) -> tuple[torch.Tensor, torch.Tensor | None] | None:
         """EFA updates of layer ``t``'s input, or None without a branch there.
 
         Returns the feature update (n_atoms, F) and the Euclidean-variable
-        update (n_atoms, m_tot) of the tensor outputs (None without them).
+        update (n_atoms, m_tot) of the tensor outputs and carried Euclidean
+        variables (None without either).
         """
         efa = self.global_attention
         if efa is None or str(t) not in efa:
             return None
-        d_f, d_t = efa[str(t)](
-            features, graph.positions, graph.graph_index, graph.n_atoms
+        d_f, d_t, d_ev = efa[str(t)](
+            features, graph.positions, graph.graph_index, graph.n_atoms, ev
         )
-        d_ev = None if d_t is None else d_t @ self.efa_to_ev.to(d_t.dtype)
+        if d_t is not None:
+            d_t = d_t @ self.efa_to_ev.to(d_t.dtype)
+            d_ev = d_t if d_ev is None else d_ev + d_t
         return d_f, d_ev
 
     def atomic_energies(
@@ -190,7 +195,7 @@ class So3krates(So3kratesFastPaths, HeadsMixin, PotentialModel):
         if self.global_attention is not None and not is_tracing():
             self.check_graph(graph)  # traced callers check before the call
         for t, layer in enumerate(self.layers):
-            branch = self._global_branch(t, features, graph)  # parallel to layer t
+            branch = self._global_branch(t, features, ev, graph)  # parallel to layer t
             if maps is None:
                 q, kv = layer.node_maps(features)
             else:  # the first layer's maps depend on the element alone
