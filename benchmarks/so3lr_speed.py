@@ -35,6 +35,8 @@ import torch
 from ase import Atoms
 from ase.build import molecule
 
+from equiforce.structures import alkane
+
 
 def water_cluster(n: int, seed: int = 0) -> Atoms:
     """n water molecules on a 3.1 Å grid (≈ 1 g/cm³), random orientations."""
@@ -49,30 +51,6 @@ def water_cluster(n: int, seed: int = 0) -> Atoms:
         m.positions = w.positions @ q.T + 3.1 * idx
         out += m
     return out
-
-
-def alkane(n_carbons: int) -> Atoms:
-    """All-trans CnH2n+2: zigzag carbons (C-C 1.54 Å), tetrahedral H (C-H 1.09 Å)."""
-    cc, ch = 1.54, 1.09
-    half = np.radians(109.47) / 2
-    dx, dy = cc * np.sin(half), cc * np.cos(half)
-    carbons = np.array([[k * dx, (k % 2) * dy, 0.0] for k in range(n_carbons)])
-    symbols, positions = [], []
-    for k, c in enumerate(carbons):
-        symbols.append("C")
-        positions.append(c)
-        out = np.array([0.0, -1.0 if k % 2 == 0 else 1.0, 0.0])  # away from the chain
-        # two H in the plane through ``out`` and z, tetrahedral around the carbon
-        for sz in (1.0, -1.0):
-            d = out * np.cos(half) + np.array([0.0, 0.0, sz * np.sin(half)])
-            symbols.append("H")
-            positions.append(c + ch * d)
-        if k in (0, n_carbons - 1):  # the chain ends: a third H along the axis
-            axis = np.array([-1.0 if k == 0 else 1.0, 0.0, 0.0])
-            d = axis * np.sin(half) - out * np.cos(half)
-            symbols.append("H")
-            positions.append(c + ch * d / np.linalg.norm(d))
-    return Atoms(symbols, positions=np.array(positions))
 
 
 SYSTEMS: dict[str, tuple[str, Callable[[], Atoms], int]] = {

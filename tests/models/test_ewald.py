@@ -6,14 +6,12 @@ hand-made charges; the SO3LR tests run the shipped model on a small water box.
 
 from __future__ import annotations
 
-import importlib.util
 import math
 
 import numpy as np
 import pytest
 import torch
-from ase import Atoms
-from ase.build import bulk, molecule
+from ase.build import bulk
 
 from equiforce.data.graph import AtomicGraph
 from equiforce.data.neighbors import neighbor_list
@@ -21,9 +19,9 @@ from equiforce.errors import EquiforceError
 from equiforce.models.longrange.electrostatics import Electrostatics
 from equiforce.models.longrange.ewald import PeriodicCoulomb
 from equiforce.models.longrange.switch import KE
+from equiforce.structures import water_box
 
 pytest.importorskip("torchpme")
-HAVE_REFERENCE = importlib.util.find_spec("so3krates_torch") is not None
 DT = torch.float64
 SIGMA = 4.0  # SO3LR's erf damping length
 #: Madelung constant of rock salt (per ion pair, nearest-neighbour distance)
@@ -226,21 +224,6 @@ def test_zero_volume_cell_is_a_clear_error():
 # ------------------------------------------------------------- SO3LR itself
 
 
-def _water_box(n_side: int, spacing: float = 3.1, seed: int = 0) -> Atoms:
-    """n_side³ randomly oriented water molecules on a cubic lattice, jiggled."""
-    rng = np.random.default_rng(seed)
-    atoms = Atoms(cell=np.eye(3) * n_side * spacing, pbc=True)
-    for a in range(n_side):
-        for b in range(n_side):
-            for c in range(n_side):
-                w = molecule("H2O")
-                w.rotate(rng.uniform(0, 360), rng.normal(size=3))
-                w.positions += (np.array([a, b, c]) + 0.5) * spacing
-                atoms += w
-    atoms.positions += rng.normal(0, 0.05, atoms.positions.shape)
-    return atoms
-
-
 def _so3lr(**overrides):
     from equiforce.models.checkpoint import load_checkpoint
     from equiforce.models.registry import model_from_payload, pretrained_path
@@ -250,48 +233,8 @@ def _so3lr(**overrides):
     return model_from_payload(payload, dtype=DT)
 
 
-@pytest.mark.slow  # ~20 s: so3krates-torch's SO3LR in float64
-@pytest.mark.skipif(not HAVE_REFERENCE, reason="so3krates-torch is not installed")
-def test_point_charge_pme_reproduces_so3krates_torch():
-    """periodic_point_charges = so3krates-torch's use_pme SO3LR on a water box.
-
-    so3krates-torch 0.2.1's ``PMEElectrostaticInteraction`` has two bugs,
-    patched here on the reference: it takes E_i = ½ k_e q_i V_i although
-    torch-pme's V_i already holds the ½ (energy halved; the Madelung test
-    above gives M/2 with it), and hands torch-pme its full short-range pair
-    list as a half list (real space doubled). Its default mesh (r_c/10, 4
-    nodes) is also only good to 1e-3 eV here, so it runs with 6 nodes and a
-    0.3 Å spacing. Catches any difference in the physics of the two codes.
-    """
-    from so3krates_torch.blocks.physical_potentials import PMEElectrostaticInteraction
-    from so3krates_torch.calculator.so3 import SO3LRCalculator
-
-    from equiforce.calculator import EquiforceCalculator
-
-    atoms = _water_box(2)
-    previous = torch.get_default_dtype()
-    try:
-        ref_calc = SO3LRCalculator(default_dtype="float64")  # sets the default dtype
-        ref_model = ref_calc.models[0]
-        pme = PMEElectrostaticInteraction(
-            smearing=ref_model.r_max / 5, mesh_spacing=0.3, interpolation_nodes=6
-        ).to(DT)
-        pme.ke = 2 * pme.ke  # bug 1: E_i = k_e q_i V_i
-        pme.calculator.full_neighbor_list = True  # bug 2: the list is full
-        ref_model.use_pme, ref_model.pme_electrostatic_potential = True, pme
-        ref = atoms.copy()
-        ref.calc = ref_calc
-        torch.set_default_dtype(DT)
-        e_ref, f_ref = ref.get_potential_energy(), ref.get_forces()
-    finally:
-        torch.set_default_dtype(previous)
-    new = atoms.copy()
-    new.calc = EquiforceCalculator(
-        _so3lr(periodic_point_charges=True), skin=0.0, compile=False
-    )
-    e, f = new.get_potential_energy(), new.get_forces()
-    assert abs(e - e_ref) / len(atoms) < 1e-5, (e, e_ref)
-    assert np.abs(f - f_ref).max() < 1e-4
+# so3krates-torch's point-charge PME on the same water box (its two bugs
+# patched): tests/models/test_so3lr.py::test_reproduces_so3krates_torch
 
 
 def test_so3lr_water_box_learned_charges():
@@ -307,7 +250,7 @@ def test_so3lr_water_box_learned_charges():
     from equiforce import keys
     from equiforce.potential import Potential
 
-    atoms = _water_box(2)
+    atoms = water_box(2)
     out, q = {}, None
     for mode in ("pme", "ewald", "direct"):
         model = _so3lr(periodic_electrostatics=mode)

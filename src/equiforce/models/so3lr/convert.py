@@ -6,8 +6,8 @@ so3lr.model``). This converter unpickles it (``weights_only=False``: it runs cod
 from the installed so3krates-torch package, so only use it on that package's own
 file), reads its hyperparameters into an :class:`SO3LRConfig`, maps every tensor
 onto :class:`SO3LR`'s parameters and writes a plain equiforce model file (config
-+ state_dict, loadable with ``torch.load(weights_only=True)``). equiforce never
-imports so3krates-torch anywhere else.
++ state_dict, loadable with ``torch.load(weights_only=True)``). Elsewhere only
+:mod:`.reproduction` (the comparison with so3krates-torch) imports it.
 
 Usage: ``python -m equiforce.models.so3lr.convert OUT.pt`` (default: the shipped
 ``equiforce/pretrained/so3lr.pt``).
