@@ -22,12 +22,14 @@ TINY = {
 }
 
 
-def labelled_batch(n_graphs: int, n_atoms: int, dtype, seed: int) -> AtomicGraph:
+def labelled_batch(
+    n_graphs: int, n_atoms: int, dtype, seed: int, lr_cutoff: float | None = None
+) -> AtomicGraph:
     rng = np.random.default_rng(seed)
     graphs = []
     for _ in range(n_graphs):
         pos, z = random_molecule(rng, n_atoms=n_atoms, box=3.5)
-        g = AtomicGraph.from_arrays(pos, z, 5.0, dtype=dtype)
+        g = AtomicGraph.from_arrays(pos, z, 5.0, dtype=dtype, lr_cutoff=lr_cutoff)
         g.targets = {
             keys.ENERGY: torch.tensor([rng.normal()], dtype=torch.float64),
             keys.FORCES: torch.tensor(rng.normal(size=(n_atoms, 3)), dtype=dtype),
@@ -96,3 +98,83 @@ def test_small_batches_take_the_step_on_one_thread(monkeypatch):
         assert seen == [1, 2]
     finally:
         torch.set_num_threads(before)
+
+
+TINY_SO3LR = {
+    "num_features": 16,
+    "num_layers": 1,
+    "num_heads": 2,
+    "degrees": [1, 2],
+    "num_radial": 8,
+    "readout_hidden": 16,
+    "head_hidden": 16,
+    "lr_cutoff": 6.0,
+}
+
+
+def periodic_water_batch(dtype) -> AtomicGraph:
+    """Two labelled periodic water boxes (24 atoms each, 6.2 Å cells)."""
+    from equiforce.structures import water_box
+
+    rng = np.random.default_rng(4)
+    graphs = []
+    for seed in (0, 1):
+        atoms = water_box(2, seed=seed)
+        g = AtomicGraph.from_atoms(atoms, 5.0, dtype=dtype, lr_cutoff=6.0)
+        g.targets = {
+            keys.ENERGY: torch.tensor([rng.normal()], dtype=torch.float64),
+            keys.FORCES: torch.tensor(rng.normal(size=(len(atoms), 3)), dtype=dtype),
+        }
+        graphs.append(g)
+    return AtomicGraph.collate(graphs)
+
+
+def test_compiled_step_trains_periodic_so3lr_batches_eagerly(monkeypatch):
+    """Batches that SO3LR.compiled_accepts refuses take the eager (autograd) step.
+
+    Traced, SO3LR's electrostatics skip the periodic (PME) split and evaluate
+    the direct kernel, so a compiled step on 3D-periodic cells trained a
+    different energy than the eager one. Dynamo traces here with its cheap
+    ``eager`` backend (no Inductor build), which is enough to take the traced
+    branch: without the routing the loss differs from the autograd (PME) loss.
+    Open batches still take the compiled function; the log line comes once.
+    """
+    pytest.importorskip("torchpme")
+    real_compile = torch.compile
+    monkeypatch.setattr(
+        torch,
+        "compile",
+        lambda fn, **kw: real_compile(fn, backend="eager", dynamic=True),
+    )
+    torch.manual_seed(0)
+    model = equiforce.build_model(
+        "so3lr", dtype=torch.float64, cutoff=5.0, **TINY_SO3LR
+    ).train()
+    assert model.terms["electrostatics"].periodic is not None  # PME by default
+    loss_fn = WeightedLoss(energy_weight=0.3, forces_weight=0.7)
+    logged: list[str] = []
+    step = CompiledTrainStep(model, loss_fn, compile=True, log=logged.append)
+    batch = periodic_water_batch(torch.float64)
+    assert not model.compiled_accepts(batch)
+    for _ in range(2):
+        ref_parts, ref_grads = autograd_reference(model, loss_fn, batch)
+        parts, grads = step(batch)
+        for k, v in ref_parts.items():
+            assert parts[k] == pytest.approx(v, rel=1e-12), k
+        for n, g in ref_grads.items():
+            torch.testing.assert_close(grads[n], g, rtol=1e-10, atol=1e-14, msg=n)
+    assert step.n_eager == 2 and len(logged) == 1 and "compiled_accepts" in logged[0]
+    # open batches still take the compiled function (recorded here, run
+    # uncompiled: tracing the step takes ~30 s on a loaded 2-core machine)
+    calls = []
+
+    def recording(*args):
+        calls.append(args[2].n_graphs)
+        return step._loss_and_grads(*args)
+
+    step._fn = recording
+    open_batch = labelled_batch(2, 6, torch.float64, 0, lr_cutoff=6.0)
+    ref_parts, _ = autograd_reference(model, loss_fn, open_batch)
+    parts, _ = step(open_batch)
+    assert calls == [2] and step.n_eager == 2
+    assert parts["loss"] == pytest.approx(ref_parts["loss"], rel=1e-10)

@@ -12,12 +12,16 @@ dynamic atom and edge counts (and Inductor's own gathers at every size, see
 fallback when compilation fails, and the reference in the tests).
 
 Stress training is not compiled (the trainer keeps the autograd path for it).
+Batches the model's ``compiled_accepts`` refuses (SO3LR: 3D-periodic cells under
+Ewald/PME electrostatics, whose traced form would be the direct kernel) take the
+eager autograd step instead, as in compiled inference (``accel/compiled.py``).
 """
 
 from __future__ import annotations
 
 import time
 import warnings
+from collections.abc import Callable
 
 import torch
 from torch import nn
@@ -62,18 +66,33 @@ class CompiledTrainStep:
             call, so optimiser updates are seen).
         loss_fn: the training loss (must not need stress).
         compile: False runs the same ``torch.func`` function eagerly.
+        log: where the one-time note goes when a batch is refused (see below);
+            default: a ``RuntimeWarning``.
+
+    Batches that ``model.compiled_accepts`` (if the model has it) refuses are
+    trained by the eager step (``model(batch, create_graph=True)``, autograd),
+    which gives the same loss and gradients as the trainer without
+    ``training.compile``.
 
     Attributes:
         compile_seconds: wall time of the first (compiling) call.
         n_compiles: graphs Dynamo compiled since this step was made.
+        n_eager: batches the model refused, trained eagerly.
     """
 
     def __init__(
-        self, model: PotentialModel, loss_fn: WeightedLoss, compile: bool = True
+        self,
+        model: PotentialModel,
+        loss_fn: WeightedLoss,
+        compile: bool = True,
+        log: Callable[[str], None] | None = None,
     ) -> None:
         if loss_fn.needs_stress:
             raise ValueError("the compiled training step does not train on stress")
         self.model, self.loss_fn = model, loss_fn
+        self._accepts = getattr(model, "compiled_accepts", None)
+        self._log = log or (lambda msg: warnings.warn(msg, RuntimeWarning, 3))
+        self.n_eager = 0
         self._wrapper = _EnergyTerms(model)
         self.compile_seconds: float | None = None
         self.compiled = compile
@@ -117,6 +136,8 @@ class CompiledTrainStep:
     ) -> tuple[dict[str, float], dict[str, torch.Tensor]]:
         """Loss parts (floats) and the gradient of the loss for every trainable weight."""
         self.model.check_graph(batch)  # the traced step cannot raise on data
+        if self._accepts is not None and not self._accepts(batch):
+            return self._eager(batch)
         weights = {
             f"model.{n}": p.detach()
             for n, p in self.model.named_parameters()
@@ -145,6 +166,27 @@ class CompiledTrainStep:
             self.compile_seconds = time.perf_counter() - start
         grads = {k.removeprefix("model."): g for k, g in grads.items()}
         return {k: float(v) for k, v in parts.items()}, grads
+
+    def _eager(
+        self, batch: AtomicGraph
+    ) -> tuple[dict[str, float], dict[str, torch.Tensor]]:
+        """The trainer's eager step (autograd) for a batch the model refuses."""
+        if self.n_eager == 0:
+            self._log(
+                f"training.compile: {type(self.model).__name__}.compiled_accepts "
+                "refuses some batches (SO3LR: 3D-periodic cells under Ewald/PME "
+                "electrostatics, which the traced step would evaluate with the "
+                "direct kernel); those batches train eagerly (autograd), the "
+                "others compiled"
+            )
+        self.n_eager += 1
+        named = [(n, p) for n, p in self.model.named_parameters() if p.requires_grad]
+        out = self.model(batch, compute_forces=True, create_graph=True)
+        loss, parts = self.loss_fn(out, batch)
+        grads = torch.autograd.grad(loss, [p for _, p in named], allow_unused=True)
+        return parts, {
+            n: g for (n, _), g in zip(named, grads, strict=True) if g is not None
+        }
 
 
 def assign_gradients(model: nn.Module, grads: dict[str, torch.Tensor]) -> None:

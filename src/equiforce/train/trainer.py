@@ -95,7 +95,9 @@ class Trainer:
         )  # fmt: skip
         self.optimizer = make_optimizer(self.model, t)
         self.compiled_step = (
-            CompiledTrainStep(self.model, self.loss_fn) if t.compile else None
+            CompiledTrainStep(self.model, self.loss_fn, log=report.print)
+            if t.compile
+            else None
         )
         self.steps_per_epoch = math.ceil(len(data.train) / t.batch_size)
         limits = [t.max_steps, t.max_epochs and t.max_epochs * self.steps_per_epoch]
