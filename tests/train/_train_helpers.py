@@ -13,6 +13,8 @@ TINY_MODEL = {
     "num_radial": 8,
     "readout_hidden": 16,
 }
+#: the tiny SO3LR of the training tests (long-range pairs within 6 Å)
+TINY_SO3LR = TINY_MODEL | {"head_hidden": 16, "lr_cutoff": 6.0}
 
 
 def make_tiny_config(**training) -> dict:

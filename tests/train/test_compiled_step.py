@@ -3,6 +3,7 @@
 import numpy as np
 import pytest
 import torch
+from _train_helpers import TINY_SO3LR
 
 import equiforce
 from equiforce import keys
@@ -98,18 +99,6 @@ def test_small_batches_take_the_step_on_one_thread(monkeypatch):
         assert seen == [1, 2]
     finally:
         torch.set_num_threads(before)
-
-
-TINY_SO3LR = {
-    "num_features": 16,
-    "num_layers": 1,
-    "num_heads": 2,
-    "degrees": [1, 2],
-    "num_radial": 8,
-    "readout_hidden": 16,
-    "head_hidden": 16,
-    "lr_cutoff": 6.0,
-}
 
 
 def periodic_water_batch(dtype) -> AtomicGraph:

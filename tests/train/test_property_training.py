@@ -12,7 +12,7 @@ import ase.io
 import numpy as np
 import pytest
 import torch
-from _train_helpers import TINY_MODEL
+from _train_helpers import TINY_SO3LR
 from ase import Atoms
 from ase.calculators.emt import EMT
 
@@ -32,7 +32,6 @@ MOLECULES = {
     -1: ("OH", [[0, 0, 0], [0.97, 0, 0]]),
     1: ("OH3", [[0, 0, 0.1], [0.97, 0, 0], [-0.48, 0.84, 0], [-0.48, -0.84, 0]]),
 }
-TINY_SO3LR = TINY_MODEL | {"head_hidden": 16, "lr_cutoff": 6.0}
 
 
 def charged_frames(n: int, seed: int = 0, labels: bool = True) -> list[Atoms]:
