@@ -16,6 +16,7 @@ from ase.build import molecule
 from ase.io import write
 from helpers import tiny_so3krates
 
+from equiforce import structures
 from equiforce.calculator import EquiforceCalculator
 from equiforce.md import cli, relax_cli
 from equiforce.models.registry import load_model
@@ -31,8 +32,7 @@ def _parser(module):
 def acetate(tmp_path_factory):
     """Acetate (CH3COO⁻) as a .pdb: a format without a charge field."""
     torch.set_num_threads(1)
-    atoms = molecule("CH3COOH")
-    del atoms[[a.index for a in atoms if a.symbol == "H" and a.position[1] > 0.3][0]]
+    atoms = structures.acetate()
     path = tmp_path_factory.mktemp("acetate") / "acetate.pdb"
     write(path, atoms)
     return path

@@ -21,6 +21,7 @@ from equiforce.data.graph import AtomicGraph
 from equiforce.models.registry import load_model
 from equiforce.models.so3lr.model import CHARGES, DIPOLE, HIRSHFELD
 from equiforce.potential import Potential
+from equiforce.structures import acetate
 from equiforce.testing import (
     TINY_SO3KRATES,
     ModelContractTests,
@@ -100,10 +101,7 @@ def pretrained() -> torch.nn.Module:
 def _charged_and_sulfur() -> list:
     """Neutral ethanol, acetate (−1), dimethyl sulfide and chloromethane, distorted."""
     rng = np.random.default_rng(0)
-    acetate = molecule("CH3COOH")
-    acetate.pop(-1)  # the acid H
-    acetate.info["charge"] = -1
-    mols = [molecule("CH3CH2OH"), acetate, molecule("CH3SCH3"), molecule("CH3Cl")]
+    mols = [molecule("CH3CH2OH"), acetate(), molecule("CH3SCH3"), molecule("CH3Cl")]
     for atoms in mols:
         atoms.positions += rng.normal(0.0, 0.05, atoms.positions.shape)
     return mols
@@ -221,7 +219,7 @@ def test_forces_are_minus_gradient_with_long_range(pretrained):
 
     _, f = energy_forces(pos)
     h = 1e-5
-    for a, k in ((0, 0), (3, 1), (5, 2), (2, 2)):  # methyl C, carboxylate O, H's
+    for a, k in ((0, 0), (1, 1), (3, 2), (5, 2)):  # C, O of COO⁻, methyl C, an H
         p, m = pos.copy(), pos.copy()
         p[a, k] += h
         m[a, k] -= h

@@ -26,6 +26,7 @@ from equiforce.accel.padding import pad_to_buckets
 from equiforce.data.graph import AtomicGraph
 from equiforce.models.registry import build_model, load_model
 from equiforce.potential import Potential
+from equiforce.structures import acetate
 from equiforce.testing import TINY_SO3KRATES, TOLERANCES, assert_close
 
 TERMS = ("local", "zbl", "electrostatics", "dispersion", "e0")
@@ -35,9 +36,7 @@ TINY = {**TINY_SO3KRATES, "lr_cutoff": 6.0, "head_hidden": 16}
 def charged_batch(model, dtype: torch.dtype) -> AtomicGraph:
     """Acetate (Q = −1), the methyl radical (S = ½) and ethanol, distorted."""
     rng = np.random.default_rng(5)
-    acetate = molecule("CH3COOH")
-    acetate.pop(-1)  # the acid H
-    mols = [acetate, molecule("CH3"), molecule("CH3CH2OH")]
+    mols = [acetate(), molecule("CH3"), molecule("CH3CH2OH")]
     graphs = []
     for atoms, q, s in zip(mols, (-1.0, 0.0, 0.0), (0.0, 0.5, 0.0), strict=True):
         atoms.positions += rng.normal(0.0, 0.05, atoms.positions.shape)
@@ -146,8 +145,7 @@ def test_aoti_pretrained_equals_eager(tmp_path, monkeypatch):
 @pytest.mark.slow
 def test_potential_compiles_so3lr_and_passes_charge():
     """Potential switches SO3LR to the compiled backend; charge reaches it."""
-    atoms = molecule("CH3COOH")
-    atoms.pop(-1)
+    atoms = acetate()
     eager = Potential("so3lr", dtype=torch.float64, compile=False)
     fast = Potential("so3lr", dtype=torch.float64, compile=True)
     for charge in (-1, 0):
