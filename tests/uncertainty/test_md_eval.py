@@ -10,6 +10,7 @@ from ase.io import write as ase_write
 from equiforce import keys
 from equiforce.md.config import MDConfig
 from equiforce.md.runner import run_md, thermo_table
+from equiforce.md.uncertainty import UncertaintyConfig
 from equiforce.potential import Potential
 from equiforce.train.evaluate import evaluate
 from equiforce.uncertainty import Committee, EnsembleError
@@ -60,18 +61,33 @@ def test_md_stops_far_from_the_data_and_not_near_it(committee_models, tmp_path):
     assert (tmp_path / "far" / "trajectory.xyz").exists()  # the frame it stopped at
 
 
-def test_md_flag_carries_on(committee_models, tmp_path):
+def test_md_flag_carries_on(committee_models, tmp_path, monkeypatch):
+    # fails if flagging stops the run, or if a long flagged run lists every frame
+    # in result.json (unbounded) or stops counting the frames it does not list
+    from equiforce.md import uncertainty
+
+    monkeypatch.setattr(uncertainty, "MAX_EVENTS", 2)
     far = distorted(labelled_frames(1, 0.05, seed=11)[0], 0.75)
     cfg = _config(1e-6, action="flag")
     res = run_md(Committee(committee_models), [far], cfg, tmp_path, progress=False)
     assert res.stop_reason is None and res.steps_done == 20
-    assert len(res.uncertainty_events) == 5
+    assert len(res.uncertainty_events) == 2 and res.uncertainty_events_total == 5
+    saved = json.loads((tmp_path / "result.json").read_text())
+    assert saved["uncertainty_events_total"] == 5
+    assert [e["step"] for e in saved["uncertainty_events"]] == [0, 5]
 
 
 def test_md_threshold_needs_an_ensemble(committee_models):
     near = labelled_frames(1, 0.05, seed=11)[0]
     with pytest.raises(EnsembleError, match="ensemble"):
         run_md(committee_models[0], [near], _config(1.0), None, progress=False)
+    # asking to record the spread of a plain model is refused too (it recorded
+    # nothing, silently)
+    record = _config(None).model_copy(
+        update={"uncertainty": UncertaintyConfig(record=True)}
+    )
+    with pytest.raises(EnsembleError, match="record"):
+        run_md(committee_models[0], [near], record, None, progress=False)
 
 
 def test_eval_writes_calibration_and_spearman(committee_models, tmp_path):

@@ -77,6 +77,8 @@ class MDResult:
     #: why the run stopped before its last step other than instability or SIGINT
     stop_reason: str | None = None
     uncertainty_events: list[UncertaintyEvent] = field(default_factory=list)
+    #: frames over the uncertainty threshold, including those not listed
+    uncertainty_events_total: int = 0
 
     @property
     def stable(self) -> bool:
@@ -194,7 +196,10 @@ class Simulation:
             self.state = MDState.from_state_dict(payload["state"], self.config.device)
             self.integrator.set_rng_state(payload["rng"])
             self.events = [StabilityEvent(**e) for e in payload.get("events", [])]
-            self.uncertainty.restore(payload.get("uncertainty_events", []))
+            self.uncertainty.restore(
+                payload.get("uncertainty_events", []),
+                payload.get("uncertainty_events_total"),
+            )
         except Exception as err:  # noqa: BLE001 - torch.load raises many kinds
             first = (str(err).splitlines() or [""])[0][:160]
             raise OutDirError(
@@ -303,6 +308,7 @@ class Simulation:
             "config": self.config.model_dump(mode="json"),
             "events": [asdict(e) for e in self.events],
             "uncertainty_events": [asdict(e) for e in self.uncertainty.events],
+            "uncertainty_events_total": self.uncertainty.n_events,
         }
         _save_checkpoint(self.out_dir / CHECKPOINT, payload)
 
@@ -380,6 +386,7 @@ class Simulation:
             out_dir=None if self.out_dir is None else str(self.out_dir),
             stop_reason=self.uncertainty.stop_reason,
             uncertainty_events=list(self.uncertainty.events),
+            uncertainty_events_total=self.uncertainty.n_events,
         )
         if self.out_dir is not None:
             payload = asdict(result) | {"stable": result.stable}

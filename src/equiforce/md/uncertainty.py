@@ -8,7 +8,9 @@ per-atom force std) and compares the largest per-atom force std with
 ``uncertainty.max_force_std``; above it, ``action: stop`` ends the run cleanly
 at that frame (trajectory, thermo and checkpoint written up to it; the reason in
 ``result.json``'s ``stop_reason``) and ``action: flag`` records the frame in
-``result.json``'s ``uncertainty_events`` and carries on.
+``result.json``'s ``uncertainty_events`` and carries on. A long flagged run keeps
+the first :data:`MAX_EVENTS` there and counts them all
+(``uncertainty_events_total``); ``uncertainty.csv`` has every frame.
 """
 
 from __future__ import annotations
@@ -24,6 +26,8 @@ from equiforce import keys
 from equiforce.md.observers import ThermoWriter
 
 UNCERTAINTY_FILE = "uncertainty.csv"
+#: flagged frames kept in result.json and the checkpoint (the rest are counted)
+MAX_EVENTS = 1000
 COLUMNS = (
     "step",
     "time_fs",
@@ -82,13 +86,16 @@ class UncertaintyMonitor:
     def __init__(self, config: UncertaintyConfig, out_dir: Path | None) -> None:
         self.config = config
         self.events: list[UncertaintyEvent] = []
+        #: all frames × systems over the threshold, including those not kept
+        self.n_events = 0
         self.stop_reason: str | None = None
         self.out_dir = out_dir
         self._writer: ThermoWriter | None = None
 
-    def restore(self, events: list[dict]) -> None:
+    def restore(self, events: list[dict], total: int | None = None) -> None:
         """Flagged frames of the segments before a resume (from the checkpoint)."""
         self.events = [UncertaintyEvent(**e) for e in events]
+        self.n_events = len(self.events) if total is None else int(total)
 
     def at_frame(self, force_fn, state, time_fs: float) -> bool:
         """Check the last force call of ``force_fn`` (if it gave a spread) at a frame.
@@ -136,11 +143,14 @@ class UncertaintyMonitor:
         for s in over:
             atoms = np.flatnonzero(graph_index == s)
             atom = int(atoms[np.nanargmax(f_std[atoms])]) if atoms.size else -1
-            self.events.append(
-                UncertaintyEvent(s, step, time_fs, float(worst[s]), atom)
-            )
+            event = UncertaintyEvent(s, step, time_fs, float(worst[s]), atom)
+            self.n_events += 1
+            if len(self.events) < MAX_EVENTS:
+                self.events.append(event)
+            if s == over[0]:
+                first = event
         if over and self.config.action == "stop":
-            e = self.events[-len(over)]
+            e = first
             self.stop_reason = (
                 f"uncertainty: max force std {e.max_force_std:.3g} eV/Å (atom "
                 f"{e.atom}) above max_force_std={limit:g} eV/Å in system {e.system} "
@@ -157,18 +167,27 @@ class UncertaintyMonitor:
 
 
 def require_ensemble(model, config: UncertaintyConfig) -> None:
-    """Refuse a force-std threshold for a model without an uncertainty.
+    """Refuse a threshold or a record for a model without an uncertainty.
 
     Raises:
-        EnsembleError: ``max_force_std`` is set and ``model`` is no ensemble.
+        EnsembleError: ``max_force_std`` is set, or ``record`` is true, and
+            ``model`` has no uncertainty (a plain model would record nothing).
     """
     from equiforce.uncertainty import EnsembleError, has_uncertainty
 
-    if config.max_force_std is not None and not has_uncertainty(model):
+    wanted = [
+        name
+        for name, on in (
+            ("uncertainty.max_force_std (--max-force-std)", config.max_force_std),
+            ("uncertainty.record: true", config.record),
+        )
+        if on is not None and on is not False
+    ]
+    if wanted and not has_uncertainty(model):
         raise EnsembleError(
-            "uncertainty.max_force_std (--max-force-std) needs an ensemble model: a "
-            "committee directory (equiforce train --committee K), several model "
-            "files, or a model trained with readout_heads ≥ 2"
+            f"{' and '.join(wanted)} needs an ensemble model: a committee directory "
+            "(equiforce train --committee K), several model files, or a model "
+            "trained with readout_heads ≥ 2"
         )
 
 
