@@ -193,3 +193,18 @@ def test_so3lr_chunked_equals_one_chunk_with_weight_gradients():
         torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
     with pytest.raises(ValueError, match="pair_chunk_bytes"):
         model.pair_chunk_bytes = 0
+
+
+def test_long_range_shifts_are_built_in_the_graph_dtype():
+    """The 12 Å pairs' shifts come straight in the float dtype (no int64 copy)
+    and equal the integer image multiples of the same neighbour list."""
+    from equiforce.data.neighbors import neighbor_list
+
+    g = water()
+    index, shifts = neighbor_list(
+        g.positions.numpy(), 6.0, g.cell[0].numpy(), np.ones(3, bool)
+    )
+    assert g.lr_edge_shifts.dtype == DT and g.lr_edge_index.dtype == torch.long
+    assert np.array_equal(g.lr_edge_index.numpy(), index)
+    assert np.array_equal(g.lr_edge_shifts.numpy(), shifts.astype(np.float64))
+    assert np.abs(shifts).max() >= 1  # the box is smaller than the cutoff

@@ -141,7 +141,9 @@ class SO3LR(So3krates):
         default 256 MiB ≈ 10⁶ float32 pairs); a structure whose pairs fit in one
         chunk runs as one. Set it to trade memory for per-chunk overhead.
         """
-        sizes = [t.chunk_bytes for t in self.terms.values() if hasattr(t, "chunk_bytes")]
+        sizes = [
+            t.chunk_bytes for t in self.terms.values() if hasattr(t, "chunk_bytes")
+        ]
         return sizes[0] if sizes else None
 
     @pair_chunk_bytes.setter
