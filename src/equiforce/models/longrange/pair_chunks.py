@@ -35,9 +35,10 @@ from equiforce.nn.scatter import scatter_sum
 
 #: Default memory budget of one chunk's per-pair intermediates, bytes.
 DEFAULT_CHUNK_BYTES: int = 256 * 2**20
-#: Per-pair values of the model dtype that one chunk holds at most (vectors,
+#: Per-pair values of the model dtype that one chunk holds at once (vectors,
 #: distance, gathered per-atom values, dispersion's powers and quotients, their
-#: gradients); a generous bound, so 256 MiB is ≈ 10⁶ float32 pairs.
+#: gradients): an estimate from counting dispersion's operations (≈ 40), not a
+#: measurement; 256 MiB is then ≈ 10⁶ float32 pairs.
 VALUES_PER_PAIR: int = 64
 
 #: (i, j, d) of a slice of pairs, each (n,) -> pair energies (n,) eV, the whole
