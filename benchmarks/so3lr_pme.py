@@ -6,9 +6,14 @@ one thread unless ``--threads``. ``--part full`` runs the whole model through
 ``equiforce.Potential`` (energy, forces, stress; neighbour lists built inside,
 skin 0); ``--part pme`` runs only the periodic electrostatics term
 (:class:`~equiforce.models.longrange.ewald.PeriodicCoulomb`, SO3LR's σ = 4 Å)
-on random neutral charges, energy + forces + virial by autograd. Prints one JSON
-line: atoms, mesh, seconds per call, peak RSS (GiB, ``ru_maxrss``), and the RSS
-before the call (the structure and model alone).
+on random neutral charges, energy + forces + virial by autograd; ``--part
+graph`` only builds ``Potential``'s neighbour graph (both pair lists). Prints
+one JSON line: atoms, mesh, seconds per call, peak RSS (GiB, ``ru_maxrss``),
+the RSS before the call (the structure and model alone) and the long-range
+pairs. ``--pair-chunk-mib`` sets SO3LR's ``pair_chunk_bytes``; ``--max-gib``
+caps the process's address space (``RLIMIT_AS``: an allocation beyond it
+fails instead of pushing a shared machine into swap).
+:mod:`so3lr_memory` runs it over several sizes, one process each.
 
 Usage::
 
@@ -71,36 +76,63 @@ def run_pme(pos, numbers, cell, dtype, repeats):
     return times, {"energy_eV": float(e.detach()), "mesh": mesh}
 
 
-def run_full(pos, numbers, cell, dtype, repeats):
+def _potential(dtype, chunk_mib):
     from equiforce.models.registry import load_model
     from equiforce.potential import Potential
 
-    pot = Potential(load_model("so3lr"), dtype=dtype, skin=0.0, compile=False)
+    model = load_model("so3lr")
+    if chunk_mib is not None:
+        model.pair_chunk_bytes = int(chunk_mib * 2**20)
+    return Potential(model, dtype=dtype, skin=0.0, compile=False)
+
+
+def run_full(pos, numbers, cell, dtype, repeats, chunk_mib=None):
+    pot = _potential(dtype, chunk_mib)
     times = []
     for _ in range(repeats):
         t0 = time.perf_counter()
         out = pot.compute(pos, numbers, cell, np.ones(3, bool), stress=True)
         times.append(time.perf_counter() - t0)
     return times, {
+        "lr_pairs": int(pot.graph.lr_edge_index.shape[1]),
         "energy_eV": float(out["energy"].sum()),
         "electrostatics_eV": float(out["energy:electrostatics"].sum()),
+        "dispersion_eV": float(out["energy:dispersion"].sum()),
     }
+
+
+def run_graph(pos, numbers, cell, dtype, repeats, chunk_mib=None):
+    pot = _potential(dtype, chunk_mib)
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        graph = pot.graph_for(pos, numbers, cell, np.ones(3, bool))
+        times.append(time.perf_counter() - t0)
+    return times, {"lr_pairs": int(graph.lr_edge_index.shape[1])}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--atoms", type=int, default=3000)
-    parser.add_argument("--part", choices=["full", "pme"], default="full")
+    parser.add_argument("--part", choices=["full", "pme", "graph"], default="full")
+    parser.add_argument("--pair-chunk-mib", type=float, default=None)
+    parser.add_argument("--max-gib", type=float, default=None)
     parser.add_argument("--dtype", default="float32")
     parser.add_argument("--repeats", type=int, default=1)
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args()
+    if args.max_gib is not None:
+        limit = int(args.max_gib * 2**30)
+        resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
     torch.set_num_threads(args.threads)
     dtype = getattr(torch, args.dtype)
     pos, numbers, cell = water_box(args.atoms)
     before = peak_gib()
-    run = run_pme if args.part == "pme" else run_full
-    times, extra = run(pos, numbers, cell, dtype, args.repeats)
+    if args.part == "pme":
+        times, extra = run_pme(pos, numbers, cell, dtype, args.repeats)
+    else:
+        run = run_full if args.part == "full" else run_graph
+        times, extra = run(pos, numbers, cell, dtype, args.repeats, args.pair_chunk_mib)
     print(
         json.dumps(
             {
@@ -109,6 +141,7 @@ def main() -> None:
                 "box_A": round(float(cell[0, 0]), 2),
                 "dtype": args.dtype,
                 "threads": args.threads,
+                "pair_chunk_mib": args.pair_chunk_mib,
                 "seconds": [round(t, 2) for t in times],
                 "peak_rss_GiB": round(peak_gib(), 3),
                 "rss_before_GiB": round(before, 3),

@@ -317,6 +317,7 @@ class Potential:
         pbc: torch.Tensor,
         system_idx: ArrayLike | None,
     ) -> None:
+        self.graph = None  # the old pair lists go before the new ones are built
         pos = positions.detach().cpu().double().numpy()
         if not np.isfinite(pos).all():
             bad = int(np.flatnonzero(~np.isfinite(pos).all(-1))[0])

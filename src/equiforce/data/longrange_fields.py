@@ -29,10 +29,12 @@ def lr_pairs(
     """``lr_edge_index``/``lr_edge_shifts`` within ``lr_cutoff`` (none when None)."""
     if lr_cutoff is None:
         return {}
-    index, shifts = neighbor_list(positions, lr_cutoff, cell, pbc)
+    # shifts straight in the graph's dtype: no int64 copy of the largest array
+    shift_dtype = torch.empty(0, dtype=dtype).numpy().dtype
+    index, shifts = neighbor_list(positions, lr_cutoff, cell, pbc, shift_dtype)
     return {
-        "lr_edge_index": torch.as_tensor(index, dtype=torch.long),
-        "lr_edge_shifts": torch.as_tensor(shifts, dtype=dtype),
+        "lr_edge_index": torch.from_numpy(index),
+        "lr_edge_shifts": torch.from_numpy(shifts),
     }
 
 

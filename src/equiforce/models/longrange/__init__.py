@@ -7,8 +7,11 @@ the short-range pairs; electrostatics and dispersion on the long-range pairs of
 :class:`~equiforce.data.graph.AtomicGraph` (``lr_edge_index``) with per-atom
 charges and Hirshfeld ratios that a model predicts
 (:class:`equiforce.models.so3lr.SO3LR`). In 3D-periodic cells electrostatics
-is an Ewald/PME sum through torch-pme (:class:`PeriodicCoulomb`). Equations and reference code:
-``global-interactions.md`` §3.
+is an Ewald/PME sum through torch-pme (:class:`PeriodicCoulomb`). Given
+``lr_vectors=None``, electrostatics and dispersion compute the pair vectors
+themselves, in chunks of pairs for large structures
+(:mod:`~equiforce.models.longrange.pair_chunks`: 100,000 atoms have 7·10⁷
+pairs). Equations and reference code: ``global-interactions.md`` §3.
 """
 
 from equiforce.models.longrange.dispersion import Dispersion

@@ -25,8 +25,8 @@ from torch import nn
 from equiforce.data.graph import AtomicGraph
 from equiforce.models.base import NUM_ELEMENTS
 from equiforce.models.longrange.free_atoms import FREE_ATOM_ALPHA_C6
+from equiforce.models.longrange.pair_chunks import DEFAULT_CHUNK_BYTES, pair_energy_sum
 from equiforce.models.longrange.switch import BOHR, HARTREE, smooth_step
-from equiforce.nn.scatter import scatter_sum
 
 #: Fine-structure constant (CODATA 2018, as ASE).
 FINE_STRUCTURE: float = 0.0072973525693
@@ -84,7 +84,11 @@ class Dispersion(nn.Module):
     """
 
     def __init__(
-        self, beta: float = 1.2, lr_cutoff: float = 12.0, damping: float = 2.0
+        self,
+        beta: float = 1.2,
+        lr_cutoff: float = 12.0,
+        damping: float = 2.0,
+        chunk_bytes: int = DEFAULT_CHUNK_BYTES,
     ) -> None:
         super().__init__()
         self.beta, self.lr_cutoff, self.damping = (
@@ -92,6 +96,8 @@ class Dispersion(nn.Module):
             float(lr_cutoff),
             float(damping),
         )
+        #: memory budget of one chunk of pairs (:mod:`.pair_chunks`), bytes
+        self.chunk_bytes = int(chunk_bytes)
         alpha, c6 = free_atom_tables()
         self.register_buffer("alpha_free", alpha, persistent=False)  # (119,)
         self.register_buffer("c6_free", c6, persistent=False)  # (119,)
@@ -99,18 +105,30 @@ class Dispersion(nn.Module):
     def forward(
         self,
         graph: AtomicGraph,
-        lr_vectors: torch.Tensor,  # (n_lr, 3)
+        lr_vectors: torch.Tensor | None,  # (n_lr, 3)
         hirshfeld: torch.Tensor,  # (n_atoms,)
     ) -> torch.Tensor:
-        """Per-atom dispersion energies (n_atoms,) eV, half of each pair to i."""
-        i, j = graph.lr_edge_index[0], graph.lr_edge_index[1]
-        d = torch.linalg.vector_norm(lr_vectors, dim=-1)  # (n_lr,) Å
+        """Per-atom dispersion energies (n_atoms,) eV, half of each pair to i.
+
+        ``lr_vectors`` None: the pair vectors are computed chunk by chunk from
+        the graph (:func:`~.pair_chunks.pair_energy_sum`).
+        """
         z = graph.atomic_numbers
-        dtype = d.dtype
+        dtype = graph.positions.dtype
         alpha = self.alpha_free.to(dtype)[z] * hirshfeld  # (n_atoms,)
         c6 = self.c6_free.to(dtype)[z] * hirshfeld**2
-        alpha_ij, c6_ij = mix(alpha[i], c6[i], alpha[j], c6[j])
-        e = qdo_pair_energy(d / BOHR, alpha_ij, c6_ij, self.beta) * HARTREE
-        switch = smooth_step(d, self.lr_cutoff - self.damping, self.lr_cutoff)
-        e = 0.5 * e * torch.where(d > 0, switch, torch.zeros_like(switch))
-        return scatter_sum(e, i, graph.num_nodes)
+
+        def pair_energy(i, j, d):
+            alpha_ij, c6_ij = mix(alpha[i], c6[i], alpha[j], c6[j])
+            e = qdo_pair_energy(d / BOHR, alpha_ij, c6_ij, self.beta) * HARTREE
+            switch = smooth_step(d, self.lr_cutoff - self.damping, self.lr_cutoff)
+            return 0.5 * e * torch.where(d > 0, switch, torch.zeros_like(switch))
+
+        return pair_energy_sum(
+            pair_energy,
+            graph,
+            graph.lr_edge_index,
+            graph.lr_edge_shifts,
+            lr_vectors,
+            self.chunk_bytes,
+        )

@@ -29,6 +29,11 @@ from torch import nn
 
 from equiforce.data.graph import AtomicGraph
 from equiforce.models.longrange.ewald import PeriodicCoulomb
+from equiforce.models.longrange.pair_chunks import (
+    DEFAULT_CHUNK_BYTES,
+    pair_energy_sum,
+    pair_vectors,
+)
 from equiforce.models.longrange.switch import KE, smooth_step
 from equiforce.nn.efa import is_tracing
 from equiforce.nn.scatter import scatter_sum
@@ -84,10 +89,13 @@ class Electrostatics(nn.Module):
         sigma: float = 4.0,
         lr_cutoff: float = 12.0,
         periodic: PeriodicCoulomb | None = None,
+        chunk_bytes: int = DEFAULT_CHUNK_BYTES,
     ) -> None:
         super().__init__()
         self.sigma, self.lr_cutoff = float(sigma), float(lr_cutoff)
         self.periodic = periodic
+        #: memory budget of one chunk of pairs (:mod:`.pair_chunks`), bytes
+        self.chunk_bytes = int(chunk_bytes)
         self.shift = _erf_kernel(self.lr_cutoff, self.sigma)
         self.slope = _erf_kernel_slope(self.lr_cutoff, self.sigma)
 
@@ -102,51 +110,71 @@ class Electrostatics(nn.Module):
     def forward(
         self,
         graph: AtomicGraph,
-        lr_vectors: torch.Tensor,  # (n_lr, 3)
+        lr_vectors: torch.Tensor | None,  # (n_lr, 3)
         charges: torch.Tensor,  # (n_atoms,)
     ) -> torch.Tensor:
-        """Per-atom electrostatic energies (n_atoms,) eV, half of each pair to i."""
+        """Per-atom electrostatic energies (n_atoms,) eV, half of each pair to i.
+
+        ``lr_vectors`` None: the pair vectors are computed from the graph where
+        needed, chunk by chunk for the shifted kernel.
+        """
         periodic = self._periodic_graphs(graph)
         if periodic is None:
-            return self._shifted(graph.lr_edge_index, lr_vectors, charges)
-        pair_periodic = periodic[graph.graph_index[graph.lr_edge_index[0]]]  # (n_lr,)
+            return self._shifted(
+                graph, graph.lr_edge_index, graph.lr_edge_shifts, lr_vectors, charges
+            )
+        every = bool(periodic.all())
+        pair_periodic = None  # (n_lr,) bool, only when some pairs are read
+        if self.periodic.needs_pairs or not every:
+            pair_periodic = periodic[graph.graph_index[graph.lr_edge_index[0]]]
+        pairs = (None, None)
+        if self.periodic.needs_pairs:
+            index, shifts, vectors = self._select(graph, lr_vectors, pair_periodic)
+            if vectors is None:
+                vectors = pair_vectors(
+                    index, shifts, graph.graph_index, graph.positions, graph.cell
+                )
+            pairs = (index, vectors)
         energies = self.periodic(
             graph.positions,
             charges,
             graph.cell.to(graph.positions.dtype),
             graph.n_atoms.tolist(),
             periodic.tolist(),
-            *self._select(graph, lr_vectors, pair_periodic, self.periodic.needs_pairs),
+            *pairs,
         )
-        if not bool(periodic.all()):  # open structures and slabs in the batch
-            index, vectors = self._select(graph, lr_vectors, ~pair_periodic, True)
-            energies = energies + self._shifted(index, vectors, charges)
+        if not every:  # open structures and slabs in the batch
+            index, shifts, vectors = self._select(graph, lr_vectors, ~pair_periodic)
+            energies = energies + self._shifted(graph, index, shifts, vectors, charges)
         return energies
 
     def _shifted(
         self,
+        graph: AtomicGraph,
         index: torch.Tensor,  # (2, n)
-        vectors: torch.Tensor,  # (n, 3)
+        shifts: torch.Tensor,  # (n, 3)
+        vectors: torch.Tensor | None,  # (n, 3)
         charges: torch.Tensor,  # (n_atoms,)
     ) -> torch.Tensor:
         """Per-atom energies (n_atoms,) eV of the shifted kernel on these pairs."""
-        i, j = index[0], index[1]
-        d = torch.linalg.vector_norm(vectors, dim=-1)  # (n,)
-        e = 0.5 * KE * charges[i] * charges[j] * self.pair_kernel(d)
-        return scatter_sum(e, i, charges.shape[0])
+
+        def pair_energy(i, j, d):
+            return 0.5 * KE * charges[i] * charges[j] * self.pair_kernel(d)
+
+        return pair_energy_sum(
+            pair_energy, graph, index, shifts, vectors, self.chunk_bytes
+        )
 
     @staticmethod
     def _select(
         graph: AtomicGraph,
-        lr_vectors: torch.Tensor,  # (n_lr, 3)
+        lr_vectors: torch.Tensor | None,  # (n_lr, 3)
         mask: torch.Tensor,  # (n_lr,) bool
-        needed: bool,
-    ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
-        """The long-range pairs (2, n) and their vectors (n, 3) where ``mask``."""
-        if not needed:
-            return None, None
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """The long-range pairs (2, n), shifts (n, 3), vectors (n, 3) where ``mask``."""
         keep = mask.nonzero()[:, 0]
-        return graph.lr_edge_index[:, keep], lr_vectors[keep]
+        vectors = None if lr_vectors is None else lr_vectors[keep]
+        return graph.lr_edge_index[:, keep], graph.lr_edge_shifts[keep], vectors
 
     def _periodic_graphs(self, graph: AtomicGraph) -> torch.Tensor | None:
         """(n_graphs,) bool: which structures get the Ewald/PME sum; None: none."""

@@ -132,6 +132,28 @@ class SO3LR(So3krates):
             return True
         return not bool(graph.pbc.all(dim=1).any())
 
+    @property
+    def pair_chunk_bytes(self) -> int | None:
+        """Memory budget of one chunk of long-range pairs, bytes (None: no terms).
+
+        Electrostatics and dispersion evaluate their pairs in chunks of this
+        many bytes of intermediates (:mod:`equiforce.models.longrange.pair_chunks`;
+        default 256 MiB ≈ 10⁶ float32 pairs); a structure whose pairs fit in one
+        chunk runs as one. Set it to trade memory for per-chunk overhead.
+        """
+        sizes = [
+            t.chunk_bytes for t in self.terms.values() if hasattr(t, "chunk_bytes")
+        ]
+        return sizes[0] if sizes else None
+
+    @pair_chunk_bytes.setter
+    def pair_chunk_bytes(self, value: int) -> None:
+        if int(value) < 1:
+            raise ValueError(f"pair_chunk_bytes must be ≥ 1, got {value}")
+        for term in self.terms.values():
+            if hasattr(term, "chunk_bytes"):
+                term.chunk_bytes = int(value)
+
     # ------------------------------------------------------------- outputs
     def charges(self, graph: AtomicGraph, features: torch.Tensor) -> torch.Tensor:
         """Partial charges (n_atoms,) e, summing to ``graph.charge`` per structure."""
@@ -152,13 +174,14 @@ class SO3LR(So3krates):
             out[ZBL] = self.terms[ZBL](graph, vectors)
         q = h = None
         if self.lr_cutoff is not None:
-            lr_vectors = graph.lr_edge_vectors()  # (n_lr, 3)
+            # the terms compute the pair vectors themselves, in chunks of pairs
+            # for large structures (long-range/pair_chunks.py)
             if ELECTROSTATICS in self.terms:
                 q = self.charges(graph, features)
-                out[ELECTROSTATICS] = self.terms[ELECTROSTATICS](graph, lr_vectors, q)
+                out[ELECTROSTATICS] = self.terms[ELECTROSTATICS](graph, None, q)
             if DISPERSION in self.terms:
                 h = self.hirshfeld_head(z, features)
-                out[DISPERSION] = self.terms[DISPERSION](graph, lr_vectors, h)
+                out[DISPERSION] = self.terms[DISPERSION](graph, None, h)
         if self._captured is not None:  # forward(properties=True): same features
             props = self._properties(graph, features, q, h)
             if not differentiable:
