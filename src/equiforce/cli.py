@@ -22,6 +22,7 @@ from equiforce.version import __version__
 #: Modules whose ``register`` adds subcommands, in the order shown by --help.
 SUBCOMMAND_MODULES: tuple[str, ...] = (
     "equiforce.train.cli",  # train, eval, learning-curve
+    "equiforce.train.uncertainty_cli",  # uncertainty fit
     "equiforce.md.cli",  # md
     "equiforce.md.relax_cli",  # relax
     "equiforce.workflows.cli",  # stability

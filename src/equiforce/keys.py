@@ -26,12 +26,15 @@ HIRSHFELD_RATIOS: Final[str] = "hirshfeld_ratios"  # (n_atoms,) V_eff/V_free, 1
 # Uncertainty of an ensemble (a committee of models or a multi-head model,
 # ``equiforce.uncertainty``): the spread of its K members around their mean,
 # sqrt((1/K) Σ_k |x_k − x̄|²) (population std; for forces over the 3-vector).
+# A latent uncertainty (one model, ``uncertainty.latent``) gives the per-atom
+# force keys as its predicted RMS force error, and no ENERGY_STD.
 ENERGY_STD: Final[str] = "energy_std"  # (n_graphs,) eV
 FORCES_STD: Final[str] = "forces_std"  # (n_atoms,) eV/Å, per atom
 FORCES_STD_MAX: Final[str] = "forces_std_max"  # (n_graphs,) eV/Å, max over atoms
 ENERGY_MEMBERS: Final[str] = "energy_members"  # (K, n_graphs) eV, each member
 FORCES_MEMBERS: Final[str] = "forces_members"  # (K, n_atoms, 3) eV/Å, each member
 ENERGY_HEADS: Final[str] = "energy_heads"  # (K, n_graphs) eV, heads (training)
+LATENT_DISTANCE: Final[str] = "latent_distance"  # (n_atoms,) 1, ≈ 1 on training atoms
 #: Uncertainty outputs, for front ends that pass them on.
 UNCERTAINTY_KEYS: Final[tuple[str, ...]] = (ENERGY_STD, FORCES_STD, FORCES_STD_MAX)
 

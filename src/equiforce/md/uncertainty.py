@@ -124,9 +124,10 @@ class UncertaintyMonitor:
             step: MD step.
             time_fs: simulated time, fs.
         """
-        e_std = outputs[keys.ENERGY_STD].detach().cpu().double().numpy()
         f_std = outputs[keys.FORCES_STD].detach().cpu().double().numpy()  # (n_atoms,)
         worst = outputs[keys.FORCES_STD_MAX].detach().cpu().double().numpy()
+        e_std = outputs.get(keys.ENERGY_STD)  # none from a latent uncertainty
+        e_std = np.full(len(worst), np.nan) if e_std is None else _np(e_std)
         mean = np.bincount(graph_index, f_std) / np.bincount(graph_index)
         if self._writer is not None:
             values = {
@@ -166,6 +167,10 @@ class UncertaintyMonitor:
             self._writer = None
 
 
+def _np(t) -> np.ndarray:
+    return t.detach().cpu().double().numpy()
+
+
 def require_ensemble(model, config: UncertaintyConfig) -> None:
     """Refuse a threshold or a record for a model without an uncertainty.
 
@@ -185,9 +190,10 @@ def require_ensemble(model, config: UncertaintyConfig) -> None:
     ]
     if wanted and not has_uncertainty(model):
         raise EnsembleError(
-            f"{' and '.join(wanted)} needs an ensemble model: a committee directory "
-            "(equiforce train --committee K), several model files, or a model "
-            "trained with readout_heads ≥ 2"
+            f"{' and '.join(wanted)} needs a model with an uncertainty: a committee "
+            "directory (equiforce train --committee K), several model files, a model "
+            "trained with readout_heads ≥ 2, or a run directory with a latent.pt "
+            "(equiforce uncertainty fit RUN_DIR)"
         )
 
 

@@ -67,7 +67,7 @@ def collect(model: torch.nn.Module, dataset: GraphDataset, batch_size: int) -> d
             out = model(batch, compute_forces=True, create_graph=False)
         tgt, idx = batch.targets, batch.graph_index.cpu().numpy()
         n = batch.n_graphs
-        if keys.ENERGY in tgt:
+        if keys.ENERGY in tgt and keys.ENERGY_STD in out:  # not a latent model's
             err = (out[keys.ENERGY] - tgt[keys.ENERGY].to(torch.float64)).abs()
             rows["e_err"].append(_np(err))
             rows["e_std"].append(_np(out[keys.ENERGY_STD]))

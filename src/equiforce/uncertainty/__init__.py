@@ -6,7 +6,10 @@
 - :class:`HeadEnsemble`: the readout heads of one model trained with
   ``readout_heads: K`` (So3krates), a shallow ensemble at almost the cost of one
   model.
-- :func:`load_ensemble`: either of them from files.
+- :class:`LatentUncertainty`: one model and a Gaussian mixture over its
+  training features (``equiforce uncertainty fit RUN_DIR``); a predicted force
+  error at a few percent of the model's cost.
+- :func:`load_ensemble`: any of them from files.
 
 Both are :class:`~equiforce.models.base.PotentialModel` subclasses: the
 calculator, the MD engine and ``equiforce eval`` take them like any model and
@@ -18,6 +21,12 @@ pass on ``energy_std`` (eV), ``forces_std`` (per atom, eV/Å) and
 from equiforce.uncertainty.committee import Committee
 from equiforce.uncertainty.ensemble import EnsembleError, EnsembleModel, summarize
 from equiforce.uncertainty.heads import HeadEnsemble
+from equiforce.uncertainty.latent import (
+    LatentUncertainty,
+    fit_latent,
+    load_latent,
+    save_latent,
+)
 from equiforce.uncertainty.load import committee_members, has_uncertainty, load_ensemble
 
 __all__ = [
@@ -25,8 +34,12 @@ __all__ = [
     "EnsembleError",
     "EnsembleModel",
     "HeadEnsemble",
+    "LatentUncertainty",
     "committee_members",
+    "fit_latent",
     "has_uncertainty",
     "load_ensemble",
+    "load_latent",
+    "save_latent",
     "summarize",
 ]

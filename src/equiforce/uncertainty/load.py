@@ -12,6 +12,12 @@ from equiforce.models.base import PotentialModel
 from equiforce.uncertainty.committee import Committee
 from equiforce.uncertainty.ensemble import EnsembleError, EnsembleModel
 from equiforce.uncertainty.heads import HeadEnsemble
+from equiforce.uncertainty.latent import (
+    LATENT_FILE,
+    LatentUncertainty,
+    load_latent,
+    read_latent,
+)
 
 #: the model file of a training run directory
 BEST = "best.pt"
@@ -27,6 +33,8 @@ def committee_members(path: str | Path) -> list[Path]:
     Also accepts a run directory or model file (one member) for uniform handling.
     """
     path = Path(path)
+    if path.name == LATENT_FILE and path.is_file():  # its model beside it
+        return [path.parent / BEST]
     if not path.is_dir():  # a file (load_model names what is wrong with it)
         return [path]
     if (path / COMMITTEE_FILE).is_file():
@@ -72,6 +80,7 @@ def load_ensemble(
     device: str | torch.device = "cpu",
     dtype: torch.dtype | None = None,
     forces_std: bool = True,
+    latent: bool = True,
 ) -> PotentialModel:
     """A model with an uncertainty when the files make one, else the plain model.
 
@@ -83,10 +92,15 @@ def load_ensemble(
         dtype: compute dtype (default: each file's).
         forces_std: for a multi-head model, compute every head's forces
             (:class:`HeadEnsemble`).
+        latent: use a ``latent.pt`` beside a single model file
+            (``equiforce uncertainty fit``); a path naming ``latent.pt`` itself
+            means its model, ``best.pt`` beside it.
 
     Returns:
-        a :class:`Committee` of two or more model files; a :class:`HeadEnsemble`
-        of one model with readout heads; otherwise the one plain model.
+        a :class:`Committee` of two or more model files; for one model file, a
+        :class:`LatentUncertainty` when ``latent.pt`` lies beside it, else a
+        :class:`HeadEnsemble` of a model with readout heads; otherwise the one
+        plain model.
     """
     from equiforce.models.registry import load_model
 
@@ -99,11 +113,15 @@ def load_ensemble(
     if len(models) > 1:
         return Committee(models)
     model = models[0]
+    scorer = Path(files[0]).parent / LATENT_FILE
+    if latent and scorer.is_file():  # fitted to this file (not, say, last.pt)?
+        if read_latent(scorer)["config"]["model_file"] == Path(files[0]).name:
+            return load_latent(scorer, model)
     if getattr(model, "n_heads", 1) > 1:
         return HeadEnsemble(model, forces_std=forces_std)
     return model
 
 
 def has_uncertainty(model: PotentialModel) -> bool:
-    """Whether ``model``'s outputs carry ``energy_std`` (and ``forces_std``)."""
-    return isinstance(model, EnsembleModel)
+    """Whether ``model``'s outputs carry ``forces_std`` (an ensemble: and ``energy_std``)."""
+    return isinstance(model, (EnsembleModel, LatentUncertainty))

@@ -1,0 +1,203 @@
+"""A Gaussian mixture over per-atom features, and the map from its score to eV/Å.
+
+The latent uncertainty of one model (:mod:`equiforce.uncertainty.latent`) asks
+how far each atom's final invariant features lie from those of the training
+atoms. :class:`FeatureDensity` is a full-covariance Gaussian mixture fitted to
+the training features by expectation-maximisation (:func:`fit_mixture`, after
+Zhu et al., J. Chem. Phys. 158, 164111 (2023), who score atoms by the negative
+log-likelihood of such a mixture over NequIP's features). Its score is a
+dimensionless distance
+
+    u_i = 2 (NLL_i − NLL_0) / D,    NLL_0 = median_train(NLL) − D/2,
+
+so that for a Gaussian cloud u is the squared Mahalanobis distance over the
+feature width D: about 1 on the training atoms, growing quadratically with the
+distance from them. :class:`ErrorScale` turns u into a predicted force error
+σ_i = a·u_i^p (eV/Å), monotone, fitted on validation atoms so that the RMS of σ
+equals the RMS force error there (the sense in which an ensemble's std is
+calibrated, :mod:`equiforce.train.calibration`).
+
+Written by hand in torch: scikit-learn is no dependency of equiforce, and the
+few tensors of a mixture load with ``torch.load(weights_only=True)``.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+#: added to the diagonal of every covariance of the standardised features
+REG_COVAR = 1e-3
+#: smallest distance u fed to the power law (u ≤ 0 only by numerical noise)
+MIN_DISTANCE = 1e-6
+
+
+class FeatureDensity(nn.Module):
+    """A Gaussian mixture over standardised features, scored as a distance u.
+
+    Buffers (C components, D features): ``shift``/``scale`` (D,) standardise
+    the features; ``log_weights`` (C,); ``prec_chol`` (C, D, D) with
+    Σ_c⁻¹ = U_c U_cᵀ; ``mean_proj`` (C, D) = μ_c U_c; ``log_norm`` (C,)
+    = log π_c + Σ log diag U_c − D/2 log 2π; ``nll0`` () the offset of u.
+    """
+
+    def __init__(self, n_components: int, n_features: int) -> None:
+        super().__init__()
+        c, d = int(n_components), int(n_features)
+        self.n_components, self.n_features = c, d
+        f64 = torch.float64
+        self.register_buffer("shift", torch.zeros(d, dtype=f64))
+        self.register_buffer("scale", torch.ones(d, dtype=f64))
+        self.register_buffer("prec_chol", torch.eye(d, dtype=f64).repeat(c, 1, 1))
+        self.register_buffer("mean_proj", torch.zeros(c, d, dtype=f64))
+        self.register_buffer("log_norm", torch.zeros(c, dtype=f64))
+        self.register_buffer("nll0", torch.zeros((), dtype=f64))
+
+    def nll(self, features: torch.Tensor) -> torch.Tensor:
+        """Negative log-likelihood (n_atoms,) of features (n_atoms, D), nats."""
+        x = (features - self.shift.to(features.dtype)) / self.scale.to(features.dtype)
+        c, d = self.n_components, self.n_features
+        u = self.prec_chol.to(x.dtype).permute(1, 0, 2).reshape(d, c * d)  # (D, C·D)
+        y = (x @ u).view(-1, c, d) - self.mean_proj.to(x.dtype)  # (n, C, D)
+        log_p = self.log_norm.to(x.dtype) - 0.5 * y.square().sum(-1)  # (n, C)
+        return -torch.logsumexp(log_p, dim=-1)
+
+    def distance(self, features: torch.Tensor) -> torch.Tensor:
+        """The distance u (n_atoms,) from the training features (≈ 1 on them)."""
+        nll = self.nll(features)
+        return 2.0 * (nll - self.nll0.to(nll.dtype)) / self.n_features
+
+
+class ErrorScale(nn.Module):
+    """σ = a·max(u, ε)^p: a predicted force error (eV/Å) from a distance u.
+
+    Buffers ``prefactor`` a (eV/Å) and ``exponent`` p > 0 (monotone increasing).
+    """
+
+    def __init__(self, prefactor: float = 1.0, exponent: float = 0.5) -> None:
+        super().__init__()
+        f64 = torch.float64
+        self.register_buffer("prefactor", torch.tensor(float(prefactor), dtype=f64))
+        self.register_buffer("exponent", torch.tensor(float(exponent), dtype=f64))
+
+    def forward(self, u: torch.Tensor) -> torch.Tensor:
+        """Predicted per-atom force error (n_atoms,) eV/Å."""
+        u = u.to(torch.float64).clamp(min=MIN_DISTANCE)
+        return self.prefactor * u.pow(self.exponent)
+
+
+def fit_error_scale(
+    u: torch.Tensor, err: torch.Tensor, bounds: tuple[float, float] = (0.25, 1.5)
+) -> ErrorScale:
+    """:class:`ErrorScale` of validation atoms' distances u and force errors |ΔF|.
+
+    The exponent p is the least-squares slope of log|ΔF| on log u, clipped to
+    ``bounds`` (validation atoms lie close to the data, where the slope is
+    poorly determined; p ≥ 0.25 keeps the map strictly increasing); the
+    prefactor makes RMS σ equal RMS |ΔF| over the atoms.
+    """
+    ok = torch.isfinite(u) & torch.isfinite(err)
+    x = u[ok].double().clamp(min=MIN_DISTANCE).log()
+    y = err[ok].double().clamp(min=1e-6).log()
+    if x.numel() < 2 or float(x.var()) == 0.0:
+        p = bounds[0]
+    else:
+        p = float(
+            ((x - x.mean()) * (y - y.mean())).sum() / (x - x.mean()).square().sum()
+        )
+    p = min(max(p, bounds[0]), bounds[1])
+    base = (p * x).exp()  # u^p
+    a = float(err[ok].double().square().mean().sqrt() / base.square().mean().sqrt())
+    return ErrorScale(a, p)
+
+
+def fit_mixture(
+    features: torch.Tensor,
+    n_components: int = 8,
+    max_iter: int = 100,
+    tol: float = 1e-4,
+    seed: int = 0,
+) -> FeatureDensity:
+    """Fit a full-covariance Gaussian mixture to training features by EM.
+
+    Args:
+        features: (n_atoms, D) training features (any float dtype; fitted in
+            float64).
+        n_components: C, at most the number of atoms.
+        max_iter: EM iterations at most.
+        tol: stop when the mean log-likelihood per atom changes less (nats).
+        seed: k-means++ initialisation.
+
+    Returns:
+        the mixture, with ``nll0`` set from the training atoms' median NLL.
+    """
+    x = features.detach().to(torch.float64)
+    n, d = x.shape
+    c = min(int(n_components), n)
+    shift, scale = x.mean(0), x.std(0).clamp(min=1e-8)
+    x = (x - shift) / scale
+    resp = _kmeans_resp(x, c, seed)  # (n, C)
+    density = FeatureDensity(c, d)
+    density.shift.copy_(shift)
+    density.scale.copy_(scale)
+    previous = -math.inf
+    for _ in range(max_iter):
+        _m_step(density, x, resp)
+        log_p = _log_joint(density, x)  # (n, C)
+        log_like = torch.logsumexp(log_p, -1)
+        resp = (log_p - log_like[:, None]).exp()
+        current = float(log_like.mean())
+        if abs(current - previous) < tol:
+            break
+        previous = current
+    density.nll0.fill_(float(-log_like.median()) - d / 2)
+    return density
+
+
+def _log_joint(density: FeatureDensity, x: torch.Tensor) -> torch.Tensor:
+    """The joint log π_c + log N(x | μ_c, Σ_c) (n, C) of standardised features x."""
+    y = torch.einsum("nd,cde->nce", x, density.prec_chol) - density.mean_proj
+    return density.log_norm - 0.5 * y.square().sum(-1)
+
+
+def _m_step(density: FeatureDensity, x: torch.Tensor, resp: torch.Tensor) -> None:
+    """Weights, means and Cholesky factors of the precisions from responsibilities."""
+    n, d = x.shape
+    counts = resp.sum(0) + 1e-10  # (C,)
+    means = resp.T @ x / counts[:, None]  # (C, D)
+    eye = torch.eye(d, dtype=x.dtype)
+    covs = []
+    for k in range(density.n_components):
+        diff = x - means[k]
+        covs.append((resp[:, k, None] * diff).T @ diff / counts[k] + REG_COVAR * eye)
+    chol = torch.linalg.cholesky(torch.stack(covs))  # (C, D, D) lower, Σ = L Lᵀ
+    # U = L⁻ᵀ: Σ⁻¹ = L⁻ᵀ L⁻¹ = U Uᵀ, and (x − μ)ᵀ Σ⁻¹ (x − μ) = |(x − μ) U|²
+    inv = torch.linalg.solve_triangular(chol, eye.expand_as(chol), upper=False)
+    prec_chol = inv.transpose(1, 2)
+    log_det = torch.diagonal(prec_chol, dim1=1, dim2=2).log().sum(-1)  # log|U|
+    density.prec_chol.copy_(prec_chol)
+    density.mean_proj.copy_(torch.einsum("cd,cde->ce", means, prec_chol))
+    log_w = (counts / n).log()
+    density.log_norm.copy_(log_w + log_det - 0.5 * d * math.log(2 * math.pi))
+
+
+def _kmeans_resp(x: torch.Tensor, c: int, seed: int, iters: int = 20) -> torch.Tensor:
+    """Hard responsibilities (n, C) of k-means with k-means++ seeds."""
+    gen = torch.Generator().manual_seed(seed)
+    n = x.shape[0]
+    centres = [x[torch.randint(n, (1,), generator=gen)].squeeze(0)]
+    for _ in range(1, c):
+        d2 = torch.cdist(x, torch.stack(centres)).square().min(1).values
+        probs = d2 / d2.sum() if float(d2.sum()) > 0 else torch.full_like(d2, 1 / n)
+        centres.append(x[torch.multinomial(probs, 1, generator=gen)].squeeze(0))
+    centres = torch.stack(centres)
+    for _ in range(iters):
+        label = torch.cdist(x, centres).argmin(1)
+        for k in range(c):
+            members = x[label == k]
+            if len(members):
+                centres[k] = members.mean(0)
+    label = torch.cdist(x, centres).argmin(1)
+    return torch.nn.functional.one_hot(label, c).to(x.dtype)
