@@ -19,13 +19,22 @@ For each molecule (3BPA, acetylacetone; ``data/uncertainty/``, GFN2-xTB labels):
    exceeds it, with the fraction of held-out 300 K frames it flags (false
    alarms: those frames are where the model was trained);
 4. time one energy+forces call on a 3BPA frame: one model, the multi-head model
-   (mean only, and with every head's forces), the committee.
+   (mean only, and with every head's forces), the latent uncertainty, the
+   committee.
+
+The latent uncertainty (``latent``: a Gaussian mixture over the multi-head
+model's final features, :mod:`equiforce.uncertainty.latent`) is fitted to the
+multi-head model's run after it trained (``equiforce uncertainty fit``), so it
+and the heads' spread are compared on the same model; the heads' energy std
+alone (``heads_energy``) is ranked from the heads' evaluation. ``--kinds``
+chooses what is trained and evaluated (the committee costs K models' time).
 
 Resumable: finished members and runs are kept, an interrupted one resumes, an
 evaluation already written is reused (``--fresh-eval`` redoes them).
 
     python benchmarks/uncertainty_study.py --minutes 1 --molecules 3bpa   # smoke
     python benchmarks/uncertainty_study.py --minutes 4 --threads 1
+    python benchmarks/uncertainty_study.py --minutes 4 --kinds heads,latent
 
 Outputs in ``--out`` (default ``benchmarks/results/uncertainty_study``):
 ``<molecule>/{committee,heads}/`` (run directories), ``<molecule>/eval/``
@@ -53,15 +62,18 @@ import torch
 from equiforce.atomic import atomic_write_json, atomic_write_text
 from equiforce.config import DataSource, validate_config
 from equiforce.data.dataset import GraphDataset
+from equiforce.models.registry import load_model
 from equiforce.train import calibration
 from equiforce.train.committee import train_committee
 from equiforce.train.distributed import INTERRUPTED
 from equiforce.train.evaluate import evaluate_model
+from equiforce.train.latent_fit import fit_run
 from equiforce.train.launch import resume, train
 from equiforce.train.progress import Reporter
 from equiforce.train.rundir import RunDir
 from equiforce.train.setup import read_source
 from equiforce.uncertainty import load_ensemble
+from equiforce.uncertainty.latent import LATENT_FILE
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT / "data" / "uncertainty"
@@ -72,7 +84,11 @@ KINDS = {
     "committee": "committee of K",
     "heads": "K readout heads",
     "single": "one model (member 0)",
+    "latent": "latent distance (heads model)",
+    "heads_energy": "K heads' energy std",
 }
+#: what --kinds may name (heads_energy comes with heads)
+TRAINED_KINDS = ("committee", "heads", "latent")
 FORCE_LIMIT = 0.1  # eV/Å, the largest force error an MD run may accept
 #: looser limits, for when a short budget leaves most frames above FORCE_LIMIT
 OTHER_LIMITS = (0.25, 0.5)
@@ -99,12 +115,22 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--calls", type=int, default=10, help="timing: calls per round")
     p.add_argument("--rounds", type=int, default=5, help="timing: rounds")
     p.add_argument("--progress", action="store_true", help="training progress bars")
+    p.add_argument(
+        "--kinds",
+        default=",".join(TRAINED_KINDS),
+        help="models to train and evaluate: committee (and member 0 alone), "
+        "heads (and their energy std), latent (fitted to the heads model)",
+    )
+    p.add_argument("--components", type=int, default=8, help="latent mixture")
     args = p.parse_args(argv)
     args.molecules = [m.strip() for m in args.molecules.split(",") if m.strip()]
     if bad := sorted(set(args.molecules) - set(MOLECULES)):
         p.error(f"--molecules: unknown {bad}; choose from {list(MOLECULES)}")
     if args.k < 2:
         p.error("--k: an ensemble needs at least 2 members")
+    args.kinds = [k.strip() for k in args.kinds.split(",") if k.strip()]
+    if bad := sorted(set(args.kinds) - set(TRAINED_KINDS)):
+        p.error(f"--kinds: unknown {bad}; choose from {list(TRAINED_KINDS)}")
     return args
 
 
@@ -197,12 +223,18 @@ def train_models(args, molecule: str, mol_dir: Path, split: Path) -> dict[str, P
     """Train (or continue) the committee and the multi-head model; their paths."""
     com = mol_dir / "committee"
     t0 = time.perf_counter()
-    _, interrupted = train_committee(
-        base_config(args, molecule, split), com, args.k, progress=args.progress
-    )
-    if interrupted:
-        raise SystemExit("interrupted: run the same command again to continue")
+    paths = {}
+    if "committee" in args.kinds:
+        _, interrupted = train_committee(
+            base_config(args, molecule, split), com, args.k, progress=args.progress
+        )
+        if interrupted:
+            raise SystemExit("interrupted: run the same command again to continue")
+        paths["committee"] = com
+        paths["single"] = com / "member_0" / "best.pt"
     heads = mol_dir / "heads"
+    if not {"heads", "latent"} & set(args.kinds):
+        return paths
     state = run_state(heads)
     if state == "interrupted":
         resume(heads, progress=args.progress)
@@ -211,12 +243,21 @@ def train_models(args, molecule: str, mol_dir: Path, split: Path) -> dict[str, P
         train(cfg, heads, progress=args.progress)
     if run_state(heads) != "done":
         raise SystemExit("interrupted: run the same command again to continue")
+    if "latent" in args.kinds and not (heads / LATENT_FILE).exists():
+        fit_run(heads, n_components=args.components, progress=args.progress)
     print(f"{molecule}: models ready ({time.perf_counter() - t0:.0f} s this call)")
-    return {
-        "committee": com,
-        "heads": heads / "best.pt",
-        "single": com / "member_0" / "best.pt",
-    }
+    if "heads" in args.kinds:
+        paths["heads"] = heads / "best.pt"
+    if "latent" in args.kinds:
+        paths["latent"] = heads / LATENT_FILE
+    return paths
+
+
+def load_kind(kind: str, path: Path):
+    """The model of ``kind`` (heads: the heads' spread, not a latent.pt beside it)."""
+    if kind == "single":
+        return load_model(path)
+    return load_ensemble(path, latent=kind == "latent")
 
 
 def training_summary(run_dir: Path) -> dict:
@@ -251,7 +292,7 @@ def evaluate_kind(kind: str, path: Path, files: dict[str, Path], eval_dir: Path)
                 frames[name] = dict(np.load(stem.with_suffix(".npz")))
             continue
         if model is None:
-            model = load_ensemble(path).eval()
+            model = load_kind(kind, path).eval()
         dtype = next(model.parameters()).dtype
         store = read_source(DataSource(path=str(file)), Reporter(False))
         dataset = GraphDataset(store, model.cutoff, dtype)
@@ -316,6 +357,20 @@ def threshold_summary(frames: dict[str, dict], limit: float = FORCE_LIMIT) -> di
     return out
 
 
+def energy_std_ranking(frames: dict[str, dict]) -> dict:
+    """Spearman ρ of each frame's largest force error against the heads' energy std."""
+    hot = pooled(frames, [n for n in frames if n in HOT])
+    all_ = pooled(frames, list(frames))
+    return {
+        "spearman_hot": calibration.spearman(hot["e_std"], hot["frame_err"]),
+        "spearman_all": calibration.spearman(all_["e_std"], all_["frame_err"]),
+        **{
+            f"spearman_{n}": calibration.spearman(f["e_std"], f["frame_err"])
+            for n, f in frames.items()
+        },
+    }
+
+
 def frames_plot(results: dict, molecule: str, k: int, path: Path) -> None:
     """Largest force error against predicted max force std, per frame and set."""
     import matplotlib
@@ -356,6 +411,8 @@ def study_molecule(args, molecule: str, out: Path) -> dict:
     for kind, path in paths.items():
         metrics, frames = evaluate_kind(kind, path, files, eval_dir)
         res = {"sets": metrics, "frames": frames}
+        if kind == "heads":  # their energy std alone ranks the force errors?
+            results["heads_energy"] = {"threshold": energy_std_ranking(frames)}
         if frames:
             res["threshold"] = threshold_summary(frames)
             res["other_limits"] = {
@@ -369,10 +426,19 @@ def study_molecule(args, molecule: str, out: Path) -> dict:
             )  # fmt: skip
         results[kind] = res
     frames_plot(results, molecule, args.k, out / f"{molecule}_frames.png")
-    runs = {f"member_{k}": paths["committee"] / f"member_{k}" for k in range(args.k)}
-    runs["heads"] = mol_dir / "heads"
+    runs = {}
+    if "committee" in paths:
+        runs = {
+            f"member_{k}": paths["committee"] / f"member_{k}" for k in range(args.k)
+        }
+    if (mol_dir / "heads" / "final_metrics.json").exists():
+        runs["heads"] = mol_dir / "heads"
     for r in results.values():
-        r.pop("frames")
+        r.pop("frames", None)
+    if "latent" in results and (mol_dir / "heads" / "latent.json").exists():
+        results["latent"]["fit"] = json.loads(
+            (mol_dir / "heads" / "latent.json").read_text()
+        )
     return {
         "training": {n: training_summary(p) for n, p in runs.items()},
         "models": results,
@@ -385,7 +451,6 @@ def time_calls(args, out: Path) -> dict | None:
     from ase.io import read
     from uncertainty_cost import _timer  # benchmarks/ is on sys.path as a script
 
-    from equiforce.models.registry import load_model
     from equiforce.potential import Potential
 
     com = out / "3bpa" / "committee"
@@ -394,11 +459,18 @@ def time_calls(args, out: Path) -> dict | None:
     atoms = read(DATA / "3bpa_xtb_train_300K.extxyz", index=0)
     heads = out / "3bpa" / "heads" / "best.pt"
     cases = {
-        "one model": load_model(com / "member_0" / "best.pt"),
+        "one model": load_model(heads),  # the heads model's mean: one readout's cost
         f"{args.k} heads, mean only": load_model(heads),
-        f"{args.k} heads + forces_std": load_ensemble(heads),
-        f"committee of {args.k}": load_ensemble(com),
+        f"{args.k} heads + energy_std": load_ensemble(
+            heads, forces_std=False, latent=False
+        ),
+        f"{args.k} heads + forces_std": load_ensemble(heads, latent=False),
     }
+    if (heads.parent / LATENT_FILE).exists():
+        cases["latent (heads model)"] = load_ensemble(heads.parent / LATENT_FILE)
+    if (com / "member_0" / "best.pt").exists():
+        cases["one model"] = load_model(com / "member_0" / "best.pt")
+        cases[f"committee of {args.k}"] = load_ensemble(com)
     timers = {
         name: _timer(Potential(m, compile=False, skin=0.5), atoms, args.calls)
         for name, m in cases.items()
@@ -431,7 +503,7 @@ def results_markdown(info: dict) -> str:
     ]
     for mol, res in info["molecules"].items():
         for kind, r in res["models"].items():
-            for name, m in r["sets"].items():
+            for name, m in r.get("sets", {}).items():
                 lines.append(
                     f"| {mol} | {kind_name(kind, k)} | {name} | "
                     f"{_f(m['forces_mae'], '.1f')} | "

@@ -57,12 +57,28 @@ class FeatureDensity(nn.Module):
 
     def nll(self, features: torch.Tensor) -> torch.Tensor:
         """Negative log-likelihood (n_atoms,) of features (n_atoms, D), nats."""
-        x = (features - self.shift.to(features.dtype)) / self.scale.to(features.dtype)
-        c, d = self.n_components, self.n_features
-        u = self.prec_chol.to(x.dtype).permute(1, 0, 2).reshape(d, c * d)  # (D, C·D)
-        y = (x @ u).view(-1, c, d) - self.mean_proj.to(x.dtype)  # (n, C, D)
-        log_p = self.log_norm.to(x.dtype) - 0.5 * y.square().sum(-1)  # (n, C)
-        return -torch.logsumexp(log_p, dim=-1)
+        weight, bias, log_norm = self._affine(features.dtype, features.device)
+        y = torch.addmm(bias, features, weight, alpha=1.0, beta=-1.0)  # (n, C·D)
+        sq = y.view(-1, self.n_components, self.n_features).square().sum(-1)
+        return -torch.logsumexp(log_norm - 0.5 * sq, dim=-1)  # (n,)
+
+    def _affine(self, dtype: torch.dtype, device: torch.device):
+        """W (D, C·D), b (C·D,) with y_c = x W_c − b_c the whitened offsets, cached.
+
+        Standardisation folded in: y_c = ((x − shift)/scale − μ_c) U_c. Cached
+        per dtype and device until a buffer changes (its version counter).
+        """
+        key = (dtype, device, self.prec_chol._version, self.shift._version)
+        cache = self.__dict__.get("_affine_cache")
+        if cache is None or cache[0] != key:
+            c, d = self.n_components, self.n_features
+            u = self.prec_chol / self.scale[None, :, None]  # (C, D, D)
+            weight = u.permute(1, 0, 2).reshape(d, c * d)
+            bias = (self.shift @ weight).view(c, d) + self.mean_proj
+            tensors = (weight, bias.reshape(c * d), self.log_norm)
+            cache = (key, tuple(t.to(device=device, dtype=dtype) for t in tensors))
+            self.__dict__["_affine_cache"] = cache
+        return cache[1]
 
     def distance(self, features: torch.Tensor) -> torch.Tensor:
         """The distance u (n_atoms,) from the training features (≈ 1 on them)."""
@@ -152,7 +168,7 @@ def fit_mixture(
         if abs(current - previous) < tol:
             break
         previous = current
-    density.nll0.fill_(float(-log_like.median()) - d / 2)
+    density.nll0.fill_(float((-log_like).median()) - d / 2)
     return density
 
 

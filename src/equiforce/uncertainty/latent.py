@@ -104,15 +104,28 @@ class LatentUncertainty(PotentialModel):
         features, out = model_features(
             self.model, graph, compute_forces, compute_stress
         )
-        with torch.no_grad():
-            u = self.density.distance(features)  # (n_atoms,)
-            sigma = self.error_scale(u)  # (n_atoms,) float64 eV/Å
-        out[keys.LATENT_DISTANCE] = u.to(torch.float64)
-        out[keys.FORCES_STD] = sigma
-        out[keys.FORCES_STD_MAX] = sigma.new_zeros(graph.n_graphs).scatter_reduce(
+        return out | self.score(features, graph)
+
+    @torch.no_grad()
+    def score(
+        self, features: torch.Tensor, graph: AtomicGraph
+    ) -> dict[str, torch.Tensor]:
+        """``latent_distance``, ``forces_std`` and ``forces_std_max`` of features.
+
+        Args:
+            features: (n_atoms, F) the model's final features of ``graph``.
+            graph: the structures (their atoms' structure index).
+        """
+        u = self.density.distance(features)  # (n_atoms,)
+        sigma = self.error_scale(u)  # (n_atoms,) float64 eV/Å
+        worst = sigma.new_zeros(graph.n_graphs).scatter_reduce(
             0, graph.graph_index, sigma, "amax", include_self=True
         )
-        return out
+        return {
+            keys.LATENT_DISTANCE: u.to(torch.float64),
+            keys.FORCES_STD: sigma,
+            keys.FORCES_STD_MAX: worst,
+        }
 
     def save(self, path, statistics=None, train_config=None) -> None:  # noqa: D102
         raise EnsembleError(

@@ -1,0 +1,222 @@
+"""The latent uncertainty: mixture maths, symmetry, distance from the data, file, MD, CLI."""
+
+import math
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import yaml
+from _ensemble_helpers import CUTOFF, batch_of, distorted, fit, labelled_frames, tiny
+
+from equiforce import keys
+from equiforce.calculator import EquiforceCalculator
+from equiforce.cli import main
+from equiforce.data.graph import AtomicGraph
+from equiforce.md.config import MDConfig
+from equiforce.md.runner import run_md
+from equiforce.potential import Potential
+from equiforce.testing import random_orthogonal
+from equiforce.uncertainty import (
+    EnsembleError,
+    LatentUncertainty,
+    fit_latent,
+    load_ensemble,
+    load_latent,
+    save_latent,
+)
+from equiforce.uncertainty.density import fit_error_scale, fit_mixture
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "train"))
+from _train_helpers import make_tiny_config  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def latent(train_frames):
+    """A fitted tiny model with a mixture over 24 training-like frames."""
+    train = [batch_of(labelled_frames(12, 0.05, seed=s)) for s in (3, 4)]
+    valid = [batch_of(labelled_frames(8, 0.05, seed=5))]
+    model = fit(tiny(0), train_frames)
+    return fit_latent(model, train, valid, n_components=2)[0]
+
+
+def _outputs(model, atoms) -> dict:
+    return Potential(model, compile=False, skin=0.0).compute(
+        atoms.positions, atoms.numbers
+    )
+
+
+# ------------------------------------------------------------------ mixture
+def test_one_component_is_the_gaussian_of_the_standardised_features():
+    # fails if the EM step, the Cholesky factor of the precision or the folded
+    # standardisation are wrong: with C = 1 the fit is the sample Gaussian
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(400, 5, generator=gen, dtype=torch.float64)
+    x = x @ torch.randn(5, 5, generator=gen, dtype=torch.float64) + 3.0
+    density = fit_mixture(x, n_components=1)
+    z = (x - x.mean(0)) / x.std(0)
+    cov = torch.cov(z.T, correction=0) + 1e-3 * torch.eye(5, dtype=torch.float64)
+    ref = torch.distributions.MultivariateNormal(z.mean(0), cov)
+    probe = x[:7] + 0.5
+    z_probe = (probe - x.mean(0)) / x.std(0)
+    torch.testing.assert_close(density.nll(probe), -ref.log_prob(z_probe))
+
+
+def test_two_clusters_are_found_and_their_gap_scores_high():
+    # fails if EM or the k-means start merges two separated clouds: the point
+    # between them would then look typical
+    gen = torch.Generator().manual_seed(1)
+    a = torch.randn(300, 3, generator=gen, dtype=torch.float64)
+    x = torch.cat([a - 6.0, a[:200] + 6.0])
+    density = fit_mixture(x, n_components=2)
+    u = density.distance(torch.tensor([[-6.0] * 3, [6.0] * 3, [0.0] * 3]).double())
+    assert u[0] < 2 and u[1] < 2 and u[2] > 10 * max(u[0], u[1])
+    assert density.distance(x).median() == pytest.approx(1.0, abs=1e-6)
+
+
+def test_error_scale_recovers_a_power_law():
+    # fails if the slope or the RMS prefactor of the map are computed wrongly
+    u = torch.linspace(0.5, 20.0, 50, dtype=torch.float64)
+    scale = fit_error_scale(u, 0.2 * u.sqrt())
+    assert float(scale.exponent) == pytest.approx(0.5)
+    assert float(scale.prefactor) == pytest.approx(0.2)
+    flat = fit_error_scale(u, torch.full_like(u, 0.1))  # no trend: stays increasing
+    assert float(flat.exponent) == pytest.approx(0.25)
+    assert bool((flat(u).diff() > 0).all())
+
+
+# ------------------------------------------------------------------ the model
+def test_score_is_invariant_under_rotation_translation_permutation(latent):
+    # fails if the scored features are not the invariant ones, or are taken in
+    # another atom order than the outputs (the Morton reordering of large calls)
+    atoms = labelled_frames(1, 0.05, seed=21)[0]
+    ref = _outputs(latent, atoms)
+    rng = np.random.default_rng(0)
+    moved = atoms.copy()
+    moved.positions = atoms.positions @ random_orthogonal(rng, True).T + [1.0, -2, 3]
+    perm = rng.permutation(len(atoms))
+    shuffled = atoms[perm]
+    out_m, out_p = _outputs(latent, moved), _outputs(latent, shuffled)
+    for key in (keys.LATENT_DISTANCE, keys.FORCES_STD):
+        torch.testing.assert_close(out_m[key], ref[key], rtol=1e-9, atol=1e-12)
+        torch.testing.assert_close(out_p[key], ref[key][perm], rtol=1e-9, atol=1e-12)
+    torch.testing.assert_close(out_p[keys.FORCES_STD_MAX], ref[keys.FORCES_STD_MAX])
+    latent.model.spatial_order_min_atoms = 0  # every call in Morton order
+    try:
+        reordered = _outputs(latent, shuffled)
+    finally:
+        latent.model.spatial_order_min_atoms = None
+    torch.testing.assert_close(reordered[keys.FORCES_STD], out_p[keys.FORCES_STD])
+
+
+def test_outputs_are_the_models_plus_the_score(latent):
+    # fails if wrapping changes the energy path (capturing the features must not)
+    atoms = labelled_frames(1, 0.05, seed=22)[0]
+    out, plain = _outputs(latent, atoms), _outputs(latent.model, atoms)
+    torch.testing.assert_close(out[keys.ENERGY], plain[keys.ENERGY])
+    torch.testing.assert_close(out[keys.FORCES], plain[keys.FORCES])
+    assert keys.ENERGY_STD not in out  # nothing calibrated to say about energies
+    assert out[keys.FORCES_STD].shape == (len(atoms),)
+
+
+def test_training_like_frames_score_lower_than_a_distorted_one(latent):
+    # fails if the distance does not grow away from the training features
+    near = [labelled_frames(1, 0.05, seed=s)[0] for s in (31, 32, 33)]
+    far = distorted(near[0], 0.6)
+    s_near = [float(_outputs(latent, a)[keys.FORCES_STD_MAX][0]) for a in near]
+    out_far = _outputs(latent, far)
+    assert float(out_far[keys.FORCES_STD_MAX][0]) > 3 * max(s_near)
+    u_near = _outputs(latent, near[0])[keys.LATENT_DISTANCE]
+    assert float(u_near.max()) < 5  # ≈ 1 on training-like atoms
+    assert float(out_far[keys.LATENT_DISTANCE].max()) > 10 * float(u_near.max())
+
+
+def test_file_round_trips_with_weights_only_and_refuses_other_weights(latent, tmp_path):
+    # fails if the file holds pickled objects, loses a tensor, or pairs the
+    # mixture with weights it was not fitted to
+    path = tmp_path / "latent.pt"
+    save_latent(latent, path)
+    payload = torch.load(path, weights_only=True)
+    assert payload["config"]["n_features"] == latent.density.n_features
+    again = load_latent(path, latent.model)
+    atoms = distorted(labelled_frames(1, 0.05, seed=23)[0], 0.8)
+    torch.testing.assert_close(
+        _outputs(again, atoms)[keys.FORCES_STD],
+        _outputs(latent, atoms)[keys.FORCES_STD],
+    )
+    with pytest.raises(EnsembleError, match="other model weights"):
+        load_latent(path, tiny(1))
+    (tmp_path / "foreign.pt").write_bytes(b"not a torch file")
+    with pytest.raises(EnsembleError, match="not a readable latent"):
+        load_latent(tmp_path / "foreign.pt", latent.model)
+
+
+def test_calculator_passes_the_score_on(latent):
+    atoms = labelled_frames(1, 0.05, seed=24)[0]
+    atoms.calc = EquiforceCalculator(latent, compile=False)
+    atoms.get_forces()
+    assert atoms.calc.results["forces_std"].shape == (len(atoms),)
+    assert atoms.calc.results["forces_std_max"] == pytest.approx(
+        atoms.calc.results["forces_std"].max()
+    )
+
+
+def test_md_stops_far_from_the_data_with_the_latent_score(latent, tmp_path):
+    # fails if the MD monitor needs an energy std or ignores the latent score
+    near = labelled_frames(1, 0.05, seed=11)[0]
+    far = distorted(near, 0.6)
+    s = [float(_outputs(latent, a)[keys.FORCES_STD_MAX][0]) for a in (near, far)]
+    limit = math.sqrt(s[0] * s[1])
+    config = MDConfig(
+        ensemble="nve", temperature=0.0, timestep=0.1, steps=10, output_interval=5,
+        compile=False, uncertainty={"max_force_std": limit},
+    )  # fmt: skip
+    ok = run_md(latent, [near], config, tmp_path / "near", progress=False)
+    assert ok.stop_reason is None and ok.steps_done == 10
+    res = run_md(latent, [far], config, tmp_path / "far", progress=False)
+    assert res.steps_done == 0 and "max_force_std" in res.stop_reason
+
+
+def test_a_model_without_features_is_refused():
+    from equiforce.models.registry import build_model
+
+    schnet = build_model("schnet", cutoff=CUTOFF)
+    with pytest.raises(EnsembleError, match="node_features"):
+        LatentUncertainty(schnet, None, None)
+
+
+# ------------------------------------------------------------------ command
+def test_fit_command_writes_a_file_that_load_ensemble_uses(tmp_path):
+    # fails if the command does not find the run's data and split, or if the
+    # loaders do not pick latent.pt up for the run (and only for its best.pt)
+    raw = make_tiny_config(max_steps=6, valid_interval=3)
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(yaml.safe_dump(raw))
+    run = tmp_path / "run"
+    assert main(["train", str(cfg), "--run-dir", str(run), "--quiet"]) == 0
+    fit = ["uncertainty", "fit", str(run), "--components", "2", "--quiet"]
+    assert main(fit) == 0
+    assert (run / "latent.pt").is_file() and (run / "latent.json").is_file()
+    assert isinstance(load_ensemble(run), LatentUncertainty)
+    assert isinstance(load_ensemble(run / "latent.pt"), LatentUncertainty)
+    assert not isinstance(
+        load_ensemble(run / "best.pt", latent=False), LatentUncertainty
+    )
+    assert not isinstance(load_ensemble(run / "last.pt"), LatentUncertainty)
+    assert main(["uncertainty", "fit", str(tmp_path)]) == 2  # not a run directory
+
+
+def test_graph_batches_score_each_structure(latent):
+    # per-structure maxima of a batch equal those of single calls
+    frames = [
+        labelled_frames(1, 0.05, seed=41)[0],
+        distorted(labelled_frames(1, 0.05, seed=42)[0], 0.7),
+    ]
+    graphs = [
+        AtomicGraph.from_arrays(a.positions, a.numbers, CUTOFF, dtype=torch.float64)
+        for a in frames
+    ]
+    batch = latent(AtomicGraph.collate(graphs))
+    singles = [latent(g)[keys.FORCES_STD_MAX][0] for g in graphs]
+    torch.testing.assert_close(batch[keys.FORCES_STD_MAX], torch.stack(singles))
