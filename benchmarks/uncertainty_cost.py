@@ -43,6 +43,33 @@ def _timer(pot: Potential, atoms, calls: int):
     return run
 
 
+def paired_overhead(pot_a: Potential, pot_b: Potential, atoms, pairs: int) -> float:
+    """Median over back-to-back call pairs of t_b / t_a − 1, in percent.
+
+    Adjacent calls see the same load, so on a shared machine this resolves a few
+    percent where medians of separate rounds drift by ±10 %; the order within a
+    pair alternates.
+    """
+    one = {}
+    for name, pot in (("a", pot_a), ("b", pot_b)):
+        pot.compute(atoms.positions, atoms.numbers)
+
+        def call(pot=pot) -> float:
+            t0 = time.perf_counter()
+            pot.compute(atoms.positions, atoms.numbers)[keys.FORCES].sum().item()
+            return time.perf_counter() - t0
+
+        one[name] = call
+    ratios = []
+    for i in range(pairs):
+        if i % 2:
+            tb, ta = one["b"](), one["a"]()
+        else:
+            ta, tb = one["a"](), one["b"]()
+        ratios.append(tb / ta)
+    return 100 * (statistics.median(ratios) - 1)
+
+
 def _scoring_ms(latent, features, graph, calls: int) -> float:
     """ms of the latent model's work beyond the model call (mixture, map, max)."""
     latent.score(features, graph)
@@ -124,6 +151,15 @@ def main() -> None:
     for name, t in times.items():
         med = statistics.median(t)
         print(f"{name:28s} {med:8.2f} ms  {100 * (med / base - 1):+6.1f} %")
+    pots = {n: Potential(m, compile=False, skin=0.5) for n, m in cases.items()}
+    pairs = args.rounds * args.calls
+    lat_name = f"latent ({args.components} components)"
+    for a, b in (
+        ("one model", lat_name),
+        (f"{k} heads, mean only", f"{k} heads + energy_std"),
+    ):
+        ov = paired_overhead(pots[a], pots[b], atoms, pairs)
+        print(f"paired: {b} vs {a}: {ov:+.1f} % (median of {pairs} pairs)")
 
 
 if __name__ == "__main__":

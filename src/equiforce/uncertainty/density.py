@@ -57,10 +57,20 @@ class FeatureDensity(nn.Module):
 
     def nll(self, features: torch.Tensor) -> torch.Tensor:
         """Negative log-likelihood (n_atoms,) of features (n_atoms, D), nats."""
-        weight, bias, log_norm = self._affine(features.dtype, features.device)
-        y = torch.addmm(bias, features, weight, alpha=1.0, beta=-1.0)  # (n, C·D)
+        return -self._log_likelihood(features)
+
+    def distance(self, features: torch.Tensor) -> torch.Tensor:
+        """The distance u (n_atoms,) from the training features (≈ 1 on them)."""
+        offset = self._affine(features.dtype, features.device)[3]  # −2 NLL_0 / D
+        log_like = self._log_likelihood(features)
+        return torch.add(offset, log_like, alpha=-2.0 / self.n_features)
+
+    def _log_likelihood(self, features: torch.Tensor) -> torch.Tensor:
+        """The log-likelihood (n_atoms,) in few, large kernels (it runs at every call)."""
+        weight, bias, log_norm, _ = self._affine(features.dtype, features.device)
+        y = torch.addmm(bias, features, weight, beta=-1.0)  # (n, C·D)
         sq = y.view(-1, self.n_components, self.n_features).square().sum(-1)
-        return -torch.logsumexp(log_norm - 0.5 * sq, dim=-1)  # (n,)
+        return torch.logsumexp(torch.sub(log_norm, sq, alpha=0.5), dim=-1)  # (n,)
 
     def _affine(self, dtype: torch.dtype, device: torch.device):
         """W (D, C·D), b (C·D,) with y_c = x W_c − b_c the whitened offsets, cached.
@@ -68,22 +78,18 @@ class FeatureDensity(nn.Module):
         Standardisation folded in: y_c = ((x − shift)/scale − μ_c) U_c. Cached
         per dtype and device until a buffer changes (its version counter).
         """
-        key = (dtype, device, self.prec_chol._version, self.shift._version)
+        key = (dtype, device, *(b._version for b in self.buffers()))
         cache = self.__dict__.get("_affine_cache")
         if cache is None or cache[0] != key:
             c, d = self.n_components, self.n_features
             u = self.prec_chol / self.scale[None, :, None]  # (C, D, D)
             weight = u.permute(1, 0, 2).reshape(d, c * d)
             bias = (self.shift @ weight).view(c, d) + self.mean_proj
-            tensors = (weight, bias.reshape(c * d), self.log_norm)
+            offset = -2.0 * self.nll0 / d
+            tensors = (weight, bias.reshape(c * d), self.log_norm, offset)
             cache = (key, tuple(t.to(device=device, dtype=dtype) for t in tensors))
             self.__dict__["_affine_cache"] = cache
         return cache[1]
-
-    def distance(self, features: torch.Tensor) -> torch.Tensor:
-        """The distance u (n_atoms,) from the training features (≈ 1 on them)."""
-        nll = self.nll(features)
-        return 2.0 * (nll - self.nll0.to(nll.dtype)) / self.n_features
 
 
 class ErrorScale(nn.Module):
@@ -99,9 +105,13 @@ class ErrorScale(nn.Module):
         self.register_buffer("exponent", torch.tensor(float(exponent), dtype=f64))
 
     def forward(self, u: torch.Tensor) -> torch.Tensor:
-        """Predicted per-atom force error (n_atoms,) eV/Å."""
-        u = u.to(torch.float64).clamp(min=MIN_DISTANCE)
-        return self.prefactor * u.pow(self.exponent)
+        """Predicted per-atom force error (n_atoms,) eV/Å, in the dtype of u."""
+        key = (self.prefactor._version, self.exponent._version)
+        cache = self.__dict__.get("_floats")
+        if cache is None or cache[0] != key:  # no .item() sync at every call
+            cache = (key, float(self.prefactor), float(self.exponent))
+            self.__dict__["_floats"] = cache
+        return u.clamp(min=MIN_DISTANCE).pow_(cache[2]).mul_(cache[1])
 
 
 def fit_error_scale(

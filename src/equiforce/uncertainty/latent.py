@@ -117,7 +117,7 @@ class LatentUncertainty(PotentialModel):
             graph: the structures (their atoms' structure index).
         """
         u = self.density.distance(features)  # (n_atoms,)
-        sigma = self.error_scale(u)  # (n_atoms,) float64 eV/Å
+        sigma = self.error_scale(u).double()  # (n_atoms,) eV/Å
         worst = sigma.new_zeros(graph.n_graphs).scatter_reduce(
             0, graph.graph_index, sigma, "amax", include_self=True
         )
