@@ -1,5 +1,6 @@
 """The latent uncertainty: mixture maths, symmetry, distance from the data, file, MD, CLI."""
 
+import json
 import math
 import sys
 from pathlib import Path
@@ -13,11 +14,13 @@ from _ensemble_helpers import CUTOFF, batch_of, distorted, fit, labelled_frames,
 from equiforce import keys
 from equiforce.calculator import EquiforceCalculator
 from equiforce.cli import main
+from equiforce.config import DataSource
 from equiforce.data.graph import AtomicGraph
 from equiforce.md.config import MDConfig
 from equiforce.md.runner import run_md
 from equiforce.potential import Potential
 from equiforce.testing import random_orthogonal
+from equiforce.train.evaluate import evaluate
 from equiforce.uncertainty import (
     EnsembleError,
     LatentUncertainty,
@@ -29,7 +32,7 @@ from equiforce.uncertainty import (
 from equiforce.uncertainty.density import fit_error_scale, fit_mixture
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "train"))
-from _train_helpers import make_tiny_config  # noqa: E402
+from _train_helpers import ETHANOL, make_tiny_config  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -205,6 +208,12 @@ def test_fit_command_writes_a_file_that_load_ensemble_uses(tmp_path):
     )
     assert not isinstance(load_ensemble(run / "last.pt"), LatentUncertainty)
     assert main(["uncertainty", "fit", str(tmp_path)]) == 2  # not a run directory
+    # eval's calibration takes it: a force ranking, no energy std to rank
+    data = DataSource(path=str(ETHANOL), energy_unit="kcal/mol", index="0:10")
+    evaluate(run, data, tmp_path / "eval", progress=False)
+    scores = json.loads((tmp_path / "eval" / "uncertainty.json").read_text())
+    assert math.isfinite(scores["spearman_max_force"])
+    assert scores["spearman_energy"] is None
 
 
 def test_graph_batches_score_each_structure(latent):

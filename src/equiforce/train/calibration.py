@@ -105,7 +105,10 @@ def calibration_metrics(data: dict, force_limit: float = 0.1) -> dict:
     """Ranking scores, binned curves and the threshold of ``force_limit`` eV/Å."""
     out = {
         "spearman_max_force": spearman(data["frame_std"], data["frame_err"]),
-        "spearman_energy": spearman(data["e_std"], data["e_err"]),
+        # None without an energy std (a latent uncertainty): JSON has no NaN
+        "spearman_energy": (
+            spearman(data["e_std"], data["e_err"]) if len(data["e_std"]) else None
+        ),
         "forces_binned": binned(data["f_std"], data["f_err"]),
         "energy_binned": binned(data["e_std"], data["e_err"]),
     }
