@@ -291,7 +291,8 @@ def read_latent(path: str | Path) -> dict:
         raise EnsembleError(f"{path}: latent uncertainty file does not exist") from None
     except Exception as err:  # noqa: BLE001 - torch raises many kinds here
         raise EnsembleError(
-            f"{path}: not a readable latent uncertainty file ({type(err).__name__})"
+            f"{path}: not a readable latent uncertainty file ({type(err).__name__}); "
+            "run `equiforce uncertainty fit` again or remove it"
         ) from None
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise EnsembleError(
