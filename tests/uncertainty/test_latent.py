@@ -17,7 +17,7 @@ from equiforce.cli import main
 from equiforce.config import DataSource
 from equiforce.data.graph import AtomicGraph
 from equiforce.md.config import MDConfig
-from equiforce.md.runner import run_md
+from equiforce.md.runner import run_md, thermo_table
 from equiforce.potential import Potential
 from equiforce.testing import random_orthogonal
 from equiforce.train.evaluate import evaluate
@@ -177,6 +177,9 @@ def test_md_stops_far_from_the_data_with_the_latent_score(latent, tmp_path):
     )  # fmt: skip
     ok = run_md(latent, [near], config, tmp_path / "near", progress=False)
     assert ok.stop_reason is None and ok.steps_done == 10
+    rows = thermo_table(tmp_path / "near" / "uncertainty.csv")  # no energy std: NaN
+    assert np.isnan(rows["energy_std_eV"]).all()
+    assert (rows["max_force_std_eV_A"] > 0).all()
     res = run_md(latent, [far], config, tmp_path / "far", progress=False)
     assert res.steps_done == 0 and "max_force_std" in res.stop_reason
 
