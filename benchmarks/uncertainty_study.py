@@ -314,7 +314,11 @@ def _set_scores(data: dict) -> dict:
         "spearman_max_force": calibration.spearman(
             data["frame_std"], data["frame_err"]
         ),
-        "spearman_energy": calibration.spearman(data["e_std"], data["e_err"]),
+        "spearman_energy": (  # None without an energy std (latent distance)
+            calibration.spearman(data["e_std"], data["e_err"])
+            if len(data["e_std"])
+            else None
+        ),
         "n_frames": int(len(data["frame_err"])),
         "n_bad": int(np.sum(data["frame_err"] > FORCE_LIMIT)),
         "max_force_std_median": float(np.median(data["frame_std"])),
