@@ -190,10 +190,10 @@ def require_ensemble(model, config: UncertaintyConfig) -> None:
     ]
     if wanted and not has_uncertainty(model):
         raise EnsembleError(
-            f"{' and '.join(wanted)} needs a model with an uncertainty: a committee "
-            "directory (equiforce train --committee K), several model files, a model "
-            "trained with readout_heads ≥ 2, or a run directory with a latent.pt "
-            "(equiforce uncertainty fit RUN_DIR)"
+            f"{' and '.join(wanted)} needs an ensemble model or a latent uncertainty: "
+            "a committee directory (equiforce train --committee K), several model "
+            "files, a model trained with readout_heads ≥ 2, or a run directory with "
+            "a latent.pt (equiforce uncertainty fit RUN_DIR)"
         )
 
 
