@@ -56,12 +56,14 @@ CONFIGS = {
 }
 #: scan: (file stem, scan key, EFA r_max Å: largest pair distance + margin,
 #: highest phase b = ω_max·r_max in units of π, Lebedev order integrating it,
-#: EFA output degrees: l ≤ 2 for the twists, whose invariant signal is second order).
+#: EFA output degrees). The twists see the far end's orientation through the
+#: carried Euclidean variables (``equivariant_values`` in the example config), at
+#: first order, so the invariant output and its grid suffice.
 #: Ion pair: b = 3π keeps the j₀ fit of the 1/d tail well conditioned
 #: (docs/global_attention.md, frequency conditioning).
 SCANS = {
-    "c9h4": ("cumulene_c9h4_twist", "twist_deg", 14.0, 1.0, 13, "[0,1,2]"),
-    "c17h4": ("cumulene_c17h4_twist", "twist_deg", 24.0, 1.0, 13, "[0,1,2]"),
+    "c9h4": ("cumulene_c9h4_twist", "twist_deg", 14.0, 1.0, 11, "[0]"),
+    "c17h4": ("cumulene_c17h4_twist", "twist_deg", 24.0, 1.0, 11, "[0]"),
     "ion_pair": ("nh4_nh4_scan", "distance_A", 28.0, 3.0, 19, "[0]"),
 }
 
