@@ -25,6 +25,7 @@ from equiforce.train.launch import RunDirError, resume, train
 from equiforce.train.rundir import RunDir
 from equiforce.uncertainty.load import COMMITTEE_FILE
 
+
 def config_fingerprint(config: EquiforceConfig) -> str:
     """SHA-256 of the data and model sections: what every member must share.
 

@@ -31,6 +31,37 @@ class EnsembleError(EquiforceError):
     """An ensemble cannot be built from what was given."""
 
 
+class WrapsModel:
+    """What a wrapper around one model (``self.model``) delegates to it.
+
+    Mixed in before a :class:`PotentialModel` subclass (the readout heads'
+    ensemble, the latent uncertainty): the wrapper takes the model's cutoffs,
+    graph inputs, elements, input checks and caches.
+    """
+
+    model: PotentialModel
+
+    def _wrap(self, model: PotentialModel) -> None:
+        """Initialise the module around ``model`` (instead of ``__init__``)."""
+        PotentialModel.__init__(self, cutoff=model.cutoff, e0=model.e0.detach().cpu())
+        self.model = model
+        self.lr_cutoff = getattr(model, "lr_cutoff", None)
+        self.graph_inputs = tuple(getattr(model, "graph_inputs", ()))
+
+    def known_elements(self) -> frozenset[int] | None:
+        """The wrapped model's elements."""
+        return self.model.known_elements()
+
+    def check_graph(self, graph: AtomicGraph) -> None:
+        """The wrapped model's check."""
+        self.model.check_graph(graph)
+
+    def clear_inference_caches(self) -> None:
+        """The wrapped model's caches, and this model's generation."""
+        self.model.clear_inference_caches()
+        super().clear_inference_caches()
+
+
 class EnsembleModel(PotentialModel):
     """A potential that is the mean of K members and reports their spread.
 

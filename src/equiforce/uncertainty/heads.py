@@ -22,10 +22,10 @@ from equiforce.data.graph import AtomicGraph
 from equiforce.energy import deformed, stress_from_virial
 from equiforce.models.base import PotentialModel
 from equiforce.nn.scatter import scatter_sum
-from equiforce.uncertainty.ensemble import EnsembleError, EnsembleModel
+from equiforce.uncertainty.ensemble import EnsembleError, EnsembleModel, WrapsModel
 
 
-class HeadEnsemble(EnsembleModel):
+class HeadEnsemble(WrapsModel, EnsembleModel):
     """A multi-head model's heads as the members of an ensemble.
 
     Args:
@@ -49,29 +49,13 @@ class HeadEnsemble(EnsembleModel):
                 f"{type(model).__name__} has {n} readout head(s): a head ensemble "
                 "needs a model trained with readout_heads ≥ 2 (So3krates)"
             )
-        super().__init__(cutoff=model.cutoff, e0=model.e0.detach().cpu())
-        self.model = model
-        self.lr_cutoff = getattr(model, "lr_cutoff", None)
-        self.graph_inputs = tuple(getattr(model, "graph_inputs", ()))
+        self._wrap(model)
         self.forces_std = bool(forces_std)
 
     @property
     def n_members(self) -> int:
         """Number of heads K."""
         return self.model.n_heads
-
-    def known_elements(self) -> frozenset[int] | None:
-        """The wrapped model's elements."""
-        return self.model.known_elements()
-
-    def check_graph(self, graph: AtomicGraph) -> None:
-        """The wrapped model's check."""
-        self.model.check_graph(graph)
-
-    def clear_inference_caches(self) -> None:
-        """The wrapped model's caches, and this model's generation."""
-        self.model.clear_inference_caches()
-        super().clear_inference_caches()
 
     def member_outputs(
         self, graph: AtomicGraph, forces: bool, stress: bool

@@ -42,7 +42,7 @@ from equiforce.uncertainty.density import (
     fit_error_scale,
     fit_mixture,
 )
-from equiforce.uncertainty.ensemble import EnsembleError
+from equiforce.uncertainty.ensemble import EnsembleError, WrapsModel
 
 #: the file ``equiforce uncertainty fit`` writes beside the model file
 LATENT_FILE = "latent.pt"
@@ -50,7 +50,7 @@ FORMAT = "equiforce-latent-uncertainty"
 VERSION = 1
 
 
-class LatentUncertainty(PotentialModel):
+class LatentUncertainty(WrapsModel, PotentialModel):
     """One model plus a density of its training features: outputs + ``forces_std``.
 
     Args:
@@ -69,25 +69,9 @@ class LatentUncertainty(PotentialModel):
         self, model: PotentialModel, density: FeatureDensity, error_scale: ErrorScale
     ) -> None:
         _require_features(model)
-        super().__init__(cutoff=model.cutoff, e0=model.e0.detach().cpu())
-        self.model = model
+        self._wrap(model)
         self.density = density
         self.error_scale = error_scale
-        self.lr_cutoff = getattr(model, "lr_cutoff", None)
-        self.graph_inputs = tuple(getattr(model, "graph_inputs", ()))
-
-    def known_elements(self) -> frozenset[int] | None:
-        """The wrapped model's elements."""
-        return self.model.known_elements()
-
-    def check_graph(self, graph: AtomicGraph) -> None:
-        """The wrapped model's check."""
-        self.model.check_graph(graph)
-
-    def clear_inference_caches(self) -> None:
-        """The wrapped model's caches, and this model's generation."""
-        self.model.clear_inference_caches()
-        super().clear_inference_caches()
 
     def forward(
         self,
