@@ -27,7 +27,9 @@ positions) after the model calls. Exponents: log-log least squares over
     nice -n 5 env PYTHONPATH=src python benchmarks/efa_scaling.py \\
         --json docs/bench/global/efa_scaling.json
 
-``--plot`` redraws ``efa_scaling.png`` from a JSON file without measuring.
+``--plot`` redraws ``efa_scaling.png`` from a JSON file without measuring;
+``--merge A.json B.json --json OUT.json`` joins runs (e.g. sizes measured by
+separate drivers), recomputes the summary and plots.
 """
 
 from __future__ import annotations
@@ -251,17 +253,25 @@ def fit_exponent(rows: list[dict], key: str, min_atoms: int = 1000) -> float | N
 
 
 def summarise(rows: list[dict]) -> dict:
+    """Exponents (wall and CPU time, memory) and the EFA/dense share of each call.
+
+    ``added_vs_local``: model call over the local model's, minus 1 (CPU time);
+    ``blocks_vs_local``: the two attention blocks alone (2 × block CPU time) over
+    the local call, a steadier estimate of the same share on a loaded machine.
+    """
     by = {m: [r for r in rows if r["model"] == m and "call_s" in r] for m in MODELS}
     out = {}
     for m, rs in by.items():
-        out[f"{m}_time_exponent"] = fit_exponent(rs, "call_s")
-        out[f"{m}_memory_exponent"] = fit_exponent(rs, "peak_rss_mib")
+        for key in ("call_s", "call_cpu_s", "peak_rss_mib"):
+            out[f"{m}_{key}_exponent"] = fit_exponent(rs, key)
         if m != "local":
-            out[f"{m}_block_time_exponent"] = fit_exponent(rs, "block_s")
+            out[f"{m}_block_cpu_s_exponent"] = fit_exponent(rs, "block_cpu_s")
     loc = {r["n_atoms"]: r for r in by["local"]}
     for r in by["efa"] + by["dense"]:
-        if r["n_atoms"] in loc:
-            r["added_vs_local"] = r["call_s"] / loc[r["n_atoms"]]["call_s"] - 1.0
+        base = loc.get(r["n_atoms"])
+        if base and "call_cpu_s" in r and "call_cpu_s" in base:
+            r["added_vs_local"] = r["call_cpu_s"] / base["call_cpu_s"] - 1.0
+            r["blocks_vs_local"] = 2 * r["block_cpu_s"] / base["call_cpu_s"]
     return out
 
 
@@ -280,17 +290,17 @@ def plot(data: dict, path: Path) -> None:
     for m, style, col in zip(
         MODELS, ["o-", "s-", "^--"], ["C0", "C1", "C2"], strict=True
     ):
-        rs = [r for r in data["rows"] if r["model"] == m and "call_s" in r]
+        rs = [r for r in data["rows"] if r["model"] == m and "call_cpu_s" in r]
         n = [r["n_atoms"] for r in rs]
-        axes[0].loglog(n, [r["call_s"] for r in rs], style, c=col, label=labels[m])
+        axes[0].loglog(n, [r["call_cpu_s"] for r in rs], style, c=col, label=labels[m])
         if m != "local":  # one attention block alone, forward + gradient
-            blk = [r["block_s"] for r in rs]
+            blk = [r["block_cpu_s"] for r in rs]
             axes[0].loglog(n, blk, style[0] + ":", c=col, label=f"{m} block alone")
         axes[1].loglog(
             n, [r["peak_rss_mib"] / 1024 for r in rs], style, c=col, label=labels[m]
         )
     axes[0].set(
-        xlabel="atoms", ylabel="s per energy+forces call", title="time (1 thread)"
+        xlabel="atoms", ylabel="CPU s per energy+forces call", title="time (1 thread)"
     )
     axes[1].set(xlabel="atoms", ylabel="peak RSS (GiB)", title="memory")
     for ax in axes:
@@ -317,9 +327,22 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--mem-gib", type=float, default=20.0, help="RSS cap per worker")
     p.add_argument("--json", type=Path)
     p.add_argument("--plot", type=Path, help="redraw the PNG from this JSON, no runs")
+    p.add_argument("--merge", type=Path, nargs="*", help="join these JSON runs")
     args = p.parse_args(argv)
     if args.plot:
         plot(json.loads(args.plot.read_text()), args.plot.with_suffix(".png"))
+        return 0
+    if args.merge:
+        runs = [json.loads(f.read_text()) for f in args.merge]
+        rows = sorted(
+            (r for run in runs for r in run["rows"]),
+            key=lambda r: (r["n_atoms"], MODELS.index(r["model"])),
+        )
+        meta = dict(runs[0]["meta"], merged=[run["meta"] for run in runs])
+        data = {"meta": meta, "summary": summarise(rows), "rows": rows}
+        args.json.write_text(json.dumps(data, indent=1))
+        plot(data, args.json.with_suffix(".png"))
+        print(json.dumps(data["summary"]))
         return 0
     torch.set_num_threads(args.threads)
     if args.worker:
