@@ -30,7 +30,9 @@ turns the average of Ŷ_l(u) cos θ into Re(i^l) j_l(ω r_ij) Ŷ_l(r̂_ij), that
     κ_0 = q·k,   κ_1 = q∧k,   κ_2 = −q·k   (κ_l = Re(i^l) q·k + Im(i^l) q∧k),
 
 j = i included for l = 0 (j_l(0) = 0 for l ≥ 1), up to the quadrature error,
-computed in O(N·M·C·D_qk·D_v) (C = Σ(2l+1) components) instead of O(N²).
+computed in O(N·M·C·D_qk·D_v) (C = Σ(2l+1) components) instead of O(N²) time and
+O(N·M·D_qk) memory for any C: the weights w_m Ŷ_c(u_m) and 1/√D_qk scale the rows
+of the small per-structure sums S, never an (N, C, M, D_qk) copy of q̃.
 Outputs transform as Ŷ_l(r̂_ij): degree 1 as a polar vector ("1o"), degree 2 as
 "2e", like So3krates' Euclidean variables. The j₀ kernel is a pair sum over
 all atoms of a structure; structures in a batch never see each other (S is a
@@ -181,6 +183,15 @@ def rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
     return out.flatten(2)
 
 
+def _fold_weights(s: torch.Tensor, row_weights: torch.Tensor) -> torch.Tensor:
+    """Σ_m w_{c,m} q̃_mᵀ S_m as one product: weight the rows of S per component.
+
+    Shapes: s (M·D_qk, X), row_weights (M·D_qk, C) -> (M·D_qk, C·X), so that
+    q̃ (N, M·D_qk) @ result = (N, C, X) component by component.
+    """
+    return (row_weights[:, :, None] * s[:, None, :]).reshape(s.shape[0], -1)
+
+
 def euclidean_rope_attention(
     q: torch.Tensor,  # (N, D_qk)
     k: torch.Tensor,  # (N, D_qk)
@@ -223,36 +234,33 @@ def euclidean_rope_integrals(
     rel = positions - centroids(positions, graph_index, n_graphs)[graph_index]
     angles = (rel @ grid_u.t())[..., None] * frequencies  # (N, M, D_qk/2)
     cos, sin = torch.cos(angles), torch.sin(angles)
-    q_rot = rope(q, cos, sin) * (1.0 / math.sqrt(d_qk))  # (N, M, D_qk)
-    # (N, C, M, D_qk) -> (N·C, M·D_qk): one row per atom and output component
-    q_rot = (q_rot[:, None] * grid_weights[None, :, :, None]).reshape(n * c, -1)
+    q_rot = rope(q, cos, sin).reshape(n, -1)  # (N, M·D_qk)
     k_rot = rope(k, cos, sin).reshape(n, -1)  # (N, M·D_qk)
+    # the grid weights and 1/√D_qk go on the small per-structure sums S, not on q̃
+    rows = grid_weights.t().repeat_interleave(d_qk, 0) / math.sqrt(d_qk)  # (M·D_qk, C)
     if n_graphs == 1:
-        return (q_rot @ (k_rot.t() @ v)).view(n, c, -1)
+        return (q_rot @ _fold_weights(k_rot.t() @ v, rows)).view(n, c, -1)
     if n_graphs <= ONE_PRODUCT_MAX_GRAPHS or is_tracing():
-        y = _one_product(q_rot.view(n, -1), k_rot, v, graph_index, n_graphs, c)
+        y = _one_product(q_rot, k_rot, v, graph_index, n_graphs, rows)
         return y.view(n, c, -1)
     # eager, many structures: slice by slice (graph_index is sorted)
     counts = n_atoms.tolist()
     parts = [
-        qs @ (ks.t() @ vs)
+        (qs @ _fold_weights(ks.t() @ vs, rows)).view(-1, c, v.shape[1])
         for qs, ks, vs in zip(
-            q_rot.split([c * x for x in counts]),
-            k_rot.split(counts),
-            v.split(counts),
-            strict=True,
+            q_rot.split(counts), k_rot.split(counts), v.split(counts), strict=True
         )
     ]
-    return torch.cat(parts).view(n, c, -1)
+    return torch.cat(parts)
 
 
 def _one_product(
-    q_rot: torch.Tensor,  # (N, C·M·D_qk)
+    q_rot: torch.Tensor,  # (N, M·D_qk)
     k_rot: torch.Tensor,  # (N, M·D_qk)
     v: torch.Tensor,  # (N, D_v)
     graph_index: torch.Tensor,  # (N,)
     n_graphs: int,
-    c: int,
+    rows: torch.Tensor,  # (M·D_qk, C) weights of the rows of S
 ) -> torch.Tensor:
     """Per-structure linear attention as matrix products over all structures.
 
@@ -261,10 +269,11 @@ def _one_product(
     Returns (N, C, D_v).
     """
     n, d_v = v.shape
+    c = rows.shape[1]
     onehot = torch.nn.functional.one_hot(graph_index, n_graphs).to(v.dtype)  # (N, G)
     v_block = (onehot[:, :, None] * v[:, None, :]).reshape(n, -1)  # (N, G·D_v)
     s = k_rot.t() @ v_block  # (M·D_qk, G·D_v)
-    y_all = (q_rot.reshape(n * c, -1) @ s).view(n, c, n_graphs, d_v)
+    y_all = (q_rot @ _fold_weights(s, rows)).view(n, c, n_graphs, d_v)
     return (y_all * onehot[:, None, :, None]).sum(2)
 
 
