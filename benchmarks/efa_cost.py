@@ -90,7 +90,7 @@ def measure(name: str, pos, z, repeats: int) -> dict:
     def efa_call() -> None:
         f = feats.clone().requires_grad_(True)
         x = p.clone().requires_grad_(True)
-        y, _ = block(f, x, graph.graph_index, graph.n_atoms)  # (N, F), None
+        y = block(f, x, graph.graph_index, graph.n_atoms)[0]  # (N, F)
         torch.autograd.grad(y.square().sum(), (f, x))
 
     fns = {
