@@ -5,11 +5,17 @@ order (``equiforce train config.yaml --committee K``), agree where the data
 constrained them and disagree away from it. :class:`Committee` evaluates all of
 them on one neighbour graph and returns their mean and spread
 (:mod:`equiforce.uncertainty.ensemble`).
+
+Members of one architecture (So3krates, as ``--committee`` trains them) run as
+one vectorised call on small structures (:mod:`equiforce.uncertainty.batched`),
+one after another otherwise.
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
+from typing import Literal
 
 import torch
 from torch import nn
@@ -17,10 +23,16 @@ from torch import nn
 from equiforce import keys
 from equiforce.data.graph import AtomicGraph
 from equiforce.models.base import PotentialModel
+from equiforce.uncertainty.batched import CannotBatchError, StackedMembers
 from equiforce.uncertainty.ensemble import EnsembleError, EnsembleModel
+
+logger = logging.getLogger(__name__)
 
 #: outputs stacked over members (per-term outputs are left out)
 STACKED = (keys.ENERGY, keys.ATOMIC_ENERGIES, keys.FORCES, keys.STRESS)
+
+#: Largest n_edges · K evaluated as one vectorised call under ``batched="auto"``.
+BATCH_MAX_EDGE_MEMBERS = 1500
 
 
 def _lr_cutoff(model: PotentialModel) -> bool:
@@ -65,6 +77,16 @@ class Committee(EnsembleModel):
         self.graph_inputs = tuple(
             sorted({k for m in models for k in getattr(m, "graph_inputs", ())})
         )
+        #: "auto": one vectorised call for the members when they share one
+        #: architecture and n_edges · K ≤ ``batch_max_edge_members``; "on":
+        #: whenever they can; "off": one call per member. Runtime settings.
+        self.batched: Literal["auto", "on", "off"] = "auto"
+        #: measured crossover (``benchmarks/uncertainty_cost.py --sizes``): above
+        #: it the K-fold tensors of the batched call leave the CPU cache and the
+        #: members one after another are faster (docs/uncertainty.md, Cost)
+        self.batch_max_edge_members: int = BATCH_MAX_EDGE_MEMBERS
+        self._stacked: tuple[tuple, StackedMembers] | None = None
+        self._batch_off: str | None = None  # why the members never batch
 
     @property
     def n_members(self) -> int:
@@ -91,12 +113,19 @@ class Committee(EnsembleModel):
     def member_outputs(
         self, graph: AtomicGraph, forces: bool, stress: bool
     ) -> dict[str, torch.Tensor]:
-        """Each member's outputs stacked (K, ...): one eager call per member.
+        """Each member's outputs stacked (K, ...).
 
-        ``benchmarks/uncertainty_cost.py`` measured the alternatives (one
-        backward pass for all members; ``torch.func`` vmap over stacked
-        weights); see ``docs/uncertainty.md``.
+        One vectorised call for all members when :meth:`batches` says so,
+        else one eager call per member; both give the same numbers to
+        round-off.
         """
+        if self.batches(graph):
+            stacked = self._stacked_members()
+            if stacked is not None:
+                try:
+                    return _in_order(stacked, graph, forces, stress, self.members[0])
+                except Exception as err:  # noqa: BLE001 - vmap failure -> one by one
+                    self._no_batch(f"the vectorised call failed ({err!r})")
         outs = [
             m(graph, compute_forces=forces, compute_stress=stress, create_graph=False)
             for m in self.members
@@ -106,3 +135,51 @@ class Committee(EnsembleModel):
             for key in STACKED
             if key in outs[0]
         }
+
+    def batches(self, graph: AtomicGraph) -> bool:
+        """Whether ``graph`` is evaluated as one vectorised call of the members."""
+        if self.batched == "off" or self._batch_off is not None:
+            return False
+        if self.batched == "on":
+            return True
+        if self.batched != "auto":
+            raise EnsembleError(
+                f"batched must be 'auto', 'on' or 'off', got {self.batched!r}"
+            )
+        n_edges = graph.edge_index.shape[1]
+        return n_edges * self.n_members <= self.batch_max_edge_members
+
+    def _stacked_members(self) -> StackedMembers | None:
+        """The members' stacked weights (None: they cannot be, logged once)."""
+        first = next(self.members[0].parameters())
+        key = (first.device, first.dtype)
+        if self._stacked is None or self._stacked[0] != key:
+            try:
+                self._stacked = (key, StackedMembers(list(self.members)))
+            except CannotBatchError as err:
+                self._no_batch(str(err))
+                return None
+        return self._stacked[1]
+
+    def _no_batch(self, reason: str) -> None:
+        self._batch_off = reason
+        self._stacked = None
+        logger.info("committee members run one after another: %s", reason)
+
+
+def _in_order(
+    stacked: StackedMembers,
+    graph: AtomicGraph,
+    forces: bool,
+    stress: bool,
+    member: PotentialModel,
+) -> dict[str, torch.Tensor]:
+    """``stacked.member_outputs`` in the atom order a member's own call uses."""
+    order = member.atom_order(graph)
+    if order is None:
+        return stacked.member_outputs(graph, forces, stress)
+    out = stacked.member_outputs(graph.permuted(*order), forces, stress)
+    per_atom = (keys.ATOMIC_ENERGIES, keys.FORCES)
+    return {
+        k: v.index_select(1, order[1]) if k in per_atom else v for k, v in out.items()
+    }
