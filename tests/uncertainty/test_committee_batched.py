@@ -142,16 +142,16 @@ def test_changed_weights_are_restacked():
 
 
 def test_auto_batches_small_structures_only():
-    # the measured size rule: n_edges · K at most batch_max_edge_members
+    # the measured size rule: at most batch_max_edges edges
     committee = Committee(_members())
     atoms = molecule("CH3CH2OH")
     graph = AtomicGraph.from_arrays(
         atoms.positions, atoms.numbers, committee.cutoff, dtype=torch.float64
     )
-    n = graph.edge_index.shape[1] * committee.n_members
-    committee.batch_max_edge_members = n
+    n = graph.edge_index.shape[1]
+    committee.batch_max_edges = n
     assert committee.batches(graph)
-    committee.batch_max_edge_members = n - 1
+    committee.batch_max_edges = n - 1
     assert not committee.batches(graph)
     committee.batched = "on"
     assert committee.batches(graph)

@@ -31,8 +31,10 @@ logger = logging.getLogger(__name__)
 #: outputs stacked over members (per-term outputs are left out)
 STACKED = (keys.ENERGY, keys.ATOMIC_ENERGIES, keys.FORCES, keys.STRESS)
 
-#: Largest n_edges · K evaluated as one vectorised call under ``batched="auto"``.
-BATCH_MAX_EDGE_MEMBERS = 1500
+#: Most edges of a graph evaluated as one vectorised call under ``batched="auto"``
+#: (K = 4 and 8: batched / one by one 0.35-0.9 up to 1,000 edges, 1.0-1.1 from
+#: 2,000; ``benchmarks/uncertainty_cost.py --sizes``, docs/uncertainty.md "Cost").
+BATCH_MAX_EDGES = 1000
 
 
 def _lr_cutoff(model: PotentialModel) -> bool:
@@ -78,13 +80,12 @@ class Committee(EnsembleModel):
             sorted({k for m in models for k in getattr(m, "graph_inputs", ())})
         )
         #: "auto": one vectorised call for the members when they share one
-        #: architecture and n_edges · K ≤ ``batch_max_edge_members``; "on":
-        #: whenever they can; "off": one call per member. Runtime settings.
+        #: architecture and the graph has at most ``batch_max_edges`` edges;
+        #: "on": whenever they can; "off": one call per member. Runtime settings.
         self.batched: Literal["auto", "on", "off"] = "auto"
-        #: measured crossover (``benchmarks/uncertainty_cost.py --sizes``): above
-        #: it the K-fold tensors of the batched call leave the CPU cache and the
-        #: members one after another are faster (docs/uncertainty.md, Cost)
-        self.batch_max_edge_members: int = BATCH_MAX_EDGE_MEMBERS
+        #: the measured crossover: above it the K-fold tensors of the batched
+        #: call outgrow the CPU cache and the members one by one are as fast
+        self.batch_max_edges: int = BATCH_MAX_EDGES
         self._stacked: tuple[tuple, StackedMembers] | None = None
         self._batch_off: str | None = None  # why the members never batch
 
@@ -146,8 +147,7 @@ class Committee(EnsembleModel):
             raise EnsembleError(
                 f"batched must be 'auto', 'on' or 'off', got {self.batched!r}"
             )
-        n_edges = graph.edge_index.shape[1]
-        return n_edges * self.n_members <= self.batch_max_edge_members
+        return graph.edge_index.shape[1] <= self.batch_max_edges
 
     def _stacked_members(self) -> StackedMembers | None:
         """The members' stacked weights (None: they cannot be, logged once)."""
