@@ -139,7 +139,11 @@ class Committee(EnsembleModel):
 
     def batches(self, graph: AtomicGraph) -> bool:
         """Whether ``graph`` is evaluated as one vectorised call of the members."""
+        n_edges = graph.edge_index.shape[1]
         if self.batched == "off" or self._batch_off is not None:
+            return False
+        chunks = getattr(self.members[0], "chunks_edges", None)
+        if chunks is not None and chunks(n_edges, False):  # autograd functions
             return False
         if self.batched == "on":
             return True
@@ -147,7 +151,7 @@ class Committee(EnsembleModel):
             raise EnsembleError(
                 f"batched must be 'auto', 'on' or 'off', got {self.batched!r}"
             )
-        return graph.edge_index.shape[1] <= self.batch_max_edges
+        return n_edges <= self.batch_max_edges
 
     def _stacked_members(self) -> StackedMembers | None:
         """The members' stacked weights (None: they cannot be, logged once)."""
