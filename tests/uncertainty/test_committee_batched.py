@@ -173,3 +173,26 @@ def test_row_ops_batching_rules_equal_the_loop(index_batched):
         torch.testing.assert_close(rows[k], x[k].index_select(0, ik))
         ref = torch.zeros(5, 4, dtype=torch.float64).index_add_(0, ik, rows[k])
         torch.testing.assert_close(sums[k], ref)
+
+
+def test_batched_so3lr_members_equal_sequential_with_charge():
+    # SO3LR members: long-range pairs, charge embedding and the electrostatics,
+    # dispersion and ZBL terms of each member under the vectorised call
+    # (catches a term reading one member's charges or weights for all)
+    torch.set_num_threads(1)
+    tiny = {"num_features": 16, "num_layers": 1, "degrees": (1, 2), "num_heads": 2}
+    members = [
+        build_model("so3lr", "small", seed=seed, dtype=torch.float64, **tiny)
+        for seed in range(3)
+    ]
+    committee = Committee(members)
+    atoms = molecule("HCOOH")
+    compute = {
+        "positions": atoms.positions,
+        "atomic_numbers": atoms.numbers,
+        "charge": -1.0,
+    }
+    batched, sequential = _both(committee, **compute)
+    assert committee._stacked is not None and committee._batch_off is None
+    _assert_equal(batched, sequential)
+    assert float(batched[keys.ENERGY_STD][0]) > 1e-6

@@ -86,13 +86,11 @@ def check_shared_architecture(models: list[PotentialModel]) -> None:
                 f"member {k} ({type(m).__name__}) differs from member 0 "
                 f"({type(models[0]).__name__}) in class, config or weight shapes"
             )
-    if type(models[0]) is not So3krates:  # the family checked under vmap
+    if not isinstance(models[0], So3krates):  # the families checked under vmap
         raise CannotBatchError(
-            f"{type(models[0]).__name__} members (batched: So3krates only; SO3LR's "
-            "long-range terms and the other families are not checked under vmap)"
+            f"{type(models[0]).__name__} members (batched: So3krates and SO3LR "
+            "only; the other families are not checked under vmap)"
         )
-    if any(len(m.terms) for m in models):
-        raise CannotBatchError("members with extra energy terms")
     if models[0].global_attention is not None:
         raise CannotBatchError("members with global attention")
 
@@ -120,8 +118,8 @@ class StackedMembers:
             restacked when one changes).
 
     Raises:
-        CannotBatchError: the members differ in structure, or have parts this
-            path does not take (extra energy terms, global attention).
+        CannotBatchError: the members differ in structure, are not So3krates
+            or SO3LR, or have global attention (not checked under vmap).
     """
 
     def __init__(self, models: list[PotentialModel]) -> None:

@@ -6,7 +6,7 @@ constrained them and disagree away from it. :class:`Committee` evaluates all of
 them on one neighbour graph and returns their mean and spread
 (:mod:`equiforce.uncertainty.ensemble`).
 
-Members of one architecture (So3krates, as ``--committee`` trains them) run as
+Members of one architecture (So3krates or SO3LR, as ``--committee`` trains them) run as
 one vectorised call on small structures (:mod:`equiforce.uncertainty.batched`),
 one after another otherwise.
 """
