@@ -196,3 +196,23 @@ def test_batched_so3lr_members_equal_sequential_with_charge():
     assert committee._stacked is not None and committee._batch_off is None
     _assert_equal(batched, sequential)
     assert float(batched[keys.ENERGY_STD][0]) > 1e-6
+
+
+def test_batched_members_in_spatial_order_come_back_in_the_callers_order():
+    # large structures run in Morton order; the batched outputs (K, n_atoms, …)
+    # must be put back along the atom axis, not the member axis
+    torch.set_num_threads(1)
+    members = _members()
+    for m in members:
+        m.spatial_order_min_atoms = 4  # ethanol (9 atoms) is reordered
+    committee = Committee(members)
+    atoms = molecule("CH3CH2OH")
+    graph = AtomicGraph.from_arrays(
+        atoms.positions, atoms.numbers, committee.cutoff, dtype=torch.float64
+    )
+    perm = members[0].atom_order(graph)[0]
+    assert not torch.equal(perm, torch.arange(len(atoms)))  # really reordered
+    batched, sequential = _both(
+        committee, positions=atoms.positions, atomic_numbers=atoms.numbers
+    )
+    _assert_equal(batched, sequential)

@@ -126,7 +126,7 @@ class Committee(EnsembleModel):
                 try:
                     return _in_order(stacked, graph, forces, stress, self.members[0])
                 except Exception as err:  # noqa: BLE001 - vmap failure -> one by one
-                    self._no_batch(f"the vectorised call failed ({err!r})")
+                    self._no_batch(f"the vectorised call failed ({err!r})", True)
         outs = [
             m(graph, compute_forces=forces, compute_stress=stress, create_graph=False)
             for m in self.members
@@ -165,10 +165,12 @@ class Committee(EnsembleModel):
                 return None
         return self._stacked[1]
 
-    def _no_batch(self, reason: str) -> None:
+    def _no_batch(self, reason: str, failed: bool = False) -> None:
+        """Turn batching off for good and say why (a failure as a warning)."""
         self._batch_off = reason
         self._stacked = None
-        logger.info("committee members run one after another: %s", reason)
+        level = logging.WARNING if failed else logging.INFO
+        logger.log(level, "committee members run one after another: %s", reason)
 
 
 def _in_order(
