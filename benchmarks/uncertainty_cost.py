@@ -8,6 +8,14 @@ width only. Usage::
 
     python benchmarks/uncertainty_cost.py [--preset default] [--heads 4] [--rounds 7]
     python benchmarks/uncertainty_cost.py --structure data/uncertainty/3bpa_xtb_train_300K.extxyz
+    python benchmarks/uncertainty_cost.py --committee-only [--structure FILE]
+    python benchmarks/uncertainty_cost.py --sizes [--heads 8]
+
+A committee is timed with its members batched (one vmapped call,
+``Committee.batched = "on"``) and one by one (``"off"``); ``--sizes`` sweeps
+structures from 3 to 216 atoms and prints the paired batched / one-by-one ratio
+against the edge count, the quantity of the committee's size rule
+(``BATCH_MAX_EDGES``).
 """
 
 from __future__ import annotations
@@ -70,6 +78,73 @@ def paired_overhead(pot_a: Potential, pot_b: Potential, atoms, pairs: int) -> fl
     return 100 * (statistics.median(ratios) - 1)
 
 
+def committee_sizes(k: int, preset: str, pairs: int) -> None:
+    """Paired batched / one-by-one ratio of a committee of ``k`` over sizes."""
+    bpa = read("data/uncertainty/3bpa_xtb_train_300K.extxyz", index=0)
+    cases = {
+        "H2O": molecule("H2O"),
+        "ethanol": molecule("CH3CH2OH"),
+        "C6H6": molecule("C6H6"),
+        "3BPA[:14]": bpa[:14],
+        "3BPA[:18]": bpa[:18],
+        "3BPA[:22]": bpa[:22],
+        "3BPA": bpa,
+        "3BPA x2": replicated(bpa, (2, 1, 1)),
+        "3BPA x4": replicated(bpa, (2, 2, 1)),
+        "3BPA x8": replicated(bpa, (2, 2, 2)),
+    }
+    committee = Committee([_so3krates(preset, s) for s in range(k)])
+    # the graph and thread settings of every front end (Potential flushes
+    # subnormal floats: without it the batched call gained less, 3BPA 0.95-1.45)
+    pot = Potential(committee, compile=False, skin=0.5)
+    for name, atoms in cases.items():
+        graph = pot.graph_for(atoms.positions, atoms.numbers, None, None, None)
+
+        def call(mode: str, graph: AtomicGraph = graph) -> float:
+            committee.batched = mode
+            t0 = time.perf_counter()
+            committee.member_outputs(graph, True, False)
+            return time.perf_counter() - t0
+
+        call("on"), call("off")
+        times = []
+        for i in range(pairs):
+            pair = (call("on"), call("off")) if i % 2 else (call("off"), call("on"))
+            times.append(pair[::-1] if i % 2 else pair)  # (one by one, batched)
+        seq = 1000 * statistics.median(t[0] for t in times)
+        bat = 1000 * statistics.median(t[1] for t in times)
+        ratio = statistics.median(t[1] / t[0] for t in times)
+        n_edges = graph.edge_index.shape[1]
+        print(f"K={k} {name:10s} {len(atoms):3d} atoms {n_edges:4d} edges "
+              f"edges*K {n_edges * k:5d}: one by one {seq:7.2f} ms, batched "
+              f"{bat:7.2f} ms, paired ratio {ratio:.2f}", flush=True)  # fmt: skip
+
+
+def replicated(atoms, grid: tuple[int, int, int], spacing: float = 11.0):
+    """Copies of ``atoms`` (centred) on a ``grid``, ``spacing`` Å apart, open."""
+    atoms = atoms.copy()
+    atoms.positions -= atoms.positions.mean(0)
+    atoms.cell, atoms.pbc = None, False
+    out = atoms.copy()[:0]
+    for shift in np.ndindex(*grid):
+        copy = atoms.copy()
+        copy.positions += spacing * np.array(shift)
+        out += copy
+    return out
+
+
+def _so3krates(preset: str, seed: int, heads: int = 1):
+    return build_model(
+        "so3krates", preset, seed=seed, readout_heads=heads, zero_init_readout=False
+    )
+
+
+def _committee(models, mode: str) -> Committee:
+    c = Committee(models)
+    c.batched = mode
+    return c
+
+
 def _scoring_ms(latent, features, graph, calls: int) -> float:
     """ms of the latent model's work beyond the model call (mixture, map, max)."""
     latent.score(features, graph)
@@ -104,29 +179,41 @@ def main() -> None:
     p.add_argument("--rounds", type=int, default=7)
     p.add_argument("--calls", type=int, default=20)
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--committee-only", action="store_true")
+    p.add_argument(
+        "--grid",
+        help="'a,b,c': that many copies of the structure, 11 Å apart (open)",
+    )
+    p.add_argument("--sizes", action="store_true", help="committee size sweep")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
+    if args.sizes:
+        committee_sizes(args.heads, args.preset, args.rounds * args.calls)
+        return
     atoms = read(args.structure, index=0) if args.structure else molecule(args.molecule)
     label = args.structure or args.molecule
-
-    def model(seed: int, heads: int = 1):
-        return build_model(
-            "so3krates", args.preset, seed=seed, readout_heads=heads,
-            zero_init_readout=False,
-        )  # fmt: skip
+    if args.grid:
+        atoms = replicated(atoms, tuple(int(n) for n in args.grid.split(",")))
+        label += f" x {args.grid}"
 
     k = args.heads
-    multi = model(0, k)
-    single = model(0)
-    cases = {
-        "one model": single,
-        f"latent ({args.components} components)": latent_of(
-            single, atoms, args.components
-        ),
-        f"{k} heads, mean only": multi,
-        f"{k} heads + energy_std": HeadEnsemble(multi, forces_std=False),
-        f"{k} heads + forces_std": HeadEnsemble(multi),
-        f"committee of {k}": Committee([model(s) for s in range(k)]),
+    single = _so3krates(args.preset, 0)
+    members = [_so3krates(args.preset, s) for s in range(k)]
+    seq_name, bat_name = f"committee of {k}, one by one", f"committee of {k}, batched"
+    cases = {"one model": single}
+    if not args.committee_only:
+        multi = _so3krates(args.preset, 0, k)
+        cases |= {
+            f"latent ({args.components} components)": latent_of(
+                single, atoms, args.components
+            ),
+            f"{k} heads, mean only": multi,
+            f"{k} heads + energy_std": HeadEnsemble(multi, forces_std=False),
+            f"{k} heads + forces_std": HeadEnsemble(multi),
+        }
+    cases |= {
+        seq_name: _committee(members, "off"),
+        bat_name: _committee(members, "on"),
     }
     timers = {
         name: _timer(Potential(m, compile=False, skin=0.5), atoms, args.calls)
@@ -136,15 +223,17 @@ def main() -> None:
     for _ in range(args.rounds):
         for name, run in timers.items():
             times[name].append(run())
-    lat = cases[f"latent ({args.components} components)"]
-    graph = AtomicGraph.from_arrays(
-        atoms.positions, atoms.numbers, lat.cutoff, dtype=torch.float32
-    )
-    with torch.no_grad():
-        feats = model_features(lat.model, graph, forces=False)[0]
-    times["latent scoring alone"] = [
-        _scoring_ms(lat, feats, graph, args.calls * 10) for _ in range(args.rounds)
-    ]
+    lat_name = f"latent ({args.components} components)"
+    if lat_name in cases:
+        lat = cases[lat_name]
+        graph = AtomicGraph.from_arrays(
+            atoms.positions, atoms.numbers, lat.cutoff, dtype=torch.float32
+        )
+        with torch.no_grad():
+            feats = model_features(lat.model, graph, forces=False)[0]
+        times["latent scoring alone"] = [
+            _scoring_ms(lat, feats, graph, args.calls * 10) for _ in range(args.rounds)
+        ]
     base = statistics.median(times["one model"])
     print(f"{label} ({len(atoms)} atoms), So3krates {args.preset}, float32 eager, "
           f"{args.threads} thread(s), median of {args.rounds} rounds x {args.calls}")  # fmt: skip
@@ -153,11 +242,13 @@ def main() -> None:
         print(f"{name:28s} {med:8.2f} ms  {100 * (med / base - 1):+6.1f} %")
     pots = {n: Potential(m, compile=False, skin=0.5) for n, m in cases.items()}
     pairs = args.rounds * args.calls
-    lat_name = f"latent ({args.components} components)"
-    for a, b in (
-        ("one model", lat_name),
-        (f"{k} heads, mean only", f"{k} heads + energy_std"),
-    ):
+    compared = [(seq_name, bat_name), ("one model", seq_name), ("one model", bat_name)]
+    if lat_name in cases:
+        compared += [
+            ("one model", lat_name),
+            (f"{k} heads, mean only", f"{k} heads + energy_std"),
+        ]
+    for a, b in compared:
         ov = paired_overhead(pots[a], pots[b], atoms, pairs)
         print(f"paired: {b} vs {a}: {ov:+.1f} % (median of {pairs} pairs)")
 

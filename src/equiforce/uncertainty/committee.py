@@ -5,11 +5,17 @@ order (``equiforce train config.yaml --committee K``), agree where the data
 constrained them and disagree away from it. :class:`Committee` evaluates all of
 them on one neighbour graph and returns their mean and spread
 (:mod:`equiforce.uncertainty.ensemble`).
+
+Members of one architecture (So3krates or SO3LR, as ``--committee`` trains them) run as
+one vectorised call on small structures (:mod:`equiforce.uncertainty.batched`),
+one after another otherwise.
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
+from typing import Literal
 
 import torch
 from torch import nn
@@ -17,10 +23,18 @@ from torch import nn
 from equiforce import keys
 from equiforce.data.graph import AtomicGraph
 from equiforce.models.base import PotentialModel
+from equiforce.uncertainty.batched import CannotBatchError, StackedMembers
 from equiforce.uncertainty.ensemble import EnsembleError, EnsembleModel
+
+logger = logging.getLogger(__name__)
 
 #: outputs stacked over members (per-term outputs are left out)
 STACKED = (keys.ENERGY, keys.ATOMIC_ENERGIES, keys.FORCES, keys.STRESS)
+
+#: Most edges of a graph evaluated as one vectorised call under ``batched="auto"``
+#: (K = 4 and 8: batched / one by one 0.35-0.9 up to 1,000 edges, 1.0-1.1 from
+#: 2,000; ``benchmarks/uncertainty_cost.py --sizes``, docs/uncertainty.md "Cost").
+BATCH_MAX_EDGES = 1000
 
 
 def _lr_cutoff(model: PotentialModel) -> bool:
@@ -65,6 +79,15 @@ class Committee(EnsembleModel):
         self.graph_inputs = tuple(
             sorted({k for m in models for k in getattr(m, "graph_inputs", ())})
         )
+        #: "auto": one vectorised call for the members when they share one
+        #: architecture and the graph has at most ``batch_max_edges`` edges;
+        #: "on": whenever they can; "off": one call per member. Runtime settings.
+        self.batched: Literal["auto", "on", "off"] = "auto"
+        #: the measured crossover: above it the K-fold tensors of the batched
+        #: call outgrow the CPU cache and the members one by one are as fast
+        self.batch_max_edges: int = BATCH_MAX_EDGES
+        self._stacked: tuple[tuple, StackedMembers] | None = None
+        self._batch_off: str | None = None  # why the members never batch
 
     @property
     def n_members(self) -> int:
@@ -91,12 +114,19 @@ class Committee(EnsembleModel):
     def member_outputs(
         self, graph: AtomicGraph, forces: bool, stress: bool
     ) -> dict[str, torch.Tensor]:
-        """Each member's outputs stacked (K, ...): one eager call per member.
+        """Each member's outputs stacked (K, ...).
 
-        ``benchmarks/uncertainty_cost.py`` measured the alternatives (one
-        backward pass for all members; ``torch.func`` vmap over stacked
-        weights); see ``docs/uncertainty.md``.
+        One vectorised call for all members when :meth:`batches` says so,
+        else one eager call per member; both give the same numbers to
+        round-off.
         """
+        if self.batches(graph):
+            stacked = self._stacked_members()
+            if stacked is not None:
+                try:
+                    return _in_order(stacked, graph, forces, stress, self.members[0])
+                except Exception as err:  # noqa: BLE001 - vmap failure -> one by one
+                    self._no_batch(f"the vectorised call failed ({err!r})", True)
         outs = [
             m(graph, compute_forces=forces, compute_stress=stress, create_graph=False)
             for m in self.members
@@ -106,3 +136,56 @@ class Committee(EnsembleModel):
             for key in STACKED
             if key in outs[0]
         }
+
+    def batches(self, graph: AtomicGraph) -> bool:
+        """Whether ``graph`` is evaluated as one vectorised call of the members."""
+        n_edges = graph.edge_index.shape[1]
+        if self.batched == "off" or self._batch_off is not None:
+            return False
+        chunks = getattr(self.members[0], "chunks_edges", None)
+        if chunks is not None and chunks(n_edges, False):  # autograd functions
+            return False
+        if self.batched == "on":
+            return True
+        if self.batched != "auto":
+            raise EnsembleError(
+                f"batched must be 'auto', 'on' or 'off', got {self.batched!r}"
+            )
+        return n_edges <= self.batch_max_edges
+
+    def _stacked_members(self) -> StackedMembers | None:
+        """The members' stacked weights (None: they cannot be, logged once)."""
+        first = next(self.members[0].parameters())
+        key = (first.device, first.dtype)
+        if self._stacked is None or self._stacked[0] != key:
+            try:
+                self._stacked = (key, StackedMembers(list(self.members)))
+            except CannotBatchError as err:
+                self._no_batch(str(err))
+                return None
+        return self._stacked[1]
+
+    def _no_batch(self, reason: str, failed: bool = False) -> None:
+        """Turn batching off for good and say why (a failure as a warning)."""
+        self._batch_off = reason
+        self._stacked = None
+        level = logging.WARNING if failed else logging.INFO
+        logger.log(level, "committee members run one after another: %s", reason)
+
+
+def _in_order(
+    stacked: StackedMembers,
+    graph: AtomicGraph,
+    forces: bool,
+    stress: bool,
+    member: PotentialModel,
+) -> dict[str, torch.Tensor]:
+    """``stacked.member_outputs`` in the atom order a member's own call uses."""
+    order = member.atom_order(graph)
+    if order is None:
+        return stacked.member_outputs(graph, forces, stress)
+    out = stacked.member_outputs(graph.permuted(*order), forces, stress)
+    per_atom = (keys.ATOMIC_ENERGIES, keys.FORCES)
+    return {
+        k: v.index_select(1, order[1]) if k in per_atom else v for k, v in out.items()
+    }
