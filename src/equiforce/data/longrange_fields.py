@@ -52,21 +52,36 @@ def graph_values(graphs: list[AtomicGraph], name: str) -> torch.Tensor | None:
 
 
 def collate_lr(
-    graphs: list[AtomicGraph], atom_offsets: np.ndarray
+    graphs: list[AtomicGraph], atom_offsets: np.ndarray, paired: bool = False
 ) -> dict[str, torch.Tensor]:
-    """Long-range pairs of a batch (all graphs must have them, or none)."""
+    """Long-range pairs of a batch (all graphs must have them, or none).
+
+    ``paired``: every graph's pairs are paired (``edges_paired``); the batch's are
+    then paired too: all first halves, then all second halves.
+    """
     have = [g.lr_edge_index is not None for g in graphs]
     if not any(have):
         return {}
     if not all(have):
         raise ValueError("cannot collate graphs with and without long-range pairs")
+    index = [
+        g.lr_edge_index + int(o) for g, o in zip(graphs, atom_offsets, strict=True)
+    ]
+    shifts = [g.lr_edge_shifts for g in graphs]
+    if paired:
+        halves = [g.lr_edge_index.shape[1] // 2 for g in graphs]
+        index, shifts = (
+            paired_halves(index, halves, 1),
+            paired_halves(shifts, halves, 0),
+        )
     return {
-        "lr_edge_index": torch.cat(
-            [
-                g.lr_edge_index + int(o)
-                for g, o in zip(graphs, atom_offsets, strict=True)
-            ],
-            dim=1,
-        ),
-        "lr_edge_shifts": torch.cat([g.lr_edge_shifts for g in graphs]),
+        "lr_edge_index": torch.cat(index, dim=1),
+        "lr_edge_shifts": torch.cat(shifts),
     }
+
+
+def paired_halves(parts: list[torch.Tensor], halves: list[int], dim: int) -> list:
+    """``[a1, b1, a2, b2, …]`` → ``[a1, a2, …, b1, b2, …]`` (split along ``dim``)."""
+    first = [p.narrow(dim, 0, h) for p, h in zip(parts, halves, strict=True)]
+    second = [p.narrow(dim, h, h) for p, h in zip(parts, halves, strict=True)]
+    return first + second

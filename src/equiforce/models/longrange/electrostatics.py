@@ -29,7 +29,7 @@ from torch import nn
 
 from equiforce.data.graph import AtomicGraph
 from equiforce.models.longrange.ewald import PeriodicCoulomb
-from equiforce.models.longrange.switch import KE, smooth_step
+from equiforce.models.longrange.switch import KE, pair_sum, smooth_step
 from equiforce.nn.efa import is_tracing
 from equiforce.nn.scatter import scatter_sum
 
@@ -106,7 +106,7 @@ class Electrostatics(nn.Module):
         charges: torch.Tensor,  # (n_atoms,)
     ) -> torch.Tensor:
         """Per-atom electrostatic energies (n_atoms,) eV, half of each pair to i."""
-        periodic = self._periodic_graphs(graph)
+        periodic = self.periodic_graphs(graph)
         if periodic is None:
             return self._shifted(graph.lr_edge_index, lr_vectors, charges)
         pair_periodic = periodic[graph.graph_index[graph.lr_edge_index[0]]]  # (n_lr,)
@@ -130,10 +130,29 @@ class Electrostatics(nn.Module):
         charges: torch.Tensor,  # (n_atoms,)
     ) -> torch.Tensor:
         """Per-atom energies (n_atoms,) eV of the shifted kernel on these pairs."""
-        i, j = index[0], index[1]
         d = torch.linalg.vector_norm(vectors, dim=-1)  # (n,)
+        return self.shifted_energies(index, d, charges)
+
+    def shifted_energies(
+        self,
+        index: torch.Tensor,  # (2, n)
+        d: torch.Tensor,  # (n,) Å
+        charges: torch.Tensor,  # (n_atoms,)
+        both_ways: bool = False,
+    ) -> torch.Tensor:
+        """Per-atom energies (n_atoms,) eV of the shifted kernel at distances ``d``.
+
+        Args:
+            index: the pairs (i, j).
+            d: their lengths, Å.
+            charges: partial charge of every atom, e.
+            both_ways: each pair stands for itself and its reverse (the first
+                half of a paired list): half of its energy goes to each atom.
+                Else half goes to the centre i (the reverse is listed apart).
+        """
+        i, j = index[0], index[1]
         e = 0.5 * KE * charges[i] * charges[j] * self.pair_kernel(d)
-        return scatter_sum(e, i, charges.shape[0])
+        return pair_sum(e, index, charges.shape[0], both_ways)
 
     @staticmethod
     def _select(
@@ -148,8 +167,11 @@ class Electrostatics(nn.Module):
         keep = mask.nonzero()[:, 0]
         return graph.lr_edge_index[:, keep], lr_vectors[keep]
 
-    def _periodic_graphs(self, graph: AtomicGraph) -> torch.Tensor | None:
-        """(n_graphs,) bool: which structures get the Ewald/PME sum; None: none."""
+    def periodic_graphs(self, graph: AtomicGraph) -> torch.Tensor | None:
+        """(n_graphs,) bool: which structures get the Ewald/PME sum; None: none.
+
+        With None, :meth:`forward` is :meth:`shifted_energies` on all pairs.
+        """
         if self.periodic is None or is_tracing():
             # traced (compiled) calls get no 3D-periodic structure:
             # SO3LR.compiled_accepts sends those to the eager model

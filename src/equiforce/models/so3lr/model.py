@@ -152,13 +152,25 @@ class SO3LR(So3krates):
             out[ZBL] = self.terms[ZBL](graph, vectors)
         q = h = None
         if self.lr_cutoff is not None:
-            lr_vectors = graph.lr_edge_vectors()  # (n_lr, 3)
+            # both terms are symmetric in (i, j): a paired list's first half (each
+            # unordered pair once) is half the pair work; d is computed once
+            both_ways = graph.edges_paired
+            index = graph.lr_edge_index  # (2, n_lr)
+            if both_ways:
+                index = index[:, : index.shape[1] // 2]
+            d = torch.linalg.vector_norm(graph.lr_edge_vectors(both_ways), dim=-1)
             if ELECTROSTATICS in self.terms:
                 q = self.charges(graph, features)
-                out[ELECTROSTATICS] = self.terms[ELECTROSTATICS](graph, lr_vectors, q)
+                term = self.terms[ELECTROSTATICS]
+                if term.periodic_graphs(graph) is None:
+                    out[ELECTROSTATICS] = term.shifted_energies(index, d, q, both_ways)
+                else:  # Ewald/PME (eager): the full list
+                    out[ELECTROSTATICS] = term(graph, graph.lr_edge_vectors(), q)
             if DISPERSION in self.terms:
                 h = self.hirshfeld_head(z, features)
-                out[DISPERSION] = self.terms[DISPERSION](graph, lr_vectors, h)
+                out[DISPERSION] = self.terms[DISPERSION].energies(
+                    index, d, z, h, both_ways
+                )
         if self._captured is not None:  # forward(properties=True): same features
             props = self._properties(graph, features, q, h)
             if not differentiable:
