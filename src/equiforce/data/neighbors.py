@@ -77,6 +77,10 @@ MAX_OPEN_CELLS = 1e5
 
 
 def _spread(positions: np.ndarray) -> float:
+    """Largest extent of the finite positions along an axis, Å."""
+    extent = float((positions.max(0) - positions.min(0)).max())
+    if np.isfinite(extent):  # (the common case: no mask, no copy)
+        return extent
     finite = positions[np.isfinite(positions).all(1)]
     return float(np.ptp(finite, axis=0).max()) if len(finite) else 0.0
 
