@@ -54,10 +54,10 @@ from equiforce import keys
 from equiforce.data.longrange_fields import (
     collate_lr,
     graph_values,
-    lr_pairs,
+    lr_fields,
     paired_halves,
 )
-from equiforce.data.neighbors import neighbor_list
+from equiforce.data.neighbors import neighbor_list, neighbor_lists
 
 #: Shape of one structure's value of each graph-level target.
 _GRAPH_TARGET_SHAPES = {keys.ENERGY: (), keys.STRESS: (3, 3), keys.DIPOLE: (3,)}
@@ -175,7 +175,14 @@ class AtomicGraph:
         positions = np.asarray(positions, dtype=np.float64)
         cell = np.zeros((3, 3)) if cell is None else np.asarray(cell, dtype=np.float64)
         pbc = np.zeros(3, bool) if pbc is None else np.asarray(pbc, dtype=bool)
-        edge_index, shifts = neighbor_list(positions, cutoff, cell, pbc)
+        if lr_cutoff is None:
+            edge_index, shifts = neighbor_list(positions, cutoff, cell, pbc)
+            lr = {}
+        else:
+            (edge_index, shifts), lr_list = neighbor_lists(
+                positions, cutoff, lr_cutoff, cell, pbc
+            )
+            lr = lr_fields(*lr_list, dtype)
         n = len(positions)
         tgt: dict[str, torch.Tensor] = {}
         for key, value in (targets or {}).items():
@@ -203,7 +210,7 @@ class AtomicGraph:
             if charge is None
             else torch.tensor([float(charge)], dtype=dtype),
             spin=None if spin is None else torch.tensor([float(spin)], dtype=dtype),
-            **lr_pairs(positions, lr_cutoff, cell, pbc, dtype),
+            **lr,
         )
 
     @classmethod

@@ -13,23 +13,14 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch
 
-from equiforce.data.neighbors import neighbor_list
-
 if TYPE_CHECKING:
     from equiforce.data.graph import AtomicGraph
 
 
-def lr_pairs(
-    positions: np.ndarray,
-    lr_cutoff: float | None,
-    cell: np.ndarray,
-    pbc: np.ndarray,
-    dtype: torch.dtype,
+def lr_fields(
+    index: np.ndarray, shifts: np.ndarray, dtype: torch.dtype
 ) -> dict[str, torch.Tensor]:
-    """``lr_edge_index``/``lr_edge_shifts`` within ``lr_cutoff`` (none when None)."""
-    if lr_cutoff is None:
-        return {}
-    index, shifts = neighbor_list(positions, lr_cutoff, cell, pbc)
+    """``lr_edge_index`` (2, n_lr) and ``lr_edge_shifts`` (n_lr, 3) of a pair list."""
     return {
         "lr_edge_index": torch.as_tensor(index, dtype=torch.long),
         "lr_edge_shifts": torch.as_tensor(shifts, dtype=dtype),

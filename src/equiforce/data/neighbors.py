@@ -38,33 +38,87 @@ def neighbor_list(
             edges ``[n_edges/2:]`` are the reverses of edges ``[:n_edges/2]``.
         shifts: (n_edges, 3) int64 image multiples S with r_ij = r_j - r_i + S @ cell.
     """
+    positions, cell, pbc = _inputs(positions, cell, pbc)
+    return _paired(*_half_pairs(positions, cutoff, cell, pbc)[:3])
+
+
+def neighbor_lists(
+    positions: np.ndarray,
+    cutoff: float,
+    lr_cutoff: float,
+    cell: np.ndarray | None = None,
+    pbc: np.ndarray | None = None,
+) -> tuple[tuple[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]:
+    """:func:`neighbor_list` at ``cutoff`` and at ``lr_cutoff`` ≥ ``cutoff``.
+
+    Up to :data:`SHARED_SEARCH_MAX_ATOMS` atoms the short list is the pairs of the
+    long one closer than ``cutoff`` (one search instead of two); above, two
+    searches are cheaper (the distances of every long-range pair cost more than a
+    search at the short cutoff). Arguments as :func:`neighbor_list`.
+    """
+    positions, cell, pbc = _inputs(positions, cell, pbc)
+    if len(positions) > SHARED_SEARCH_MAX_ATOMS or lr_cutoff < cutoff:
+        return (
+            neighbor_list(positions, cutoff, cell, pbc),
+            neighbor_list(positions, lr_cutoff, cell, pbc),
+        )
+    i, j, s, d = _half_pairs(positions, lr_cutoff, cell, pbc, distances=True)
+    near = np.flatnonzero(d < cutoff)
+    return _paired(i[near], j[near], s[near]), _paired(i, j, s)
+
+
+#: Most atoms for which :func:`neighbor_lists` derives the short-range pairs from
+#: the long-range search. Both lists of SO3LR (4.5 and 12 Å), one vs two vesin
+#: searches, ms: ethanol 0.03 vs 0.05; 999 waters 12-16 vs 11.
+SHARED_SEARCH_MAX_ATOMS = 200
+
+
+def _inputs(
+    positions: np.ndarray, cell: np.ndarray | None, pbc: np.ndarray | None
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """float64 positions (n, 3), cell (3, 3) and bool pbc (3,) (None: open)."""
     positions = np.ascontiguousarray(positions, dtype=np.float64)
-    if cell is None:
-        cell = np.zeros((3, 3))
-    if pbc is None:
-        pbc = np.zeros(3, dtype=bool)
-    cell = np.asarray(cell, dtype=np.float64)
-    pbc = np.asarray(pbc, dtype=bool)
+    cell = np.zeros((3, 3)) if cell is None else np.asarray(cell, dtype=np.float64)
+    pbc = np.zeros(3, dtype=bool) if pbc is None else np.asarray(pbc, dtype=bool)
+    return positions, cell, pbc
+
+
+def _half_pairs(
+    positions: np.ndarray,
+    cutoff: float,
+    cell: np.ndarray,
+    pbc: np.ndarray,
+    distances: bool = False,
+) -> tuple[np.ndarray, ...]:
+    """Each unordered pair once: i, j (n,) int64, shifts S (n, 3) int64[, d (n,)].
+
+    A half list, then its reverses (:func:`_paired`): half the work for vesin and
+    the pairing that symmetric edge filters rely on.
+    """
     if len(positions) == 0:
-        return np.zeros((2, 0), np.int64), np.zeros((0, 3), np.int64)
+        empty = np.zeros(0, np.int64)
+        return empty, empty, np.zeros((0, 3), np.int64), np.zeros(0)
     periodic = bool(pbc.any())
     if not periodic and _spread(positions) / cutoff > MAX_OPEN_CELLS:
         i, j = _kdtree_pairs(positions, cutoff)
-        s = np.zeros((len(i), 3), np.int64)
-        return np.stack([np.concatenate([i, j]), np.concatenate([j, i])]), s.repeat(
-            2, 0
-        )
-    # a half list (each unordered pair once), then its reverses: half the work
-    # for vesin and the pairing that symmetric edge filters rely on
+        d = np.linalg.norm(positions[j] - positions[i], axis=1) if distances else None
+        return i, j, np.zeros((len(i), 3), np.int64), d
     calc = NeighborList(cutoff=float(cutoff), full_list=False)
-    i, j, s = calc.compute(
+    out = calc.compute(
         points=positions,
         box=cell if periodic else np.zeros((3, 3)),
         periodic=[bool(p) for p in pbc] if periodic else False,
-        quantities="ijS",
+        quantities="ijSd" if distances else "ijS",
     )
-    i, j = i.astype(np.int64), j.astype(np.int64)
-    s = s.astype(np.int64).reshape(-1, 3)
+    i, j = out[0].astype(np.int64), out[1].astype(np.int64)
+    s = out[2].astype(np.int64).reshape(-1, 3)
+    return i, j, s, out[3] if distances else None
+
+
+def _paired(
+    i: np.ndarray, j: np.ndarray, s: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """edge_index (2, 2n) and shifts (2n, 3) of half pairs plus their reverses."""
     edge_index = np.stack([np.concatenate([i, j]), np.concatenate([j, i])])
     return edge_index, np.concatenate([s, -s])
 
