@@ -53,6 +53,7 @@ import torch
 from equiforce import keys
 from equiforce.data.longrange_fields import (
     collate_lr,
+    float_tensor,
     graph_values,
     lr_fields,
     paired_halves,
@@ -194,14 +195,14 @@ class AtomicGraph:
                 t = t.reshape(1, *_GRAPH_TARGET_SHAPES[key])
             tgt[key] = t
         return cls(
-            positions=torch.as_tensor(positions, dtype=dtype),
+            positions=float_tensor(positions, dtype),
             atomic_numbers=torch.as_tensor(
                 np.asarray(atomic_numbers), dtype=torch.long
             ),
             graph_index=torch.zeros(n, dtype=torch.long),
             edge_index=torch.as_tensor(edge_index, dtype=torch.long),
-            edge_shifts=torch.as_tensor(shifts, dtype=dtype),
-            cell=torch.as_tensor(cell, dtype=dtype).reshape(1, 3, 3),
+            edge_shifts=float_tensor(shifts, dtype),
+            cell=float_tensor(cell, dtype).reshape(1, 3, 3),
             pbc=torch.as_tensor(pbc).reshape(1, 3),
             n_atoms=torch.tensor([n], dtype=torch.long),
             targets=tgt,
