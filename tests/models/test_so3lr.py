@@ -307,7 +307,10 @@ def test_paired_long_range_pairs_equal_the_full_list(pretrained):
     perm = torch.as_tensor(
         np.concatenate([rng.permutation(n0), n0 + rng.permutation(len(mols[1]))])
     )
+    shifts = batch.lr_edge_shifts
     batch = batch.permuted(perm, torch.argsort(perm))
+    # renumbered in place of sorted: the shifts are shared, not copied
+    assert batch.lr_edge_shifts is shifts
     _assert_lr_paired(batch)
     _assert_lr_paired(pad_to_buckets(batch, pretrained.cutoff))
     for g in batch.split():
