@@ -182,12 +182,12 @@ def finish(
         atomic[keys.ATOMIC_ENERGIES], graph.graph_index, n_graphs
     )
     if _LOCAL_KEY in atomic:  # per-term outputs (more than one term)
-        for key in list(atomic):
-            name = keys.term_name(key)
-            if name is not None:
-                out[keys.term_energy(name)] = scatter_sum(
-                    atomic[key].to(torch.float64), graph.graph_index, n_graphs
-                )
+        names = {key: keys.term_name(key) for key in atomic}
+        terms = [key for key, name in names.items() if name is not None]
+        per_atom = torch.stack([atomic[k].to(torch.float64) for k in terms], dim=1)
+        sums = scatter_sum(per_atom, graph.graph_index, n_graphs)  # (n_graphs, T)
+        for k, key in enumerate(terms):  # one scatter for all terms
+            out[keys.term_energy(names[key])] = sums[:, k]
     virial = out.pop(VIRIAL, None)
     if virial is not None:
         out[keys.STRESS] = stress_from_virial(virial, graph.cell)

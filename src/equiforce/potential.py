@@ -258,7 +258,7 @@ class Potential:
         cell: torch.Tensor,
         pbc: torch.Tensor,
     ) -> bool:
-        if self.graph is None or self.skin <= 0:
+        if self.graph is None or self.skin <= 0 or self._reference is None:
             return True
         ref_pos, ref_numbers, ref_cell, ref_pbc = self._reference
         if positions.shape != ref_pos.shape or cell.shape != ref_cell.shape:
@@ -347,12 +347,18 @@ class Potential:
             )
             for s, sel in enumerate(parts)
         ]
-        self.graph = AtomicGraph.collate(graphs).to(self.device)
+        graph = AtomicGraph.collate(graphs)
+        if graph.positions.device != self.device:
+            graph = graph.to(self.device)
+        self.graph = graph
         self.graph.positions = positions
         # copies: an array the caller changes in place (ASE's cell, numbers) must
-        # not change the reference it is compared with
-        self._reference = tuple(
-            t.detach().clone() for t in (positions, numbers, cell, pbc)
+        # not change the reference it is compared with (none with skin 0: every
+        # call rebuilds)
+        self._reference = (
+            tuple(t.detach().clone() for t in (positions, numbers, cell, pbc))
+            if self.skin > 0
+            else None
         )
         self.n_builds += 1
 

@@ -18,6 +18,7 @@ from equiforce.models.longrange.pair_chunks import (
     VALUES_PER_PAIR,
     chunk_size,
     pair_energy_sum,
+    pair_energy_sums,
 )
 from equiforce.models.registry import build_model
 from equiforce.testing import TINY_SO3KRATES
@@ -208,3 +209,65 @@ def test_long_range_shifts_are_built_in_the_graph_dtype():
     assert np.array_equal(g.lr_edge_index.numpy(), index)
     assert np.array_equal(g.lr_edge_shifts.numpy(), shifts.astype(np.float64))
     assert np.abs(shifts).max() >= 1  # the box is smaller than the cutoff
+
+
+def test_first_half_both_ways_counts_every_directed_pair():
+    """The first half of a paired list, each pair to both atoms (``both_ways``),
+    gives the per-atom counts of the whole directed list at every chunk size,
+    and two terms in one pass each get their own sum.
+
+    Catches a chunk boundary that drops or repeats a pair of the half list, a
+    reverse pair that misses its atom j, and terms of one pass mixed up.
+    """
+    g = water()
+    assert g.edges_paired
+    half = g.lr_edge_index.shape[1] // 2
+    index, shifts = g.lr_edge_index[:, :half], g.lr_edge_shifts[:half]
+    counts = torch.bincount(g.lr_edge_index[0], minlength=g.num_nodes).to(DT)
+
+    def one(i, j, d):
+        return torch.ones_like(d)
+
+    def two(i, j, d):
+        return 2.0 * torch.ones_like(d)
+
+    for k in (1, 7, half // 3, half - 1, half, half + 1):
+        a, b = pair_energy_sums(
+            [one, two], g, index, shifts, None, 2 * pairs_bytes(k), both_ways=True
+        )
+        assert torch.equal(a, counts) and torch.equal(b, 2.0 * counts), k
+
+
+def test_so3lr_open_cluster_one_pass_chunked_paired_equals_full_list():
+    """A tiny SO3LR on an open water cluster (both long-range terms in one
+    chunked pass over the first half of the paired pairs) = one chunk, and =
+    every directed pair (``edges_paired=False``), in energies, forces and the
+    weight gradients of a force loss.
+
+    Catches a shared pass that hands one term's sums to the other, a
+    half-list chunk whose reverse-pair energy is lost or doubled, and wrong
+    checkpointed gradients of the shared distances.
+    """
+    from dataclasses import replace
+
+    torch.manual_seed(0)
+    model = build_model("so3lr", **TINY_SO3KRATES, lr_cutoff=6.0).double()
+    g = cluster()
+    assert g.edges_paired
+
+    def run(graph, chunk_bytes):
+        model.pair_chunk_bytes = chunk_bytes
+        model.zero_grad()
+        out = model(graph, create_graph=True)
+        (out["forces"] ** 2).sum().backward()
+        grads = [p.grad.clone() for p in model.parameters() if p.grad is not None]
+        keep = ("forces", "energy:dispersion", "energy:electrostatics")
+        return [out[k].detach() for k in keep], grads
+
+    ref, ref_grads = run(g, ONE_CHUNK)
+    assert abs(float(ref[2].sum())) > 1e-6  # charges and Coulomb are non-zero
+    for graph, chunk in ((g, pairs_bytes(2 * (g.lr_edge_index.shape[1] // 10 + 1))),
+                         (replace(g, edges_paired=False), pairs_bytes(40))):  # fmt: skip
+        got, got_grads = run(graph, chunk)
+        for a, b in zip(got + got_grads, ref + ref_grads, strict=True):
+            torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)

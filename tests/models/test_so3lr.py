@@ -275,3 +275,48 @@ def test_potential_compute_takes_charge():
     b = pot.compute(atoms.positions, atoms.numbers, charge=1)
     assert pot.n_builds == 1 and pot.graph.charge.tolist() == [1.0]
     assert abs(float(a[keys.ENERGY] - b[keys.ENERGY])) > 1e-2
+
+
+def _assert_lr_paired(g: AtomicGraph) -> None:
+    """The second half of the long-range pairs reverses the first, in order."""
+    half = g.lr_edge_index.shape[1] // 2
+    first, second = g.lr_edge_index[:, :half], g.lr_edge_index[:, half:]
+    assert torch.equal(second, first.flip(0))
+    assert torch.equal(g.lr_edge_shifts[half:], -g.lr_edge_shifts[:half])
+
+
+def test_paired_long_range_pairs_equal_the_full_list(pretrained):
+    """Each unordered long-range pair once (paired graphs) = every directed pair.
+
+    A batch (acetate Q = -1, dimethyl sulfide), collated and renumbered, keeps its
+    long-range pairs paired, and every per-atom term and the forces equal those
+    of the same graph evaluated on all directed pairs (``edges_paired=False``).
+    Fails if collate/permuted/padding break the pairing or if the half-list
+    terms lost or doubled the energy of one end of each pair.
+    """
+    from dataclasses import replace
+
+    from equiforce.accel.padding import pad_to_buckets
+
+    mols = _charged_and_sulfur()[1:3]
+    batch = AtomicGraph.collate(
+        [AtomicGraph.from_atoms(a, pretrained.cutoff, lr_cutoff=12.0) for a in mols]
+    )
+    n0 = len(mols[0])
+    rng = np.random.default_rng(5)  # renumber within each structure
+    perm = torch.as_tensor(
+        np.concatenate([rng.permutation(n0), n0 + rng.permutation(len(mols[1]))])
+    )
+    shifts = batch.lr_edge_shifts
+    batch = batch.permuted(perm, torch.argsort(perm))
+    # renumbered in place of sorted: the shifts are shared, not copied
+    assert batch.lr_edge_shifts is shifts
+    _assert_lr_paired(batch)
+    _assert_lr_paired(pad_to_buckets(batch, pretrained.cutoff))
+    for g in batch.split():
+        _assert_lr_paired(g)
+    paired = pretrained(batch)
+    full = pretrained(replace(batch, edges_paired=False))
+    for key in (keys.FORCES, *(keys.term_atomic_energies(t) for t in TERMS)):
+        torch.testing.assert_close(paired[key], full[key], rtol=0, atol=1e-10)
+    assert abs(float(paired[keys.term_energy("dispersion")].sum())) > 1e-4

@@ -1,7 +1,12 @@
 import numpy as np
 import pytest
 
-from equiforce.data.neighbors import brute_force_neighbors, neighbor_list
+from equiforce.data import neighbors
+from equiforce.data.neighbors import (
+    brute_force_neighbors,
+    neighbor_list,
+    neighbor_lists,
+)
 
 
 def as_set(edges, shifts):
@@ -53,3 +58,26 @@ def test_open_system_spread_far_beyond_the_cutoff_is_exact():
     assert got == sorted(map(tuple, ref.T.tolist()))
     half = edges.shape[1] // 2  # paired: edge half + k reverses edge k
     assert (edges[:, half:] == edges[::-1, :half]).all()
+
+
+@pytest.mark.parametrize("shared", [True, False], ids=["one-search", "two-searches"])
+@pytest.mark.parametrize("pbc", [(True, True, True), (False, False, False)])
+def test_both_lists_match_brute_force(pbc, shared, monkeypatch):
+    """neighbor_lists: the short and long lists exact and paired, whichever way.
+
+    Fails if the short pairs derived from the long search (small systems) miss or
+    add a pair, or lose the pairing of their halves.
+    """
+    monkeypatch.setattr(neighbors, "SHARED_SEARCH_MAX_ATOMS", 10**9 if shared else 0)
+    rng = np.random.default_rng(4)
+    cell = np.array([[3.0, 0.0, 0.0], [0.5, 3.2, 0.0], [0.3, 0.2, 2.9]])
+    pos = rng.random((6, 3)) @ cell
+    pbc = np.array(pbc)
+    lists = neighbor_lists(pos, 2.05, 5.05, cell, pbc)
+    for cutoff, (edges, shifts) in zip((2.05, 5.05), lists, strict=True):
+        assert as_set(edges, shifts) == as_set(
+            *brute_force_neighbors(pos, cutoff, cell, pbc)
+        )
+        half = edges.shape[1] // 2
+        assert half > 0 and (edges[:, half:] == edges[::-1, :half]).all()
+        assert (shifts[half:] == -shifts[:half]).all()

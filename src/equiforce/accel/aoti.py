@@ -160,8 +160,28 @@ def build(
 
 
 def load(path: Path) -> Callable[..., Sequence[torch.Tensor]]:
-    """The callable of a package written by :func:`build`."""
-    return torch._inductor.aoti_load_package(str(path))
+    """The callable of a package written by :func:`build`.
+
+    The package's own ``__call__`` parses its input and output tree specs (JSON)
+    and flattens the arguments at every call: 75 µs of a 0.7 ms SO3LR ethanol
+    call. A function of flat tensors returning a flat tuple needs none of it, so
+    its loader's ``boxed_run`` is called directly (the same outputs).
+    """
+    import torch.utils._pytree as pytree
+
+    package = torch._inductor.aoti_load_package(str(path))
+    loader = getattr(package, "loader", None)
+    if loader is None or not hasattr(loader, "boxed_run"):
+        return package
+    out_spec = pytree.treespec_loads(loader.get_call_spec()[1])
+    flat = out_spec.type is tuple and all(c.is_leaf() for c in out_spec.children())
+    if not flat:
+        return package
+
+    def run(*args: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        return tuple(loader.boxed_run(list(args)))  # boxed_run empties its list
+
+    return run
 
 
 class TooManyBuildsError(RuntimeError):

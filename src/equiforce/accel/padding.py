@@ -65,33 +65,19 @@ def pad_to_buckets(
     ghost_pos = torch.zeros(n_ghost, 3, dtype=pos.dtype, device=dev)
     ghost_pos[:, 0] = 2.0 * cutoff * torch.arange(n_ghost, dtype=pos.dtype, device=dev)
     g0, g1 = n_real, n_real + 1
-    if graph.edges_paired:
-        half, m = e_real // 2, n_pad // 2
-        fwd = torch.tensor([[g0], [g1]], device=dev).expand(2, m)
-        rev = fwd.flip(0)
-        ei = graph.edge_index
-        edge_index = torch.cat([ei[:, :half], fwd, ei[:, half:], rev], dim=1)
-        zeros = graph.edge_shifts.new_zeros(m, 3)
-        sh = graph.edge_shifts
-        edge_shifts = torch.cat([sh[:half], zeros, sh[half:], zeros])
-    else:
-        pair = torch.tensor([[g0, g1], [g1, g0]], device=dev)
-        extra = pair.repeat(1, (n_pad + 1) // 2)[:, :n_pad]
-        edge_index = torch.cat([graph.edge_index, extra], dim=1)
-        edge_shifts = torch.cat(
-            [graph.edge_shifts, graph.edge_shifts.new_zeros(n_pad, 3)]
-        )
+    edge_index, edge_shifts = _ghost_pairs(
+        graph.edge_index, graph.edge_shifts, n_pad, g0, g1, graph.edges_paired
+    )
     z = graph.atomic_numbers
     long_range = {}
     if graph.lr_edge_index is not None:
         n_lr = graph.lr_edge_index.shape[1]
         lr_pad = bucket(n_lr, min_edges) - n_lr
-        pair = torch.tensor([[g0, g1], [g1, g0]], device=dev)
-        extra = pair.repeat(1, (lr_pad + 1) // 2)[:, :lr_pad]
-        long_range["lr_edge_index"] = torch.cat([graph.lr_edge_index, extra], dim=1)
-        long_range["lr_edge_shifts"] = torch.cat(
-            [graph.lr_edge_shifts, graph.lr_edge_shifts.new_zeros(lr_pad, 3)]
-        )
+        lr_pad += lr_pad % 2 if graph.edges_paired else 0
+        long_range["lr_edge_index"], long_range["lr_edge_shifts"] = _ghost_pairs(
+            graph.lr_edge_index, graph.lr_edge_shifts, lr_pad, g0, g1,
+            graph.edges_paired,
+        )  # fmt: skip
     for name in ("charge", "spin"):
         value = getattr(graph, name)
         if value is not None:
@@ -110,4 +96,29 @@ def pad_to_buckets(
         pbc=torch.cat([graph.pbc, graph.pbc.new_zeros(1, 3)]),
         n_atoms=torch.cat([graph.n_atoms, graph.n_atoms.new_tensor([n_ghost])]),
         targets={},
+    )
+
+
+def _ghost_pairs(
+    index: torch.Tensor,  # (2, n)
+    shifts: torch.Tensor,  # (n, 3)
+    n_pad: int,
+    g0: int,
+    g1: int,
+    paired: bool,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``index``/``shifts`` plus ``n_pad`` ghost pairs g0-g1 (paired lists stay so)."""
+    dev = index.device
+    if paired:
+        half, m = index.shape[1] // 2, n_pad // 2
+        fwd = torch.tensor([[g0], [g1]], device=dev).expand(2, m)
+        zeros = shifts.new_zeros(m, 3)
+        return (
+            torch.cat([index[:, :half], fwd, index[:, half:], fwd.flip(0)], dim=1),
+            torch.cat([shifts[:half], zeros, shifts[half:], zeros]),
+        )
+    pair = torch.tensor([[g0, g1], [g1, g0]], device=dev)
+    extra = pair.repeat(1, (n_pad + 1) // 2)[:, :n_pad]
+    return torch.cat([index, extra], dim=1), torch.cat(
+        [shifts, shifts.new_zeros(n_pad, 3)]
     )

@@ -25,6 +25,9 @@ lr_edge_shifts      (n_lr, 3) float | None    image multiples of the long-range 
 Long-range pairs (optional, for models with long-range terms such as SO3LR:
 ``model.lr_cutoff``): a second neighbour list with a larger cutoff, built by the
 same :func:`~equiforce.data.neighbors.neighbor_list`; None for models without one.
+When ``edges_paired`` is True they are paired too (the same layout as the edges,
+kept by :meth:`collate`, :meth:`split` and :meth:`permuted`), so that symmetric
+pair terms evaluate each unordered pair once.
 Total charge and spin are per-structure inputs read from ``atoms.info['charge']``
 and ``atoms.info['spin']``; models that do not use them ignore them.
 
@@ -48,8 +51,15 @@ import numpy as np
 import torch
 
 from equiforce import keys
-from equiforce.data.longrange_fields import collate_lr, graph_values, lr_pairs
-from equiforce.data.neighbors import neighbor_list
+from equiforce.data.longrange_fields import (
+    collate_lr,
+    float_tensor,
+    graph_values,
+    lr_fields,
+    paired_halves,
+    shift_dtype,
+)
+from equiforce.data.neighbors import neighbor_list, neighbor_lists
 
 #: Shape of one structure's value of each graph-level target.
 _GRAPH_TARGET_SHAPES = {keys.ENERGY: (), keys.STRESS: (3, 3), keys.DIPOLE: (3,)}
@@ -106,12 +116,14 @@ class AtomicGraph:
         if (self.lr_edge_index is None) != (self.lr_edge_shifts is None):
             raise ValueError("lr_edge_index and lr_edge_shifts come together")
         if self.lr_edge_index is not None and (
-            self.lr_edge_index.ndim != 2
+            (self.edges_paired and self.lr_edge_index.shape[-1] % 2)
+            or self.lr_edge_index.ndim != 2
             or self.lr_edge_index.shape[0] != 2
             or self.lr_edge_shifts.shape != (self.lr_edge_index.shape[1], 3)
         ):
             raise ValueError(
-                "lr_edge_index must be (2, n_lr) and lr_edge_shifts (n_lr, 3)"
+                "lr_edge_index must be (2, n_lr) and lr_edge_shifts (n_lr, 3), "
+                "n_lr even when edges_paired"
             )
 
     # ------------------------------------------------------------------ sizes
@@ -165,7 +177,18 @@ class AtomicGraph:
         positions = np.asarray(positions, dtype=np.float64)
         cell = np.zeros((3, 3)) if cell is None else np.asarray(cell, dtype=np.float64)
         pbc = np.zeros(3, bool) if pbc is None else np.asarray(pbc, dtype=bool)
-        edge_index, shifts = neighbor_list(positions, cutoff, cell, pbc)
+        if lr_cutoff is None:
+            edge_index, shifts = neighbor_list(
+                positions, cutoff, cell, pbc, shift_dtype(dtype)
+            )
+            lr = {}
+        else:
+            # shifts straight in the graph's float dtype: no int64 copy of
+            # the largest array (the long-range pairs)
+            (edge_index, shifts), lr_list = neighbor_lists(
+                positions, cutoff, lr_cutoff, cell, pbc, shift_dtype(dtype)
+            )
+            lr = lr_fields(*lr_list, dtype)
         n = len(positions)
         tgt: dict[str, torch.Tensor] = {}
         for key, value in (targets or {}).items():
@@ -177,14 +200,14 @@ class AtomicGraph:
                 t = t.reshape(1, *_GRAPH_TARGET_SHAPES[key])
             tgt[key] = t
         return cls(
-            positions=torch.as_tensor(positions, dtype=dtype),
+            positions=float_tensor(positions, dtype),
             atomic_numbers=torch.as_tensor(
                 np.asarray(atomic_numbers), dtype=torch.long
             ),
             graph_index=torch.zeros(n, dtype=torch.long),
             edge_index=torch.as_tensor(edge_index, dtype=torch.long),
-            edge_shifts=torch.as_tensor(shifts, dtype=dtype),
-            cell=torch.as_tensor(cell, dtype=dtype).reshape(1, 3, 3),
+            edge_shifts=float_tensor(shifts, dtype),
+            cell=float_tensor(cell, dtype).reshape(1, 3, 3),
             pbc=torch.as_tensor(pbc).reshape(1, 3),
             n_atoms=torch.tensor([n], dtype=torch.long),
             targets=tgt,
@@ -193,7 +216,7 @@ class AtomicGraph:
             if charge is None
             else torch.tensor([float(charge)], dtype=dtype),
             spin=None if spin is None else torch.tensor([float(spin)], dtype=dtype),
-            **lr_pairs(positions, lr_cutoff, cell, pbc, dtype),
+            **lr,
         )
 
     @classmethod
@@ -285,17 +308,14 @@ class AtomicGraph:
             inv: (n_atoms,) the inverse, ``inv[perm[k]] = k``.
         """
         edge_index = inv[self.edge_index]  # (2, n_edges)
-        if self.edges_paired:
-            half = edge_index.shape[1] // 2
-            order = torch.argsort(edge_index[0, :half], stable=True)  # (half,)
-            order = torch.cat([order, order + half])
-        else:
-            order = torch.argsort(edge_index[0], stable=True)  # (n_edges,)
+        order = _centre_order(edge_index, self.edges_paired)  # (n_edges,)
         lr = {}
         if self.lr_edge_index is not None:
             # renumbered in place of sorted: sorting copies the largest arrays
             # (10⁸ pairs at 100,000 atoms) while the long-range terms only
-            # gather and scatter per-atom values that fit in cache
+            # gather and scatter per-atom values that fit in cache. The pair
+            # order is unchanged, so a paired list (pair P+k reverses pair k)
+            # stays paired.
             lr = {"lr_edge_index": inv[self.lr_edge_index]}  # (2, n_lr)
         return replace(
             self,
@@ -331,8 +351,8 @@ class AtomicGraph:
         shifts = [g.edge_shifts for g in graphs]
         if paired:  # all first halves, then all second halves (same graph order)
             halves = [g.n_edges // 2 for g in graphs]
-            edge_index = _halves(edge_index, halves, dim=1)
-            shifts = _halves(shifts, halves, dim=0)
+            edge_index = paired_halves(edge_index, halves, dim=1)
+            shifts = paired_halves(shifts, halves, dim=0)
         return AtomicGraph(
             positions=cat([g.positions for g in graphs]),
             atomic_numbers=cat([g.atomic_numbers for g in graphs]),
@@ -353,7 +373,7 @@ class AtomicGraph:
             edges_paired=paired,
             charge=graph_values(graphs, "charge"),
             spin=graph_values(graphs, "spin"),
-            **collate_lr(graphs, atom_offsets),
+            **collate_lr(graphs, atom_offsets, paired),
         )
 
     def split(self) -> list[AtomicGraph]:
@@ -418,8 +438,12 @@ class AtomicGraph:
             self.edge_index, self.edge_shifts, self.graph_index, pos, cell
         )
 
-    def lr_edge_vectors(self) -> torch.Tensor:
+    def lr_edge_vectors(self, first_half: bool = False) -> torch.Tensor:
         """r_ij of the long-range pairs (n_lr, 3), as :meth:`edge_vectors`.
+
+        Args:
+            first_half: only the first n_lr/2 pairs (of a paired graph: each
+                unordered pair once).
 
         Raises:
             ValueError: the graph has no long-range pairs (built without
@@ -430,10 +454,11 @@ class AtomicGraph:
                 "this graph has no long-range pairs: build it with lr_cutoff "
                 "(Potential and the datasets do so for models with model.lr_cutoff)"
             )
-        return _pair_vectors(
-            self.lr_edge_index, self.lr_edge_shifts, self.graph_index,
-            self.positions, self.cell,
-        )  # fmt: skip
+        index, shifts = self.lr_edge_index, self.lr_edge_shifts
+        if first_half:
+            half = index.shape[1] // 2
+            index, shifts = index[:, :half], shifts[:half]
+        return _pair_vectors(index, shifts, self.graph_index, self.positions, self.cell)
 
 
 def _pair_vectors(
@@ -453,10 +478,10 @@ def _pair_vectors(
     return vec + shift
 
 
-def _halves(
-    parts: list[torch.Tensor], halves: list[int], dim: int
-) -> list[torch.Tensor]:
-    """``[a1, b1, a2, b2, …]`` → ``[a1, a2, …, b1, b2, …]`` (split along ``dim``)."""
-    first = [p.narrow(dim, 0, h) for p, h in zip(parts, halves, strict=True)]
-    second = [p.narrow(dim, h, h) for p, h in zip(parts, halves, strict=True)]
-    return first + second
+def _centre_order(edge_index: torch.Tensor, paired: bool) -> torch.Tensor:
+    """Edge order (n,) by centre; a paired list's second half follows its first."""
+    if not paired:
+        return torch.argsort(edge_index[0], stable=True)
+    half = edge_index.shape[1] // 2
+    order = torch.argsort(edge_index[0, :half], stable=True)  # (half,)
+    return torch.cat([order, order + half])

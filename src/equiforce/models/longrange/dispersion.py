@@ -25,7 +25,11 @@ from torch import nn
 from equiforce.data.graph import AtomicGraph
 from equiforce.models.base import NUM_ELEMENTS
 from equiforce.models.longrange.free_atoms import FREE_ATOM_ALPHA_C6
-from equiforce.models.longrange.pair_chunks import DEFAULT_CHUNK_BYTES, pair_energy_sum
+from equiforce.models.longrange.pair_chunks import (
+    DEFAULT_CHUNK_BYTES,
+    PairEnergy,
+    pair_energy_sum,
+)
 from equiforce.models.longrange.switch import BOHR, HARTREE, smooth_step
 
 #: Fine-structure constant (CODATA 2018, as ASE).
@@ -64,14 +68,19 @@ def qdo_pair_energy(
     d: torch.Tensor, alpha_ij: torch.Tensor, c6_ij: torch.Tensor, beta: float
 ) -> torch.Tensor:
     """Damped C6 + C8 + C10 energy (n_pairs,) in hartree at distances ``d`` in bohr."""
-    radius = FINE_STRUCTURE ** (-4.0 / 21.0) * alpha_ij ** (1.0 / 7.0)
+    a7 = alpha_ij ** (1.0 / 7.0)  # α^{1/7}, in R and ρ
+    radius = FINE_STRUCTURE ** (-4.0 / 21.0) * a7
     b0, b1, b2, b3 = QDO_FIT
-    s = b3 * radius**3 + b2 * radius**2 + b1 * radius + b0
-    gamma = 0.5 / s**2
-    c8 = 5.0 / gamma * c6_ij
-    c10 = 245.0 / 8.0 / gamma**2 * c6_ij
-    rho = beta * 2.0 * 2.54 * alpha_ij ** (1.0 / 7.0)
-    return -(c6_ij / (d**6 + rho**6) + c8 / (d**8 + rho**8) + c10 / (d**10 + rho**10))
+    s = ((b3 * radius + b2) * radius + b1) * radius + b0
+    # C8 = 5 C6/γ and C10 = 245 C6/(8 γ²) with 1/γ = 2 s²
+    inv_gamma = 2.0 * s * s
+    c8 = 5.0 * inv_gamma * c6_ij
+    c10 = 245.0 / 8.0 * inv_gamma * inv_gamma * c6_ij
+    rho2 = (beta * 2.0 * 2.54 * a7).square()
+    d2 = d * d
+    d6, rho6 = d2 * d2 * d2, rho2 * rho2 * rho2
+    d8, rho8 = d6 * d2, rho6 * rho2
+    return -(c6_ij / (d6 + rho6) + c8 / (d8 + rho8) + c10 / (d8 * d2 + rho8 * rho2))
 
 
 class Dispersion(nn.Module):
@@ -113,10 +122,33 @@ class Dispersion(nn.Module):
         ``lr_vectors`` None: the pair vectors are computed chunk by chunk from
         the graph (:func:`~.pair_chunks.pair_energy_sum`).
         """
-        z = graph.atomic_numbers
-        dtype = graph.positions.dtype
-        alpha = self.alpha_free.to(dtype)[z] * hirshfeld  # (n_atoms,)
-        c6 = self.c6_free.to(dtype)[z] * hirshfeld**2
+        return pair_energy_sum(
+            self.pair_energy(graph.atomic_numbers, hirshfeld),
+            graph,
+            graph.lr_edge_index,
+            graph.lr_edge_shifts,
+            lr_vectors,
+            self.chunk_bytes,
+        )
+
+    def pair_energy(
+        self,
+        atomic_numbers: torch.Tensor,  # (n_atoms,)
+        hirshfeld: torch.Tensor,  # (n_atoms,)
+    ) -> PairEnergy:
+        """The directed pair energies (i, j, d) -> (n,) eV of these atoms.
+
+        Half of each pair's energy (the share of centre i); for
+        :func:`~.pair_chunks.pair_energy_sums`, which SO3LR shares with
+        electrostatics (one distance per pair for both terms).
+
+        Args:
+            atomic_numbers: Z of every atom.
+            hirshfeld: Hirshfeld ratio of every atom.
+        """
+        dtype = hirshfeld.dtype
+        alpha = self.alpha_free.to(dtype)[atomic_numbers] * hirshfeld  # (n_atoms,)
+        c6 = self.c6_free.to(dtype)[atomic_numbers] * hirshfeld**2
 
         def pair_energy(i, j, d):
             alpha_ij, c6_ij = mix(alpha[i], c6[i], alpha[j], c6[j])
@@ -124,11 +156,4 @@ class Dispersion(nn.Module):
             switch = smooth_step(d, self.lr_cutoff - self.damping, self.lr_cutoff)
             return 0.5 * e * torch.where(d > 0, switch, torch.zeros_like(switch))
 
-        return pair_energy_sum(
-            pair_energy,
-            graph,
-            graph.lr_edge_index,
-            graph.lr_edge_shifts,
-            lr_vectors,
-            self.chunk_bytes,
-        )
+        return pair_energy

@@ -31,6 +31,7 @@ from equiforce.data.graph import AtomicGraph
 from equiforce.models.longrange.ewald import PeriodicCoulomb
 from equiforce.models.longrange.pair_chunks import (
     DEFAULT_CHUNK_BYTES,
+    PairEnergy,
     pair_energy_sum,
     pair_vectors,
 )
@@ -118,7 +119,7 @@ class Electrostatics(nn.Module):
         ``lr_vectors`` None: the pair vectors are computed from the graph where
         needed, chunk by chunk for the shifted kernel.
         """
-        periodic = self._periodic_graphs(graph)
+        periodic = self.periodic_graphs(graph)
         if periodic is None:
             return self._shifted(
                 graph, graph.lr_edge_index, graph.lr_edge_shifts, lr_vectors, charges
@@ -157,13 +158,25 @@ class Electrostatics(nn.Module):
         charges: torch.Tensor,  # (n_atoms,)
     ) -> torch.Tensor:
         """Per-atom energies (n_atoms,) eV of the shifted kernel on these pairs."""
+        return pair_energy_sum(
+            self.pair_energy(charges), graph, index, shifts, vectors, self.chunk_bytes
+        )
+
+    def pair_energy(self, charges: torch.Tensor) -> PairEnergy:
+        """The shifted kernel's directed pair energies (i, j, d) -> (n,) eV.
+
+        Half of each pair's energy (the share of centre i); for
+        :func:`~.pair_chunks.pair_energy_sums`, which SO3LR shares with
+        dispersion (one distance per pair for both terms).
+
+        Args:
+            charges: (n_atoms,) partial charge of every atom, e.
+        """
 
         def pair_energy(i, j, d):
             return 0.5 * KE * charges[i] * charges[j] * self.pair_kernel(d)
 
-        return pair_energy_sum(
-            pair_energy, graph, index, shifts, vectors, self.chunk_bytes
-        )
+        return pair_energy
 
     @staticmethod
     def _select(
@@ -176,8 +189,12 @@ class Electrostatics(nn.Module):
         vectors = None if lr_vectors is None else lr_vectors[keep]
         return graph.lr_edge_index[:, keep], graph.lr_edge_shifts[keep], vectors
 
-    def _periodic_graphs(self, graph: AtomicGraph) -> torch.Tensor | None:
-        """(n_graphs,) bool: which structures get the Ewald/PME sum; None: none."""
+    def periodic_graphs(self, graph: AtomicGraph) -> torch.Tensor | None:
+        """(n_graphs,) bool: which structures get the Ewald/PME sum; None: none.
+
+        With None, :meth:`forward` is the shifted kernel (:meth:`pair_energy`) on
+        all pairs.
+        """
         if self.periodic is None or is_tracing():
             # traced (compiled) calls get no 3D-periodic structure:
             # SO3LR.compiled_accepts sends those to the eager model

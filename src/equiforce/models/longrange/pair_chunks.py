@@ -16,6 +16,12 @@ the centre atoms, and only that per-atom sum outlives it:
   repeats the same operations) and differentiable twice (training with forces);
 - without gradients the slices simply run one after another.
 
+Several terms on the same pairs (SO3LR's dispersion and shifted Coulomb) share
+one pass (:func:`pair_energy_sums`): each slice's distances are computed once
+for all of them. With ``both_ways`` the pairs are the first half of a paired
+list (``AtomicGraph.edges_paired``: pair P + k reverses pair k), each standing
+for itself and its reverse: its energy goes to both atoms (half the pair work).
+
 Memory is O(n_atoms + chunk) beyond the pair list itself. A pair list that fits
 in one chunk, a traced (compiled) call and ``torch.func`` transforms (which do
 not support checkpointing) take the single-slice path: the same operations as
@@ -24,14 +30,14 @@ before, no overhead for molecules.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import torch
 from torch.utils.checkpoint import checkpoint
 
 from equiforce.data.graph import AtomicGraph
+from equiforce.models.longrange.switch import pair_sum
 from equiforce.nn.efa import is_tracing
-from equiforce.nn.scatter import scatter_sum
 
 #: Default memory budget of one chunk's per-pair intermediates, bytes.
 DEFAULT_CHUNK_BYTES: int = 256 * 2**20
@@ -80,11 +86,32 @@ def pair_energy_sum(
     shifts: torch.Tensor | None,  # (n, 3)
     vectors: torch.Tensor | None = None,  # (n, 3)
     chunk_bytes: int = DEFAULT_CHUNK_BYTES,
+    both_ways: bool = False,
 ) -> torch.Tensor:
     """Σ_j pair_energy(i, j, d_ij) to every centre i: (n_atoms,) eV.
 
+    One term of :func:`pair_energy_sums` (arguments as there).
+    """
+    return pair_energy_sums(
+        [pair_energy], graph, index, shifts, vectors, chunk_bytes, both_ways
+    )[0]
+
+
+def pair_energy_sums(
+    pair_energies: Sequence[PairEnergy],
+    graph: AtomicGraph,
+    index: torch.Tensor,  # (2, n)
+    shifts: torch.Tensor | None,  # (n, 3)
+    vectors: torch.Tensor | None = None,  # (n, 3)
+    chunk_bytes: int = DEFAULT_CHUNK_BYTES,
+    both_ways: bool = False,
+) -> list[torch.Tensor]:
+    """Per-atom sums (n_atoms,) eV of each term's pair energies, one pass.
+
     Args:
-        pair_energy: the directed pair energies of a slice (:data:`PairEnergy`).
+        pair_energies: the terms' directed pair energies of a slice
+            (:data:`PairEnergy`); each slice's distances are computed once
+            and handed to all of them.
         graph: the structures (positions, cells, atoms' structure index),
             possibly strained (forces and stress differentiate through it).
         index: the pairs, row 0 the centres i.
@@ -92,12 +119,16 @@ def pair_energy_sum(
         vectors: their pair vectors, if already computed; None: computed from
             ``graph.positions``, ``graph.cell`` and ``shifts`` slice by slice
             (the memory-saving path).
-        chunk_bytes: memory budget of one slice (:func:`chunk_size`).
+        chunk_bytes: memory budget of one slice (:func:`chunk_size`) for all
+            terms together.
+        both_ways: each pair stands for itself and its reverse (the first
+            half of a paired list): its energy goes to i and to j. Else to i
+            only (the reverse is listed apart).
     """
     n_atoms, n_pairs = graph.num_nodes, index.shape[1]
     positions = graph.positions
 
-    def run(start: int, stop: int) -> torch.Tensor:
+    def run(start: int, stop: int) -> tuple[torch.Tensor, ...]:
         idx = index[:, start:stop]
         if vectors is None:
             vec = pair_vectors(
@@ -106,20 +137,27 @@ def pair_energy_sum(
         else:
             vec = vectors[start:stop]
         d = torch.linalg.vector_norm(vec, dim=-1)  # (n,)
-        return scatter_sum(pair_energy(idx[0], idx[1], d), idx[0], n_atoms)
+        return tuple(
+            pair_sum(f(idx[0], idx[1], d), idx, n_atoms, both_ways)
+            for f in pair_energies
+        )
 
-    step = chunk_size(chunk_bytes, positions.dtype)
+    # the budget is for every term's intermediates together
+    step = chunk_size(chunk_bytes // max(1, len(pair_energies)), positions.dtype)
     if n_pairs <= step or is_tracing() or _transformed():
-        return run(0, n_pairs)
+        return list(run(0, n_pairs))
     grad = torch.is_grad_enabled()
-    total = None
+    totals = None
     for start in range(0, n_pairs, step):
         stop = min(start + step, n_pairs)
         if grad:
-            part = checkpoint(
+            parts = checkpoint(
                 run, start, stop, use_reentrant=False, preserve_rng_state=False
             )
         else:
-            part = run(start, stop)
-        total = part if total is None else total + part
-    return total
+            parts = run(start, stop)
+        if totals is None:
+            totals = list(parts)
+        else:
+            totals = [t + p for t, p in zip(totals, parts, strict=True)]
+    return totals

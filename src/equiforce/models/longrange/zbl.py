@@ -16,9 +16,8 @@ import torch
 from torch import nn
 
 from equiforce.data.graph import AtomicGraph
-from equiforce.models.longrange.switch import BOHR, KE, smooth_step
+from equiforce.models.longrange.switch import BOHR, KE, pair_sum, smooth_step
 from equiforce.nn.radial import Cutoff
-from equiforce.nn.scatter import scatter_sum
 
 #: Universal ZBL screening parameters (Ziegler, Biersack, Littmark 1985).
 ZBL_A: tuple[float, ...] = (3.2, 0.9423, 0.4028, 0.2016)
@@ -55,12 +54,16 @@ class ZBLRepulsion(nn.Module):
         a, c = softplus(self.a_raw), softplus(self.c_raw)  # (4,)
         c = c / c.sum()
         p, b = softplus(self.p_raw), softplus(self.b_raw)
-        i, j = graph.edge_index[0], graph.edge_index[1]
-        d = torch.linalg.vector_norm(edge_vectors, dim=-1)  # (n_edges,)
+        index = graph.edge_index  # (2, n_edges)
+        if graph.edges_paired:  # symmetric in (i, j): each unordered pair once
+            half = index.shape[1] // 2
+            index, edge_vectors = index[:, :half], edge_vectors[:half]
+        i, j = index[0], index[1]
+        d = torch.linalg.vector_norm(edge_vectors, dim=-1)  # (n,)
         z = graph.atomic_numbers.to(d.dtype)
         z_i, z_j = z[i], z[j]
         coulomb = KE * self.cutoff_fn(d) * z_i * z_j / d.clamp_min(1e-6)
-        x = d * (z_i.pow(p) + z_j.pow(p)) * b  # (n_edges,)
+        x = d * (z_i.pow(p) + z_j.pow(p)) * b  # (n,)
         screening = (c * torch.exp(-a * x[:, None])).sum(-1)
         e = smooth_step(d, 0.0, ZBL_SWITCH_OFF) * coulomb * screening / 2.0
-        return scatter_sum(e, i, graph.num_nodes)
+        return pair_sum(e, index, graph.num_nodes, graph.edges_paired)

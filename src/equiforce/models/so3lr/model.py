@@ -26,6 +26,7 @@ from equiforce.models.longrange import (
 )
 from equiforce.models.longrange.ewald import periodic_coulomb
 from equiforce.models.longrange.free_atoms import MAX_Z
+from equiforce.models.longrange.pair_chunks import pair_energy_sums
 from equiforce.models.so3krates.fast import NodeProjections
 from equiforce.models.so3krates.model import So3krates
 from equiforce.models.so3lr.config import SO3LRConfig
@@ -174,14 +175,36 @@ class SO3LR(So3krates):
             out[ZBL] = self.terms[ZBL](graph, vectors)
         q = h = None
         if self.lr_cutoff is not None:
-            # the terms compute the pair vectors themselves, in chunks of pairs
-            # for large structures (long-range/pair_chunks.py)
+            # electrostatics (shifted kernel) and dispersion are symmetric in
+            # (i, j): of a paired list (pair P + k reverses pair k) only the
+            # first half is evaluated, each pair's energy going to both atoms
+            # (half the pair work); both share one pass over the pairs, which
+            # computes each pair's distance once, in chunks for large
+            # structures (longrange/pair_chunks.py)
+            energies, names = [], []
             if ELECTROSTATICS in self.terms:
                 q = self.charges(graph, features)
-                out[ELECTROSTATICS] = self.terms[ELECTROSTATICS](graph, None, q)
+                term = self.terms[ELECTROSTATICS]
+                if term.periodic_graphs(graph) is None:
+                    energies.append(term.pair_energy(q))
+                    names.append(ELECTROSTATICS)
+                else:  # Ewald/PME (eager): its own pass, on the full list or none
+                    out[ELECTROSTATICS] = term(graph, None, q)
             if DISPERSION in self.terms:
                 h = self.hirshfeld_head(z, features)
-                out[DISPERSION] = self.terms[DISPERSION](graph, None, h)
+                energies.append(self.terms[DISPERSION].pair_energy(z, h))
+                names.append(DISPERSION)
+            if energies:
+                both_ways = graph.edges_paired
+                index, shifts = graph.lr_edge_index, graph.lr_edge_shifts
+                if both_ways:  # views: no copy of the pair list
+                    half = index.shape[1] // 2
+                    index, shifts = index[:, :half], shifts[:half]
+                sums = pair_energy_sums(
+                    energies, graph, index, shifts, None, self.pair_chunk_bytes,
+                    both_ways,
+                )  # fmt: skip
+                out.update(zip(names, sums, strict=True))
         if self._captured is not None:  # forward(properties=True): same features
             props = self._properties(graph, features, q, h)
             if not differentiable:
