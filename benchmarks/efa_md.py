@@ -7,8 +7,8 @@ MD needs the forces) are trained on the C₁₇H₄ twist scan (or reused when
 ``--out/runs/c17h4_{local,efa}`` holds a finished run). Each then runs NVE with
 the native engine (:func:`equiforce.md.runner.run_md`, what ``equiforce md``
 calls; velocity Verlet, 0.5 fs) from the rigid planar geometry
-(``examples/global/generate.py``, twist 0°) with 300 K Maxwell–Boltzmann
-velocities, for ``--time-ps`` or until ``--budget-minutes`` of wall time (the run
+(``examples/global/generate.py``, twist 0°, relaxed with the model by FIRE to
+0.01 eV/Å unless ``--no-relax``) with 300 K Maxwell–Boltzmann velocities, for ``--time-ps`` or until ``--budget-minutes`` of wall time (the run
 stops as on Ctrl-C, with its files and a checkpoint written).
 
 Recorded per model: energy drift (linear fit of the total energy, eV/atom/ps),
@@ -26,7 +26,7 @@ the reference prefers 90° (xTB: planar is 0.43 eV higher, rigid).
     PYTHONPATH=src nice -n 5 python benchmarks/efa_md.py --minutes 6 \\
         --budget-minutes 12 --out benchmarks/results/efa_md
 
-Writes ``--out/results.json``, ``--out/md_{local,efa}/`` (thermo.csv,
+Writes ``--out/results_{T}K.json``, ``--out/md_{local,efa}_{T}K/`` (thermo.csv,
 trajectory, result.json) and ``--plot`` (twist histograms, energy vs time).
 """
 
@@ -40,7 +40,6 @@ import platform
 import signal
 import sys
 import threading
-import time
 from datetime import date
 from pathlib import Path
 
@@ -49,9 +48,11 @@ import torch
 from ase import Atoms
 
 from equiforce.analysis.torsion import end_group_twist
+from equiforce.calculator import EquiforceCalculator
 from equiforce.data.io import read
 from equiforce.data.trajectory import read_trajectory
 from equiforce.md.config import MDConfig
+from equiforce.md.relax import relax
 from equiforce.md.runner import run_md, thermo_table
 from equiforce.models.registry import load_model
 
@@ -151,9 +152,23 @@ def model_profile(model, temperature: float) -> dict:
 
 def run_nve(model, kind: str, args: argparse.Namespace) -> dict:
     """NVE from the planar geometry; stops at ``--time-ps`` or the wall budget."""
-    out_dir = args.out / f"md_{kind}"
+    tag = "" if args.relax else "_rigid"
+    out_dir = args.out / f"md_{kind}_{args.temperature:g}K{tag}"
+    relaxed = {}
     if not (out_dir / "result.json").exists() or args.rerun:
         atoms = rigid_scan(np.array([0.0]))[0]
+        if args.relax:  # the model's planar stationary point (the twist stays 0°)
+            calc = EquiforceCalculator(model, compile=False)
+            summary, atoms = relax(
+                atoms, calc, fmax=0.01, steps=2000, progress_every=None
+            )
+            atoms.calc = None
+            relaxed = {
+                "relax_converged": summary.converged,
+                "relax_steps": summary.steps,
+                "relaxed_twist_deg": float(end_group_twist(atoms.positions, *ENDS)),
+            }
+            (out_dir.parent / f"relax_{kind}.json").write_text(json.dumps(relaxed))
         config = MDConfig(
             ensemble="nve",
             temperature=args.temperature,
@@ -178,10 +193,17 @@ def run_nve(model, kind: str, args: argparse.Namespace) -> dict:
     t_ps = thermo["time_fs"] / 1000.0
     n_atoms = 21
     total = thermo["total_eV"]
-    slope = np.polyfit(t_ps, total, 1)[0] if len(t_ps) > 2 else float("nan")
+    # a run stopped by the stability monitor: fit the drift before the failure
+    # (the last 100 fs before the event hold the blow-up itself)
+    end = min((e["time_fs"] for e in result["events"]), default=None)
+    keep = slice(None) if end is None else t_ps < end / 1000.0 - 0.1
+    slope = np.polyfit(t_ps[keep], total[keep], 1)[0] if len(t_ps) > 2 else np.nan
     traj = next(out_dir.glob("trajectory.*"))
     twist = end_group_twist(read_trajectory(traj).positions, *ENDS)
-    return {
+    relax_file = out_dir.parent / f"relax_{kind}.json"
+    if args.relax and relax_file.exists():
+        relaxed = json.loads(relax_file.read_text())
+    return relaxed | {
         "time_ps": float(t_ps[-1]),
         "steps": int(thermo["step"][-1]),
         "steps_per_s": result["steps_per_s"],
@@ -190,7 +212,8 @@ def run_nve(model, kind: str, args: argparse.Namespace) -> dict:
         "stable": bool(result["stable"]),
         "events": result["events"],
         "drift_eV_per_atom_ps": float(slope / n_atoms),
-        "total_energy_std_eV": float(total.std()),
+        "total_energy_std_eV": float(total[keep].std()),
+        "drift_fit_until_ps": float(t_ps[keep][-1]),
         "mean_temperature_K": float(thermo["temperature_K"].mean()),
         "twist_mean_deg": float(twist.mean()),
         "twist_hist": histogram(twist).tolist(),
@@ -203,7 +226,7 @@ def overlap(p: np.ndarray, q: np.ndarray) -> float:
     return float(np.minimum(p, q).sum())
 
 
-def plot(results: dict, ref: dict, path: Path) -> None:
+def plot(results: dict, ref: dict, path: Path, temperature: float) -> None:
     """Twist histograms against the reference; energies and twist vs time."""
     import matplotlib
 
@@ -213,7 +236,7 @@ def plot(results: dict, ref: dict, path: Path) -> None:
     fig, axes = plt.subplots(1, 3, figsize=(15, 4))
     centres = 0.5 * (BINS[1:] + BINS[:-1])
     ax = axes[0]
-    ax.plot(centres, ref["hist"] / 5.0, "k-", lw=2, label="xTB scan, Boltzmann 300 K")
+    ax.plot(centres, ref["hist"] / 5.0, "k-", lw=2, label="xTB scan, Boltzmann")
     for (kind, r), c in zip(results.items(), ("C3", "C0"), strict=False):
         ax.step(
             centres,
@@ -224,7 +247,7 @@ def plot(results: dict, ref: dict, path: Path) -> None:
         )
     ax.set_xlabel("end-group twist (°)")
     ax.set_ylabel("probability density (1/°)")
-    ax.set_title("C₁₇H₄ end-group twist, NVE from planar")
+    ax.set_title(f"C₁₇H₄ end-group twist, NVE from planar, {temperature:g} K")
     ax.legend(fontsize=7)
     for (kind, r), c in zip(results.items(), ("C3", "C0"), strict=False):
         t, pot, total, twist = r["_series"]
@@ -263,6 +286,12 @@ def main(argv: list[str] | None = None) -> int:
         help="compiled backend (aoti: minutes of build for the EFA model)",
     )
     p.add_argument("--rerun", action="store_true", help="redo finished MD runs")
+    p.add_argument(
+        "--no-relax",
+        dest="relax",
+        action="store_false",
+        help="start from the rigid construction instead of the model's relaxed one",
+    )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--out", type=Path, default=Path("benchmarks/results/efa_md"))
@@ -296,7 +325,7 @@ def main(argv: list[str] | None = None) -> int:
             f"scan E(90°)−E(0°) {prof['e90_minus_e0_eV']:+.3f} eV",
             flush=True,
         )
-    plot(results, ref, args.plot)
+    plot(results, ref, args.plot, args.temperature)
     meta = {
         "command": " ".join([Path(sys.argv[0]).name, *(argv or sys.argv[1:])]),
         "date": date.today().isoformat(),
@@ -305,6 +334,7 @@ def main(argv: list[str] | None = None) -> int:
         "torch": torch.__version__,
         "training_minutes": args.minutes,
         "extra_overrides": list(EXTRA),
+        "start": "model-relaxed planar" if args.relax else "rigid planar",
     }
     clean = {
         k: {x: v for x, v in r.items() if x != "_series"} for k, r in results.items()
@@ -318,11 +348,13 @@ def main(argv: list[str] | None = None) -> int:
         "temperature_K": args.temperature,
         "uniform_overlap": overlap(np.full(18, 1 / 18), ref["hist"]),
     }
-    (args.out / "results.json").write_text(
+    tag = "" if args.relax else "_rigid"
+    path = args.out / f"results_{args.temperature:g}K{tag}.json"
+    path.write_text(
         json.dumps(meta | {"reference": reference_out, "models": clean}, indent=1)
         + "\n"
     )
-    print(f"wrote {args.out / 'results.json'} and {args.plot}")
+    print(f"wrote {path} and {args.plot}")
     return 0
 
 
