@@ -206,7 +206,7 @@ def run_nve(model, kind: str, args: argparse.Namespace) -> dict:
     return relaxed | {
         "time_ps": float(t_ps[-1]),
         "steps": int(thermo["step"][-1]),
-        "steps_per_s_with_compile": result["steps_per_s"],
+        "steps_per_s": result["steps_per_s"],
         "wall_s": result["wall_s"],
         "stopped_by_budget": bool(result["interrupted"]),
         "stable": bool(result["stable"]),
@@ -318,7 +318,7 @@ def main(argv: list[str] | None = None) -> int:
         results[kind] = r
         print(
             f"{kind}: {r['time_ps']:.1f} ps ({r['steps']} steps, "
-            f"{r['steps_per_s_with_compile']:.0f} steps/s with compile), stable {r['stable']}, drift "
+            f"{r['steps_per_s']:.0f} steps/s), stable {r['stable']}, drift "
             f"{r['drift_eV_per_atom_ps']:.2e} eV/atom/ps, <T> "
             f"{r['mean_temperature_K']:.0f} K, twist mean {r['twist_mean_deg']:.1f}° "
             f"(reference {ref['mean_deg']:.1f}°), overlap {r['overlap']:.2f}; rigid "
