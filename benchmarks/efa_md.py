@@ -280,6 +280,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--models", nargs="+", choices=("local", "efa"), default=None)
     p.add_argument("--eager", action="store_true", help="no compiled model")
     p.add_argument(
+        "--equivariant-values",
+        type=int,
+        default=0,
+        help="EFA model: carry Euclidean variables as values, C channels "
+        "(global_attention.equivariant_values; use another --out)",
+    )
+    p.add_argument(
         "--backend",
         choices=("inductor", "aoti"),
         default="inductor",
@@ -310,7 +317,11 @@ def main(argv: list[str] | None = None) -> int:
     )
     results = {}
     for kind in args.models or ("local", "efa"):
-        best = run_model(kind, "c17h4", args.minutes, args.out, args.threads, EXTRA)
+        extra = EXTRA
+        if kind == "efa" and args.equivariant_values:
+            key = "model.overrides.global_attention.equivariant_values"
+            extra = (*EXTRA, f"{key}={args.equivariant_values}")
+        best = run_model(kind, "c17h4", args.minutes, args.out, args.threads, extra)
         model = load_model(best)
         prof = model_profile(model, args.temperature)
         r = run_nve(model, kind, args) | {"rigid_scan": prof}
@@ -334,6 +345,7 @@ def main(argv: list[str] | None = None) -> int:
         "torch": torch.__version__,
         "training_minutes": args.minutes,
         "extra_overrides": list(EXTRA),
+        "efa_equivariant_values": args.equivariant_values,
         "start": "model-relaxed planar" if args.relax else "rigid planar",
     }
     clean = {

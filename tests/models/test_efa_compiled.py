@@ -32,10 +32,11 @@ EFA = {
 }
 
 
-def efa_model(degrees: tuple[int, ...] | None):
+def efa_model(degrees: tuple[int, ...] | None, equivariant_values: int = 0):
     """Tiny float64 So3krates with a live EFA branch of these output degrees
-    (None: the local model)."""
-    extra = {} if degrees is None else {"global_attention": {**EFA, "degrees": degrees}}
+    (None: the local model), optionally carrying Euclidean variables."""
+    efa = {**EFA, "degrees": degrees, "equivariant_values": equivariant_values}
+    extra = {} if degrees is None else {"global_attention": efa}
     model = equiforce.build_model(
         "so3krates", dtype=torch.float64, seed=3, **TINY_SO3KRATES, **extra
     )
@@ -67,14 +68,18 @@ def assert_matches_eager(atomic_energies, forces, model, graph, rtol=1e-10):
 
 
 @pytest.mark.parametrize(
-    "degrees",
+    ("degrees", "equivariant_values"),
     [
-        pytest.param(None, id="local"),
-        pytest.param((0,), id="efa-l0", marks=pytest.mark.slow),  # l012 covers it
-        pytest.param((0, 1, 2), id="efa-l012"),
+        pytest.param(None, 0, id="local"),
+        # the default-suite case covers these two (same summation path)
+        pytest.param((0,), 0, id="efa-l0", marks=pytest.mark.slow),
+        pytest.param((0, 1, 2), 0, id="efa-l012", marks=pytest.mark.slow),
+        pytest.param((0, 1, 2), 2, id="efa-l012-ev"),
     ],
 )
-def test_exported_graph_serves_every_structure_count_and_equals_eager(degrees):
+def test_exported_graph_serves_every_structure_count_and_equals_eager(
+    degrees, equivariant_values
+):
     """The graph the AOTInductor backend compiles (traced from two copies of one
     molecule, as ``CompiledPotential`` does, then exported with dynamic sizes)
     equals the eager model for one, two and three structures, float64, to 1e-10
@@ -82,8 +87,9 @@ def test_exported_graph_serves_every_structure_count_and_equals_eager(degrees):
     shaping it shared a symbol with edge_index's leading 2, and three structures
     failed in the EFA's one-hot sum; ``one_hot`` and a traced ``n_graphs <= 4``
     also fixed it) and any traced EFA path that differs from eager. The local
-    model checks that tracing without duck shaping still exports it."""
-    model = efa_model(degrees)
+    model checks that tracing without duck shaping still exports it; ``-ev``
+    carries Euclidean variables as values (``equivariant_values``)."""
+    model = efa_model(degrees, equivariant_values)
     fast = CompiledPotential(model, backend="aoti")
     first = batches()[0]
     fn = fast._aoti_function(first.edges_paired)
