@@ -2,14 +2,14 @@
 
 Issue 20's MD check. The two models of ``benchmarks/global_study.py`` (its
 ``run_model``: the ``examples/global_cumulene{_local,}.yaml`` configs with the
-C₁₇H₄ settings of its ``SCANS``; here forces weighted 0.1 instead of 0.01, since
-MD needs the forces) are trained on the C₁₇H₄ twist scan (or reused when
+C₁₇H₄ settings of its ``SCANS``; ``--override`` adds config overrides) are trained on the C₁₇H₄ twist scan (or reused when
 ``--out/runs/c17h4_{local,efa}`` holds a finished run). Each then runs NVE with
 the native engine (:func:`equiforce.md.runner.run_md`, what ``equiforce md``
 calls; velocity Verlet, 0.5 fs) from the rigid planar geometry
 (``examples/global/generate.py``, twist 0°, relaxed with the model by FIRE to
-0.01 eV/Å unless ``--no-relax``) with 300 K Maxwell–Boltzmann velocities, for ``--time-ps`` or until ``--budget-minutes`` of wall time (the run
-stops as on Ctrl-C, with its files and a checkpoint written).
+0.01 eV/Å unless ``--no-relax``) with 300 K Maxwell–Boltzmann velocities, for
+``--time-ps`` or until ``--budget-minutes`` of wall time (the run stops as on
+Ctrl-C, with its files and a checkpoint written).
 
 Recorded per model: energy drift (linear fit of the total energy, eV/atom/ps),
 the stability monitor's verdict, and the end-group twist per frame
@@ -62,8 +62,8 @@ from global_study import DATA, ROOT, SCANS, predict, run_model  # noqa: E402
 K_B = 8.617333262e-5  # eV/K
 #: C₁₇H₄ as built by examples/global/generate.py: C 0…16, H 17, 18 on C 0, H 19, 20 on C 16.
 ENDS = ((0, 17, 18), (16, 19, 20))
-#: the MD models need forces; global_study's configs weight them 0.01.
-EXTRA = ("training.forces_weight=0.1",)
+#: overrides of global_study's configs for the MD models (none: they weight forces 1.0)
+EXTRA: tuple[str, ...] = ()
 BINS = np.linspace(0.0, 90.0, 19)  # 5° bins
 
 
@@ -280,11 +280,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--models", nargs="+", choices=("local", "efa"), default=None)
     p.add_argument("--eager", action="store_true", help="no compiled model")
     p.add_argument(
-        "--equivariant-values",
-        type=int,
-        default=0,
-        help="EFA model: carry Euclidean variables as values, C channels "
-        "(global_attention.equivariant_values; use another --out)",
+        "--override",
+        action="append",
+        default=[],
+        help="extra training-config override key=value (repeatable; use another --out)",
     )
     p.add_argument(
         "--backend",
@@ -317,10 +316,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     results = {}
     for kind in args.models or ("local", "efa"):
-        extra = EXTRA
-        if kind == "efa" and args.equivariant_values:
-            key = "model.overrides.global_attention.equivariant_values"
-            extra = (*EXTRA, f"{key}={args.equivariant_values}")
+        extra = (*EXTRA, *args.override)
         best = run_model(kind, "c17h4", args.minutes, args.out, args.threads, extra)
         model = load_model(best)
         prof = model_profile(model, args.temperature)
@@ -345,7 +341,7 @@ def main(argv: list[str] | None = None) -> int:
         "torch": torch.__version__,
         "training_minutes": args.minutes,
         "extra_overrides": list(EXTRA),
-        "efa_equivariant_values": args.equivariant_values,
+        "overrides": args.override,
         "start": "model-relaxed planar" if args.relax else "rigid planar",
     }
     clean = {
