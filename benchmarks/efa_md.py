@@ -155,9 +155,12 @@ def run_nve(model, kind: str, args: argparse.Namespace) -> dict:
     tag = "" if args.relax else "_rigid"
     out_dir = args.out / f"md_{kind}_{args.temperature:g}K{tag}"
     relaxed = {}
-    if not (out_dir / "result.json").exists() or args.rerun:
-        atoms = rigid_scan(np.array([0.0]))[0]
-        if args.relax:  # the model's planar stationary point (the twist stays 0°)
+    resume = args.resume and (out_dir / "md_state.pt").exists()
+    if resume or not (out_dir / "result.json").exists() or args.rerun:
+        atoms = rigid_scan(np.array([0.0]))[0]  # (resume: the state is loaded)
+        if (
+            args.relax and not resume
+        ):  # the model's planar stationary point (the twist stays 0°)
             calc = EquiforceCalculator(model, compile=False)
             summary, atoms = relax(
                 atoms, calc, fmax=0.01, steps=2000, progress_every=None
@@ -185,7 +188,15 @@ def run_nve(model, kind: str, args: argparse.Namespace) -> dict:
         )
         timer.start()
         try:
-            run_md(model, [atoms], config, out_dir, progress=True, overwrite=True)
+            run_md(
+                model,
+                [atoms],
+                config,
+                out_dir,
+                resume=resume,
+                progress=True,
+                overwrite=not resume,
+            )
         finally:
             timer.cancel()
     result = json.loads((out_dir / "result.json").read_text())
@@ -292,6 +303,11 @@ def main(argv: list[str] | None = None) -> int:
         help="compiled backend (aoti: minutes of build for the EFA model)",
     )
     p.add_argument("--rerun", action="store_true", help="redo finished MD runs")
+    p.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue MD runs stopped by the budget (towards --time-ps)",
+    )
     p.add_argument(
         "--no-relax",
         dest="relax",
