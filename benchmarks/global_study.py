@@ -91,8 +91,18 @@ def score(pred: np.ndarray, ref: np.ndarray) -> dict[str, float]:
     return {"mae": float(np.abs(d).mean()), "rmse": float(np.sqrt(np.mean(d * d)))}
 
 
-def run_model(kind: str, scan: str, minutes: float, out: Path, threads: int) -> Path:
-    """Train (or reuse) one model on one scan; returns its best.pt."""
+def run_model(
+    kind: str,
+    scan: str,
+    minutes: float,
+    out: Path,
+    threads: int,
+    extra: tuple[str, ...] = (),
+) -> Path:
+    """Train (or reuse) one model on one scan; returns its best.pt.
+
+    ``extra``: further config overrides (``key=value``), applied last.
+    """
     stem, _, r_max, b, order, degrees = SCANS[scan]
     run_dir = out / "runs" / f"{scan}_{kind}"
     best = run_dir / "best.pt"
@@ -113,7 +123,7 @@ def run_model(kind: str, scan: str, minutes: float, out: Path, threads: int) -> 
             f"model.overrides.global_attention.lebedev_order={order}",
             f"model.overrides.global_attention.degrees={degrees}",
         ]
-    config = load_config(CONFIGS[kind], overrides)
+    config = load_config(CONFIGS[kind], [*overrides, *extra])
     best = train(config, run_dir, progress=False)
     (run_dir / "done").write_text("")
     return best

@@ -127,6 +127,19 @@ def trace(
     return make_fx(fn, tracing_mode="symbolic", _allow_non_fake_inputs=True)(*example)
 
 
+def export(
+    gm: torch.fx.GraphModule, example: Sequence[torch.Tensor], dims: Sequence[int]
+) -> torch.export.ExportedProgram:
+    """``gm`` exported with the size of dimension ``dims[k]`` of input k dynamic.
+
+    What :func:`build` compiles; ``.module()`` runs it in Python (tests compare
+    it with eager without the minutes of a C++ build).
+    """
+    dynamic = torch.export.Dim.DYNAMIC
+    shapes = tuple({d: dynamic} for d in dims)
+    return torch.export.export(gm, tuple(example), dynamic_shapes=shapes, strict=False)
+
+
 def build(
     gm: torch.fx.GraphModule,
     example: Sequence[torch.Tensor],
@@ -145,11 +158,7 @@ def build(
         extra_options: Inductor options added to :data:`AOTI_OPTIONS` (e.g. the
             package's ``aot_inductor.metadata``).
     """
-    dynamic = torch.export.Dim.DYNAMIC
-    shapes = tuple({d: dynamic} for d in dims)
-    program = torch.export.export(
-        gm, tuple(example), dynamic_shapes=shapes, strict=False
-    )
+    program = export(gm, example, dims)
     path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
     with atomic_path(path) as tmp:
         torch._inductor.aoti_compile_and_package(

@@ -188,19 +188,20 @@ class CompiledPotential:
 
     @contextlib.contextmanager
     def _trace_context(self) -> Iterator[None]:
-        """The model's inference caches; for graph inputs, sizes traced apart.
+        """The model's inference caches; sizes traced apart.
 
-        ``make_fx`` gives equal sizes one symbol ("duck shaping"): with long-range
-        pairs, charge and spin, the example's structure count equals edge_index's
-        leading 2 and its long-range pair count may equal the short-range one, and
-        the library would be fixed to those sizes.
+        ``make_fx`` gives equal sizes one symbol ("duck shaping"): the example's
+        structure count (2) equals edge_index's static leading 2, and a long-range
+        pair count may equal the short-range one; a size read from the wrong input
+        fixes the library to it. Models that use the structure count inside the
+        traced function (the EFA's per-structure sums, SO3LR's charge and spin)
+        then failed for three structures, so duck shaping is off for every model.
         """
         with contextlib.ExitStack() as stack:
-            stack.enter_context(self.model.inference_tables())
-            if self.compiled_inputs:
-                from torch.fx.experimental import _config as fx_config
+            from torch.fx.experimental import _config as fx_config
 
-                stack.enter_context(fx_config.patch(use_duck_shape=False))
+            stack.enter_context(self.model.inference_tables())
+            stack.enter_context(fx_config.patch(use_duck_shape=False))
             yield
 
     def _run_aoti(self, graph: AtomicGraph, args: tuple) -> tuple | None:

@@ -240,7 +240,8 @@ def euclidean_rope_integrals(
     rows = grid_weights.t().repeat_interleave(d_qk, 0) / math.sqrt(d_qk)  # (M·D_qk, C)
     if n_graphs == 1:
         return (q_rot @ _fold_weights(k_rot.t() @ v, rows)).view(n, c, -1)
-    if n_graphs <= ONE_PRODUCT_MAX_GRAPHS or is_tracing():
+    # is_tracing() first: a traced n_graphs <= 4 would guard the structure count
+    if is_tracing() or n_graphs <= ONE_PRODUCT_MAX_GRAPHS:
         y = _one_product(q_rot, k_rot, v, graph_index, n_graphs, rows)
         return y.view(n, c, -1)
     # eager, many structures: slice by slice (graph_index is sorted)
@@ -270,7 +271,9 @@ def _one_product(
     """
     n, d_v = v.shape
     c = rows.shape[1]
-    onehot = torch.nn.functional.one_hot(graph_index, n_graphs).to(v.dtype)  # (N, G)
+    # (one_hot would fix a traced structure count to the example's)
+    structures = torch.arange(n_graphs, device=graph_index.device)
+    onehot = (graph_index[:, None] == structures).to(v.dtype)  # (N, G)
     v_block = (onehot[:, :, None] * v[:, None, :]).reshape(n, -1)  # (N, G·D_v)
     s = k_rot.t() @ v_block  # (M·D_qk, G·D_v)
     y_all = (q_rot @ _fold_weights(s, rows)).view(n, c, n_graphs, d_v)
