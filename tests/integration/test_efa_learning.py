@@ -20,7 +20,6 @@ import math
 from pathlib import Path
 
 import numpy as np
-import pytest
 import torch
 
 from equiforce import keys
