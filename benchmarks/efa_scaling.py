@@ -59,7 +59,10 @@ EFA = {
     "zero_init": False,
 }
 SIZES = [100, 300, 1000, 3000, 10000, 30000, 100000]
-MODELS = ["local", "efa", "dense"]
+#: ``efa_values``: EFA carrying the Euclidean variables too (``equivariant_values``
+#: 4, the setting of examples/global_cumulene.yaml)
+MODELS = ["local", "efa", "efa_values", "dense"]
+VALUES = 4
 GIB = 1024**3
 
 
@@ -108,6 +111,8 @@ def build(kind: str):
     if kind == "dense":
         efa.euclidean_rope_integrals = dense_integrals  # the block calls it by name
     ga = None if kind == "local" else EFA
+    if kind == "efa_values":
+        ga = EFA | {"equivariant_values": VALUES}
     return build_model(
         "so3krates", dtype=torch.float32, seed=0, global_attention=ga
     ).eval()
@@ -159,12 +164,14 @@ def worker(kind: str, n: int, repeats: int, budget_s: float) -> dict:
         block = model.global_attention["0"]
         feats = torch.randn(len(z), 128)
         p = graph.positions.detach()
+        ev = torch.randn(len(z), model.m_tot) if block.ev_gate is not None else None
 
         def block_call() -> None:
             f = feats.clone().requires_grad_(True)
             x = p.clone().requires_grad_(True)
-            y = block(f, x, graph.graph_index, graph.n_atoms)[0]
-            torch.autograd.grad(y.square().sum(), (f, x))
+            outs = block(f, x, graph.graph_index, graph.n_atoms, ev)
+            loss = sum(o.square().sum() for o in outs if o is not None)
+            torch.autograd.grad(loss, (f, x))
 
         _, btimes, bcpu = timed(block_call, repeats, budget_s / 2)
         row["block_s"] = statistics.median(btimes)
@@ -267,7 +274,7 @@ def summarise(rows: list[dict]) -> dict:
         if m != "local":
             out[f"{m}_block_cpu_s_exponent"] = fit_exponent(rs, "block_cpu_s")
     loc = {r["n_atoms"]: r for r in by["local"]}
-    for r in by["efa"] + by["dense"]:
+    for r in by["efa"] + by["efa_values"] + by["dense"]:
         base = loc.get(r["n_atoms"])
         if base and "call_cpu_s" in r and "call_cpu_s" in base:
             r["added_vs_local"] = r["call_cpu_s"] / base["call_cpu_s"] - 1.0
@@ -285,10 +292,11 @@ def plot(data: dict, path: Path) -> None:
     labels = {
         "local": "local So3krates",
         "efa": "+ EFA (50 pts)",
+        "efa_values": "+ EFA, Euclidean values",
         "dense": "+ dense O(N²)",
     }
     for m, style, col in zip(
-        MODELS, ["o-", "s-", "^--"], ["C0", "C1", "C2"], strict=True
+        MODELS, ["o-", "s-", "d-", "^--"], ["C0", "C1", "C3", "C2"], strict=True
     ):
         rs = [r for r in data["rows"] if r["model"] == m and "call_cpu_s" in r]
         n = [r["n_atoms"] for r in rs]
