@@ -18,6 +18,7 @@ from equiforce.config import DataSource
 from equiforce.data.graph import AtomicGraph
 from equiforce.md.config import MDConfig
 from equiforce.md.runner import run_md, thermo_table
+from equiforce.models.registry import load_model
 from equiforce.potential import Potential
 from equiforce.testing import random_orthogonal
 from equiforce.train.evaluate import evaluate
@@ -30,6 +31,7 @@ from equiforce.uncertainty import (
     save_latent,
 )
 from equiforce.uncertainty.density import fit_error_scale, fit_mixture
+from equiforce.uncertainty.latent import weights_digest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "train"))
 from _train_helpers import ETHANOL, make_tiny_config  # noqa: E402
@@ -64,6 +66,18 @@ def test_one_component_is_the_gaussian_of_the_standardised_features():
     probe = x[:7] + 0.5
     z_probe = (probe - x.mean(0)) / x.std(0)
     torch.testing.assert_close(density.nll(probe), -ref.log_prob(z_probe))
+
+
+def test_cached_maps_follow_replaced_buffers():
+    # fails if the cached affine map keeps a buffer that was replaced rather
+    # than edited in place (a new tensor starts again at version 0)
+    gen = torch.Generator().manual_seed(1)
+    x = torch.randn(200, 4, generator=gen, dtype=torch.float64)
+    density = fit_mixture(x, n_components=1)
+    before = density.distance(x[:3])
+    density.nll0 = density.nll0 + 2.0  # a new tensor, version 0
+    after = density.distance(x[:3])
+    torch.testing.assert_close(after - before, torch.full_like(before, -1.0))
 
 
 def test_two_clusters_are_found_and_their_gap_scores_high():
@@ -217,6 +231,23 @@ def test_fit_command_writes_a_file_that_load_ensemble_uses(tmp_path):
     scores = json.loads((tmp_path / "eval" / "uncertainty.json").read_text())
     assert math.isfinite(scores["spearman_max_force"])
     assert scores["spearman_energy"] is None
+    # fitted to last.pt, latent.pt names last.pt (it used to load best.pt without
+    # any uncertainty, silently)
+    assert main([*fit, "--model-file", "last.pt"]) == 0
+    named = load_ensemble(run / "latent.pt")
+    assert isinstance(named, LatentUncertainty)
+    assert weights_digest(named.model) == weights_digest(load_model(run / "last.pt"))
+    # a stale latent.pt (the model changed since the fit) does not block loading
+    # the run for plain use; named explicitly it is an error
+    assert main(fit) == 0
+    stale = load_model(run / "last.pt")
+    with torch.no_grad():
+        next(stale.parameters()).add_(0.01)
+    stale.save(run / "best.pt")
+    with pytest.warns(UserWarning, match="other model weights"):
+        assert not isinstance(load_ensemble(run), LatentUncertainty)
+    with pytest.raises(EnsembleError, match="other model weights"):
+        load_ensemble(run / "latent.pt")
 
 
 def test_graph_batches_score_each_structure(latent):

@@ -106,3 +106,25 @@ def test_padded_topology_is_reused_with_new_positions():
     assert fast._pad_cache[0] is g.edge_index  # the cache was used
     torch.testing.assert_close(out["forces"], model(g)["forces"], rtol=0, atol=1e-12)
     assert (out["forces"] - first).abs().max() > 1e-4
+
+
+def test_padded_topology_is_reused_with_a_new_cell():
+    """NPT strains the cell while the list stays valid: the cached padding takes
+    the new cell too (it kept the old one: stale energies and stress)."""
+    model = equiforce.build_model(
+        "so3krates", dtype=torch.float64, seed=2, **TINY_SO3KRATES
+    ).eval()
+    fast = CompiledPotential(model, compile=False, pad=True)
+    pos, z, cell = random_crystal(np.random.default_rng(5), n_atoms=6)
+    g = AtomicGraph.from_arrays(
+        pos, z, model.cutoff, dtype=torch.float64, cell=cell, pbc=np.ones(3, bool)
+    )
+    fast(g, stress=True)
+    strain = torch.eye(3, dtype=torch.float64) * 1.002
+    g.positions = g.positions @ strain
+    g.cell = g.cell @ strain
+    out = fast(g, stress=True)
+    assert fast._pad_cache[0] is g.edge_index  # the cache was used
+    ref = model(g, compute_stress=True)
+    torch.testing.assert_close(out["energy"], ref["energy"], rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(out["stress"], ref["stress"], rtol=1e-10, atol=1e-12)

@@ -302,12 +302,21 @@ class CompiledPotential:
         return restore_atom_order(out, order[1])
 
     def _padded(self, graph: AtomicGraph) -> AtomicGraph:
-        """``graph`` padded to buckets; MD reuses one topology, so it is cached."""
+        """``graph`` padded to buckets; MD reuses one topology, so it is cached.
+
+        A cached padding takes the new positions and cells (NPT strains the
+        cell while the neighbour list, hence ``edge_index``, stays valid).
+        """
         cached = self._pad_cache
         if cached is not None and cached[0] is graph.edge_index:
             padded = cached[1]
             ghosts = padded.positions[graph.num_nodes :]
-            return replace(padded, positions=torch.cat([graph.positions, ghosts]))
+            ghost_cells = padded.cell[graph.cell.shape[0] :]
+            return replace(
+                padded,
+                positions=torch.cat([graph.positions, ghosts]),
+                cell=torch.cat([graph.cell, ghost_cells]),
+            )
         padded = pad_to_buckets(graph, self.model.cutoff)
         self._pad_cache = (graph.edge_index, padded)
         return padded

@@ -34,7 +34,10 @@ def config_fingerprint(config: EquiforceConfig) -> str:
     member anyway. A changed model or dataset, however, would leave members of
     two different committees side by side in one directory.
     """
-    shared = config.model_dump(mode="json", include={"data", "model"})
+    # defaults left out: a new optional key in a later version changes nothing
+    shared = config.model_dump(
+        mode="json", include={"data", "model"}, exclude_defaults=True
+    )
     text = json.dumps(shared, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 

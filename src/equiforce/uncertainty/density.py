@@ -76,9 +76,10 @@ class FeatureDensity(nn.Module):
         """W (D, C·D), b (C·D,) with y_c = x W_c − b_c the whitened offsets, cached.
 
         Standardisation folded in: y_c = ((x − shift)/scale − μ_c) U_c. Cached
-        per dtype and device until a buffer changes (its version counter).
+        per dtype and device until a buffer changes in place (its version
+        counter) or is replaced (its storage).
         """
-        key = (dtype, device, *(b._version for b in self.buffers()))
+        key = (dtype, device, *_state(self.buffers()))
         cache = self.__dict__.get("_affine_cache")
         if cache is None or cache[0] != key:
             c, d = self.n_components, self.n_features
@@ -106,7 +107,7 @@ class ErrorScale(nn.Module):
 
     def forward(self, u: torch.Tensor) -> torch.Tensor:
         """Predicted per-atom force error (n_atoms,) eV/Å, in the dtype of u."""
-        key = (self.prefactor._version, self.exponent._version)
+        key = tuple(_state((self.prefactor, self.exponent)))
         cache = self.__dict__.get("_floats")
         if cache is None or cache[0] != key:  # no .item() sync at every call
             cache = (key, float(self.prefactor), float(self.exponent))
@@ -227,3 +228,8 @@ def _kmeans_resp(x: torch.Tensor, c: int, seed: int, iters: int = 20) -> torch.T
                 centres[k] = members.mean(0)
     label = torch.cdist(x, centres).argmin(1)
     return torch.nn.functional.one_hot(label, c).to(x.dtype)
+
+
+def _state(tensors) -> list[tuple[int, int]]:
+    """(storage address, version) per tensor: changes when one is edited or replaced."""
+    return [(t.data_ptr(), t._version) for t in tensors]

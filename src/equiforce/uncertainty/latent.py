@@ -46,6 +46,8 @@ from equiforce.uncertainty.ensemble import EnsembleError, WrapsModel
 
 #: the file ``equiforce uncertainty fit`` writes beside the model file
 LATENT_FILE = "latent.pt"
+#: training atoms the mixture is fitted on at most (a random subsample beyond)
+MAX_FIT_ATOMS = 200_000
 FORMAT = "equiforce-latent-uncertainty"
 VERSION = 1
 
@@ -178,6 +180,7 @@ def fit_latent(
     valid_batches: Iterable[AtomicGraph],
     n_components: int = 8,
     seed: int = 0,
+    max_atoms: int = MAX_FIT_ATOMS,
 ) -> tuple[LatentUncertainty, dict]:
     """Fit the mixture on training features and the error map on validation atoms.
 
@@ -186,7 +189,10 @@ def fit_latent(
         train_batches: batches of the training structures (labels not needed).
         valid_batches: batches with force labels (``targets['forces']``).
         n_components: Gaussian components C.
-        seed: initialisation of the mixture.
+        seed: initialisation of the mixture and of the subsample.
+        max_atoms: training atoms the mixture is fitted on at most (a seeded
+            random subsample beyond it): the EM steps hold (atoms, C, F)
+            float64 arrays, 8 GB at 10⁶ atoms, C = 8, F = 128.
 
     Returns:
         the wrapped model and a summary (atoms used, exponent, prefactor,
@@ -194,6 +200,10 @@ def fit_latent(
     """
     model = model.eval()
     train = torch.cat([_features(model, b) for b in train_batches])
+    n_all = int(train.shape[0])
+    if n_all > max_atoms:
+        pick = torch.randperm(n_all, generator=torch.Generator().manual_seed(seed))
+        train = train[pick[:max_atoms]]
     density = fit_mixture(train, n_components, seed=seed)
     u_valid, err_valid = [], []
     for batch in valid_batches:
@@ -209,6 +219,7 @@ def fit_latent(
     u_train = density.distance(train.to(torch.float64))
     summary = {
         "n_train_atoms": int(train.shape[0]),
+        "n_train_atoms_available": n_all,
         "n_valid_atoms": int(u.numel()),
         "n_components": density.n_components,
         "n_features": density.n_features,

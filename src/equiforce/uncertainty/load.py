@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -33,8 +34,8 @@ def committee_members(path: str | Path) -> list[Path]:
     Also accepts a run directory or model file (one member) for uniform handling.
     """
     path = Path(path)
-    if path.name == LATENT_FILE and path.is_file():  # its model beside it
-        return [path.parent / BEST]
+    if path.name == LATENT_FILE and path.is_file():  # the model it was fitted to
+        return [path.parent / read_latent(path)["config"]["model_file"]]
     if not path.is_dir():  # a file (load_model names what is wrong with it)
         return [path]
     if (path / COMMITTEE_FILE).is_file():
@@ -94,7 +95,10 @@ def load_ensemble(
             (:class:`HeadEnsemble`).
         latent: use a ``latent.pt`` beside a single model file
             (``equiforce uncertainty fit``); a path naming ``latent.pt`` itself
-            means its model, ``best.pt`` beside it.
+            means the model file beside it that it was fitted to. A
+            ``latent.pt`` found beside the model but fitted to other weights
+            (the run resumed since) is skipped with a warning; named, it is an
+            error.
 
     Returns:
         a :class:`Committee` of two or more model files; for one model file, a
@@ -108,6 +112,7 @@ def load_ensemble(
         text = str(paths)
         many = "," in text and not Path(text).exists()
         paths = [p for p in text.split(",") if p] if many else [paths]
+    named = len(paths) == 1 and Path(paths[0]).name == LATENT_FILE
     files = [f for p in paths for f in committee_members(p)]
     models = [load_model(f, device=device, dtype=dtype) for f in files]
     if len(models) > 1:
@@ -115,8 +120,13 @@ def load_ensemble(
     model = models[0]
     scorer = Path(files[0]).parent / LATENT_FILE
     if latent and scorer.is_file():  # fitted to this file (not, say, last.pt)?
-        if read_latent(scorer)["config"]["model_file"] == Path(files[0]).name:
-            return load_latent(scorer, model)
+        try:
+            if read_latent(scorer)["config"]["model_file"] == Path(files[0]).name:
+                return load_latent(scorer, model)
+        except EnsembleError as err:
+            if named:
+                raise
+            warnings.warn(f"{err}; using the model without it", stacklevel=2)
     if getattr(model, "n_heads", 1) > 1:
         return HeadEnsemble(model, forces_std=forces_std)
     return model

@@ -100,7 +100,7 @@ def pair_energy_sum(
 def pair_energy_sums(
     pair_energies: Sequence[PairEnergy],
     graph: AtomicGraph,
-    index: torch.Tensor,  # (2, n)
+    index: torch.Tensor | None,  # (2, n)
     shifts: torch.Tensor | None,  # (n, 3)
     vectors: torch.Tensor | None = None,  # (n, 3)
     chunk_bytes: int = DEFAULT_CHUNK_BYTES,
@@ -124,7 +124,15 @@ def pair_energy_sums(
         both_ways: each pair stands for itself and its reverse (the first
             half of a paired list): its energy goes to i and to j. Else to i
             only (the reverse is listed apart).
+
+    Raises:
+        ValueError: no pairs given (a graph built without ``lr_cutoff``).
     """
+    if index is None:
+        raise ValueError(
+            "long-range terms need the long-range pairs: build the graph with "
+            "lr_cutoff (AtomicGraph.from_atoms(..., lr_cutoff=...))"
+        )
     n_atoms, n_pairs = graph.num_nodes, index.shape[1]
     positions = graph.positions
 
