@@ -35,7 +35,7 @@ from collections.abc import Callable, Sequence
 import torch
 from torch.utils.checkpoint import checkpoint
 
-from equiforce.data.graph import AtomicGraph
+from equiforce.data.graph import AtomicGraph, _pair_vectors
 from equiforce.models.longrange.switch import pair_sum
 from equiforce.nn.efa import is_tracing
 
@@ -64,14 +64,16 @@ def pair_vectors(
     positions: torch.Tensor,  # (n_atoms, 3)
     cell: torch.Tensor,  # (n_graphs, 3, 3)
 ) -> torch.Tensor:
-    """r_ij = r_j − r_i + S_ij · cell (n, 3), without a per-pair cell for one structure."""
+    """r_ij = r_j − r_i + S_ij · cell (n, 3), without a per-pair cell for one structure.
+
+    Several structures: :func:`equiforce.data.graph._pair_vectors` (which must
+    not branch on shapes: it runs in traced graphs).
+    """
+    if cell.shape[0] != 1:
+        return _pair_vectors(index, shifts, graph_index, positions, cell)
     i, j = index[0], index[1]
     vec = positions.index_select(0, j) - positions.index_select(0, i)
-    shifts = shifts.to(vec.dtype)
-    if cell.shape[0] == 1:  # one structure: one cell, no (n, 3, 3) gather
-        return vec + shifts @ cell[0]
-    edge_cell = cell.index_select(0, graph_index.index_select(0, i))  # (n, 3, 3)
-    return vec + torch.bmm(shifts[:, None, :], edge_cell)[:, 0]
+    return vec + shifts.to(vec.dtype) @ cell[0]  # one cell, no (n, 3, 3) gather
 
 
 def _transformed() -> bool:
