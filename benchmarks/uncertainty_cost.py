@@ -10,6 +10,12 @@ width only. Usage::
     python benchmarks/uncertainty_cost.py --structure data/uncertainty/3bpa_xtb_train_300K.extxyz
     python benchmarks/uncertainty_cost.py --committee-only [--structure FILE]
     python benchmarks/uncertainty_cost.py --sizes [--heads 8]
+    python benchmarks/uncertainty_cost.py --compiled [--dims 32] [--structure FILE]
+
+``--compiled``: one model and its latent uncertainty through the compiled
+backend MD and the calculator use (``Potential(compile=True)``; on a CPU the
+AOTInductor library, built once per model: minutes), paired overhead, plus the
+latent model's eager call for scale.
 
 A committee is timed with its members batched (one vmapped call,
 ``Committee.batched = "on"``) and one by one (``"off"``); ``--sizes`` sweeps
@@ -154,7 +160,9 @@ def _scoring_ms(latent, features, graph, calls: int) -> float:
     return 1000 * (time.perf_counter() - t0) / calls
 
 
-def latent_of(model, atoms, components: int) -> LatentUncertainty:
+def latent_of(
+    model, atoms, components: int, dims: int | None = None
+) -> LatentUncertainty:
     """``model`` with a mixture fitted to its features of 20 rattled ``atoms``."""
     rng = np.random.default_rng(0)
     feats = []
@@ -164,9 +172,42 @@ def latent_of(model, atoms, components: int) -> LatentUncertainty:
         g = AtomicGraph.from_arrays(pos, atoms.numbers, model.cutoff, dtype=dtype)
         with torch.no_grad():
             feats.append(model_features(model, g, forces=False)[0])
-    density = fit_mixture(torch.cat(feats), components)
+    density = fit_mixture(torch.cat(feats), components, n_dims=dims)
     u = density.distance(torch.cat(feats).double())
     return LatentUncertainty(model, density, fit_error_scale(u, 0.1 * u))
+
+
+def compiled_latent(
+    atoms, preset: str, components: int, pairs: int, dims: int | None
+) -> None:
+    """Paired overhead of the latent uncertainty on the compiled backend."""
+    single = _so3krates(preset, 0)
+    lat = latent_of(single, atoms, components, dims)
+    plain, scored = Potential(single, compile=True), Potential(lat, compile=True)
+    eager = Potential(lat, compile=False)
+    for pot in (plain, scored, eager):
+        pot.compute(atoms.positions, atoms.numbers)  # builds the libraries
+    assert (
+        scored.compiled is not None
+        and scored.compiled.backend == plain.compiled.backend
+    )
+    backend = plain.compiled.backend
+    ms = {}
+    for name, pot in (
+        ("compiled", plain),
+        ("latent compiled", scored),
+        ("latent eager", eager),
+    ):
+        run = _timer(pot, atoms, 20)
+        ms[name] = statistics.median(run() for _ in range(max(3, pairs // 20)))
+    width = f"{lat.density.n_dims} of {lat.density.n_features} axes"
+    print(f"{len(atoms)} atoms, So3krates {preset}, float32, backend {backend}, "
+          f"latent {components} components over {width}: "
+          + ", ".join(f"{k} {v:.3f} ms" for k, v in ms.items()))  # fmt: skip
+    ov = paired_overhead(plain, scored, atoms, pairs)
+    print(f"paired: latent compiled vs one model compiled: {ov:+.1f} % ({pairs} pairs)")
+    ov = paired_overhead(plain, eager, atoms, pairs)
+    print(f"paired: latent eager vs one model compiled: {ov:+.1f} % ({pairs} pairs)")
 
 
 def main() -> None:
@@ -175,6 +216,7 @@ def main() -> None:
     p.add_argument("--molecule", default="CH3CH2OH")
     p.add_argument("--structure", help="a structure file (first frame) instead")
     p.add_argument("--components", type=int, default=8, help="latent mixture")
+    p.add_argument("--dims", type=int, help="latent: principal components (all)")
     p.add_argument("--heads", type=int, default=4)
     p.add_argument("--rounds", type=int, default=7)
     p.add_argument("--calls", type=int, default=20)
@@ -185,6 +227,9 @@ def main() -> None:
         help="'a,b,c': that many copies of the structure, 11 Å apart (open)",
     )
     p.add_argument("--sizes", action="store_true", help="committee size sweep")
+    p.add_argument(
+        "--compiled", action="store_true", help="latent on the compiled backend"
+    )
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     if args.sizes:
@@ -196,6 +241,11 @@ def main() -> None:
         atoms = replicated(atoms, tuple(int(n) for n in args.grid.split(",")))
         label += f" x {args.grid}"
 
+    if args.compiled:
+        compiled_latent(
+            atoms, args.preset, args.components, args.rounds * args.calls, args.dims
+        )
+        return
     k = args.heads
     single = _so3krates(args.preset, 0)
     members = [_so3krates(args.preset, s) for s in range(k)]

@@ -122,6 +122,10 @@ def parse_args(argv=None) -> argparse.Namespace:
         "heads (and their energy std), latent (fitted to the heads model)",
     )
     p.add_argument("--components", type=int, default=8, help="latent mixture")
+    p.add_argument(
+        "--latent-dims", type=int, default=None,
+        help="latent mixture on this many principal components (default all)",
+    )  # fmt: skip
     args = p.parse_args(argv)
     args.molecules = [m.strip() for m in args.molecules.split(",") if m.strip()]
     if bad := sorted(set(args.molecules) - set(MOLECULES)):
@@ -244,7 +248,12 @@ def train_models(args, molecule: str, mol_dir: Path, split: Path) -> dict[str, P
     if run_state(heads) != "done":
         raise SystemExit("interrupted: run the same command again to continue")
     if "latent" in args.kinds and not (heads / LATENT_FILE).exists():
-        fit_run(heads, n_components=args.components, progress=args.progress)
+        fit_run(
+            heads,
+            n_components=args.components,
+            progress=args.progress,
+            n_dims=args.latent_dims,
+        )
     print(f"{molecule}: models ready ({time.perf_counter() - t0:.0f} s this call)")
     if "heads" in args.kinds:
         paths["heads"] = heads / "best.pt"

@@ -105,7 +105,9 @@ def atomic_outputs(
     Returns:
         ``atomic_energies`` (n_atoms,) float64 with E0; when there is more than
         one differentiable term, ``atomic_energies:<name>`` (n_atoms,) for each
-        of them and for E0; and the requested derivatives.
+        of them and for E0; the requested derivatives; and ``node_features``
+        (n_atoms, F), detached, when ``terms`` reports them under that key
+        (it is not an energy term and is not summed).
     """
     need_grad = forces or stress
     strain0 = torch.zeros_like(graph.cell) if stress else None  # (n_graphs, 3, 3)
@@ -113,19 +115,23 @@ def atomic_outputs(
 
         def total(pos: torch.Tensor, strain: torch.Tensor | None):
             parts = terms(deformed(graph, pos, strain), differentiable)
+            # (aux may hold tensors only: the features travel in a dict)
+            aux = {k: parts.pop(k) for k in [keys.NODE_FEATURES] if k in parts}
             e_net = _sum_terms(parts)  # (n_atoms,)
-            return e_net.sum(), (e_net, parts)
+            return e_net.sum(), (e_net, parts, aux)
 
         argnums = (0, 1) if stress else 0
-        grads, (_, (e_net, parts)) = torch.func.grad_and_value(
+        grads, (_, (e_net, parts, aux)) = torch.func.grad_and_value(
             total, argnums=argnums, has_aux=True
         )(graph.positions, strain0)
+        features = aux.get(keys.NODE_FEATURES)
         grad_pos, virial = grads if stress else (grads, None)
     elif method in ("func", "autograd"):
         pos = graph.positions.detach().requires_grad_(need_grad)
         strain = strain0.requires_grad_(True) if stress else None
         with torch.enable_grad() if need_grad else torch.no_grad():
             parts = terms(deformed(graph, pos, strain), differentiable)
+            features = parts.pop(keys.NODE_FEATURES, None)
             e_net = _sum_terms(parts)
         grad_pos = virial = None
         if need_grad:
@@ -147,6 +153,8 @@ def atomic_outputs(
         out[keys.FORCES] = -grad_pos
     if stress:
         out[VIRIAL] = virial
+    if features is not None:
+        out[keys.NODE_FEATURES] = features.detach()
     if method == "autograd" and not differentiable:
         out = {k: v.detach() for k, v in out.items()}
     return out

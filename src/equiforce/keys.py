@@ -35,6 +35,10 @@ ENERGY_MEMBERS: Final[str] = "energy_members"  # (K, n_graphs) eV, each member
 FORCES_MEMBERS: Final[str] = "forces_members"  # (K, n_atoms, 3) eV/Å, each member
 ENERGY_HEADS: Final[str] = "energy_heads"  # (K, n_graphs) eV, heads (training)
 LATENT_DISTANCE: Final[str] = "latent_distance"  # (n_atoms,) 1, ≈ 1 on training atoms
+#: a model's final per-atom invariant features (the readout's input), returned by
+#: the compiled backends when asked (``CompiledPotential(features=True)``) and
+#: by an energy term that reports them; not an energy term itself
+NODE_FEATURES: Final[str] = "node_features"  # (n_atoms, F)
 #: Uncertainty outputs, for front ends that pass them on.
 UNCERTAINTY_KEYS: Final[tuple[str, ...]] = (ENERGY_STD, FORCES_STD, FORCES_STD_MAX)
 

@@ -12,6 +12,8 @@ import yaml
 from _ensemble_helpers import CUTOFF, batch_of, distorted, fit, labelled_frames, tiny
 
 from equiforce import keys
+from equiforce.accel import aoti
+from equiforce.accel.compiled import CompiledPotential, _arguments
 from equiforce.calculator import EquiforceCalculator
 from equiforce.cli import main
 from equiforce.config import DataSource
@@ -31,7 +33,7 @@ from equiforce.uncertainty import (
     save_latent,
 )
 from equiforce.uncertainty.density import fit_error_scale, fit_mixture
-from equiforce.uncertainty.latent import weights_digest
+from equiforce.uncertainty.latent import model_features, weights_digest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "train"))
 from _train_helpers import ETHANOL, make_tiny_config  # noqa: E402
@@ -66,6 +68,34 @@ def test_one_component_is_the_gaussian_of_the_standardised_features():
     probe = x[:7] + 0.5
     z_probe = (probe - x.mean(0)) / x.std(0)
     torch.testing.assert_close(density.nll(probe), -ref.log_prob(z_probe))
+
+
+def test_projected_mixture_is_the_gaussian_of_the_leading_principal_components():
+    # fails if the projection is not onto the leading axes of the standardised
+    # features, or is folded into the cached affine map wrongly (order, scale)
+    gen = torch.Generator().manual_seed(1)
+    x = torch.randn(500, 6, generator=gen, dtype=torch.float64)
+    x = x * torch.tensor([5.0, 3.0, 1.0, 0.3, 0.2, 0.1], dtype=torch.float64)
+    x = x @ torch.linalg.qr(torch.randn(6, 6, generator=gen, dtype=torch.float64))[0]
+    density = fit_mixture(x, n_components=1, n_dims=2)
+    assert density.projection.shape == (6, 2) and density.n_dims == 2
+    z = (x - x.mean(0)) / x.std(0)
+    evals, evecs = torch.linalg.eigh(torch.cov(z.T, correction=0))
+    lead = evecs[:, -2:].flip(1)  # (6, 2), largest first
+    overlap = (density.projection.T @ lead).abs()
+    torch.testing.assert_close(
+        overlap, torch.eye(2, dtype=torch.float64), atol=1e-8, rtol=0
+    )
+    p = z @ density.projection  # (n, 2)
+    cov = torch.cov(p.T, correction=0) + 1e-3 * torch.eye(2, dtype=torch.float64)
+    ref = torch.distributions.MultivariateNormal(p.mean(0), cov)
+    probe = x[:7] + 0.5
+    z_probe = ((probe - x.mean(0)) / x.std(0)) @ density.projection
+    torch.testing.assert_close(density.nll(probe), -ref.log_prob(z_probe))
+    # the distance is normalised by the mixture's dimension: ≈ 1 on the data
+    assert 0.7 < float(density.distance(x).median()) < 1.3
+    with pytest.raises(ValueError, match="n_dims"):
+        fit_mixture(x, n_components=1, n_dims=7)
 
 
 def test_cached_maps_follow_replaced_buffers():
@@ -137,6 +167,78 @@ def test_outputs_are_the_models_plus_the_score(latent):
     assert out[keys.FORCES_STD].shape == (len(atoms),)
 
 
+def _graph_of(frames) -> AtomicGraph:
+    return AtomicGraph.collate(
+        [
+            AtomicGraph.from_arrays(a.positions, a.numbers, CUTOFF, dtype=torch.float64)
+            for a in frames
+        ]
+    )
+
+
+def test_compiled_backend_scores_the_features_it_returns(latent):
+    # fails if the compiled function's features are not the readout's input of
+    # the same call (another layer, another atom order after the Morton
+    # reordering, a batch's structures mixed), or if its fallback path drops them
+    frames = [
+        *labelled_frames(2, 0.05, seed=31),
+        distorted(labelled_frames(1, 0, 32)[0]),
+    ]
+    graph = _graph_of(frames)
+    ref = latent(graph)
+    fast = CompiledPotential(latent, compile=False)  # the traced function, eager
+    assert fast.scorer is latent and fast.model is latent.model
+    for spatial_order, fallback in ((None, False), (0, False), (None, True)):
+        latent.model.spatial_order_min_atoms = spatial_order
+        fast._autograd_fallback = fallback
+        try:
+            out = fast(graph)
+        finally:
+            latent.model.spatial_order_min_atoms = None
+        assert keys.NODE_FEATURES not in out
+        for key in (keys.ENERGY, keys.FORCES, keys.LATENT_DISTANCE, keys.FORCES_STD):
+            torch.testing.assert_close(out[key], ref[key], rtol=1e-9, atol=1e-10)
+        torch.testing.assert_close(out[keys.FORCES_STD_MAX], ref[keys.FORCES_STD_MAX])
+    # the distorted structure is the one flagged: the comparison is not vacuous
+    worst = ref[keys.FORCES_STD_MAX]
+    assert float(worst[2]) > 1.5 * float(worst[:2].max())
+
+
+def test_exported_library_graph_scores_as_eager(latent):
+    """The graph the AOTInductor backend compiles (traced from two structures,
+    exported with dynamic sizes) returns energies, forces and the per-atom
+    distance and predicted error of the eager latent model for one and three
+    structures, so ``Potential(latent)`` runs compiled in MD instead of falling
+    back to eager (6-13x a compiled call). A plain model compiled with
+    ``features=True`` returns the features themselves."""
+    one = _graph_of(labelled_frames(1, 0.05, seed=33))
+    three = _graph_of(
+        [*labelled_frames(2, 0.1, seed=34), distorted(labelled_frames(1, 0, 35)[0])]
+    )
+    for wrapped in (latent, latent.model):
+        fast = CompiledPotential(wrapped, backend="aoti", features=True)
+        fn = fast._aoti_function(one.edges_paired)
+        example = _arguments(AtomicGraph.collate([one, one]))
+        with torch.no_grad(), fn.trace_context():
+            gm = aoti.trace(fn.fn, example)
+        program = aoti.export(gm, example, fn.dims).module()
+        for graph in (one, three):
+            with torch.no_grad():
+                e_atom, forces, *scores = program(*_arguments(graph))
+            ref_features, ref = model_features(latent.model, graph)
+            torch.testing.assert_close(forces, ref[keys.FORCES], rtol=1e-10, atol=1e-12)
+            if wrapped is latent:
+                u, sigma = latent.atom_scores(ref_features)
+                assert float(u.max()) > 2 * float(u.min())  # not a constant
+                torch.testing.assert_close(scores[0], u, rtol=1e-10, atol=1e-12)
+                torch.testing.assert_close(scores[1], sigma, rtol=1e-10, atol=1e-12)
+            else:
+                assert scores[0].shape == (graph.num_nodes, 16)
+                torch.testing.assert_close(
+                    scores[0], ref_features, rtol=1e-10, atol=1e-12
+                )
+
+
 def test_training_like_frames_score_lower_than_a_distorted_one(latent):
     # fails if the distance does not grow away from the training features
     near = [labelled_frames(1, 0.05, seed=s)[0] for s in (31, 32, 33)]
@@ -164,6 +266,15 @@ def test_file_round_trips_with_weights_only_and_refuses_other_weights(latent, tm
     )
     with pytest.raises(EnsembleError, match="other model weights"):
         load_latent(path, tiny(1))
+    # a version-1 file (no projection: the mixture over every feature axis)
+    old = {**payload, "version": 1}
+    old["config"] = {k: v for k, v in payload["config"].items() if k != "n_dims"}
+    old["density"] = {k: v for k, v in payload["density"].items() if k != "projection"}
+    torch.save(old, tmp_path / "v1.pt")
+    torch.testing.assert_close(
+        _outputs(load_latent(tmp_path / "v1.pt", latent.model), atoms)[keys.FORCES_STD],
+        _outputs(latent, atoms)[keys.FORCES_STD],
+    )
     (tmp_path / "foreign.pt").write_bytes(b"not a torch file")
     with pytest.raises(EnsembleError, match="not a readable latent"):
         load_latent(tmp_path / "foreign.pt", latent.model)
@@ -216,6 +327,10 @@ def test_fit_command_writes_a_file_that_load_ensemble_uses(tmp_path):
     run = tmp_path / "run"
     assert main(["train", str(cfg), "--run-dir", str(run), "--quiet"]) == 0
     fit = ["uncertainty", "fit", str(run), "--components", "2", "--quiet"]
+    assert main([*fit, "--dims", "0"]) == 2
+    assert main([*fit, "--dims", "4"]) == 0
+    assert json.loads((run / "latent.json").read_text())["n_dims"] == 4
+    assert load_ensemble(run).density.projection.shape[1] == 4
     assert main(fit) == 0
     assert (run / "latent.pt").is_file() and (run / "latent.json").is_file()
     assert isinstance(load_ensemble(run), LatentUncertainty)

@@ -231,7 +231,7 @@ class AOTIFunction:
         self,
         fn: Callable[..., tuple[torch.Tensor, ...]],
         state: Sequence[torch.Tensor],
-        generation: Callable[[], int],
+        generation: Callable[[], object],
         dims: Sequence[int],
         trace_context: Callable[[], contextlib.AbstractContextManager] = (
             contextlib.nullcontext

@@ -88,6 +88,8 @@ class CompiledPotential:
             graphs it does not take and if it fails) or ``"inductor"``
             (``torch.compile`` only). None: ``EQUIFORCE_COMPILE_BACKEND``, else
             ``"aoti"`` for CPU models with dynamic shapes and no ``mode``.
+        features: also return ``node_features`` (n_atoms, F), the model's final
+            per-atom features (models with ``node_features``: So3krates, SO3LR).
 
     Attributes:
         compile_seconds: wall time of the first (compiling) call.
@@ -99,6 +101,13 @@ class CompiledPotential:
             charge, spin).
         term_keys: the per-term outputs (``atomic_energies:<term>``) it returns
             for models with more than one energy term, else empty.
+        features: whether the compiled function also returns the model's final
+            per-atom features (``node_features`` (n_atoms, F)).
+        scorer: a model that scores its own model's features (a latent
+            uncertainty, ``scores_features``), else None. Its model is what is
+            compiled; the per-atom score (:meth:`atom_scores`: distance and
+            predicted force error) runs inside the compiled function on the
+            features, the per-structure maximum outside.
     """
 
     def __init__(
@@ -110,10 +119,19 @@ class CompiledPotential:
         cpp_wrapper: bool | None = None,
         pad: bool | None = None,
         backend: str | None = None,
+        features: bool = False,
     ) -> None:
         from equiforce.accel.runtime import tune_allocator
 
         tune_allocator()
+        self.scorer = None
+        weights_of = model
+        if getattr(model, "scores_features", False):
+            # a latent uncertainty: its model compiled with the features scored
+            # inside (the mixture's buffers are the library's constants too)
+            self.scorer, model, features = model, model.model, True
+        self.features = bool(features)
+        self._weights_of = weights_of
         self.model = model.eval()
         self.compiled_inputs: tuple[str, ...] = compiled_inputs(model)
         self.term_keys: tuple[str, ...] = _term_keys(model)
@@ -170,7 +188,7 @@ class CompiledPotential:
     def _aoti_function(self, paired: bool) -> AOTIFunction:
         fn = self.aoti.get(paired)
         if fn is None:
-            model = self.model
+            model, outer = self.model, self._weights_of
 
             def energy_and_forces(*args: torch.Tensor) -> tuple[torch.Tensor, ...]:
                 return self._energy_and_forces(*args[:8], paired, False, *args[8:])
@@ -178,8 +196,11 @@ class CompiledPotential:
             extra_dims = (GRAPH_INPUT_DIMS[name] for name in self.compiled_inputs)
             fn = AOTIFunction(
                 energy_and_forces,
-                [*model.parameters(), *model.buffers()],
-                lambda: model.inference_generation,
+                [
+                    *outer.parameters(),
+                    *outer.buffers(),
+                ],  # (a scorer's: its model's too)
+                lambda: (model.inference_generation, outer.inference_generation),
                 dims=(0, 0, 0, 1, 0, 0, 0, 0, *extra_dims),
                 trace_context=self._trace_context,
             )
@@ -255,7 +276,9 @@ class CompiledPotential:
         small molecule's call), the per-structure sums stay outside. ``extras``:
         the optional graph fields of :func:`compiled_inputs` (SO3LR's long-range
         pairs, charge and spin). Models with several energy terms also return
-        each term's per-atom energies, in the order of :attr:`term_keys`.
+        each term's per-atom energies, in the order of :attr:`term_keys`, and
+        with :attr:`features` the final features (n_atoms, F) last, or with a
+        :attr:`scorer` their distance and predicted force error (n_atoms,) each.
         """
         graph = AtomicGraph(
             positions=positions,
@@ -270,15 +293,18 @@ class CompiledPotential:
             **dict(zip(self.compiled_inputs, extras, strict=True)),
         )
         model = self.model
-        out = atomic_outputs(
-            model.energy_terms, model.e0, graph, stress=stress, method="func"
-        )
+        terms_fn = _with_features(model) if self.features else model.energy_terms
+        out = atomic_outputs(terms_fn, model.e0, graph, stress=stress, method="func")
         e_atom, forces = out[keys.ATOMIC_ENERGIES], out[keys.FORCES]
-        terms = tuple(out[k] for k in self.term_keys)
+        extra = [out[k] for k in self.term_keys]
+        if self.scorer is not None:
+            extra.extend(self.scorer.atom_scores(out[keys.NODE_FEATURES]))
+        elif self.features:
+            extra.append(out[keys.NODE_FEATURES])
         return (
-            (e_atom, forces, out[VIRIAL], *terms)
+            (e_atom, forces, out[VIRIAL], *extra)
             if stress
-            else (e_atom, forces, *terms)
+            else (e_atom, forces, *extra)
         )
 
     def __call__(
@@ -297,9 +323,20 @@ class CompiledPotential:
         self.model.check_graph(graph)  # the traced graph cannot raise on data
         order = self.model.atom_order(graph)
         if order is None:
-            return self._call(graph, stress)
-        out = self._call(graph.permuted(*order), stress)
-        return restore_atom_order(out, order[1])
+            out = self._call(graph, stress)
+        else:
+            out = restore_atom_order(
+                self._call(graph.permuted(*order), stress), order[1]
+            )
+        if self.scorer is not None:
+            features = out.pop(keys.NODE_FEATURES, None)  # the eager fallback's
+            if features is not None:
+                with torch.no_grad():
+                    u, sigma = self.scorer.atom_scores(features)
+            else:
+                u, sigma = out.pop(keys.LATENT_DISTANCE), out.pop(keys.FORCES_STD)
+            out |= self.scorer.scored_outputs(u, sigma, graph)
+        return out
 
     def _padded(self, graph: AtomicGraph) -> AtomicGraph:
         """``graph`` padded to buckets; MD reuses one topology, so it is cached.
@@ -335,6 +372,11 @@ class CompiledPotential:
             # transforms reject: very large graphs take the autograd path
             # (the model finds the atoms already in Morton order: its sort is
             # a no-op permutation, milliseconds against seconds for such graphs)
+            if self.features:
+                from equiforce.uncertainty.latent import model_features
+
+                features, out = model_features(self.model, graph, True, stress)
+                return out | {keys.NODE_FEATURES: features}
             return self.model(graph, compute_forces=True, compute_stress=stress)
         padded = self._padded(graph) if self.pad else graph
         args = _arguments(padded, self.compiled_inputs)
@@ -374,7 +416,12 @@ class CompiledPotential:
         if self.compile_seconds is None:
             self.compile_seconds = time.perf_counter() - start
         names = (keys.ATOMIC_ENERGIES, keys.FORCES, *((VIRIAL,) if stress else ()))
-        atomic = dict(zip((*names, *self.term_keys), outputs, strict=True))
+        names += self.term_keys
+        if self.scorer is not None:
+            names += (keys.LATENT_DISTANCE, keys.FORCES_STD)
+        elif self.features:
+            names += (keys.NODE_FEATURES,)
+        atomic = dict(zip(names, outputs, strict=True))
         if self.pad:  # drop the ghost atoms and the ghost structure
             atomic = {
                 k: v[: graph.n_graphs if k == VIRIAL else graph.num_nodes]
@@ -383,6 +430,23 @@ class CompiledPotential:
         if self.cudagraphs:  # the next replay overwrites a CUDA graph's outputs
             atomic = {k: v.clone() for k, v in atomic.items()}
         return finish(graph, atomic)
+
+
+def _with_features(model: PotentialModel):
+    """``model.energy_terms`` that also report the final features (NODE_FEATURES).
+
+    The features are what ``model.node_features`` returned inside the call (the
+    model's own energy path runs unchanged; the method is shadowed on the
+    instance for the call only, see :func:`~equiforce.uncertainty.latent.captured_features`).
+    """
+    from equiforce.uncertainty.latent import captured_features
+
+    def terms(graph: AtomicGraph, differentiable: bool) -> dict[str, torch.Tensor]:
+        with captured_features(model) as store:
+            parts = model.energy_terms(graph, differentiable)
+        return {**parts, keys.NODE_FEATURES: store["features"]}
+
+    return terms
 
 
 def compiled_inputs(model: PotentialModel) -> tuple[str, ...]:

@@ -107,4 +107,11 @@ def restore_atom_order(
 
 
 def _per_atom(key: str) -> bool:
-    return key in (keys.FORCES, keys.ATOMIC_ENERGIES) or keys.term_name(key) is not None
+    per_atom = (
+        keys.FORCES,
+        keys.ATOMIC_ENERGIES,
+        keys.NODE_FEATURES,
+        keys.LATENT_DISTANCE,
+        keys.FORCES_STD,
+    )
+    return key in per_atom or keys.term_name(key) is not None

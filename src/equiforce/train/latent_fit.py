@@ -40,6 +40,7 @@ def fit_run(
     model_file: str = "best.pt",
     seed: int = 0,
     progress: bool = True,
+    n_dims: int | None = None,
 ) -> Path:
     """Fit and write ``RUN_DIR/latent.pt``; return its path.
 
@@ -50,6 +51,7 @@ def fit_run(
         model_file: the model file of the run to fit (``best.pt``).
         seed: initialisation of the mixture.
         progress: print progress and the summary.
+        n_dims: principal components the mixture is fitted on (None: all).
 
     Raises:
         LatentFitError: not a run directory, or its model file is missing.
@@ -78,6 +80,7 @@ def fit_run(
             eval_batches(data.valid, batch_size)(),
             n_components=n_components,
             seed=seed,
+            n_dims=n_dims,
         )
     out = run.path / LATENT_FILE
     save_latent(latent, out, model_file=model_file)
@@ -85,7 +88,8 @@ def fit_run(
     atomic_write_text(run.path / SUMMARY_FILE, json.dumps(summary, indent=1) + "\n")
     report.print(
         f"latent uncertainty: {summary['n_train_atoms']} training atoms, "
-        f"{summary['n_components']} components; σ = "
+        f"{summary['n_components']} components over {summary['n_dims']} of "
+        f"{summary['n_features']} feature axes; σ = "
         f"{summary['prefactor_eV_A']:.3g} eV/Å · u^{summary['exponent']:.2f} "
         f"(validation force RMSE {summary['valid_force_rmse_eV_A']:.3g} eV/Å)"
     )

@@ -49,7 +49,7 @@ LATENT_FILE = "latent.pt"
 #: training atoms the mixture is fitted on at most (a random subsample beyond)
 MAX_FIT_ATOMS = 200_000
 FORMAT = "equiforce-latent-uncertainty"
-VERSION = 1
+VERSION = 2  # 2: n_dims and the projection
 
 
 class LatentUncertainty(WrapsModel, PotentialModel):
@@ -64,7 +64,9 @@ class LatentUncertainty(WrapsModel, PotentialModel):
         EnsembleError: the model exposes no per-atom features.
     """
 
-    compilable = False  # the compiled backends do not return the features
+    #: compiled backends compile ``model`` with :meth:`atom_scores` of its
+    #: features inside (``CompiledPotential``)
+    scores_features = True
     model_name = "latent"
 
     def __init__(
@@ -102,8 +104,22 @@ class LatentUncertainty(WrapsModel, PotentialModel):
             features: (n_atoms, F) the model's final features of ``graph``.
             graph: the structures (their atoms' structure index).
         """
-        u = self.density.distance(features)  # (n_atoms,)
-        sigma = self.error_scale(u).double()  # (n_atoms,) eV/Å
+        return self.scored_outputs(*self.atom_scores(features), graph)
+
+    def atom_scores(self, features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Distance u and predicted force error σ (eV/Å) per atom, (n_atoms,) each.
+
+        Traceable: the compiled backends run it inside their function.
+        """
+        u = self.density.distance(features)
+        return u, self.error_scale(u)
+
+    @staticmethod
+    def scored_outputs(
+        u: torch.Tensor, sigma: torch.Tensor, graph: AtomicGraph
+    ) -> dict[str, torch.Tensor]:
+        """The output keys of :meth:`atom_scores`' u and σ, with σ's maximum per structure."""
+        sigma = sigma.double()
         worst = sigma.new_zeros(graph.n_graphs).scatter_reduce(
             0, graph.graph_index, sigma, "amax", include_self=True
         )
@@ -129,7 +145,7 @@ def _require_features(model: PotentialModel) -> None:
 
 
 @contextlib.contextmanager
-def _captured_features(model: PotentialModel) -> Iterator[dict]:
+def captured_features(model: PotentialModel) -> Iterator[dict]:
     """Keep the output of ``model.node_features`` of the calls inside, detached.
 
     The model's own energy path runs unchanged; its ``node_features`` method is
@@ -162,7 +178,7 @@ def model_features(
     structures in Morton order is put back in order here).
     """
     _require_features(model)
-    with _captured_features(model) as store:
+    with captured_features(model) as store:
         out = model(
             graph, compute_forces=forces, compute_stress=stress, create_graph=False
         )
@@ -181,6 +197,7 @@ def fit_latent(
     n_components: int = 8,
     seed: int = 0,
     max_atoms: int = MAX_FIT_ATOMS,
+    n_dims: int | None = None,
 ) -> tuple[LatentUncertainty, dict]:
     """Fit the mixture on training features and the error map on validation atoms.
 
@@ -193,6 +210,8 @@ def fit_latent(
         max_atoms: training atoms the mixture is fitted on at most (a seeded
             random subsample beyond it): the EM steps hold (atoms, C, F)
             float64 arrays, 8 GB at 10⁶ atoms, C = 8, F = 128.
+        n_dims: fit the mixture on this many leading principal components of
+            the features (None: all of them; fewer make each call cheaper).
 
     Returns:
         the wrapped model and a summary (atoms used, exponent, prefactor,
@@ -204,7 +223,7 @@ def fit_latent(
     if n_all > max_atoms:
         pick = torch.randperm(n_all, generator=torch.Generator().manual_seed(seed))
         train = train[pick[:max_atoms]]
-    density = fit_mixture(train, n_components, seed=seed)
+    density = fit_mixture(train, n_components, seed=seed, n_dims=n_dims)
     u_valid, err_valid = [], []
     for batch in valid_batches:
         if keys.FORCES not in batch.targets:
@@ -223,6 +242,7 @@ def fit_latent(
         "n_valid_atoms": int(u.numel()),
         "n_components": density.n_components,
         "n_features": density.n_features,
+        "n_dims": density.n_dims,
         "exponent": float(scale.exponent),
         "prefactor_eV_A": float(scale.prefactor),
         "distance_train_median": float(u_train.median()),
@@ -262,6 +282,7 @@ def save_latent(
         "config": {
             "n_components": d.n_components,
             "n_features": d.n_features,
+            "n_dims": d.n_dims,
             "model_file": model_file,
             "model_digest": weights_digest(latent.model),
         },
@@ -316,8 +337,10 @@ def load_latent(path: str | Path, model: PotentialModel) -> LatentUncertainty:
             f"{path}: fitted to other model weights than those loaded (the model "
             "changed since); run `equiforce uncertainty fit` again"
         )
-    density = FeatureDensity(cfg["n_components"], cfg["n_features"])
-    density.load_state_dict(payload["density"])
+    density = FeatureDensity(cfg["n_components"], cfg["n_features"], cfg.get("n_dims"))
+    state = dict(payload["density"])  # version 1 files: no projection (all axes)
+    state.setdefault("projection", torch.eye(cfg["n_features"], dtype=torch.float64))
+    density.load_state_dict(state)
     scale = ErrorScale()
     scale.load_state_dict(payload["error_scale"])
     device = model.e0.device
