@@ -123,8 +123,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     )
     p.add_argument("--components", type=int, default=8, help="latent mixture")
     p.add_argument(
-        "--latent-dims", type=int, default=None,
-        help="latent mixture on this many principal components (default all)",
+        "--latent-dims", type=int, default=32,
+        help="latent mixture on this many principal components (0: all)",
     )  # fmt: skip
     args = p.parse_args(argv)
     args.molecules = [m.strip() for m in args.molecules.split(",") if m.strip()]
@@ -252,7 +252,7 @@ def train_models(args, molecule: str, mol_dir: Path, split: Path) -> dict[str, P
             heads,
             n_components=args.components,
             progress=args.progress,
-            n_dims=args.latent_dims,
+            n_dims=args.latent_dims or None,
         )
     print(f"{molecule}: models ready ({time.perf_counter() - t0:.0f} s this call)")
     if "heads" in args.kinds:

@@ -327,11 +327,12 @@ def test_fit_command_writes_a_file_that_load_ensemble_uses(tmp_path):
     run = tmp_path / "run"
     assert main(["train", str(cfg), "--run-dir", str(run), "--quiet"]) == 0
     fit = ["uncertainty", "fit", str(run), "--components", "2", "--quiet"]
-    assert main([*fit, "--dims", "0"]) == 2
+    assert main([*fit, "--dims", "-1"]) == 2
     assert main([*fit, "--dims", "4"]) == 0
     assert json.loads((run / "latent.json").read_text())["n_dims"] == 4
     assert load_ensemble(run).density.projection.shape[1] == 4
-    assert main(fit) == 0
+    assert main(fit) == 0  # default 32 axes, capped at the tiny model's 16
+    assert json.loads((run / "latent.json").read_text())["n_dims"] == 16
     assert (run / "latent.pt").is_file() and (run / "latent.json").is_file()
     assert isinstance(load_ensemble(run), LatentUncertainty)
     assert isinstance(load_ensemble(run / "latent.pt"), LatentUncertainty)

@@ -321,6 +321,8 @@ class CompiledPotential:
         the outputs are in ``graph``'s order either way.
         """
         self.model.check_graph(graph)  # the traced graph cannot raise on data
+        if self.scorer is not None:  # its maps cached: constants when traced
+            self.scorer.density.prepare(graph.positions.dtype, graph.positions.device)
         order = self.model.atom_order(graph)
         if order is None:
             out = self._call(graph, stress)

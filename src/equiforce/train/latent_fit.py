@@ -23,7 +23,12 @@ from equiforce.models.registry import load_model
 from equiforce.train.progress import Reporter
 from equiforce.train.rundir import RunDir
 from equiforce.train.setup import eval_batches, prepare_data
-from equiforce.uncertainty.latent import LATENT_FILE, fit_latent, save_latent
+from equiforce.uncertainty.latent import (
+    DEFAULT_DIMS,
+    LATENT_FILE,
+    fit_latent,
+    save_latent,
+)
 
 #: the summary written beside ``latent.pt``
 SUMMARY_FILE = "latent.json"
@@ -40,7 +45,7 @@ def fit_run(
     model_file: str = "best.pt",
     seed: int = 0,
     progress: bool = True,
-    n_dims: int | None = None,
+    n_dims: int | None = DEFAULT_DIMS,
 ) -> Path:
     """Fit and write ``RUN_DIR/latent.pt``; return its path.
 
@@ -51,7 +56,8 @@ def fit_run(
         model_file: the model file of the run to fit (``best.pt``).
         seed: initialisation of the mixture.
         progress: print progress and the summary.
-        n_dims: principal components the mixture is fitted on (None: all).
+        n_dims: principal components the mixture is fitted on, at most the
+            feature width (None: all).
 
     Raises:
         LatentFitError: not a run directory, or its model file is missing.

@@ -75,6 +75,15 @@ class FeatureDensity(nn.Module):
         log_like = self._log_likelihood(features)
         return torch.add(offset, log_like, alpha=-2.0 / self.n_dims)
 
+    def prepare(self, dtype: torch.dtype, device: torch.device) -> None:
+        """Build the cached affine map now, for features of ``dtype``.
+
+        A compiled function traced with the map cached holds it as a constant;
+        traced without it, the function would rebuild the map from the buffers
+        at every call (C·D·K² float64 multiply-adds).
+        """
+        self._affine(dtype, device)
+
     def _log_likelihood(self, features: torch.Tensor) -> torch.Tensor:
         """The log-likelihood (n_atoms,) in few, large kernels (it runs at every call)."""
         weight, bias, log_norm, _ = self._affine(features.dtype, features.device)

@@ -48,6 +48,10 @@ from equiforce.uncertainty.ensemble import EnsembleError, WrapsModel
 LATENT_FILE = "latent.pt"
 #: training atoms the mixture is fitted on at most (a random subsample beyond)
 MAX_FIT_ATOMS = 200_000
+#: principal feature axes the mixture is fitted on by default (capped at the
+#: width): the same ranking as all 128 of So3krates ``default`` on the xTB
+#: extrapolation frames at a third of the in-call cost (docs/uncertainty.md)
+DEFAULT_DIMS = 32
 FORMAT = "equiforce-latent-uncertainty"
 VERSION = 2  # 2: n_dims and the projection
 
@@ -197,7 +201,7 @@ def fit_latent(
     n_components: int = 8,
     seed: int = 0,
     max_atoms: int = MAX_FIT_ATOMS,
-    n_dims: int | None = None,
+    n_dims: int | None = DEFAULT_DIMS,
 ) -> tuple[LatentUncertainty, dict]:
     """Fit the mixture on training features and the error map on validation atoms.
 
@@ -211,7 +215,8 @@ def fit_latent(
             random subsample beyond it): the EM steps hold (atoms, C, F)
             float64 arrays, 8 GB at 10⁶ atoms, C = 8, F = 128.
         n_dims: fit the mixture on this many leading principal components of
-            the features (None: all of them; fewer make each call cheaper).
+            the features, at most their width (None: all of them; fewer make
+            each call cheaper).
 
     Returns:
         the wrapped model and a summary (atoms used, exponent, prefactor,
@@ -223,6 +228,8 @@ def fit_latent(
     if n_all > max_atoms:
         pick = torch.randperm(n_all, generator=torch.Generator().manual_seed(seed))
         train = train[pick[:max_atoms]]
+    if n_dims is not None:
+        n_dims = min(int(n_dims), int(train.shape[1]))
     density = fit_mixture(train, n_components, seed=seed, n_dims=n_dims)
     u_valid, err_valid = [], []
     for batch in valid_batches:
