@@ -315,6 +315,8 @@ def test_a_model_without_features_is_refused():
     schnet = build_model("schnet", cutoff=CUTOFF)
     with pytest.raises(EnsembleError, match="node_features"):
         LatentUncertainty(schnet, None, None)
+    with pytest.raises(ValueError, match="node_features"):
+        CompiledPotential(schnet, compile=False, features=True)
 
 
 # ------------------------------------------------------------------ command

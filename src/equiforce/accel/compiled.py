@@ -131,6 +131,11 @@ class CompiledPotential:
             # inside (the mixture's buffers are the library's constants too)
             self.scorer, model, features = model, model.model, True
         self.features = bool(features)
+        if self.features and not callable(getattr(model, "node_features", None)):
+            raise ValueError(
+                f"features=True: {type(model).__name__} exposes no per-atom features "
+                "(node_features; So3krates and SO3LR do)"
+            )
         self._weights_of = weights_of
         self.model = model.eval()
         self.compiled_inputs: tuple[str, ...] = compiled_inputs(model)
