@@ -201,10 +201,7 @@ class CompiledPotential:
             extra_dims = (GRAPH_INPUT_DIMS[name] for name in self.compiled_inputs)
             fn = AOTIFunction(
                 energy_and_forces,
-                [
-                    *outer.parameters(),
-                    *outer.buffers(),
-                ],  # (a scorer's: its model's too)
+                [*outer.parameters(), *outer.buffers()],  # a scorer's hold its model's
                 lambda: (model.inference_generation, outer.inference_generation),
                 dims=(0, 0, 0, 1, 0, 0, 0, 0, *extra_dims),
                 trace_context=self._trace_context,
@@ -327,7 +324,7 @@ class CompiledPotential:
         """
         self.model.check_graph(graph)  # the traced graph cannot raise on data
         if self.scorer is not None:  # its maps cached: constants when traced
-            self.scorer.density.prepare(graph.positions.dtype, graph.positions.device)
+            self.scorer.prepare_scoring(graph.positions.dtype, graph.positions.device)
         order = self.model.atom_order(graph)
         if order is None:
             out = self._call(graph, stress)

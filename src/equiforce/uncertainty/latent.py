@@ -118,6 +118,10 @@ class LatentUncertainty(WrapsModel, PotentialModel):
         u = self.density.distance(features)
         return u, self.error_scale(u)
 
+    def prepare_scoring(self, dtype: torch.dtype, device: torch.device) -> None:
+        """Cache the mixture's maps for features of ``dtype`` (before tracing)."""
+        self.density.prepare(dtype, device)
+
     @staticmethod
     def scored_outputs(
         u: torch.Tensor, sigma: torch.Tensor, graph: AtomicGraph
