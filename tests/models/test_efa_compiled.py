@@ -17,7 +17,8 @@ from ase.build import molecule
 
 import equiforce
 from equiforce.accel import aoti
-from equiforce.accel.compiled import CompiledPotential, _arguments
+from equiforce.accel.compiled import CompiledPotential
+from equiforce.accel.signature import arguments as _arguments
 from equiforce.data.graph import AtomicGraph
 from equiforce.testing import TINY_SO3KRATES
 

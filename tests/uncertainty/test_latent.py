@@ -13,7 +13,8 @@ from _ensemble_helpers import CUTOFF, batch_of, distorted, fit, labelled_frames,
 
 from equiforce import keys
 from equiforce.accel import aoti
-from equiforce.accel.compiled import CompiledPotential, _arguments
+from equiforce.accel.compiled import CompiledPotential
+from equiforce.accel.signature import arguments as _arguments
 from equiforce.calculator import EquiforceCalculator
 from equiforce.cli import main
 from equiforce.config import DataSource

@@ -44,25 +44,21 @@ from equiforce.accel import runtime
 from equiforce.accel.aoti import AOTIFunction
 from equiforce.accel.padding import pad_to_buckets
 from equiforce.accel.runtime import one_thread_below
+from equiforce.accel.signature import (
+    GRAPH_INPUT_DIMS,
+    arguments,
+    compiled_inputs,
+    dynamo_frame_count,
+    term_keys,
+    wants_aoti,
+    with_features,
+)
 from equiforce.data.graph import AtomicGraph
 from equiforce.data.ordering import restore_atom_order
-from equiforce.energy import E0, LOCAL, VIRIAL, atomic_outputs, finish
+from equiforce.energy import VIRIAL, atomic_outputs, finish
 
 if TYPE_CHECKING:
     from equiforce.models.base import PotentialModel
-
-#: Compile backends of :class:`CompiledPotential` (``EQUIFORCE_COMPILE_BACKEND``).
-BACKENDS = ("aoti", "inductor")
-
-#: Optional graph fields a model may read beyond the eight short-range tensors,
-#: with the dimension of each whose size varies between calls (long-range pairs;
-#: structures). A model lists the ones it reads in ``model.compiled_inputs``.
-GRAPH_INPUT_DIMS: dict[str, int] = {
-    "lr_edge_index": 1,
-    "lr_edge_shifts": 0,
-    "charge": 0,
-    "spin": 0,
-}
 
 #: Dynamo recompile limit set for static-shape wrappers (buckets × dtypes × models).
 STATIC_RECOMPILE_LIMIT = 64
@@ -139,7 +135,7 @@ class CompiledPotential:
         self._weights_of = weights_of
         self.model = model.eval()
         self.compiled_inputs: tuple[str, ...] = compiled_inputs(model)
-        self.term_keys: tuple[str, ...] = _term_keys(model)
+        self.term_keys: tuple[str, ...] = term_keys(model)
         self.compile_seconds: float | None = None
         self._fn = self._energy_and_forces
         self.compiled = False
@@ -167,7 +163,7 @@ class CompiledPotential:
             )
             self.compiled = True
         self.aoti: dict[bool, AOTIFunction] | None = None
-        if compile and _wants_aoti(backend, on_cpu, dynamic, mode, self.pad):
+        if compile and wants_aoti(backend, on_cpu, dynamic, mode, self.pad):
             self.aoti = {}
         self._frame_count_at_start = dynamo_frame_count()
 
@@ -239,7 +235,7 @@ class CompiledPotential:
         def example() -> tuple[torch.Tensor, ...]:
             # two structures, so that the structure count stays symbolic
             g = graph if graph.n_graphs > 1 else AtomicGraph.collate([graph, graph])
-            return _arguments(g, self.compiled_inputs)
+            return arguments(g, self.compiled_inputs)
 
         try:
             return self._aoti_function(graph.edges_paired)(example, args)
@@ -295,7 +291,7 @@ class CompiledPotential:
             **dict(zip(self.compiled_inputs, extras, strict=True)),
         )
         model = self.model
-        terms_fn = _with_features(model) if self.features else model.energy_terms
+        terms_fn = with_features(model) if self.features else model.energy_terms
         out = atomic_outputs(terms_fn, model.e0, graph, stress=stress, method="func")
         e_atom, forces = out[keys.ATOMIC_ENERGIES], out[keys.FORCES]
         extra = [out[k] for k in self.term_keys]
@@ -383,7 +379,7 @@ class CompiledPotential:
                 return out | {keys.NODE_FEATURES: features}
             return self.model(graph, compute_forces=True, compute_stress=stress)
         padded = self._padded(graph) if self.pad else graph
-        args = _arguments(padded, self.compiled_inputs)
+        args = arguments(padded, self.compiled_inputs)
         start = time.perf_counter() if self.compile_seconds is None else 0.0
 
         # small graphs on one thread; the generated loops are single-threaded
@@ -434,101 +430,3 @@ class CompiledPotential:
         if self.cudagraphs:  # the next replay overwrites a CUDA graph's outputs
             atomic = {k: v.clone() for k, v in atomic.items()}
         return finish(graph, atomic)
-
-
-def _with_features(model: PotentialModel):
-    """``model.energy_terms`` that also report the final features (NODE_FEATURES).
-
-    The features are what ``model.node_features`` returned inside the call (the
-    model's own energy path runs unchanged; the method is shadowed on the
-    instance for the call only, see :func:`~equiforce.uncertainty.latent.captured_features`).
-    """
-    from equiforce.uncertainty.latent import captured_features
-
-    def terms(graph: AtomicGraph, differentiable: bool) -> dict[str, torch.Tensor]:
-        with captured_features(model) as store:
-            parts = model.energy_terms(graph, differentiable)
-        return {**parts, keys.NODE_FEATURES: store["features"]}
-
-    return terms
-
-
-def compiled_inputs(model: PotentialModel) -> tuple[str, ...]:
-    """The optional graph fields ``model`` reads (:data:`GRAPH_INPUT_DIMS` names)."""
-    names = tuple(getattr(model, "compiled_inputs", ()))
-    unknown = set(names) - set(GRAPH_INPUT_DIMS)
-    if unknown:
-        raise ValueError(f"compiled_inputs: unknown graph fields {sorted(unknown)}")
-    return names
-
-
-def _term_keys(model: PotentialModel) -> tuple[str, ...]:
-    """``atomic_energies:<term>`` keys of a model with several terms, else none.
-
-    In the order of :meth:`PotentialModel.energy_terms` (the local model, then
-    ``model.terms``) and E0 last, as :func:`equiforce.energy.atomic_outputs`
-    returns them.
-    """
-    if not len(model.terms):
-        return ()
-    return tuple(keys.term_atomic_energies(n) for n in (LOCAL, *model.terms, E0))
-
-
-def _arguments(
-    graph: AtomicGraph, extras: tuple[str, ...] = ()
-) -> tuple[torch.Tensor, ...]:
-    """The tensor arguments of :meth:`CompiledPotential._energy_and_forces`.
-
-    ``extras``: optional fields (:data:`GRAPH_INPUT_DIMS`); a missing charge or
-    spin is passed as zeros (what the eager model assumes for None).
-    """
-    out = [
-        graph.positions,
-        graph.atomic_numbers,
-        graph.graph_index,
-        graph.edge_index,
-        graph.edge_shifts,
-        graph.cell,
-        graph.pbc,
-        graph.n_atoms,
-    ]
-    for name in extras:
-        value = getattr(graph, name)
-        if value is None and name in ("charge", "spin"):
-            value = graph.positions.new_zeros(graph.n_graphs)
-        elif value is None:
-            raise ValueError(
-                f"the model reads graph.{name}, which this graph lacks (build it "
-                "with the model's lr_cutoff; Potential does so)"
-            )
-        out.append(value)
-    return tuple(out)
-
-
-def _wants_aoti(
-    backend: str | None, on_cpu: bool, dynamic: bool, mode: str | None, pad: bool
-) -> bool:
-    """Whether a new wrapper uses the AOTInductor backend.
-
-    An explicit ``backend="aoti"`` that the setting cannot serve is an error; the
-    environment's choice only applies where it can.
-    """
-    possible = on_cpu and dynamic and mode is None and not pad
-    explicit = backend is not None
-    if backend is None:
-        backend = os.environ.get("EQUIFORCE_COMPILE_BACKEND") or "aoti"
-    if backend not in BACKENDS:
-        source = "backend" if explicit else "EQUIFORCE_COMPILE_BACKEND"
-        raise ValueError(f"{source} must be one of {BACKENDS}, got {backend!r}")
-    if explicit and backend == "aoti" and not possible:
-        raise ValueError(
-            "the aoti backend needs a CPU model, dynamic shapes, no mode and no padding"
-        )
-    return backend == "aoti" and possible
-
-
-def dynamo_frame_count() -> int:
-    """Graphs Dynamo has compiled in this process so far."""
-    from torch._dynamo.utils import counters
-
-    return int(counters["stats"]["unique_graphs"])

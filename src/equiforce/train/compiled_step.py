@@ -26,8 +26,8 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
-from equiforce.accel.compiled import dynamo_frame_count
 from equiforce.accel.runtime import INDUCTOR_CPU_OPTIONS, one_thread_below
+from equiforce.accel.signature import dynamo_frame_count
 from equiforce.data.graph import AtomicGraph
 from equiforce.energy import evaluate
 from equiforce.models.base import PotentialModel
