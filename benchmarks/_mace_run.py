@@ -173,7 +173,8 @@ def run_mace(args, out: Path) -> dict:
         work.mkdir(parents=True)
         _mace_data(args, out, work)
         cmd = [python, str(BENCH / "_mace_train.py"), f"--budget-s={60 * args.minutes}"]
-        cmd += [f"--threads={args.threads}", f"--summary={summary_path}", "--"]
+        cmd += [f"--threads={args.threads}", f"--summary={summary_path}"]
+        cmd += ["--flush-denormals"] * args.mace_flush_denormals + ["--"]
         cmd += _mace_cmd(work, args)
         print(f"mace: training for {args.minutes:g} min, {args.threads} threads")
         _run_child(cmd, env, timeout=60 * args.minutes * 1.2 + 900)
@@ -189,7 +190,8 @@ def run_mace(args, out: Path) -> dict:
     m = json.loads(test_path.read_text())
     return {
         "model": "MACE",
-        "preset": f"{args.mace_channels} ch, L={args.mace_max_L}, {args.mace_dtype}",
+        "preset": f"{args.mace_channels} ch, L={args.mace_max_L}, {args.mace_dtype}"
+        + (", subnormals flushed" if s.get("flush_denormals") else ""),
         "threads": s["threads"],
         "minutes": s["budget_s"] / 60,
         "train_seconds": s["train_seconds"],

@@ -21,6 +21,9 @@ one more epoch would not fit. MACE then saves ``<name>_stagetwo.model``; if the
 budget ran out before a Stage Two epoch was validated, the Stage One checkpoint
 is copied as the Stage Two one (``stage_two_steps`` is then 0 in the summary).
 
+``--flush-denormals`` flushes subnormal floats to zero on every thread, as
+equiforce's commands do by default; without it MACE runs as its users run it.
+
 The first Ctrl-C does the same as a spent budget; a second one stops hard.
 
 ``--patience auto`` sets ReduceLROnPlateau's patience after the first epoch to
@@ -197,10 +200,20 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--summary", type=Path, required=True)
     p.add_argument("--patience", default="auto", help="'auto' or keep MACE's value")
     p.add_argument("--stage-two", type=float, default=0.8, help="budget fraction")
+    p.add_argument(
+        "--flush-denormals",
+        action="store_true",
+        help="flush subnormal floats on every thread, as equiforce's commands do "
+        "(MACE itself does not)",
+    )
     args = p.parse_args(argv[:cut])
 
     torch.set_num_threads(args.threads)
     torch.set_num_interop_threads(args.threads)
+    if args.flush_denormals:
+        from equiforce.accel.denormals import flush_denormals
+
+        flush_denormals()
     # e3nn's TorchScript code generation warns once per generated module.
     warnings.filterwarnings("ignore", message="The TorchScript type system")
     import mace.tools
@@ -214,7 +227,8 @@ def main(argv: list[str] | None = None) -> int:
 
     sys.argv = ["mace_run_train", *argv[cut + 1 :]]
     run_train.main()
-    text = json.dumps(budget.summary(args.threads), indent=2)
+    summary = {**budget.summary(args.threads), "flush_denormals": args.flush_denormals}
+    text = json.dumps(summary, indent=2)
     tmp = args.summary.with_name(f".{args.summary.name}.tmp")
     tmp.write_text(text)
     tmp.replace(args.summary)

@@ -123,6 +123,12 @@ def parse_args(argv=None) -> argparse.Namespace:
         help="bin folder of the virtualenv with mace-torch",
     )
     p.add_argument("--mace-channels", type=int, default=64)
+    p.add_argument(
+        "--mace-flush-denormals",
+        action="store_true",
+        help="flush subnormal floats in MACE's training process too (equiforce "
+        "always does; MACE as shipped does not)",
+    )
     p.add_argument("--mace-max-L", type=int, default=1, dest="mace_max_L")
     p.add_argument(
         "--mace-dtype",
