@@ -10,7 +10,7 @@ width only. Usage::
     python benchmarks/uncertainty_cost.py --structure data/uncertainty/3bpa_xtb_train_300K.extxyz
     python benchmarks/uncertainty_cost.py --committee-only [--structure FILE]
     python benchmarks/uncertainty_cost.py --sizes [--heads 8]
-    python benchmarks/uncertainty_cost.py --compiled [--dims 32] [--structure FILE]
+    python benchmarks/uncertainty_cost.py --compiled [--dims 32|0] [--structure FILE]
 
 ``--compiled``: one model and its latent uncertainty through the compiled
 backend MD and the calculator use (``Potential(compile=True)``; on a CPU the
@@ -41,7 +41,7 @@ from equiforce.models.registry import build_model
 from equiforce.potential import Potential
 from equiforce.uncertainty import Committee, HeadEnsemble, LatentUncertainty
 from equiforce.uncertainty.density import fit_error_scale, fit_mixture
-from equiforce.uncertainty.latent import model_features
+from equiforce.uncertainty.latent import DEFAULT_DIMS, model_features
 
 
 def _timer(pot: Potential, atoms, calls: int):
@@ -216,7 +216,13 @@ def main() -> None:
     p.add_argument("--molecule", default="CH3CH2OH")
     p.add_argument("--structure", help="a structure file (first frame) instead")
     p.add_argument("--components", type=int, default=8, help="latent mixture")
-    p.add_argument("--dims", type=int, help="latent: principal components (all)")
+    p.add_argument(
+        "--dims",
+        type=int,
+        default=DEFAULT_DIMS,
+        help=f"latent: principal feature axes of the mixture (default {DEFAULT_DIMS}, "
+        "as `equiforce uncertainty fit`; 0 = all)",
+    )
     p.add_argument("--heads", type=int, default=4)
     p.add_argument("--rounds", type=int, default=7)
     p.add_argument("--calls", type=int, default=20)
@@ -231,6 +237,7 @@ def main() -> None:
         "--compiled", action="store_true", help="latent on the compiled backend"
     )
     args = p.parse_args()
+    args.dims = args.dims or None  # 0: every feature axis
     torch.set_num_threads(args.threads)
     if args.sizes:
         committee_sizes(args.heads, args.preset, args.rounds * args.calls)
@@ -255,7 +262,7 @@ def main() -> None:
         multi = _so3krates(args.preset, 0, k)
         cases |= {
             f"latent ({args.components} components)": latent_of(
-                single, atoms, args.components
+                single, atoms, args.components, args.dims
             ),
             f"{k} heads, mean only": multi,
             f"{k} heads + energy_std": HeadEnsemble(multi, forces_std=False),

@@ -3,6 +3,7 @@
 import json
 import math
 import sys
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -33,7 +34,7 @@ from equiforce.uncertainty import (
     load_latent,
     save_latent,
 )
-from equiforce.uncertainty.density import fit_error_scale, fit_mixture
+from equiforce.uncertainty.density import ErrorScale, fit_error_scale, fit_mixture
 from equiforce.uncertainty.latent import model_features, weights_digest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "train"))
@@ -42,11 +43,17 @@ from _train_helpers import ETHANOL, make_tiny_config  # noqa: E402
 
 @pytest.fixture(scope="module")
 def latent(train_frames):
-    """A fitted tiny model with a mixture over 24 training-like frames."""
+    """A fitted tiny model with a mixture over 24 training-like frames.
+
+    On 6 of the 16 feature axes, so that the projection is not the identity and
+    a wrongly folded or transposed one fails the comparisons below.
+    """
     train = [batch_of(labelled_frames(12, 0.05, seed=s)) for s in (3, 4)]
     valid = [batch_of(labelled_frames(8, 0.05, seed=5))]
     model = fit(tiny(0), train_frames)
-    return fit_latent(model, train, valid, n_components=2)[0]
+    fitted = fit_latent(model, train, valid, n_components=2, n_dims=6)[0]
+    assert fitted.density.projection.shape == (16, 6)
+    return fitted
 
 
 def _outputs(model, atoms) -> dict:
@@ -189,7 +196,7 @@ def test_compiled_backend_scores_the_features_it_returns(latent):
     ref = latent(graph)
     fast = CompiledPotential(latent, compile=False)  # the traced function, eager
     assert fast.scorer is latent and fast.model is latent.model
-    for spatial_order, fallback in ((None, False), (0, False), (None, True)):
+    for spatial_order, fallback in ((None, False), (0, False), (None, True), (0, True)):
         latent.model.spatial_order_min_atoms = spatial_order
         fast._autograd_fallback = fallback
         try:
@@ -203,6 +210,51 @@ def test_compiled_backend_scores_the_features_it_returns(latent):
     # the distorted structure is the one flagged: the comparison is not vacuous
     worst = ref[keys.FORCES_STD_MAX]
     assert float(worst[2]) > 1.5 * float(worst[:2].max())
+
+
+def test_compiled_library_follows_a_refitted_scorer(latent):
+    # fails if the AOTInductor library's state is the tensor list of its first
+    # call: a new error map or mixture (replaced, not edited in place) would be
+    # served from the old library, whose constants are the old ones
+    fast = CompiledPotential(latent, backend="aoti", features=True)
+    fn = fast._aoti_function(False)
+    key = fn._state_key()
+    assert fn._state_key() == key  # nothing changed: the library is kept
+    old_scale, old_nll0 = latent.error_scale, latent.density.nll0
+    try:
+        latent.error_scale = ErrorScale(2 * float(old_scale.prefactor), 0.5)
+        assert fn._state_key() != key
+        key = fn._state_key()
+        latent.density.nll0 = old_nll0.clone()  # a replaced buffer
+        assert fn._state_key() != key
+    finally:
+        latent.error_scale, latent.density.nll0 = old_scale, old_nll0
+
+
+def test_torch_compile_traces_the_scorer_without_falling_back(latent):
+    # fails if Dynamo cannot trace the scorer (a cache key of storage addresses,
+    # a cache written inside the trace) and the call silently runs eager: the
+    # GPU backend and the CPU fallback compile with torch.compile
+    graph = _graph_of(
+        [*labelled_frames(2, 0.05, seed=36), distorted(labelled_frames(1, 0, 37)[0])]
+    )
+    from torch._dynamo.utils import counters
+
+    ref = latent(graph)
+    fast = CompiledPotential(latent, backend="inductor")
+    breaks = sum(counters["graph_break"].values())
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)  # the eager fallback warns
+        out = fast(graph)
+        again = fast(graph)
+    # one graph, no break (a break splits the call into 7 graphs run one by one)
+    assert sum(counters["graph_break"].values()) == breaks
+    assert fast.backend == "inductor" and fast.n_compiles == 1
+    for key in (keys.ENERGY, keys.FORCES, keys.FORCES_STD):
+        torch.testing.assert_close(out[key], ref[key], rtol=1e-9, atol=1e-10)
+        torch.testing.assert_close(again[key], ref[key], rtol=1e-9, atol=1e-10)
+    # the eager cache is not left holding values from inside the trace
+    assert latent(graph)[keys.FORCES_STD].equal(ref[keys.FORCES_STD])
 
 
 def test_exported_library_graph_scores_as_eager(latent):
@@ -268,13 +320,22 @@ def test_file_round_trips_with_weights_only_and_refuses_other_weights(latent, tm
     with pytest.raises(EnsembleError, match="other model weights"):
         load_latent(path, tiny(1))
     # a version-1 file (no projection: the mixture over every feature axis)
+    full = fit_latent(
+        latent.model,
+        [batch_of(labelled_frames(12, 0.05, seed=3))],
+        [batch_of(labelled_frames(8, 0.05, seed=5))],
+        n_components=2,
+        n_dims=None,
+    )[0]
+    save_latent(full, tmp_path / "full.pt")
+    payload = torch.load(tmp_path / "full.pt", weights_only=True)
     old = {**payload, "version": 1}
     old["config"] = {k: v for k, v in payload["config"].items() if k != "n_dims"}
     old["density"] = {k: v for k, v in payload["density"].items() if k != "projection"}
     torch.save(old, tmp_path / "v1.pt")
     torch.testing.assert_close(
         _outputs(load_latent(tmp_path / "v1.pt", latent.model), atoms)[keys.FORCES_STD],
-        _outputs(latent, atoms)[keys.FORCES_STD],
+        _outputs(full, atoms)[keys.FORCES_STD],
     )
     (tmp_path / "foreign.pt").write_bytes(b"not a torch file")
     with pytest.raises(EnsembleError, match="not a readable latent"):

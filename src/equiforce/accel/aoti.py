@@ -212,8 +212,10 @@ class AOTIFunction:
             cell, pbc, n_atoms) -> (atomic_energies, forces)``; it reads the
             model's weights, which become constants.
         state: tensors whose change invalidates the library (the model's
-            parameters and buffers); their version counters and storage are
-            compared at every call.
+            parameters and buffers), or a callable returning them at every call
+            (where a tensor may be replaced by another: a refitted scorer's
+            buffers); their version counters and storage are compared at every
+            call.
         generation: callable returning a counter that changes when caches must be
             dropped for reasons ``state`` cannot see (``.data`` writes).
         dims: per argument of ``fn``, the dimension whose size varies (atoms,
@@ -230,14 +232,15 @@ class AOTIFunction:
     def __init__(
         self,
         fn: Callable[..., tuple[torch.Tensor, ...]],
-        state: Sequence[torch.Tensor],
+        state: Sequence[torch.Tensor] | Callable[[], Sequence[torch.Tensor]],
         generation: Callable[[], object],
         dims: Sequence[int],
         trace_context: Callable[[], contextlib.AbstractContextManager] = (
             contextlib.nullcontext
         ),
     ) -> None:
-        self.fn, self.state, self.generation = fn, list(state), generation
+        self.fn, self.generation = fn, generation
+        self.state = state if callable(state) else list(state)
         self.dims, self.trace_context = tuple(dims), trace_context
         self._runner: Callable[..., Sequence[torch.Tensor]] | None = None
         self._key: tuple | None = None
@@ -247,7 +250,8 @@ class AOTIFunction:
         self._workdir: tempfile.TemporaryDirectory | None = None
 
     def _state_key(self) -> tuple:
-        return (self.generation(), *weight_state_key(self.state))
+        state = self.state() if callable(self.state) else self.state
+        return (self.generation(), *weight_state_key(list(state)))
 
     @staticmethod
     def accepts(n_atoms: int, n_edges: int) -> bool:

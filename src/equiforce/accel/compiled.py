@@ -195,9 +195,13 @@ class CompiledPotential:
                 return self._energy_and_forces(*args[:8], paired, False, *args[8:])
 
             extra_dims = (GRAPH_INPUT_DIMS[name] for name in self.compiled_inputs)
+            # a scorer's tensors hold its model's; a refit may replace them
+            state = [*model.parameters(), *model.buffers()]
+            if outer is not model:
+                state = lambda: [*outer.parameters(), *outer.buffers()]  # noqa: E731
             fn = AOTIFunction(
                 energy_and_forces,
-                [*outer.parameters(), *outer.buffers()],  # a scorer's hold its model's
+                state,
                 lambda: (model.inference_generation, outer.inference_generation),
                 dims=(0, 0, 0, 1, 0, 0, 0, 0, *extra_dims),
                 trace_context=self._trace_context,

@@ -8,10 +8,11 @@ Zhu et al., J. Chem. Phys. 158, 164111 (2023), who score atoms by the negative
 log-likelihood of such a mixture over NequIP's features). Its score is a
 dimensionless distance
 
-    u_i = 2 (NLL_i − NLL_0) / D,    NLL_0 = median_train(NLL) − D/2,
+    u_i = 2 (NLL_i − NLL_0) / K,    NLL_0 = median_train(NLL) − K/2,
 
-so that for a Gaussian cloud u is the squared Mahalanobis distance over the
-feature width D: about 1 on the training atoms, growing quadratically with the
+where the mixture lives on K principal axes of the D features (K ≤ D), so that
+for a Gaussian cloud u is the squared Mahalanobis distance over those K axes
+divided by K: about 1 on the training atoms, growing quadratically with the
 distance from them. :class:`ErrorScale` turns u into a predicted force error
 σ_i = a·u_i^p (eV/Å), monotone, fitted on validation atoms so that the RMS of σ
 equals the RMS force error there (the sense in which an ensemble's std is
@@ -95,23 +96,33 @@ class FeatureDensity(nn.Module):
         """W (D, C·K), b (C·K,) with y_c = x W_c − b_c the whitened offsets, cached.
 
         Standardisation and projection folded in: y_c = ((x − shift)/scale P
-        − μ_c) U_c. Cached
-        per dtype and device until a buffer changes in place (its version
-        counter) or is replaced (its storage).
+        − μ_c) U_c. Cached per dtype and device until a buffer changes in place
+        (its version counter) or is replaced (its storage). While a compiler
+        traces the call the cache that :meth:`prepare` filled is read as it is
+        (storage addresses cannot be compared inside a trace) and never written
+        (a traced value must not outlive the trace).
         """
-        key = (dtype, device, *_state(self.buffers()))
         cache = self.__dict__.get("_affine_cache")
+        if _tracing():
+            if cache is not None and cache[0][:2] == (dtype, device):
+                return cache[1]
+            return self._affine_maps(dtype, device)
+        key = (dtype, device, *_state(self.buffers()))
         if cache is None or cache[0] != key:
-            c, d, k = self.n_components, self.n_features, self.n_dims
-            proj = self.projection / self.scale[:, None]  # (D, K)
-            u = torch.einsum("dk,ckl->cdl", proj, self.prec_chol)  # (C, D, K)
-            weight = u.permute(1, 0, 2).reshape(d, c * k)
-            bias = (self.shift @ weight).view(c, k) + self.mean_proj
-            offset = -2.0 * self.nll0 / k
-            tensors = (weight, bias.reshape(c * k), self.log_norm, offset)
-            cache = (key, tuple(t.to(device=device, dtype=dtype) for t in tensors))
+            cache = (key, self._affine_maps(dtype, device))
             self.__dict__["_affine_cache"] = cache
         return cache[1]
+
+    def _affine_maps(self, dtype: torch.dtype, device: torch.device) -> tuple:
+        """The tensors :meth:`_affine` caches, built from the buffers."""
+        c, d, k = self.n_components, self.n_features, self.n_dims
+        proj = self.projection / self.scale[:, None]  # (D, K)
+        u = torch.einsum("dk,ckl->cdl", proj, self.prec_chol)  # (C, D, K)
+        weight = u.permute(1, 0, 2).reshape(d, c * k)
+        bias = (self.shift @ weight).view(c, k) + self.mean_proj
+        offset = -2.0 * self.nll0 / k
+        tensors = (weight, bias.reshape(c * k), self.log_norm, offset)
+        return tuple(t.to(device=device, dtype=dtype) for t in tensors)
 
 
 class ErrorScale(nn.Module):
@@ -128,12 +139,27 @@ class ErrorScale(nn.Module):
 
     def forward(self, u: torch.Tensor) -> torch.Tensor:
         """Predicted per-atom force error (n_atoms,) eV/Å, in the dtype of u."""
+        a, p = self._floats()
+        return u.clamp(min=MIN_DISTANCE).pow_(p).mul_(a)
+
+    def _floats(self) -> tuple[float, float]:
+        """(a, p) as Python floats, cached: no ``.item()`` sync at every call.
+
+        While a compiler traces the call the cached pair is read as it is (see
+        :meth:`FeatureDensity._affine`); :meth:`prepare` fills it beforehand.
+        """
+        cache = self.__dict__.get("_floats_cache")
+        if _tracing() and cache is not None:
+            return cache[1:]
         key = tuple(_state((self.prefactor, self.exponent)))
-        cache = self.__dict__.get("_floats")
-        if cache is None or cache[0] != key:  # no .item() sync at every call
+        if cache is None or cache[0] != key:
             cache = (key, float(self.prefactor), float(self.exponent))
-            self.__dict__["_floats"] = cache
-        return u.clamp(min=MIN_DISTANCE).pow_(cache[2]).mul_(cache[1])
+            self.__dict__["_floats_cache"] = cache
+        return cache[1:]
+
+    def prepare(self) -> None:
+        """Read the buffers into the cache now (before a compiler traces a call)."""
+        self._floats()
 
 
 def fit_error_scale(
@@ -258,6 +284,13 @@ def _kmeans_resp(x: torch.Tensor, c: int, seed: int, iters: int = 20) -> torch.T
                 centres[k] = members.mean(0)
     label = torch.cdist(x, centres).argmin(1)
     return torch.nn.functional.one_hot(label, c).to(x.dtype)
+
+
+def _tracing() -> bool:
+    """Whether Dynamo or ``make_fx`` (AOTInductor's export) is tracing this call."""
+    from torch.fx.experimental.proxy_tensor import get_proxy_mode
+
+    return torch.compiler.is_compiling() or get_proxy_mode() is not None
 
 
 def _state(tensors) -> list[tuple[int, int]]:

@@ -121,6 +121,7 @@ class LatentUncertainty(WrapsModel, PotentialModel):
     def prepare_scoring(self, dtype: torch.dtype, device: torch.device) -> None:
         """Cache the mixture's maps for features of ``dtype`` (before tracing)."""
         self.density.prepare(dtype, device)
+        self.error_scale.prepare()
 
     @staticmethod
     def scored_outputs(
