@@ -195,10 +195,9 @@ class CompiledPotential:
                 return self._energy_and_forces(*args[:8], paired, False, *args[8:])
 
             extra_dims = (GRAPH_INPUT_DIMS[name] for name in self.compiled_inputs)
-            # a scorer's tensors hold its model's; a refit may replace them
             state = [*model.parameters(), *model.buffers()]
-            if outer is not model:
-                state = lambda: [*outer.parameters(), *outer.buffers()]  # noqa: E731
+            if outer is not model:  # a scorer: a refit may replace its own tensors
+                state = _with_scorer_tensors(state, outer, model)
             fn = AOTIFunction(
                 energy_and_forces,
                 state,
@@ -434,3 +433,26 @@ class CompiledPotential:
         if self.cudagraphs:  # the next replay overwrites a CUDA graph's outputs
             atomic = {k: v.clone() for k, v in atomic.items()}
         return finish(graph, atomic)
+
+
+def _with_scorer_tensors(
+    fixed: list[torch.Tensor], scorer: torch.nn.Module, model: torch.nn.Module
+):
+    """``fixed`` (the model's tensors) plus the scorer's own, looked up at every call.
+
+    The scorer's submodules (a mixture, an error map) are re-read each time, so a
+    refit that replaces one, or one of their buffers, is seen; walking the
+    model's module tree at every call would cost tens of µs of a 0.3 ms call.
+    """
+
+    def state() -> list[torch.Tensor]:
+        own = [
+            t
+            for child in scorer.children()
+            if child is not model
+            for t in (*child.parameters(), *child.buffers())
+        ]
+        direct = (*scorer._parameters.values(), *scorer._buffers.values())
+        return [*fixed, *own, *(t for t in direct if t is not None)]
+
+    return state
