@@ -14,6 +14,7 @@ Usage (on a CUDA machine): python benchmarks/gpu_speed.py --out gpu_speed.json
 import argparse
 import json
 import time
+import warnings
 
 import numpy as np
 import torch
@@ -71,6 +72,9 @@ def main():
                 "neighbor_ms_cpu": nl_ms,
             }
             torch.cuda.reset_peak_memory_stats()
+            caught = warnings.catch_warnings(record=True)
+            seen = caught.__enter__()
+            warnings.simplefilter("always")
             try:
                 row["eager_ms"] = timed(lambda: model(g), n)  # noqa: B023
                 row["peak_mem_gib_eager"] = torch.cuda.max_memory_allocated() / 2**30
@@ -97,6 +101,15 @@ def main():
                     row["dynamic_compiled"] = dyn.compiled
             except (torch.OutOfMemoryError, RuntimeError) as err:
                 row["error"] = f"{type(err).__name__}: {err}"[:200]
+            finally:
+                caught.__exit__(None, None, None)
+            # why a compile fell back, say (the first lines of each warning)
+            messages = {
+                str(w.message)[:300] for w in seen if w.category is not UserWarning
+            }
+            if messages:
+                row["warnings"] = sorted(messages)
+            row["chunked"] = model.chunks_edges(g.n_edges, False)
             print(row, flush=True)
             rows.append(row)
             torch.cuda.empty_cache()

@@ -42,6 +42,7 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--dtype", choices=["float32", "float64"], default="float32")
     p.add_argument("--rounds", type=int, default=5, help="alternating rounds")
     p.add_argument("--steps", type=int, default=40, help="steps per round and mode")
+    p.add_argument("--device", default="cpu", help="torch device (cpu, cuda)")
     p.add_argument("--json", type=Path, default=None)
     p.add_argument(
         "--profile",
@@ -68,13 +69,16 @@ def main() -> None:
     )
     t = config.training
     data = prepare_data(config, config.model.resolved.cutoff, Reporter(enabled=False))
-    model = build_training_model(config, data.statistics)[0].train()
+    device = torch.device(args.device)
+    model = build_training_model(config, data.statistics)[0].to(device).train()
     loss_fn = WeightedLoss(t.energy_weight, t.forces_weight)
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-4)
     gen = torch.Generator().manual_seed(0)
     n = len(data.train)
     batches = [
-        data.train.batch(torch.randperm(n, generator=gen)[: args.batch_size].numpy())
+        data.train.batch(
+            torch.randperm(n, generator=gen)[: args.batch_size].numpy()
+        ).to(device)
         for _ in range(args.steps)
     ]
     compiled = CompiledTrainStep(model, loss_fn)
@@ -101,6 +105,8 @@ def main() -> None:
             start = time.perf_counter()
             for b in batches:
                 fn(b)
+            if device.type == "cuda":  # the steps are queued, not finished
+                torch.cuda.synchronize()
             times[mode].append((time.perf_counter() - start) / len(batches))
         print(
             f"round {r + 1}/{args.rounds}: "
@@ -111,6 +117,7 @@ def main() -> None:
         "batch_size": args.batch_size,
         "dtype": args.dtype,
         "threads": args.threads,
+        "device": torch.cuda.get_device_name() if device.type == "cuda" else "cpu",
         "compile_seconds": compiled.compile_seconds,
         "still_compiled": compiled.compiled,
         "n_compiles": compiled.n_compiles,

@@ -102,3 +102,13 @@ def test_cuda_rotation_invariance():
     torch.testing.assert_close(o2["energy"], o1["energy"], rtol=1e-12, atol=1e-9)
     rot = torch.as_tensor(q, device="cuda")
     torch.testing.assert_close(o2["forces"], o1["forces"] @ rot.T, rtol=1e-9, atol=1e-9)
+
+
+def test_cuda_takes_more_edges_at_once_for_forces_only():
+    """The CPU's forces-only chunk limit is lifted by the device memory on CUDA."""
+    from equiforce.testing import TINY_SO3KRATES
+
+    model = equiforce.build_model("so3krates", **TINY_SO3KRATES).to("cuda")
+    n = model.auto_chunk_edges_detached + 1
+    assert not model.chunks_edges(n, False)  # every lent GPU has > 20 GiB
+    assert model.chunks_edges(model.auto_chunk_edges + 1, True)  # training: as on CPU

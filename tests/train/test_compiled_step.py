@@ -167,3 +167,34 @@ def test_compiled_step_trains_periodic_so3lr_batches_eagerly(monkeypatch):
     parts, _ = step(open_batch)
     assert calls == [2] and step.n_eager == 2
     assert parts["loss"] == pytest.approx(ref_parts["loss"], rel=1e-10)
+
+
+def test_failed_compile_falls_back_to_the_autograd_step():
+    """A compiler error: warned once, then the trainer's autograd step, same numbers."""
+    model = equiforce.build_model(
+        "so3krates", dtype=torch.float64, **TINY_SO3KRATES
+    ).train()
+    loss_fn = WeightedLoss(energy_weight=0.3, forces_weight=0.7)
+    step = CompiledTrainStep(model, loss_fn, compile=False)
+    calls = []
+
+    def broken(*args):
+        calls.append(1)
+        raise RuntimeError("Inductor exploded")
+
+    step._fn, step.compiled = broken, True  # as if torch.compile had wrapped it
+    for seed in (0, 1):
+        batch = labelled_batch(2, 6, torch.float64, seed)
+        ref_parts, ref_grads = autograd_reference(model, loss_fn, batch)
+        if seed == 0:
+            with pytest.warns(RuntimeWarning, match="Inductor exploded"):
+                parts, grads = step(batch)
+        else:
+            parts, grads = step(batch)
+        assert not step.compiled and step._fn == step._autograd_fallback
+        for k, v in ref_parts.items():
+            assert parts[k] == pytest.approx(v, rel=1e-12), k
+        assert grads.keys() == ref_grads.keys()
+        for n, g in ref_grads.items():
+            torch.testing.assert_close(grads[n], g, rtol=1e-10, atol=1e-14, msg=n)
+    assert calls == [1]  # the broken function is not tried again

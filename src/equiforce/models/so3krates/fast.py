@@ -31,6 +31,24 @@ from equiforce.accel.spline import CubicHermiteTable
 from equiforce.accel.weights import weight_state_key
 from equiforce.models.so3krates.layer import So3kratesLayer
 
+#: Peak device memory per directed edge of an unchunked eager energy+forces call
+#: in float32, the largest seen: 16.4 GiB for the 10,125-atom box (562,040 edges;
+#: 1,029 atoms: 0.74 GiB for 57,300), H200, 2026-12-04 (``benchmarks/gpu_speed.py``).
+FORCES_BYTES_PER_EDGE = 32_000
+#: Share of a GPU's memory an unchunked forces-only call may plan for.
+GPU_MEMORY_SHARE = 0.3
+
+
+def gpu_edge_limit(total_bytes: int, element_size: int) -> int:
+    """Edges an unchunked forces-only call may have on a GPU of ``total_bytes``.
+
+    Args:
+        total_bytes: the device's memory.
+        element_size: bytes per float of the model (4: float32, 8: float64).
+    """
+    per_edge = FORCES_BYTES_PER_EDGE * element_size / 4
+    return int(GPU_MEMORY_SHARE * total_bytes / per_edge)
+
 
 class NodeProjections(NamedTuple):
     """Weight-only inputs of the per-head maps, kept between inference calls."""
@@ -205,13 +223,34 @@ class So3kratesFastPaths:
         limit = (
             self.auto_chunk_edges if differentiable else self.auto_chunk_edges_detached
         )
-        if chunk is None and n_edges > limit:
+        device_limit = 0 if differentiable else self._device_edge_limit()
+        if chunk is None and n_edges > max(limit, device_limit):
             chunk = (
                 self.auto_chunk_size
                 if differentiable
-                else self.auto_chunk_size_detached
+                # on a GPU, few large chunks (each launches every kernel once)
+                else max(self.auto_chunk_size_detached, device_limit // 2)
             )
         return chunk if chunk is not None and n_edges > chunk else None
+
+    def _device_edge_limit(self) -> int:
+        """Forces-only edges a CUDA device takes at once (0 on the CPU).
+
+        The CPU limits above keep host memory and cache in mind; a GPU holds far
+        more edges at once, and there the chunks cost time (H200, 10,125-atom box,
+        562k edges, energy+forces: 162 ms in 60k-edge chunks, 34 ms at once;
+        CUDA graphs 154 / 12 ms). The limit takes
+        :data:`GPU_MEMORY_SHARE` of the device's memory at
+        :data:`FORCES_BYTES_PER_EDGE` per edge (scaled by the dtype's size);
+        larger graphs take chunks of half that many edges (101k-atom box, 5.5 M
+        edges, in 60k-edge chunks: 1.22 s on the H200; in half-limit chunks:
+        not yet measured).
+        """
+        p = next(self.parameters(), None)
+        if p is None or p.device.type != "cuda":
+            return 0
+        total = torch.cuda.get_device_properties(p.device).total_memory
+        return gpu_edge_limit(total, p.element_size())
 
     def chunks_edges(self, n_edges: int, differentiable: bool) -> bool:
         """True when edges are processed in chunks (very large graphs)."""
