@@ -137,6 +137,15 @@ def parse_args(argv=None) -> argparse.Namespace:
         default="float32",
         help="MACE training dtype (the test set is evaluated in float64)",
     )
+    p.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        dest="sets",
+        help="extra So3krates config override, as `equiforce train --set` (repeatable; "
+        "e.g. training.ema_decay=0.999); applied after the options above",
+    )
     p.add_argument("--out", type=Path, default=None)
     p.add_argument(
         "--fresh",
@@ -206,6 +215,7 @@ def so3krates_config(args):
         f"training.max_minutes={args.minutes}",
         "training.max_epochs=null",
         f"training.compile={str(args.compile).lower()}",
+        *args.sets,
     ]
     config = load_config(base, sets)
     torch.set_num_threads(args.threads)
@@ -229,6 +239,7 @@ def so3krates_config(args):
         f"so3krates: {sps * 1000:.0f} ms/step -> about {steps} steps in "
         f"{args.minutes:g} min"
     )
+    sets += args.sets  # last, so that they also win over the schedule above
     return load_config(base, sets), sps
 
 
@@ -262,6 +273,8 @@ def run_so3krates(args, out: Path) -> dict:
     return {
         "model": "So3krates",
         "preset": config.model.preset or args.preset,
+        "lr": t.lr,
+        "overrides": list(args.sets),
         "threads": t.threads * t.processes,
         "processes": t.processes,
         "batch_size": t.batch_size,
