@@ -105,11 +105,15 @@ def main():
                 caught.__exit__(None, None, None)
             # why a compile fell back, say (the first lines of each warning)
             messages = {
-                str(w.message)[:300] for w in seen if w.category is not UserWarning
+                str(w.message)[:300]
+                for w in seen
+                if issubclass(w.category, RuntimeWarning)
             }
             if messages:
                 row["warnings"] = sorted(messages)
-            row["chunked"] = model.chunks_edges(g.n_edges, False)
+            row["chunked"] = model.chunks_edges(g.n_edges, False)  # forces-only
+            # the CUDA-graph path takes the autograd path where training would chunk
+            row["graphs_autograd_path"] = model.chunks_edges(g.n_edges, True)
             print(row, flush=True)
             rows.append(row)
             torch.cuda.empty_cache()

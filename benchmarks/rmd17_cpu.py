@@ -222,7 +222,8 @@ def so3krates_config(args):
     sps, warmup = seconds_per_step(config)
     # an estimate for the validation interval and the warm-up; the cosine itself
     # runs on the training clock and ends at the budget whatever the real speed
-    budget = 60 * args.minutes - (warmup if args.compile else 0.0)
+    t = config.training  # --set may have changed the budget or the step
+    budget = 60 * t.max_minutes - (warmup if t.compile else 0.0)
     steps = max(int(budget / sps), 10)
     sets += [f"training.valid_interval={max(steps // 40, 5)}"]
     if args.schedule == "cosine":
@@ -237,7 +238,7 @@ def so3krates_config(args):
         sets += [f"training.max_steps={steps}"]
     print(
         f"so3krates: {sps * 1000:.0f} ms/step -> about {steps} steps in "
-        f"{args.minutes:g} min"
+        f"{t.max_minutes:g} min"
     )
     sets += args.sets  # last, so that they also win over the schedule above
     return load_config(base, sets), sps
@@ -273,8 +274,12 @@ def run_so3krates(args, out: Path) -> dict:
     return {
         "model": "So3krates",
         "preset": config.model.preset or args.preset,
+        # the recipe as trained (from the run's resolved config, also on resume)
         "lr": t.lr,
-        "overrides": list(args.sets),
+        "min_lr": t.min_lr,
+        "ema_decay": t.ema_decay,
+        "energy_weight": t.energy_weight,
+        "forces_weight": t.forces_weight,
         "threads": t.threads * t.processes,
         "processes": t.processes,
         "batch_size": t.batch_size,

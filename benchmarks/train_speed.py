@@ -129,7 +129,12 @@ def main() -> None:
         ms = statistics.median(v) * 1e3
         result[f"{mode}_ms_per_step"] = ms
         result[f"{mode}_structures_per_s"] = args.batch_size / ms * 1e3
-    result["speedup"] = result["eager_ms_per_step"] / result["compiled_ms_per_step"]
+    # after a failed compile both modes are the autograd step: no speed-up to report
+    result["speedup"] = (
+        result["eager_ms_per_step"] / result["compiled_ms_per_step"]
+        if compiled.compiled
+        else None
+    )
     print(json.dumps(result, indent=2))
     if args.profile is not None:
         profile_compiled(compiled_step, batches, args.profile)

@@ -105,10 +105,15 @@ def test_cuda_rotation_invariance():
 
 
 def test_cuda_takes_more_edges_at_once_for_forces_only():
-    """The CPU's forces-only chunk limit is lifted by the device memory on CUDA."""
+    """On CUDA the forces-only chunk limit follows the device memory."""
+    from equiforce.models.so3krates.fast import gpu_edge_limit
     from equiforce.testing import TINY_SO3KRATES
 
     model = equiforce.build_model("so3krates", **TINY_SO3KRATES).to("cuda")
-    n = model.auto_chunk_edges_detached + 1
-    assert not model.chunks_edges(n, False)  # every lent GPU has > 20 GiB
+    cfg = model.config
+    total = torch.cuda.get_device_properties(0).total_memory
+    limit = gpu_edge_limit(total, 4, cfg.num_layers * cfg.num_features / 256)
+    assert model._device_edge_limit() == limit
+    model.auto_chunk_size_detached = 1000  # chunks smaller than the graphs below
+    assert not model.chunks_edges(limit, False) and model.chunks_edges(limit + 1, False)
     assert model.chunks_edges(model.auto_chunk_edges + 1, True)  # training: as on CPU

@@ -157,6 +157,23 @@ def test_auto_batches_small_structures_only():
     assert committee.batches(graph)
 
 
+def test_batching_stops_where_k_members_would_need_edge_chunks():
+    # K members in one vmap hold K times the edges' intermediates
+    committee = Committee(_members())
+    committee.batched = "on"
+    atoms = molecule("CH3CH2OH")
+    graph = AtomicGraph.from_arrays(
+        atoms.positions, atoms.numbers, committee.cutoff, dtype=torch.float64
+    )
+    k, n = committee.n_members, graph.edge_index.shape[1]
+    assert k >= 2 and hasattr(committee.members[0], "chunks_edges")
+    committee.members[0].auto_chunk_size_detached = 16  # chunks smaller than n
+    committee.members[0].auto_chunk_edges_detached = n * k
+    assert committee.batches(graph)
+    committee.members[0].auto_chunk_edges_detached = n * k - 1
+    assert not committee.batches(graph)
+
+
 @pytest.mark.parametrize("index_batched", [False, True])
 def test_row_ops_batching_rules_equal_the_loop(index_batched):
     # the batching rules of the row gather and sum against a loop over members

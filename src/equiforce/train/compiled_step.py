@@ -9,7 +9,8 @@ path (:func:`equiforce.energy.evaluate` with ``method="func"``, i.e.
 ``grad_and_value(energy)(positions)``), and the whole thing is compiled once with
 dynamic atom and edge counts (and Inductor's own gathers at every size, see
 :func:`equiforce.nn.scatter.inductor_row_ops`). Eager ``torch.func`` runs the same function (the
-fallback when compilation fails, and the reference in the tests).
+reference in the tests, and ``compile=False``); when compilation fails, the step
+falls back to the trainer's autograd step, which is faster than eager ``torch.func``.
 
 Stress training is not compiled (the trainer keeps the autograd path for it).
 Batches the model's ``compiled_accepts`` refuses (SO3LR: 3D-periodic cells under
@@ -138,6 +139,8 @@ class CompiledTrainStep:
         self.model.check_graph(batch)  # the traced step cannot raise on data
         if self._accepts is not None and not self._accepts(batch):
             return self._eager(batch)
+        if self._fn == self._autograd_fallback:  # compiling failed before
+            return self._autograd(batch)
         weights = {
             f"model.{n}": p.detach()
             for n, p in self.model.named_parameters()

@@ -143,7 +143,9 @@ class Committee(EnsembleModel):
         if self.batched == "off" or self._batch_off is not None:
             return False
         chunks = getattr(self.members[0], "chunks_edges", None)
-        if chunks is not None and chunks(n_edges, False):  # autograd functions
+        # the members' chunks are autograd functions (no vmap rules); K members
+        # at once hold K times the edges' intermediates (the GPU limit is memory)
+        if chunks is not None and chunks(n_edges * len(self.members), False):
             return False
         if self.batched == "on":
             return True

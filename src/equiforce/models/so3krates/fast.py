@@ -32,22 +32,28 @@ from equiforce.accel.weights import weight_state_key
 from equiforce.models.so3krates.layer import So3kratesLayer
 
 #: Peak device memory per directed edge of an unchunked eager energy+forces call
-#: in float32, the largest seen: 16.4 GiB for the 10,125-atom box (562,040 edges;
-#: 1,029 atoms: 0.74 GiB for 57,300), H200, 2026-12-04 (``benchmarks/gpu_speed.py``).
+#: of So3krates ``default`` (F = 128, 2 layers) in float32, the largest seen:
+#: 16.4 GiB for the 10,125-atom box (562,040 edges; 3,000 atoms: 2.02 GiB for
+#: 166,608; 1,029 atoms: 0.74 GiB for 57,300), H200, 2026-12-04
+#: (``benchmarks/gpu_speed.py``).
 FORCES_BYTES_PER_EDGE = 32_000
 #: Share of a GPU's memory an unchunked forces-only call may plan for.
 GPU_MEMORY_SHARE = 0.3
+#: The GPU limit never goes below this many edges (the CPU's chunk size).
+GPU_MIN_EDGES = 60_000
 
 
-def gpu_edge_limit(total_bytes: int, element_size: int) -> int:
+def gpu_edge_limit(total_bytes: int, element_size: int, width: float = 1.0) -> int:
     """Edges an unchunked forces-only call may have on a GPU of ``total_bytes``.
 
     Args:
         total_bytes: the device's memory.
         element_size: bytes per float of the model (4: float32, 8: float64).
+        width: the model's per-edge work against So3krates ``default``
+            (layers × features × readout heads / (2 × 128)).
     """
-    per_edge = FORCES_BYTES_PER_EDGE * element_size / 4
-    return int(GPU_MEMORY_SHARE * total_bytes / per_edge)
+    per_edge = FORCES_BYTES_PER_EDGE * width * element_size / 4
+    return max(int(GPU_MEMORY_SHARE * total_bytes / per_edge), GPU_MIN_EDGES)
 
 
 class NodeProjections(NamedTuple):
@@ -224,7 +230,9 @@ class So3kratesFastPaths:
             self.auto_chunk_edges if differentiable else self.auto_chunk_edges_detached
         )
         device_limit = 0 if differentiable else self._device_edge_limit()
-        if chunk is None and n_edges > max(limit, device_limit):
+        if device_limit:  # a GPU: its memory decides, larger or smaller
+            limit = device_limit
+        if chunk is None and n_edges > limit:
             chunk = (
                 self.auto_chunk_size
                 if differentiable
@@ -241,7 +249,9 @@ class So3kratesFastPaths:
         562k edges, energy+forces: 162 ms in 60k-edge chunks, 34 ms at once;
         CUDA graphs 154 / 12 ms). The limit takes
         :data:`GPU_MEMORY_SHARE` of the device's memory at
-        :data:`FORCES_BYTES_PER_EDGE` per edge (scaled by the dtype's size);
+        :data:`FORCES_BYTES_PER_EDGE` per edge (scaled by the dtype's size, the
+        layers and features, and the readout heads, whose forces are one backward
+        each);
         larger graphs take chunks of half that many edges (101k-atom box, 5.5 M
         edges, in 60k-edge chunks: 1.22 s on the H200; in half-limit chunks:
         not yet measured).
@@ -250,7 +260,9 @@ class So3kratesFastPaths:
         if p is None or p.device.type != "cuda":
             return 0
         total = torch.cuda.get_device_properties(p.device).total_memory
-        return gpu_edge_limit(total, p.element_size())
+        cfg = self.config
+        width = cfg.num_layers * cfg.num_features * max(self.n_heads, 1) / 256
+        return gpu_edge_limit(total, p.element_size(), width)
 
     def chunks_edges(self, n_edges: int, differentiable: bool) -> bool:
         """True when edges are processed in chunks (very large graphs)."""
