@@ -97,6 +97,7 @@ class CompiledTrainStep:
         self._wrapper = _EnergyTerms(model)
         self.compile_seconds: float | None = None
         self.compiled = compile
+        self._autograd_fallback = False  # set when compiling failed
         self._fn = self._loss_and_grads
         if compile:
             on_cpu = all(p.device.type == "cpu" for p in model.parameters())
@@ -139,7 +140,7 @@ class CompiledTrainStep:
         self.model.check_graph(batch)  # the traced step cannot raise on data
         if self._accepts is not None and not self._accepts(batch):
             return self._eager(batch)
-        if self._fn == self._autograd_fallback:  # compiling failed before
+        if self._autograd_fallback:  # compiling failed before
             return self._autograd(batch)
         weights = {
             f"model.{n}": p.detach()
@@ -165,22 +166,13 @@ class CompiledTrainStep:
             )
             # the trainer's autograd step, not the eager torch.func function:
             # H200, aspirin batch 5, 30.5 vs 43.7 ms per step
-            self._fn, self.compiled = self._autograd_fallback, False
-            grads, parts = self._fn(weights, buffers, batch)
+            self.compiled, self._autograd_fallback = False, True
+            self.compile_seconds = time.perf_counter() - start
+            return self._autograd(batch)
         if self.compile_seconds is None:
             self.compile_seconds = time.perf_counter() - start
         grads = {k.removeprefix("model."): g for k, g in grads.items()}
         return {k: float(v) for k, v in parts.items()}, grads
-
-    def _autograd_fallback(
-        self,
-        weights: dict[str, torch.Tensor],
-        buffers: dict[str, torch.Tensor],
-        batch: AtomicGraph,
-    ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
-        """After a failed compile: ``_loss_and_grads``' signature, autograd inside."""
-        parts, grads = self._autograd(batch)
-        return {f"model.{n}": g for n, g in grads.items()}, parts
 
     def _eager(
         self, batch: AtomicGraph
@@ -197,7 +189,9 @@ class CompiledTrainStep:
         self.n_eager += 1
         return self._autograd(batch)
 
-    def _autograd(self, batch: AtomicGraph) -> tuple[dict, dict[str, torch.Tensor]]:
+    def _autograd(
+        self, batch: AtomicGraph
+    ) -> tuple[dict[str, float], dict[str, torch.Tensor]]:
         """Loss parts and weight gradients by autograd (the trainer's eager step)."""
         named = [(n, p) for n, p in self.model.named_parameters() if p.requires_grad]
         out = self.model(batch, compute_forces=True, create_graph=True)
