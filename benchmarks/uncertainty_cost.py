@@ -11,11 +11,15 @@ width only. Usage::
     python benchmarks/uncertainty_cost.py --committee-only [--structure FILE]
     python benchmarks/uncertainty_cost.py --sizes [--heads 8]
     python benchmarks/uncertainty_cost.py --compiled [--dims 32|0] [--structure FILE]
+    python benchmarks/uncertainty_cost.py --compiled-committee [--heads 4] [--structure FILE]
 
 ``--compiled``: one model and its latent uncertainty through the compiled
 backend MD and the calculator use (``Potential(compile=True)``; on a CPU the
 AOTInductor library, built once per model: minutes), paired overhead, plus the
-latent model's eager call for scale.
+latent model's eager call for scale. ``--compiled-committee``: a committee of
+``--heads`` members, each through its own compiled backend (what MD uses), against
+one compiled model and the eager committee (members batched where the size rule
+says so).
 
 A committee is timed with its members batched (one vmapped call,
 ``Committee.batched = "on"``) and one by one (``"off"``); ``--sizes`` sweeps
@@ -210,6 +214,35 @@ def compiled_latent(
     print(f"paired: latent eager vs one model compiled: {ov:+.1f} % ({pairs} pairs)")
 
 
+def compiled_committee(atoms, preset: str, k: int, pairs: int) -> None:
+    """A committee on its members' compiled backends vs one compiled model."""
+    members = [_so3krates(preset, s) for s in range(k)]
+    plain = Potential(_so3krates(preset, 0), compile=True)
+    fast = Potential(Committee(members), compile=True)
+    eager = Potential(Committee(members), compile=False)
+    for pot in (plain, fast, eager):
+        pot.compute(atoms.positions, atoms.numbers)  # builds the libraries
+    backend = fast.compiled.backend
+    assert backend == plain.compiled.backend, (backend, plain.compiled.backend)
+    ms = {}
+    for name, pot in (
+        ("one model compiled", plain),
+        (f"committee of {k} compiled", fast),
+        (f"committee of {k} eager", eager),
+    ):
+        run = _timer(pot, atoms, 20)
+        ms[name] = statistics.median(run() for _ in range(max(3, pairs // 20)))
+    print(f"{len(atoms)} atoms, So3krates {preset}, float32, backend {backend}: "
+          + ", ".join(f"{k} {v:.3f} ms" for k, v in ms.items()))  # fmt: skip
+    for name, pot in ((f"committee of {k} compiled", fast), ("eager", eager)):
+        ov = paired_overhead(plain, pot, atoms, pairs)
+        print(
+            f"paired: {name} / one model compiled: {1 + ov / 100:.2f}x ({pairs} pairs)"
+        )
+    ov = paired_overhead(fast, eager, atoms, pairs)
+    print(f"paired: committee eager / compiled: {1 + ov / 100:.2f}x ({pairs} pairs)")
+
+
 def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("--preset", default="default")
@@ -236,6 +269,11 @@ def main() -> None:
     p.add_argument(
         "--compiled", action="store_true", help="latent on the compiled backend"
     )
+    p.add_argument(
+        "--compiled-committee",
+        action="store_true",
+        help="a committee of --heads members on their compiled backends",
+    )
     args = p.parse_args()
     args.dims = args.dims or None  # 0: every feature axis
     torch.set_num_threads(args.threads)
@@ -252,6 +290,9 @@ def main() -> None:
         compiled_latent(
             atoms, args.preset, args.components, args.rounds * args.calls, args.dims
         )
+        return
+    if args.compiled_committee:
+        compiled_committee(atoms, args.preset, args.heads, args.rounds * args.calls)
         return
     k = args.heads
     single = _so3krates(args.preset, 0)

@@ -16,7 +16,8 @@
   periodic flags and the cell of a structure that is not periodic in all three
   directions must be unchanged;
 - the switch from eager calls to the compiled backend
-  (:class:`~equiforce.accel.compiled.CompiledPotential`), kept once made.
+  (:class:`~equiforce.accel.compiled.CompiledPotential`; a committee's members each
+  through their own, :mod:`equiforce.uncertainty.compiled`), kept once made.
 
 Both backends evaluate the one energy path (:mod:`equiforce.energy`). Adapters
 (:class:`equiforce.calculator.EquiforceCalculator`,
@@ -28,6 +29,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -37,6 +39,11 @@ from equiforce.accel.compiled import CompiledPotential
 from equiforce.data.graph import AtomicGraph
 from equiforce.errors import EquiforceError
 from equiforce.models.base import PotentialModel
+
+if TYPE_CHECKING:
+    from equiforce.uncertainty.compiled import CompiledCommittee
+
+    Backend = CompiledPotential | CompiledCommittee
 
 #: Array-likes accepted by :meth:`Potential.compute` (converted without copying
 #: where device and dtype already fit).
@@ -110,7 +117,7 @@ class Potential:
         self._reference: tuple[torch.Tensor, ...] | None = None
         #: the structure of each atom at the last build (None: one structure)
         self._partition: torch.Tensor | None = None
-        self._compiled: CompiledPotential | None = None
+        self._compiled: Backend | None = None
         self.n_builds = 0
         self.n_calls = 0
         self.notify: Callable[[str], None] | None = None
@@ -132,11 +139,11 @@ class Potential:
 
     # --------------------------------------------------------- the backend
     @property
-    def compiled(self) -> CompiledPotential | None:
+    def compiled(self) -> Backend | None:
         """The compiled backend once the policy has switched to it, else None."""
         return self._compiled
 
-    def _backend(self) -> CompiledPotential | None:
+    def _backend(self) -> Backend | None:
         if self._compiled is None:
             wanted = (
                 self.compile
@@ -145,11 +152,18 @@ class Potential:
             )
             # a model the compiled backends cannot serve sets ``compilable = False``
             # (graph fields beyond the short-range ones pass through when listed
-            # in ``model.compiled_inputs``, as SO3LR's long-range pairs, charge, spin)
-            if wanted and getattr(self.model, "compilable", True):
-                self._compiled = CompiledPotential.for_device(self.model)
+            # in ``model.compiled_inputs``, as SO3LR's long-range pairs, charge,
+            # spin); one that brings its own (a committee: its members compiled
+            # one by one) has ``compiled_backend()``
+            own = getattr(self.model, "compiled_backend", None)
+            if wanted and (own is not None or getattr(self.model, "compilable", True)):
                 if self.notify is not None:
                     self.notify(COMPILE_NOTICE)
+                self._compiled = (
+                    own()
+                    if own is not None
+                    else CompiledPotential.for_device(self.model)
+                )
         return self._compiled
 
     def __call__(
@@ -165,8 +179,8 @@ class Potential:
             ``energy`` (n_graphs,) float64 eV, ``atomic_energies`` (n_atoms,)
             float64 eV, ``forces`` (n_atoms, 3) eV/Å[, ``stress``].
         """
+        backend = self._backend()  # eager for the first ``compile_after`` calls
         self.n_calls += 1
-        backend = self._backend()
         if backend is not None:
             return backend(graph, stress=stress)
         return self.model(graph, compute_forces=True, compute_stress=stress)

@@ -8,7 +8,9 @@ them on one neighbour graph and returns their mean and spread
 
 Members of one architecture (So3krates or SO3LR, as ``--committee`` trains them) run as
 one vectorised call on small structures (:mod:`equiforce.uncertainty.batched`),
-one after another otherwise.
+one after another otherwise. On :class:`~equiforce.potential.Potential`'s compiled
+path (MD, the calculator) each member runs its own compiled backend
+(:mod:`equiforce.uncertainty.compiled`).
 """
 
 from __future__ import annotations
@@ -24,12 +26,9 @@ from equiforce import keys
 from equiforce.data.graph import AtomicGraph
 from equiforce.models.base import PotentialModel
 from equiforce.uncertainty.batched import CannotBatchError, StackedMembers
-from equiforce.uncertainty.ensemble import EnsembleError, EnsembleModel
+from equiforce.uncertainty.ensemble import STACKED, EnsembleError, EnsembleModel
 
 logger = logging.getLogger(__name__)
-
-#: outputs stacked over members (per-term outputs are left out)
-STACKED = (keys.ENERGY, keys.ATOMIC_ENERGIES, keys.FORCES, keys.STRESS)
 
 #: Most edges of a graph evaluated as one vectorised call under ``batched="auto"``
 #: (K = 4 and 8: batched / one by one 0.35-0.9 up to 1,000 edges, 1.0-1.1 from
@@ -110,6 +109,17 @@ class Committee(EnsembleModel):
         for m in self.members:
             m.clear_inference_caches()
         super().clear_inference_caches()
+
+    def compiled_backend(self):
+        """The committee for :class:`~equiforce.potential.Potential`'s compiled path.
+
+        Returns:
+            a :class:`~equiforce.uncertainty.compiled.CompiledCommittee`: each member
+            through its own compiled backend, mean and spread outside.
+        """
+        from equiforce.uncertainty.compiled import CompiledCommittee
+
+        return CompiledCommittee(self)
 
     def member_outputs(
         self, graph: AtomicGraph, forces: bool, stress: bool

@@ -26,6 +26,9 @@ from equiforce.data.graph import AtomicGraph
 from equiforce.errors import EquiforceError
 from equiforce.models.base import PotentialModel
 
+#: outputs stacked over members (per-term outputs are left out)
+STACKED = (keys.ENERGY, keys.ATOMIC_ENERGIES, keys.FORCES, keys.STRESS)
+
 
 class EnsembleError(EquiforceError):
     """An ensemble cannot be built from what was given."""
@@ -66,8 +69,10 @@ class EnsembleModel(PotentialModel):
     """A potential that is the mean of K members and reports their spread.
 
     Subclasses implement :meth:`member_outputs`. Compiled backends evaluate a
-    model's summed energy only, so ensembles run eager (``compilable = False``;
-    a committee's members use their own inference tables).
+    model's summed energy only, so an ensemble is not compiled as one model
+    (``compilable = False``); one whose members can be compiled one by one offers
+    ``compiled_backend()`` (the committee), which
+    :class:`~equiforce.potential.Potential` uses instead.
     """
 
     compilable = False
