@@ -156,9 +156,11 @@ class Potential:
             # spin); one that brings its own (a committee: its members compiled
             # one by one) has ``compiled_backend()``
             own = getattr(self.model, "compiled_backend", None)
-            if wanted and (own is not None or getattr(self.model, "compilable", True)):
+            if wanted and getattr(self.model, "compilable", True):
                 if self.notify is not None:
-                    self.notify(COMPILE_NOTICE)
+                    k = getattr(self.model, "n_members", 1)
+                    each = f" (each of the {k} committee members)" if k > 1 else ""
+                    self.notify(COMPILE_NOTICE + each)
                 self._compiled = (
                     own()
                     if own is not None

@@ -116,3 +116,43 @@ def test_compiled_members_compile_and_match_eager():
     assert fast.compile_seconds is not None and fast.compile_seconds > 0
     _assert_equal(out, ref, rtol=1e-9, atol=1e-10)
     assert float(out[keys.FORCES_STD].min()) > 0  # the members differ
+
+
+def test_a_member_that_cannot_compile_runs_eagerly_and_none_keeps_it_eager(
+    monkeypatch,
+):
+    # fails if a not-compilable member is handed to the compiler, or if a committee
+    # with no compilable member leaves its (vectorised) eager path for K eager calls
+    monkeypatch.setattr(
+        CompiledPotential, "for_device", classmethod(lambda cls, m: _functional(m))
+    )
+    models = [tiny(s, zero_init_readout=False) for s in range(2)]
+    models[1].compilable = False
+    mixed = Committee(models)
+    graph = _graph(labelled_frames(2, 0.05, seed=45))
+    fast = mixed.compiled_backend()
+    assert isinstance(fast.members[0], CompiledPotential)
+    assert not isinstance(fast.members[1], CompiledPotential)
+    assert fast.backend == "eager"  # the stand-in and the eager member
+    _assert_equal(fast(graph), mixed(graph))
+
+    models[0].compilable = False
+    assert not mixed.compilable
+    frame = labelled_frames(1, 0.05, seed=46)[0]
+    pot = Potential(mixed, compile_after=0, skin=0.0)
+    pot.compute(frame.positions, frame.numbers)
+    pot.compute(frame.positions, frame.numbers)
+    assert pot.compiled is None
+
+
+def test_replacing_a_member_rebuilds_the_compiled_members():
+    # fails if the compiled committee keeps evaluating a member that was replaced
+    committee = Committee([tiny(s, zero_init_readout=False) for s in range(2)])
+    graph = _graph(labelled_frames(1, 0.05, seed=47))
+    fast = CompiledCommittee(committee, backend=_functional)
+    before = fast(graph)
+    committee.members[1] = tiny(7, zero_init_readout=False)
+    after = fast(graph)
+    assert fast.members[1].model is committee.members[1]
+    _assert_equal(after, committee(graph))
+    assert not torch.allclose(after[keys.ENERGY], before[keys.ENERGY])

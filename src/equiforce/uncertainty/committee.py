@@ -110,6 +110,15 @@ class Committee(EnsembleModel):
             m.clear_inference_caches()
         super().clear_inference_caches()
 
+    @property
+    def compilable(self) -> bool:  # type: ignore[override]
+        """Whether :class:`~equiforce.potential.Potential` may use :meth:`compiled_backend`.
+
+        True when some member compiles; with none, the eager committee (vectorised
+        where it can be) is the faster path.
+        """
+        return any(getattr(m, "compilable", True) for m in self.members)
+
     def compiled_backend(self):
         """The committee for :class:`~equiforce.potential.Potential`'s compiled path.
 

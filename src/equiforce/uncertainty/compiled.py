@@ -58,12 +58,19 @@ class CompiledCommittee:
         committee: Committee,
         backend: Callable[[PotentialModel], MemberCall] | None = None,
     ) -> None:
-        backend = backend or CompiledPotential.for_device
+        self._backend = backend or CompiledPotential.for_device
         self.committee = committee
-        self.members: list[MemberCall] = [
-            backend(m) if getattr(m, "compilable", True) else _eager(m)
-            for m in committee.members
+        self.members: list[MemberCall] = []
+        self._built_for: tuple[int, ...] = ()
+        self._build()
+
+    def _build(self) -> None:
+        """One callable per member of the committee as it is now."""
+        self.members = [
+            self._backend(m) if getattr(m, "compilable", True) else _eager(m)
+            for m in self.committee.members
         ]
+        self._built_for = tuple(map(id, self.committee.members))
 
     @property
     def compiled(self) -> bool:
@@ -91,6 +98,8 @@ class CompiledCommittee:
             graph: the structures.
             stress: also return ``stress`` (the members' mean) eV/Å³.
         """
+        if tuple(map(id, self.committee.members)) != self._built_for:
+            self._build()  # members replaced or added since (weights are followed)
         outs = [member(graph, stress=stress) for member in self.members]
         stacked = {
             key: torch.stack([o[key] for o in outs])
