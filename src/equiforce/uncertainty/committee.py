@@ -26,7 +26,11 @@ from equiforce import keys
 from equiforce.data.graph import AtomicGraph
 from equiforce.models.base import PotentialModel
 from equiforce.uncertainty.batched import CannotBatchError, StackedMembers
-from equiforce.uncertainty.ensemble import STACKED, EnsembleError, EnsembleModel
+from equiforce.uncertainty.ensemble import (
+    EnsembleError,
+    EnsembleModel,
+    stack_members,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -150,11 +154,7 @@ class Committee(EnsembleModel):
             m(graph, compute_forces=forces, compute_stress=stress, create_graph=False)
             for m in self.members
         ]
-        return {
-            key: torch.stack([o[key] for o in outs])
-            for key in STACKED
-            if key in outs[0]
-        }
+        return stack_members(outs)
 
     def batches(self, graph: AtomicGraph) -> bool:
         """Whether ``graph`` is evaluated as one vectorised call of the members."""

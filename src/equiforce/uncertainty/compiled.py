@@ -22,7 +22,7 @@ import torch
 
 from equiforce.accel.compiled import CompiledPotential
 from equiforce.data.graph import AtomicGraph
-from equiforce.uncertainty.ensemble import STACKED, summarize
+from equiforce.uncertainty.ensemble import stack_members, summarize
 
 if TYPE_CHECKING:
     from equiforce.models.base import PotentialModel
@@ -101,9 +101,4 @@ class CompiledCommittee:
         if tuple(map(id, self.committee.members)) != self._built_for:
             self._build()  # members replaced or added since (weights are followed)
         outs = [member(graph, stress=stress) for member in self.members]
-        stacked = {
-            key: torch.stack([o[key] for o in outs])
-            for key in STACKED
-            if key in outs[0]
-        }
-        return summarize(stacked, graph)
+        return summarize(stack_members(outs), graph)

@@ -30,6 +30,13 @@ from equiforce.models.base import PotentialModel
 STACKED = (keys.ENERGY, keys.ATOMIC_ENERGIES, keys.FORCES, keys.STRESS)
 
 
+def stack_members(outs: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
+    """The :data:`STACKED` outputs of K member calls, each stacked (K, ...)."""
+    return {
+        key: torch.stack([o[key] for o in outs]) for key in STACKED if key in outs[0]
+    }
+
+
 class EnsembleError(EquiforceError):
     """An ensemble cannot be built from what was given."""
 
