@@ -266,7 +266,7 @@ class TrainingConfig(PropertyLossWeights):
     )
     lr: float = Field(1e-3, gt=0, description="peak learning rate")
     weight_decay: float = Field(
-        0.0, ge=0, description="weight decay (decoupled for adamw)"
+        0.0, ge=0, description="weight decay of weight matrices (decoupled for adamw)"
     )
     schedule: Literal["exponential", "plateau", "cosine", "constant"] = Field(
         "exponential", description="learning-rate schedule"

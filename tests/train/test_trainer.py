@@ -370,3 +370,26 @@ def test_optimizer_steps_equal_plain_adam_for_transposed_gradients():
         opt_b.step()
     for a, b in zip(fused.parameters(), plain.parameters(), strict=True):
         torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-14)
+
+
+def test_weight_decay_spares_biases_and_scales():
+    """AdamW decay shrinks a weight matrix with zero gradient, never a bias.
+
+    Per-element energy scales and shifts are vectors too: decaying them towards
+    zero would bias the energies, not regularise the model.
+    """
+    from types import SimpleNamespace
+
+    from equiforce.train.trainer import make_optimizer
+
+    torch.manual_seed(0)
+    layer = torch.nn.Linear(4, 3).double()
+    before = {n: p.detach().clone() for n, p in layer.named_parameters()}
+    cfg = SimpleNamespace(optimizer="adamw", lr=0.1, weight_decay=0.5)
+    opt = make_optimizer(layer, cfg)
+    for p in layer.parameters():
+        p.grad = torch.zeros_like(p)
+    opt.step()
+    # decoupled decay alone: w <- w (1 - lr wd); the bias is untouched
+    torch.testing.assert_close(layer.weight, before["weight"] * (1 - 0.1 * 0.5))
+    torch.testing.assert_close(layer.bias, before["bias"], rtol=0, atol=0)

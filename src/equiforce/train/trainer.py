@@ -46,10 +46,19 @@ def make_optimizer(
     over the parameters, several times slower for So3krates' 51 weight tensors.
     Gradients must have their parameter's strides (see
     :func:`equiforce.train.compiled_step.assign_gradients`).
+
+    Weight decay acts on weight matrices and tensors only (``ndim >= 2``): biases
+    and per-element scales and shifts (vectors) are left alone, as is usual, since
+    pulling a learned energy scale or shift towards zero is no regulariser.
     """
     params = [p for p in model.parameters() if p.requires_grad]
     cls = torch.optim.AdamW if cfg.optimizer == "adamw" else torch.optim.Adam
     kwargs = {"lr": cfg.lr, "weight_decay": cfg.weight_decay}
+    if cfg.weight_decay > 0:
+        params = [
+            {"params": [p for p in params if p.ndim >= 2]},
+            {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0},
+        ]
     if cfg.optimizer == "amsgrad":
         kwargs["amsgrad"] = True
     try:
