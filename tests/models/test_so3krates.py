@@ -52,10 +52,26 @@ class TestSo3kratesSO3LRLike(ModelContractTests):
 
 @pytest.mark.parametrize(
     ("preset", "count"),
-    [("default", 208_425), ("invariant", 130_945), ("paper", 321_721)],
+    [
+        ("default", 208_425),
+        ("invariant", 130_945),
+        ("paper", 321_721),
+        ("deep", 397_309),
+        ("deep-small", 111_645),
+    ],
 )
 def test_parameter_counts_match_reference(preset, count):
     assert build_model("so3krates", preset).num_parameters() == count
+
+
+def test_deep_presets_are_three_normalised_layers():
+    for preset, width in (("deep", 128), ("deep-small", 64)):
+        model = build_model("so3krates", preset)
+        cfg = model.config
+        assert (cfg.num_layers, cfg.num_features) == (3, width), preset
+        assert cfg.layer_norm_1 and cfg.layer_norm_2 and cfg.residual_mlp_1, preset
+        norms = [m for m in model.modules() if isinstance(m, torch.nn.LayerNorm)]
+        assert len(norms) == 2 * 3, preset  # one after each update, in every layer
 
 
 def test_so3lr_like_parameter_count():
