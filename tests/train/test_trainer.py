@@ -393,3 +393,38 @@ def test_weight_decay_spares_biases_and_scales():
     # decoupled decay alone: w <- w (1 - lr wd); the bias is untouched
     torch.testing.assert_close(layer.weight, before["weight"] * (1 - 0.1 * 0.5))
     torch.testing.assert_close(layer.bias, before["bias"], rtol=0, atol=0)
+
+
+def test_single_group_optimizer_state_from_older_runs_resumes():
+    """A pre-split AdamW state (one group, decay on everything) loads into two groups.
+
+    Each parameter keeps its own moments; the vectors lose the decay, the
+    matrices keep it, and the learning rate and step count carry over.
+    """
+    from types import SimpleNamespace
+
+    from equiforce.train.trainer import make_optimizer, upgrade_optimizer_state
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(4, 3), torch.nn.Linear(3, 2)).double()
+    old = torch.optim.AdamW(model.parameters(), lr=0.01, weight_decay=0.1)
+    for _ in range(2):
+        model(torch.randn(5, 4, dtype=torch.float64)).square().sum().backward()
+        old.step()
+    saved = old.state_dict()
+    new = make_optimizer(
+        model, SimpleNamespace(optimizer="adamw", lr=0.5, weight_decay=0.1)
+    )
+    with pytest.raises(ValueError, match="parameter groups"):
+        new.load_state_dict(saved)  # what resuming did before the upgrade
+    new.load_state_dict(upgrade_optimizer_state(saved, model, new))
+    for p in model.parameters():
+        torch.testing.assert_close(new.state[p]["exp_avg"], old.state[p]["exp_avg"])
+        assert int(new.state[p]["step"]) == 2
+    decay = {tuple(g["params"][0].shape): g["weight_decay"] for g in new.param_groups}
+    assert decay == {(3, 4): 0.1, (3,): 0.0}
+    assert {g["lr"] for g in new.param_groups} == {0.01}
+    # a state with the current layout passes through untouched
+    assert upgrade_optimizer_state(new.state_dict(), model, new)["param_groups"] == (
+        new.state_dict()["param_groups"]
+    )

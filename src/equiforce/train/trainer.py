@@ -67,6 +67,36 @@ def make_optimizer(
         return cls(params, foreach=True, **kwargs)
 
 
+def upgrade_optimizer_state(
+    saved: dict, model: torch.nn.Module, optimizer: torch.optim.Optimizer
+) -> dict:
+    """Map an optimiser state saved before weight decay spared vectors onto two groups.
+
+    Checkpoints written before that change hold one parameter group even with
+    ``weight_decay > 0``; :func:`make_optimizer` now builds two (matrices decayed,
+    vectors not), and torch refuses to load one group into two. The saved ids
+    number the trainable parameters in model order, so they are split by the
+    same ``ndim`` rule; moments and step counts carry over unchanged. Any other
+    state is returned as it is.
+    """
+    groups = saved["param_groups"]
+    if len(groups) != 1 or len(optimizer.param_groups) != 2:
+        return saved
+    params = [p for p in model.parameters() if p.requires_grad]
+    ids = groups[0]["params"]
+    if len(ids) != len(params):
+        return saved  # not the old layout of this model: let torch report it
+    matrices = [i for i, p in zip(ids, params, strict=True) if p.ndim >= 2]
+    vectors = [i for i, p in zip(ids, params, strict=True) if p.ndim < 2]
+    return {
+        "state": saved["state"],
+        "param_groups": [
+            {**groups[0], "params": matrices},
+            {**groups[0], "params": vectors, "weight_decay": 0.0},
+        ],
+    }
+
+
 class DivergedError(EquiforceError):
     """The loss stayed non-finite for ``training.nonfinite_patience`` steps."""
 
@@ -149,7 +179,9 @@ class Trainer:
         self.bad_validations = int(state["bad_validations"])
         self.last_valid_step = int(state["last_valid_step"])
         self.model.load_state_dict(state["model"])
-        self.optimizer.load_state_dict(state["optimizer"])
+        self.optimizer.load_state_dict(
+            upgrade_optimizer_state(state["optimizer"], self.model, self.optimizer)
+        )
         self.schedule.load_state_dict(state["schedule"])
         if self.ema and state["ema"] is not None:
             self.ema.load_state_dict(state["ema"])
