@@ -425,6 +425,7 @@ def test_single_group_optimizer_state_from_older_runs_resumes():
     assert decay == {(3, 4): 0.1, (3,): 0.0}
     assert {g["lr"] for g in new.param_groups} == {0.01}
     # a state with the current layout passes through untouched
-    assert upgrade_optimizer_state(new.state_dict(), model, new)["param_groups"] == (
-        new.state_dict()["param_groups"]
+    assert (
+        upgrade_optimizer_state(new.state_dict(), model, new)["param_groups"]
+        == (new.state_dict()["param_groups"])
     )
