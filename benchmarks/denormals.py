@@ -46,9 +46,9 @@ from equiforce.config import load_config
 from equiforce.train.compiled_step import CompiledTrainStep, assign_gradients
 from equiforce.train.ema import EMA
 from equiforce.train.loss import WeightedLoss
+from equiforce.train.optimizer import make_optimizer
 from equiforce.train.progress import Reporter
 from equiforce.train.setup import build_training_model, prepare_data
-from equiforce.train.trainer import make_optimizer
 
 ROOT = Path(__file__).resolve().parents[1]
 CASES = ("train_eager", "train_compiled", "infer_eager", "infer_compiled", "md")

@@ -57,7 +57,7 @@ from equiforce.data.dataset import GraphDataset
 from equiforce.models.registry import build_model
 from equiforce.train.evaluate import evaluate
 from equiforce.train.launch import train
-from equiforce.train.trainer import make_optimizer
+from equiforce.train.optimizer import make_optimizer
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT / "data" / "rmd17"

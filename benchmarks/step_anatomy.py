@@ -41,9 +41,9 @@ from equiforce.accel.denormals import flush_denormals
 from equiforce.config import load_config
 from equiforce.train.compiled_step import CompiledTrainStep, assign_gradients
 from equiforce.train.loss import WeightedLoss
+from equiforce.train.optimizer import make_optimizer
 from equiforce.train.progress import Reporter
 from equiforce.train.setup import build_training_model, prepare_data, read_source
-from equiforce.train.trainer import make_optimizer
 
 ROOT = Path(__file__).resolve().parents[1]
 

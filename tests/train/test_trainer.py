@@ -351,7 +351,7 @@ def test_optimizer_steps_equal_plain_adam_for_transposed_gradients():
     from types import SimpleNamespace
 
     from equiforce.train.compiled_step import assign_gradients
-    from equiforce.train.trainer import make_optimizer
+    from equiforce.train.optimizer import make_optimizer
 
     torch.manual_seed(0)
     fused, plain = torch.nn.Linear(4, 3).double(), torch.nn.Linear(4, 3).double()
@@ -380,7 +380,7 @@ def test_weight_decay_spares_biases_and_scales():
     """
     from types import SimpleNamespace
 
-    from equiforce.train.trainer import make_optimizer
+    from equiforce.train.optimizer import make_optimizer
 
     torch.manual_seed(0)
     layer = torch.nn.Linear(4, 3).double()
@@ -403,7 +403,7 @@ def test_single_group_optimizer_state_from_older_runs_resumes():
     """
     from types import SimpleNamespace
 
-    from equiforce.train.trainer import make_optimizer, upgrade_optimizer_state
+    from equiforce.train.optimizer import make_optimizer, upgrade_optimizer_state
 
     torch.manual_seed(0)
     model = torch.nn.Sequential(torch.nn.Linear(4, 3), torch.nn.Linear(3, 2)).double()

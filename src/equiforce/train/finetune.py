@@ -18,7 +18,7 @@ was put into the config by :func:`equiforce.config_finetune.resolve_init_from`):
 The result is written to the run directory as ``init.pt``; every process and a
 resumed run rebuild from the run directory, never from ``init_from`` again.
 ``model.freeze`` (parameter-name globs) sets ``requires_grad=False``; the
-optimiser only takes trainable parameters (:func:`equiforce.train.trainer.make_optimizer`).
+optimiser only takes trainable parameters (:func:`equiforce.train.optimizer.make_optimizer`).
 """
 
 from __future__ import annotations

@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from equiforce.config import EquiforceConfig, TrainingConfig
+from equiforce.config import EquiforceConfig
 from equiforce.errors import EquiforceError
 from equiforce.models.checkpoint import load_checkpoint
 from equiforce.train import distributed
@@ -30,71 +30,11 @@ from equiforce.train.distributed import Group
 from equiforce.train.ema import EMA
 from equiforce.train.loss import WeightedLoss
 from equiforce.train.metrics import predict
+from equiforce.train.optimizer import make_optimizer, upgrade_optimizer_state
 from equiforce.train.progress import Reporter, metrics_table
 from equiforce.train.rundir import RunDir, rng_state, set_rng_state
 from equiforce.train.schedules import Schedule
 from equiforce.train.setup import PreparedData, eval_batches
-
-
-def make_optimizer(
-    model: torch.nn.Module, cfg: TrainingConfig
-) -> torch.optim.Optimizer:
-    """Adam, AdamW or AMSGrad from the training section.
-
-    The fused implementation (one kernel over all parameters) where torch has one
-    for the device, else the multi-tensor one; torch's default on a CPU is a loop
-    over the parameters, several times slower for So3krates' 51 weight tensors.
-    Gradients must have their parameter's strides (see
-    :func:`equiforce.train.compiled_step.assign_gradients`).
-
-    Weight decay acts on weight matrices and tensors only (``ndim >= 2``): biases
-    and per-element scales and shifts (vectors) are left alone, as is usual, since
-    pulling a learned energy scale or shift towards zero is no regulariser.
-    """
-    params = [p for p in model.parameters() if p.requires_grad]
-    cls = torch.optim.AdamW if cfg.optimizer == "adamw" else torch.optim.Adam
-    kwargs = {"lr": cfg.lr, "weight_decay": cfg.weight_decay}
-    if cfg.weight_decay > 0:
-        params = [
-            {"params": [p for p in params if p.ndim >= 2]},
-            {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0},
-        ]
-    if cfg.optimizer == "amsgrad":
-        kwargs["amsgrad"] = True
-    try:
-        return cls(params, fused=True, **kwargs)
-    except (RuntimeError, ValueError):  # no fused kernel for this device/dtype
-        return cls(params, foreach=True, **kwargs)
-
-
-def upgrade_optimizer_state(
-    saved: dict, model: torch.nn.Module, optimizer: torch.optim.Optimizer
-) -> dict:
-    """Map an optimiser state saved before weight decay spared vectors onto two groups.
-
-    Checkpoints written before that change hold one parameter group even with
-    ``weight_decay > 0``; :func:`make_optimizer` now builds two (matrices decayed,
-    vectors not), and torch refuses to load one group into two. The saved ids
-    number the trainable parameters in model order, so they are split by the
-    same ``ndim`` rule; moments and step counts carry over unchanged. Any other
-    state is returned as it is.
-    """
-    groups = saved["param_groups"]
-    if len(groups) != 1 or len(optimizer.param_groups) != 2:
-        return saved
-    params = [p for p in model.parameters() if p.requires_grad]
-    ids = groups[0]["params"]
-    if len(ids) != len(params):
-        return saved  # not the old layout of this model: let torch report it
-    matrices = [i for i, p in zip(ids, params, strict=True) if p.ndim >= 2]
-    vectors = [i for i, p in zip(ids, params, strict=True) if p.ndim < 2]
-    return {
-        "state": saved["state"],
-        "param_groups": [
-            {**groups[0], "params": matrices},
-            {**groups[0], "params": vectors, "weight_decay": 0.0},
-        ],
-    }
 
 
 class DivergedError(EquiforceError):
