@@ -12,6 +12,12 @@ import torch
 from equiforce.config import TrainingConfig
 
 
+def _split_for_decay(items, params) -> tuple[list, list]:
+    """``items`` (parameters or their saved ids) of matrices, then of vectors."""
+    pairs = list(zip(items, params, strict=True))
+    return [i for i, p in pairs if p.ndim >= 2], [i for i, p in pairs if p.ndim < 2]
+
+
 def make_optimizer(
     model: torch.nn.Module, cfg: TrainingConfig
 ) -> torch.optim.Optimizer:
@@ -31,10 +37,8 @@ def make_optimizer(
     cls = torch.optim.AdamW if cfg.optimizer == "adamw" else torch.optim.Adam
     kwargs = {"lr": cfg.lr, "weight_decay": cfg.weight_decay}
     if cfg.weight_decay > 0:
-        params = [
-            {"params": [p for p in params if p.ndim >= 2]},
-            {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0},
-        ]
+        matrices, vectors = _split_for_decay(params, params)
+        params = [{"params": matrices}, {"params": vectors, "weight_decay": 0.0}]
     if cfg.optimizer == "amsgrad":
         kwargs["amsgrad"] = True
     try:
@@ -62,8 +66,7 @@ def upgrade_optimizer_state(
     ids = groups[0]["params"]
     if len(ids) != len(params):
         return saved  # not the old layout of this model: let torch report it
-    matrices = [i for i, p in zip(ids, params, strict=True) if p.ndim >= 2]
-    vectors = [i for i, p in zip(ids, params, strict=True) if p.ndim < 2]
+    matrices, vectors = _split_for_decay(ids, params)
     return {
         "state": saved["state"],
         "param_groups": [
